@@ -1,0 +1,84 @@
+"""`storepulse` command line: run / check-config / storefront / query → exit codes.
+
+The only module that touches process-wide settings (logging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from daemon import __version__
+from daemon.config import Config, load_config, resolve_config_path
+from daemon.errors import ConfigError, ConfigErrors
+from daemon.log import configure_logging, get_logger
+
+
+def _load(path_arg: str | None) -> Config | None:
+    path = resolve_config_path(path_arg)
+    try:
+        cfg = load_config(path)
+        if cfg.http.token_file:
+            from daemon.web.auth import load_token
+            load_token(cfg.http.token_file)
+        return cfg
+    except ConfigErrors as errs:
+        for e in errs.errors:
+            print(str(e), file=sys.stderr)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+    return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    print(f"{cfg.path}: ok ({len(cfg.sources)} sources, {len(cfg.aggregations)} aggregations)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    configure_logging(cfg.log_level)
+    import anyio
+
+    from daemon.app import Daemon
+
+    daemon = Daemon(cfg, get_logger())
+    return anyio.run(daemon.run)
+
+
+def cmd_storefront(args: argparse.Namespace) -> int:
+    from daemon.storefront import main as storefront_main
+
+    return storefront_main.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="storepulse", description="Real-time analytics daemon for online shops.")
+    parser.add_argument("--version", action="version", version=f"storepulse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("-c", "--config", help="config file (default: $STOREPULSE_CONFIG or config/storepulse.toml)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("-c", "--config", help="config file (default: $STOREPULSE_CONFIG or config/storepulse.toml)")
+    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("storefront", help="run the simulated shop (polling API + websocket feed)")
+    from daemon.storefront import main as storefront_main
+
+    storefront_main.add_arguments(p)
+    p.set_defaults(func=cmd_storefront)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130

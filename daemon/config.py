@@ -1,0 +1,216 @@
+"""TOML file → frozen Config tree; every problem reported as `dotted.key.path: message`."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.aggconfig import AggregationConfig
+from daemon.errors import ConfigError, ConfigErrors
+from daemon.sources import SOURCES, SourceConfig
+from daemon.tomlreader import TableReader
+
+DEFAULT_CONFIG_PATH = "config/storepulse.toml"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    token_file: str = ""
+    max_body_bytes: int = 4 * 2**20
+    max_connections: int = 2048
+    idle_timeout_s: float = 30.0
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @classmethod
+    def from_toml(cls, r: TableReader) -> HttpConfig:
+        listen = r.str("listen", "127.0.0.1:8787")
+        host, port = "127.0.0.1", 8787
+        h, sep, p = listen.rpartition(":")
+        if not sep or not p.isdigit() or not 0 <= int(p) <= 65535 or not h:
+            r.error("listen", f"expected host:port like \"127.0.0.1:8787\", got {listen!r}")
+        else:
+            host, port = h.strip("[]"), int(p)
+        cfg = cls(
+            host=host,
+            port=port,
+            token_file=r.str("token_file", ""),
+            max_body_bytes=r.size_bytes("max_body", 4 * 2**20),
+            max_connections=r.int("max_connections", 2048, min_value=1),
+            idle_timeout_s=r.duration_s("idle_timeout", 30.0),
+        )
+        if not cfg.is_loopback and not cfg.token_file:
+            r.error("token_file", f"required when listen is not a loopback address ({cfg.host})")
+        r.finish()
+        return cfg
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageConfig:
+    data_dir: str = "var/storepulse"
+    archive_events: bool = True
+    commit_interval_s: float = 0.2
+    flush_interval_s: float = 5.0          # most time events/dead letters wait before their Arrow file
+    map_size_initial_bytes: int = 64 * 2**20
+    map_size_max_bytes: int = 64 * 2**30
+
+    @classmethod
+    def from_toml(cls, r: TableReader) -> StorageConfig:
+        cfg = cls(
+            data_dir=r.str("data_dir", "var/storepulse", nonempty=True),
+            archive_events=r.bool("archive_events", True),
+            commit_interval_s=r.duration_s("commit_interval", 0.2),
+            flush_interval_s=r.duration_s("flush_interval", 5.0),
+            map_size_initial_bytes=r.size_bytes("map_size_initial", 64 * 2**20),
+            map_size_max_bytes=r.size_bytes("map_size_max", 64 * 2**30),
+        )
+        if cfg.map_size_max_bytes < cfg.map_size_initial_bytes:
+            r.error("map_size_max", "must be >= map_size_initial")
+        r.finish()
+        return cfg
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineConfig:
+    allowed_lateness_ms: int = 5_000
+    idle_timeout_ms: int = 10_000
+    dedupe_ttl_ms: int = 3_600_000
+    dedupe_max_ids: int = 5_000_000
+    max_future_skew_ms: int = 300_000
+
+    @classmethod
+    def from_toml(cls, r: TableReader) -> PipelineConfig:
+        cfg = cls(
+            allowed_lateness_ms=r.duration_ms("allowed_lateness", 5_000, positive=False),
+            idle_timeout_ms=r.duration_ms("idle_timeout", 10_000),
+            dedupe_ttl_ms=r.duration_ms("dedupe_ttl", 3_600_000, positive=False),
+            dedupe_max_ids=r.int("dedupe_max_ids", 5_000_000, min_value=0),
+            max_future_skew_ms=r.duration_ms("max_future_skew", 300_000),
+        )
+        r.finish()
+        return cfg
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecommendationsConfig:
+    half_life_s: float = 3600.0
+    neighbours_per_item: int = 50
+    recent_items_per_user: int = 20
+    user_ttl_s: float = 7 * 86400.0
+    max_users: int = 1_000_000
+    max_items: int = 1_000_000
+
+    @classmethod
+    def from_toml(cls, r: TableReader) -> RecommendationsConfig:
+        cfg = cls(
+            half_life_s=r.duration_s("half_life", 3600.0),
+            neighbours_per_item=r.int("neighbours_per_item", 50, min_value=1, max_value=10_000),
+            recent_items_per_user=r.int("recent_items_per_user", 20, min_value=1, max_value=10_000),
+            user_ttl_s=r.duration_s("user_ttl", 7 * 86400.0),
+            max_users=r.int("max_users", 1_000_000, min_value=1),
+            max_items=r.int("max_items", 1_000_000, min_value=1),
+        )
+        r.finish()
+        return cfg
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    path: str = ""
+    log_level: str = "info"
+    http: HttpConfig = field(default_factory=HttpConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sources: tuple[SourceConfig, ...] = ()
+    recommendations: RecommendationsConfig | None = None
+    aggregations: tuple[AggregationConfig, ...] = ()
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def parse_config(data: dict[str, object], path: str = "") -> Config:
+    """Build a Config from parsed TOML; raise ConfigErrors listing every problem."""
+    errors: list[ConfigError] = []
+    top = TableReader(data, "", errors)
+    log_level = top.choice("log_level", "info", LOG_LEVELS)
+    http = HttpConfig.from_toml(top.sub("http"))
+    storage = StorageConfig.from_toml(top.sub("storage"))
+    pipeline = PipelineConfig.from_toml(top.sub("pipeline"))
+    sources = _read_sources(top.sub("sources"))
+    recommendations = RecommendationsConfig.from_toml(top.sub("recommendations")) if top.has("recommendations") else None
+    aggregations = _read_aggregations(top, errors)
+    top.finish()
+    if errors:
+        raise ConfigErrors(errors)
+    return Config(path=path, log_level=log_level, http=http, storage=storage, pipeline=pipeline,
+                  sources=sources, recommendations=recommendations, aggregations=aggregations)
+
+
+def _read_sources(r: TableReader) -> tuple[SourceConfig, ...]:
+    out = []
+    for name in r.table:
+        sub = r.sub(name)
+        if not sub.table and not isinstance(r.table[name], dict):
+            continue
+        stype = sub.str("type", required=True)
+        cls = SOURCES.get(stype)
+        if cls is None:
+            if stype:
+                sub.error("type", f"unknown source type {stype!r} (one of {', '.join(SOURCES)})")
+            continue
+        out.append(cls.from_toml(sub, name))
+        sub.finish()
+    return tuple(out)
+
+
+def _read_aggregations(top: TableReader, errors: list[ConfigError]) -> tuple[AggregationConfig, ...]:
+    raw = top.raw("aggregations", [])
+    if not isinstance(raw, list):
+        errors.append(ConfigError("aggregations", "expected [[aggregations]] entries (an array of tables)"))
+        return ()
+    out: list[AggregationConfig] = []
+    seen: set[str] = set()
+    for i, table in enumerate(raw):
+        agg = AggregationConfig.from_toml(TableReader(table, f"aggregations[{i}]", errors))
+        if agg.name in seen:
+            errors.append(ConfigError(f"aggregations[{i}].name", f"duplicate aggregation name {agg.name!r}"))
+        seen.add(agg.name)
+        out.append(agg)
+    return tuple(out)
+
+
+def resolve_config_path(cli_path: str | None) -> str:
+    """`-c PATH`, else $STOREPULSE_CONFIG, else config/storepulse.toml."""
+    return cli_path or os.environ.get("STOREPULSE_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str) -> Config:
+    """Read and parse a TOML file; raise ConfigErrors (also for an unreadable or invalid file)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigErrors([ConfigError(path, f"cannot read config file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigErrors([ConfigError(path, "config file is not UTF-8")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigErrors([ConfigError(path, f"invalid TOML: {exc}")]) from None
+    return parse_config(data, path)

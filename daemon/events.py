@@ -1,0 +1,127 @@
+"""The shared vocabulary: event fields, EventBatch (columnar), Rejected, WindowResult.
+
+Events travel in batches, column by column: a page, a frame or a POST body becomes one
+EventBatch, and nothing downstream allocates an object per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase", "search")
+
+# The canonical schema fields, in column order. `ts` is epoch milliseconds (int).
+FIELDS = ("event_id", "ts", "type", "user_id", "session_id", "item_id", "category", "price", "quantity", "revenue")
+
+
+class Reason(StrEnum):
+    """Why an event was rejected; each is counted in /stats and written to the dead letters."""
+
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    BAD_VALUE = "bad_value"
+    FUTURE_TS = "future_ts"
+    LATE = "late"
+    DROPPED = "dropped"          # never written to dead letters; counted by queues only
+    TOO_LARGE = "too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A bad event as data: its raw bytes (cut to 4 KiB), the source, the reason and a detail."""
+
+    reason: Reason
+    detail: str
+    raw: bytes
+    source: str
+    received_ms: int = 0
+
+
+RAW_LIMIT_BYTES = 4096
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """Validated events of one source as parallel columns (every list has the same length).
+
+    `ts` holds epoch milliseconds; `user_id` and `item_id` are normalised to str;
+    `revenue` is price * quantity for purchases, else 0.0.
+    `raw` keeps each event's bytes only when the archive needs them (else empty).
+    """
+
+    source: str
+    event_id: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    type: list[str] = field(default_factory=list)
+    user_id: list[str] = field(default_factory=list)
+    session_id: list[str | None] = field(default_factory=list)
+    item_id: list[str | None] = field(default_factory=list)
+    category: list[str | None] = field(default_factory=list)
+    price: list[float | None] = field(default_factory=list)
+    quantity: list[int] = field(default_factory=list)
+    revenue: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+    def column(self, name: str) -> list[Any]:
+        """One column by schema field name (ValueError for an unknown field)."""
+        if name not in FIELDS:
+            raise ValueError(f"unknown event field {name!r}")
+        return getattr(self, name)
+
+    def take(self, indices: Sequence[int]) -> EventBatch:
+        """A new batch holding the rows at `indices`, in that order."""
+        out = EventBatch(self.source)
+        for name in FIELDS:
+            col = getattr(self, name)
+            setattr(out, name, [col[i] for i in indices])
+        return out
+
+    def extend(self, other: EventBatch) -> None:
+        """Append the rows of `other` (same source or not) to this batch."""
+        for name in FIELDS:
+            getattr(self, name).extend(getattr(other, name))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The events as dicts (for tests and small answers, not for the hot path)."""
+        cols = [getattr(self, name) for name in FIELDS]
+        return [dict(zip(FIELDS, values)) for values in zip(*cols)]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """One closed window of one aggregation and one group key.
+
+    `key` holds the group-by values in `group_by` order (empty tuple without group_by);
+    `metrics` maps metric name to its value (int/float/None, or a list for topk);
+    moving averages are added as `<metric>_sma` and `<metric>_ema` entries.
+    """
+
+    aggregation: str
+    window_start_ms: int
+    window_end_ms: int
+    key: tuple[Any, ...]
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """An alert raised by an anomaly detector on a window series."""
+
+    aggregation: str
+    metric: str
+    key: tuple[Any, ...]
+    window_start_ms: int
+    window_end_ms: int
+    value: float
+    expected: float
+    score: float
+    direction: str           # "spike" or "drop"
+    state: str = "open"      # "open" when raised, "closed" when it ends
+    detected_ms: int = 0

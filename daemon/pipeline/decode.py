@@ -1,0 +1,61 @@
+"""Framing and JSON: a payload (object | array | NDJSON) → list of (object, raw bytes) or Rejected (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+
+from daemon.events import RAW_LIMIT_BYTES, Reason, Rejected
+
+Item = tuple[object, bytes | None]   # decoded value and its raw bytes when known (None: re-serialise on demand)
+
+
+def iter_items(payload: bytes, source: str, now_ms: int) -> Iterator[Item | Rejected]:
+    """Yield each event-to-be of a payload, or a Rejected for each part that is not JSON.
+
+    A whole-payload parse is tried first (object or array); if that fails and the payload has
+    several lines, each non-blank line is parsed on its own (NDJSON), so one bad line costs
+    one event, not the page.
+    """
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        if b"\n" not in payload.strip():
+            if payload.strip():
+                yield Rejected(Reason.MALFORMED_JSON, str(exc), payload[:RAW_LIMIT_BYTES], source, now_ms)
+            return
+        yield from _iter_lines(payload, source, now_ms)
+        return
+    if isinstance(value, list):
+        for element in value:
+            yield element, None
+    else:
+        yield value, payload if len(payload) <= RAW_LIMIT_BYTES else None
+
+
+def _iter_lines(payload: bytes, source: str, now_ms: int) -> Iterator[Item | Rejected]:
+    for line in payload.split(b"\n"):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield Rejected(Reason.MALFORMED_JSON, str(exc), line[:RAW_LIMIT_BYTES], source, now_ms)
+            continue
+        if isinstance(value, list):
+            for element in value:
+                yield element, None
+        else:
+            yield value, line
+
+
+def raw_bytes(value: object, raw: bytes | None) -> bytes:
+    """The raw bytes of one event for the dead letters, cut to 4 KiB."""
+    if raw is not None:
+        return raw[:RAW_LIMIT_BYTES]
+    try:
+        return orjson.dumps(value)[:RAW_LIMIT_BYTES]
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(value).encode("utf-8", "replace")[:RAW_LIMIT_BYTES]

@@ -1,0 +1,261 @@
+"""The single consumer and sole writer of state: queues → lateness → dedupe → windows → analysers → commit."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+
+from daemon.clock import Clock
+from daemon.config import Config
+from daemon.events import EventBatch, Reason, Rejected, WindowResult
+from daemon.pipeline.dedupe import DedupeFilter
+from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
+from daemon.pipeline.stateparts import StateParts
+from daemon.pipeline.watermark import Watermarks
+from daemon.stores.checkpoint import Checkpoint, CommitUnit
+from daemon.stores import schemas
+
+MAX_DELIVERIES_PER_ROUND = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    watermark_ms: int
+    batches: int
+    events_in: int
+    accepted: int
+    duplicates: int
+    late: int
+    rejected_by_reason: dict[str, int]
+    process_seconds: float
+    commits: int
+    last_commit_ms: int
+    pending_acks: int
+    commit_failed: str
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What the next commit must make durable."""
+
+    positions: dict[str, bytes] = field(default_factory=dict)
+    acks: list[anyio.Event] = field(default_factory=list)
+    events: list[EventBatch] = field(default_factory=list)
+    events_received_ms: list[int] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    windows: dict[str, list[WindowResult]] = field(default_factory=dict)
+    anomalies: list[Any] = field(default_factory=list)
+    dirty: bool = False
+
+
+class Runner:
+    """Consumes every source queue in one task; commits on `storage.commit_interval`."""
+
+    def __init__(self, cfg: Config, checkpoint: Checkpoint, parts: StateParts, queues: dict[str, BoundedQueue],
+                 wakeup: Wakeup, clock: Clock, log: Any) -> None:
+        self.cfg = cfg
+        self.checkpoint = checkpoint
+        self.parts = parts
+        self.queues = queues
+        self.wakeup = wakeup
+        self.clock = clock
+        self.log = log
+        self.watermarks = Watermarks(list(queues), allowed_lateness_ms=cfg.pipeline.allowed_lateness_ms,
+                                     idle_timeout_ms=cfg.pipeline.idle_timeout_ms, start_mono=clock.monotonic())
+        self.dedupe = DedupeFilter(cfg.pipeline.dedupe_ttl_ms, cfg.pipeline.dedupe_max_ids)
+        self._pending = _Pending()
+        self._reasons: Counter[str] = Counter()
+        self._batches = self._events_in = self._accepted = self._duplicates = self._late = 0
+        self._process_s = 0.0
+        self._commits = 0
+        self._last_commit_mono = clock.monotonic()
+        self._last_flush_mono = clock.monotonic()
+        self._commit_failed = ""
+        self._stopping = False
+
+    # ---- state ---------------------------------------------------------------------------
+    def restore(self) -> dict[str, bytes]:
+        """Load the last commit into every part; return the source positions."""
+        restored = self.checkpoint.restore()
+        meta = restored.meta
+        if b"watermarks" in meta or "watermarks" in meta:
+            raw = meta.get("watermarks") or meta.get(b"watermarks")
+            self.watermarks.restore(orjson.loads(raw), self.clock.monotonic())
+        self.dedupe.restore(restored.dedupe)
+        self.parts.restore(restored.state)
+        self.log.info("state_restored", commit_seq=restored.seq, watermark_ms=self.watermarks.value,
+                      dedupe_ids=self.dedupe.statistics().ids, positions=sorted(restored.positions))
+        return dict(restored.positions)
+
+    # ---- the hot path ------------------------------------------------------------------
+    def process(self, d: Delivery) -> None:
+        """Fold one delivery into state; sync on purpose (no await per batch, single writer)."""
+        t0 = time.perf_counter()
+        p = self._pending
+        if d.rejected:
+            p.rejected.extend(d.rejected)
+            for r in d.rejected:
+                self._reasons[r.reason.value] += 1
+        batch = d.batch
+        n = len(batch)
+        if n:
+            self._batches += 1
+            self._events_in += n
+            wm = self.watermarks.value
+            ts = batch.ts
+            on_time = [i for i in range(n) if ts[i] >= wm]
+            if len(on_time) != n:
+                self._reject_late(batch, on_time, d.received_ms)
+            kept = self.dedupe.keep(batch.event_id, ts, on_time)
+            self._duplicates += len(on_time) - len(kept)
+            if kept:
+                good = batch if len(kept) == n else batch.take(kept)
+                self._accepted += len(good)
+                self.parts.observe(good)
+                if self.cfg.storage.archive_events:
+                    p.events.append(good)
+                    p.events_received_ms.append(d.received_ms)
+                self.watermarks.observe(batch.source, max(good.ts), self.clock.monotonic())
+        if d.position is not None:
+            p.positions[batch.source] = d.position
+        if d.acked is not None:
+            p.acks.append(d.acked)
+        p.dirty = True
+        self._process_s += time.perf_counter() - t0
+
+    def _reject_late(self, batch: EventBatch, on_time: list[int], received_ms: int) -> None:
+        keep = set(on_time)
+        late = [i for i in range(len(batch)) if i not in keep]
+        wm = self.watermarks.value
+        rows = batch.take(late).rows()
+        for row in rows:
+            self._pending.rejected.append(Rejected(Reason.LATE, f"ts {row['ts']} < watermark {wm}",
+                                                   orjson.dumps(row), batch.source, received_ms))
+        self._late += len(late)
+        self._reasons[Reason.LATE.value] += len(late)
+
+    def advance(self) -> None:
+        """Move the watermark and close every window it passed."""
+        wm = self.watermarks.advance(self.clock.now_ms(), self.clock.monotonic())
+        closed, anomalies = self.parts.close(wm)
+        if closed or anomalies:
+            for name, results in closed.items():
+                self._pending.windows.setdefault(name, []).extend(results)
+            self._pending.anomalies.extend(anomalies)
+            self._pending.dirty = True
+        self.dedupe.expire(wm)
+
+    # ---- the loop ----------------------------------------------------------------------
+    def drain_round(self) -> int:
+        """Process what the queues hold now (bounded per round); return deliveries processed."""
+        done = 0
+        for q in self.queues.values():
+            while done < MAX_DELIVERIES_PER_ROUND:
+                d = q.get_nowait()
+                if d is None:
+                    break
+                self.process(d)
+                done += 1
+        return done
+
+    def queued(self) -> int:
+        return sum(q.statistics().deliveries for q in self.queues.values())
+
+    async def run(self, stop: anyio.Event) -> None:
+        """Consume until `stop` is set and the queues are empty, then commit and flush everything."""
+        interval = self.cfg.storage.commit_interval_s
+        while True:
+            n = self.drain_round()
+            if n == 0:
+                if stop.is_set():
+                    break
+                self.advance()
+                await self._maybe_commit(interval)
+                await self.wakeup.wait(min(interval, 0.05) if self._pending.dirty else interval)
+                continue
+            self.advance()
+            await self._maybe_commit(interval)
+            await anyio.sleep(0)   # let sources and HTTP handlers run between rounds
+        self.advance()
+        await self.commit(flush_all=True)
+
+    async def _maybe_commit(self, interval_s: float) -> None:
+        if not self._pending.dirty:
+            return
+        if self.clock.monotonic() - self._last_commit_mono >= interval_s:
+            await self.commit()
+
+    async def commit(self, *, flush_all: bool = False) -> None:
+        """One durable commit of everything since the last one, then the Arrow flush it allows."""
+        p, self._pending = self._pending, _Pending()
+        unit = self._build_unit(p)
+        t0 = time.perf_counter()
+        try:
+            seq = await anyio.to_thread.run_sync(self.checkpoint.commit, unit)
+        except Exception as exc:
+            self._commit_failed = f"{type(exc).__name__}: {exc}"
+            self.log.error("commit_failed", error=self._commit_failed)
+            raise
+        self._commit_failed = ""
+        self._commits += 1
+        self._last_commit_mono = self.clock.monotonic()
+        for ack in p.acks:
+            ack.set()
+        tables = [t for t in unit.rows if t.startswith("windows/") or t == "anomalies"]
+        if flush_all or self.clock.monotonic() - self._last_flush_mono >= self.cfg.storage.flush_interval_s:
+            tables = None
+            self._last_flush_mono = self.clock.monotonic()
+        if tables is None or tables:
+            await anyio.to_thread.run_sync(self.checkpoint.flush, tables)
+        self.log.debug("committed", seq=seq, ms=round((time.perf_counter() - t0) * 1000, 2),
+                       events=sum(len(b) for b in p.events), windows=sum(len(w) for w in p.windows.values()))
+
+    def _build_unit(self, p: _Pending) -> CommitUnit:
+        dedupe_add, expire_before = self.dedupe.take_changes()
+        rows: dict[str, Any] = {}
+        latest: list[tuple[str, bytes, int, bytes]] = []
+        for name, results in p.windows.items():
+            if not results:
+                continue
+            agg = self.parts.aggregation(name)
+            rows[f"windows/{name}"] = schemas.windows_to_arrow(results, agg.cfg.group_by, agg.metric_kinds, agg.extra_columns)
+            for r in results:
+                latest.append((name, orjson.dumps(list(r.key)), r.window_end_ms, window_json(r, agg.cfg.group_by)))
+        if p.events:
+            rows["events"] = schemas.events_to_arrow(p.events, p.events_received_ms)
+        if p.rejected:
+            rows["deadletter"] = schemas.rejected_to_arrow(p.rejected)
+        if p.anomalies:
+            rows["anomalies"] = schemas.anomalies_to_arrow(p.anomalies)
+        return CommitUnit(
+            state=self.parts.take_changes(),
+            positions=p.positions,
+            dedupe_add=dedupe_add,
+            dedupe_expire_before_ms=expire_before,
+            meta={"watermarks": orjson.dumps(self.watermarks.snapshot())},
+            rows=rows,
+            latest=latest,
+            keep_latest={a.name: a.keep_latest for a in self.cfg.aggregations},
+        )
+
+    def statistics(self) -> PipelineStats:
+        return PipelineStats(
+            watermark_ms=self.watermarks.value, batches=self._batches, events_in=self._events_in,
+            accepted=self._accepted, duplicates=self._duplicates, late=self._late,
+            rejected_by_reason=dict(self._reasons), process_seconds=self._process_s, commits=self._commits,
+            last_commit_ms=round((self.clock.monotonic() - self._last_commit_mono) * 1000),
+            pending_acks=len(self._pending.acks), commit_failed=self._commit_failed,
+        )
+
+
+def window_json(r: WindowResult, group_by: tuple[str, ...]) -> bytes:
+    """A closed window as the JSON row GET /windows answers."""
+    row: dict[str, Any] = {"window_start": r.window_start_ms, "window_end": r.window_end_ms}
+    row.update(zip(group_by, r.key))
+    row.update(r.metrics)
+    return orjson.dumps(row)

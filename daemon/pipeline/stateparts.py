@@ -1,0 +1,130 @@
+"""The stateful parts the runner feeds: aggregations with their moving averages and detectors, analysers.
+
+Each part hands its changed state to the checkpoint under its own namespace
+(`agg:<name>`, `ma:<name>`, `anomaly:<name>`, `recs`, `trending`) and is restored from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.aggconfig import AggregationConfig
+from daemon.analyzers.anomaly import AnomalyDetector
+from daemon.analyzers.moving_average import MovingAverages
+from daemon.analyzers.recommend import Recommender
+from daemon.analyzers.trending import Trending
+from daemon.config import Config
+from daemon.events import Anomaly, EventBatch, WindowResult
+from daemon.metrics import build_metric
+from daemon.windows.aggregator import Aggregator
+
+
+@dataclass(slots=True)
+class AggregationPart:
+    """One `[[aggregations]]` entry at run time."""
+
+    cfg: AggregationConfig
+    aggregator: Aggregator
+    averages: MovingAverages | None
+    detector: AnomalyDetector | None
+    metric_kinds: list[tuple[str, str]]
+    extra_columns: list[str]
+
+    @classmethod
+    def build(cls, cfg: AggregationConfig) -> AggregationPart:
+        kinds = [(m.name, build_metric(m).kind) for m in cfg.metrics]
+        extra: list[str] = []
+        if cfg.moving_average is not None:
+            for m in cfg.moving_average.of:
+                extra += [f"{m}_sma", f"{m}_ema"]
+        return cls(
+            cfg=cfg,
+            aggregator=Aggregator(cfg),
+            averages=MovingAverages(cfg.moving_average) if cfg.moving_average else None,
+            detector=AnomalyDetector(cfg.anomaly, cfg.name) if cfg.anomaly else None,
+            metric_kinds=kinds,
+            extra_columns=extra,
+        )
+
+
+class StateParts:
+    """Every stateful analysis part of the pipeline, addressed by checkpoint namespace."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.aggregations: dict[str, AggregationPart] = {a.name: AggregationPart.build(a) for a in cfg.aggregations}
+        rc = cfg.recommendations
+        self.recommender = Recommender(rc) if rc is not None else None
+        self.trending = Trending(rc.half_life_s) if rc is not None else None
+
+    def aggregation(self, name: str) -> AggregationPart:
+        return self.aggregations[name]
+
+    def observe(self, batch: EventBatch) -> None:
+        for part in self.aggregations.values():
+            part.aggregator.add(batch)
+        if self.recommender is not None:
+            self.recommender.observe(batch)
+        if self.trending is not None:
+            self.trending.observe(batch)
+
+    def close(self, watermark_ms: int) -> tuple[dict[str, list[WindowResult]], list[Anomaly]]:
+        closed: dict[str, list[WindowResult]] = {}
+        anomalies: list[Anomaly] = []
+        for name, part in self.aggregations.items():
+            results = part.aggregator.close(watermark_ms)
+            if not results:
+                continue
+            if part.averages is not None:
+                results = part.averages.apply(results)
+            if part.detector is not None:
+                anomalies.extend(part.detector.observe(results))
+            closed[name] = results
+        return closed, anomalies
+
+    def take_changes(self) -> dict[str, dict[bytes, bytes | None]]:
+        out: dict[str, dict[bytes, bytes | None]] = {}
+        for name, part in self.aggregations.items():
+            out[f"agg:{name}"] = part.aggregator.take_changes()
+            if part.averages is not None:
+                out[f"ma:{name}"] = {b"state": part.averages.snapshot()}
+            if part.detector is not None:
+                out[f"anomaly:{name}"] = {b"state": part.detector.snapshot()}
+        if self.recommender is not None:
+            out["recs"] = _changes(self.recommender)
+        if self.trending is not None:
+            out["trending"] = {b"state": self.trending.snapshot()}
+        return {ns: ch for ns, ch in out.items() if ch}
+
+    def restore(self, state: dict[str, Iterable[tuple[bytes, bytes]]]) -> None:
+        for ns, items in state.items():
+            kind, _, name = ns.partition(":")
+            items = list(items)
+            part = self.aggregations.get(name)
+            if kind == "agg" and part is not None:
+                part.aggregator.restore(items)
+            elif kind == "ma" and part is not None and part.averages is not None:
+                part.averages.restore(dict(items)[b"state"])
+            elif kind == "anomaly" and part is not None and part.detector is not None:
+                part.detector.restore(dict(items)[b"state"])
+            elif kind == "recs" and self.recommender is not None:
+                _restore(self.recommender, items)
+            elif kind == "trending" and self.trending is not None:
+                self.trending.restore(dict(items)[b"state"])
+
+    def statistics(self) -> dict[str, Any]:
+        return {name: part.aggregator.statistics() for name, part in self.aggregations.items()}
+
+
+def _changes(obj: Any) -> dict[bytes, bytes | None]:
+    if hasattr(obj, "take_changes"):
+        return obj.take_changes()
+    return {b"state": obj.snapshot()}
+
+
+def _restore(obj: Any, items: list[tuple[bytes, bytes]]) -> None:
+    if hasattr(obj, "restore_items"):
+        obj.restore_items(items)
+    else:
+        obj.restore(dict(items)[b"state"])

@@ -1,0 +1,183 @@
+"""Decoded objects → EventBatch columns or Rejected, by SPEC's event schema (pure).
+
+One `Validator` per source: it knows the field renames, the seq field and the future skew.
+The loop is written out flat on purpose: it runs once per event.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from daemon.events import EVENT_TYPES, EventBatch, Reason, Rejected
+from daemon.pipeline.decode import iter_items, raw_bytes
+
+_TYPES = frozenset(EVENT_TYPES)
+_NEEDS_PRICE = frozenset(("cart", "purchase"))
+MAX_TS_MS = 2**53
+MAX_QUANTITY = 1_000_000_000
+MAX_PRICE = 1e12
+MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 256
+
+
+@dataclass(slots=True)
+class Decoded:
+    """The result of one payload: accepted events, rejected ones, and the largest seq seen."""
+
+    batch: EventBatch
+    rejected: list[Rejected] = field(default_factory=list)
+    max_seq: int | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.batch) + len(self.rejected)
+
+
+class _Bad(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_ts_ms(value: object) -> int:
+    """Event time in epoch ms from an int or an RFC 3339 string (raises _Bad)."""
+    if type(value) is int:
+        ts = value
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise _Bad(Reason.BAD_VALUE, f"ts {value[:40]!r} is not RFC 3339") from None
+        if dt.tzinfo is None:
+            raise _Bad(Reason.BAD_VALUE, "ts string needs a time zone (e.g. Z)")
+        ts = round(dt.timestamp() * 1000)
+    else:
+        raise _Bad(Reason.BAD_TYPE, f"ts must be int epoch ms or an RFC 3339 string, got {type(value).__name__}")
+    if not 0 <= ts < MAX_TS_MS:
+        raise _Bad(Reason.BAD_VALUE, "ts out of range")
+    return ts
+
+
+def _ident(obj: dict, key: str, name: str, required: bool) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise _Bad(Reason.MISSING_FIELD, f"{name} is required")
+        return None
+    t = type(value)
+    if t is str:
+        if not value or len(value) > MAX_ID_CHARS:
+            raise _Bad(Reason.BAD_VALUE, f"{name} must be 1-{MAX_ID_CHARS} chars")
+        return value
+    if t is int:
+        if abs(value) >= 2**63:
+            raise _Bad(Reason.BAD_VALUE, f"{name} integer out of range")
+        return str(value)
+    raise _Bad(Reason.BAD_TYPE, f"{name} must be a string or an integer, got {t.__name__}")
+
+
+def _text(obj: dict, key: str, name: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise _Bad(Reason.BAD_TYPE, f"{name} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise _Bad(Reason.BAD_VALUE, f"{name} longer than {MAX_TEXT_CHARS} chars")
+    return value
+
+
+class Validator:
+    """Validates payloads of one source into an EventBatch."""
+
+    def __init__(self, source: str, *, renames: dict[str, str] | None = None, seq_field: str = "",
+                 max_future_skew_ms: int = 300_000) -> None:
+        self.source = source
+        names = {f: f for f in ("event_id", "ts", "type", "user_id", "session_id", "item_id",
+                                "category", "price", "quantity")}
+        names.update(renames or {})
+        self._k = names
+        self.seq_field = seq_field
+        self.max_future_skew_ms = max_future_skew_ms
+
+    def decode(self, payload: bytes, now_ms: int) -> Decoded:
+        """Decode and validate one payload; never raises for bad input."""
+        out = Decoded(EventBatch(self.source))
+        for item in iter_items(payload, self.source, now_ms):
+            if type(item) is Rejected:
+                out.rejected.append(item)
+            else:
+                self.add(out, item[0], item[1], now_ms)
+        return out
+
+    def add(self, out: Decoded, obj: object, raw: bytes | None, now_ms: int) -> None:
+        """Validate one decoded value into `out` (accepted column values or a Rejected)."""
+        if type(obj) is not dict:
+            out.rejected.append(Rejected(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}",
+                                         raw_bytes(obj, raw), self.source, now_ms))
+            return
+        try:
+            self._add(out, obj, now_ms)
+        except _Bad as bad:
+            out.rejected.append(Rejected(bad.reason, bad.detail, raw_bytes(obj, raw), self.source, now_ms))
+
+    def _add(self, out: Decoded, obj: dict, now_ms: int) -> None:
+        k = self._k
+        event_id = obj.get(k["event_id"])
+        if event_id is None:
+            raise _Bad(Reason.MISSING_FIELD, "event_id is required")
+        if type(event_id) is not str:
+            raise _Bad(Reason.BAD_TYPE, f"event_id must be a string, got {type(event_id).__name__}")
+        if not 0 < len(event_id) <= MAX_ID_CHARS:
+            raise _Bad(Reason.BAD_VALUE, f"event_id must be 1-{MAX_ID_CHARS} chars")
+        ts_raw = obj.get(k["ts"])
+        if ts_raw is None:
+            raise _Bad(Reason.MISSING_FIELD, "ts is required")
+        ts = parse_ts_ms(ts_raw)
+        if ts > now_ms + self.max_future_skew_ms:
+            raise _Bad(Reason.FUTURE_TS, f"ts is {ts - now_ms} ms in the future (max_future_skew {self.max_future_skew_ms} ms)")
+        etype = obj.get(k["type"])
+        if etype is None:
+            raise _Bad(Reason.MISSING_FIELD, "type is required")
+        if etype not in _TYPES if type(etype) is str else True:
+            raise _Bad(Reason.BAD_VALUE if type(etype) is str else Reason.BAD_TYPE,
+                       f"type must be one of {', '.join(EVENT_TYPES)}")
+        user_id = _ident(obj, k["user_id"], "user_id", True)
+        item_id = _ident(obj, k["item_id"], "item_id", etype != "search")
+        session_id = _text(obj, k["session_id"], "session_id")
+        category = _text(obj, k["category"], "category")
+        price = obj.get(k["price"])
+        if price is None:
+            if etype in _NEEDS_PRICE:
+                raise _Bad(Reason.MISSING_FIELD, f"price is required for {etype}")
+        else:
+            tp = type(price)
+            if tp is not float and tp is not int:
+                raise _Bad(Reason.BAD_TYPE, f"price must be a number, got {tp.__name__}")
+            if not 0 <= price <= MAX_PRICE or (tp is float and not math.isfinite(price)):
+                raise _Bad(Reason.BAD_VALUE, f"price must be between 0 and {MAX_PRICE:g}")
+            price = float(price)
+        quantity = obj.get(k["quantity"], 1)
+        if quantity is None:
+            quantity = 1
+        elif type(quantity) is not int:
+            raise _Bad(Reason.BAD_TYPE, f"quantity must be an integer, got {type(quantity).__name__}")
+        elif not 1 <= quantity <= MAX_QUANTITY:
+            raise _Bad(Reason.BAD_VALUE, f"quantity must be between 1 and {MAX_QUANTITY}")
+        if self.seq_field:
+            seq = obj.get(self.seq_field)
+            if type(seq) is int and (out.max_seq is None or seq > out.max_seq):
+                out.max_seq = seq
+        b = out.batch
+        b.event_id.append(event_id)
+        b.ts.append(ts)
+        b.type.append(etype)
+        b.user_id.append(user_id)
+        b.session_id.append(session_id)
+        b.item_id.append(item_id)
+        b.category.append(category)
+        b.price.append(price)
+        b.quantity.append(quantity)
+        b.revenue.append(price * quantity if etype == "purchase" else 0.0)

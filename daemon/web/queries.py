@@ -1,0 +1,95 @@
+"""/windows, /anomalies, /recommendations, /trending: reads of LMDB and of the analysers."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from daemon.web.context import CONTEXT
+
+MAX_LIMIT = 10_000
+
+
+def _int_param(request: web.Request, name: str, default: int, hi: int = MAX_LIMIT) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer") from None
+    if not 1 <= value <= hi:
+        raise web.HTTPBadRequest(text=f"{name} must be between 1 and {hi}")
+    return value
+
+
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+def _key_param(request: web.Request, group_by: tuple[str, ...]) -> bytes | None:
+    """The group key from `?key=` (a value, or a JSON array for several fields) or `?<field>=`."""
+    raw = request.query.get("key")
+    if raw is not None:
+        if raw.startswith("["):
+            try:
+                values = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise web.HTTPBadRequest(text="key is not a JSON array") from None
+        else:
+            values = [raw]
+        if len(values) != len(group_by):
+            raise web.HTTPBadRequest(text=f"key needs {len(group_by)} value(s): {', '.join(group_by) or 'none'}")
+        return orjson.dumps([str(v) if v is not None else None for v in values])
+    if group_by and all(f in request.query for f in group_by):
+        return orjson.dumps([request.query[f] for f in group_by])
+    return None
+
+
+async def windows(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    name = request.match_info["aggregation"]
+    if name not in ctx.parts.aggregations:
+        return _json({"error": f"no aggregation named {name!r}", "aggregations": sorted(ctx.parts.aggregations)}, 404)
+    agg = ctx.parts.aggregation(name)
+    key = _key_param(request, agg.cfg.group_by)
+    limit = _int_param(request, "limit", 100)
+    rows = ctx.checkpoint.latest_windows(name, key, limit)
+    body = b'{"aggregation":' + orjson.dumps(name) + b',"windows":[' + b",".join(rows) + b"]}"
+    return web.Response(body=body, content_type="application/json")
+
+
+async def anomalies(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    limit = _int_param(request, "limit", 100)
+    since = request.query.get("since")
+    since_ms = 0
+    if since:
+        try:
+            since_ms = int(since)
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be epoch milliseconds") from None
+    rows = ctx.checkpoint.recent_anomalies(since_ms, limit)
+    return web.Response(body=b'{"anomalies":[' + b",".join(rows) + b"]}", content_type="application/json")
+
+
+async def recommendations(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    rec = ctx.parts.recommender
+    if rec is None:
+        return _json({"error": "recommendations are not enabled ([recommendations] in the config)"}, 404)
+    k = _int_param(request, "k", 10, 1000)
+    user = request.match_info["user_id"]
+    items = rec.recommend(user, k, ctx.runner.watermarks.value_or_now(ctx.clock.now_ms()))
+    return _json({"user_id": user, "items": [{"item_id": i, "score": round(s, 6)} for i, s in items]})
+
+
+async def trending(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    tr = ctx.parts.trending
+    if tr is None:
+        return _json({"error": "trending needs [recommendations] in the config"}, 404)
+    k = _int_param(request, "k", 10, 1000)
+    category = request.query.get("category") or None
+    items = tr.top(category, k, ctx.runner.watermarks.value_or_now(ctx.clock.now_ms()))
+    return _json({"category": category, "items": [{"item_id": i, "score": round(s, 6)} for i, s in items]})
