@@ -1,0 +1,93 @@
+"""Config loading: typed values and `dotted.key: message` problems."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_config, parse_config
+from daemon.errors import ConfigErrors
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_config_is_valid():
+    """The shipped config/storepulse.toml loads with its three sources."""
+    cfg = load_config(str(REPO / "config/storepulse.toml"))
+    assert {s.type for s in cfg.sources} == {"http_poll", "websocket", "ingest"}
+    assert cfg.http.host == "127.0.0.1" and cfg.http.port == 8787
+    assert cfg.storage.commit_interval_s == 0.2
+
+
+def test_empty_config_gets_defaults():
+    """An empty file is a valid config with loopback defaults."""
+    cfg = parse_config({})
+    assert cfg.http.is_loopback and cfg.sources == () and cfg.aggregations == ()
+
+
+def _problems(data: dict) -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(data)
+    return [str(e) for e in info.value.errors]
+
+
+def test_every_problem_is_reported_with_its_path():
+    """Unknown key, wrong type, bad duration, missing url, unknown source type: one line each."""
+    problems = _problems({
+        "http": {"listen": "127.0.0.1:8787", "colour": "red"},
+        "storage": {"commit_interval": "soon", "archive_events": "yes"},
+        "sources": {"a": {"type": "http_poll"}, "b": {"type": "kafka"}},
+    })
+    assert sorted(problems) == sorted([
+        "http.colour: unknown key",
+        "storage.archive_events: expected true or false, got a string",
+        "storage.commit_interval: bad duration 'soon': use a number and one of ms, s, m, h, d (e.g. \"250ms\", \"5s\")",
+        "sources.a.url: required key is missing",
+        "sources.b.type: unknown source type 'kafka' (one of http_poll, websocket, ingest)",
+    ])
+
+
+def test_aggregation_problems_name_the_entry():
+    """Metric, window and filter problems point into aggregations[i]."""
+    problems = _problems({"aggregations": [{
+        "name": "x", "where": {"type": ["buy"]}, "group_by": ["colour"],
+        "window": {"type": "hopping", "size": "5m", "slide": "2m"},
+        "metrics": {"a": "sum(category)", "b": "p95(price)", "c": "topk(item_id)"},
+    }]})
+    assert "aggregations[0].where.type: unknown event type 'buy' (one of view, cart, remove_from_cart, purchase, search)" in problems
+    assert "aggregations[0].group_by[0]: unknown event field 'colour'" in problems
+    assert "aggregations[0].window.slide: size must be a whole multiple of slide" in problems
+    assert any(p.startswith("aggregations[0].metrics.a: sum needs a numeric field") for p in problems)
+    assert any(p.startswith("aggregations[0].metrics.c: topk needs") for p in problems)
+    assert not any(".metrics.b" in p for p in problems)
+
+
+def test_non_loopback_listen_needs_a_token():
+    """Listening on 0.0.0.0 without token_file is refused."""
+    assert _problems({"http": {"listen": "0.0.0.0:8787"}}) == [
+        "http.token_file: required when listen is not a loopback address (0.0.0.0)"]
+
+
+def test_check_config_three_mistakes_three_lines(tmp_path):
+    """`storepulse check-config` prints one line per mistake and exits 1, no traceback."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[http]\nmax_body = "lots"\n[sources.x]\ntype = "websocket"\n[pipeline]\nidle_timeout = 5\n')
+    proc = subprocess.run([sys.executable, "-m", "daemon", "check-config", "-c", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 3, proc.stderr
+    assert lines[0].startswith("http.max_body: bad size")
+    assert lines[1].startswith("pipeline.idle_timeout: expected a duration string")
+    assert lines[2] == "sources.x.url: required key is missing"
+    assert "Traceback" not in proc.stderr
+
+
+def test_invalid_toml_is_one_clear_line(tmp_path):
+    """A TOML syntax error names the file and the problem."""
+    path = tmp_path / "broken.toml"
+    path.write_text("[http\n")
+    proc = subprocess.run([sys.executable, "-m", "daemon", "check-config", "-c", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "invalid TOML" in proc.stderr and "Traceback" not in proc.stderr
