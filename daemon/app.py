@@ -6,6 +6,7 @@ flush → HTTP listener closes → LMDB closes. Each step is bounded in time.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any
@@ -51,6 +52,8 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
         self.shutdown = anyio.Event()
+        # Injected failures for tests (STOREPULSE_FAULT=wedge_commit,...); empty in production.
+        self.faults = frozenset(f for f in os.environ.get("STOREPULSE_FAULT", "").split(",") if f)
 
     async def run(self) -> int:
         cfg, log, clock = self.cfg, self.log, self.clock
@@ -69,7 +72,7 @@ class Daemon:
         wakeup = Wakeup()
         queues = {s.name: BoundedQueue(s.common.queue.capacity, s.common.queue.overflow, wakeup) for s in cfg.sources}
         parts = StateParts(cfg)
-        runner = Runner(cfg, checkpoint, parts, queues, wakeup, clock, log.bind(component="runner"))
+        runner = Runner(cfg, checkpoint, parts, queues, wakeup, clock, log.bind(component="runner"), faults=self.faults)
         positions = runner.restore()
         sources = build_sources(cfg, queues, positions, clock, log)
         health = ProcessHealth(started_mono=clock.monotonic())

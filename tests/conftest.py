@@ -121,9 +121,13 @@ class DaemonFactory:
         self.count = 0
 
     def config_text(self, body: str, port: int, data_dir: Path) -> str:
-        head = f'[http]\nlisten = "127.0.0.1:{port}"\n\n[storage]\ndata_dir = "{data_dir}"\n'
-        if "[storage]" in body:
-            head = f'[http]\nlisten = "127.0.0.1:{port}"\n'
+        """Fill `{port}` and `{data}` in `body`; add [http] listen and [storage] data_dir when absent."""
+        body = body.replace("{port}", str(port)).replace("{data}", str(data_dir))
+        head = ""
+        if "[http]" not in body:
+            head += f'[http]\nlisten = "127.0.0.1:{port}"\n\n'
+        if "[storage]" not in body:
+            head += f'[storage]\ndata_dir = "{data_dir}"\n\n'
         return head + body
 
     def start(self, body: str, *, port: int | None = None, data_dir: Path | None = None, wait: bool = True,

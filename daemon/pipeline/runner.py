@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import orjson
+import pyarrow as pa
 
 from daemon.clock import Clock
 from daemon.config import Config
@@ -57,7 +58,7 @@ class Runner:
     """Consumes every source queue in one task; commits on `storage.commit_interval`."""
 
     def __init__(self, cfg: Config, checkpoint: Checkpoint, parts: StateParts, queues: dict[str, BoundedQueue],
-                 wakeup: Wakeup, clock: Clock, log: Any) -> None:
+                 wakeup: Wakeup, clock: Clock, log: Any, faults: frozenset[str] = frozenset()) -> None:
         self.cfg = cfg
         self.checkpoint = checkpoint
         self.parts = parts
@@ -76,19 +77,18 @@ class Runner:
         self._last_commit_mono = clock.monotonic()
         self._last_flush_mono = clock.monotonic()
         self._commit_failed = ""
-        self._stopping = False
+        self._faults = faults   # injected failures for tests, e.g. {"wedge_commit"}
 
     # ---- state ---------------------------------------------------------------------------
     def restore(self) -> dict[str, bytes]:
         """Load the last commit into every part; return the source positions."""
         restored = self.checkpoint.restore()
-        meta = restored.meta
-        if b"watermarks" in meta or "watermarks" in meta:
-            raw = meta.get("watermarks") or meta.get(b"watermarks")
+        raw = restored.meta.get("watermarks")
+        if raw:
             self.watermarks.restore(orjson.loads(raw), self.clock.monotonic())
         self.dedupe.restore(restored.dedupe)
         self.parts.restore(restored.state)
-        self.log.info("state_restored", commit_seq=restored.seq, watermark_ms=self.watermarks.value,
+        self.log.info("state_restored", commit_seq=restored.commit_seq, watermark_ms=self.watermarks.value,
                       dedupe_ids=self.dedupe.statistics().ids, positions=sorted(restored.positions))
         return dict(restored.positions)
 
@@ -192,6 +192,9 @@ class Runner:
 
     async def commit(self, *, flush_all: bool = False) -> None:
         """One durable commit of everything since the last one, then the Arrow flush it allows."""
+        if "wedge_commit" in self._faults:
+            self.log.warning("fault_injected", fault="wedge_commit")
+            await anyio.sleep_forever()
         p, self._pending = self._pending, _Pending()
         unit = self._build_unit(p)
         t0 = time.perf_counter()
@@ -223,15 +226,16 @@ class Runner:
             if not results:
                 continue
             agg = self.parts.aggregation(name)
-            rows[f"windows/{name}"] = schemas.windows_to_arrow(results, agg.cfg.group_by, agg.metric_kinds, agg.extra_columns)
+            rows[f"windows/{name}"] = schemas.windows_to_record_batch(results, agg.schema)
             for r in results:
                 latest.append((name, orjson.dumps(list(r.key)), r.window_end_ms, window_json(r, agg.cfg.group_by)))
         if p.events:
-            rows["events"] = schemas.events_to_arrow(p.events, p.events_received_ms)
+            rows["events"] = pa.Table.from_batches(
+                [schemas.events_to_record_batch(b, ms) for b, ms in zip(p.events, p.events_received_ms)])
         if p.rejected:
-            rows["deadletter"] = schemas.rejected_to_arrow(p.rejected)
+            rows["deadletter"] = schemas.rejected_to_record_batch(p.rejected)
         if p.anomalies:
-            rows["anomalies"] = schemas.anomalies_to_arrow(p.anomalies)
+            rows["anomalies"] = schemas.anomalies_to_record_batch(p.anomalies)
         return CommitUnit(
             state=self.parts.take_changes(),
             positions=p.positions,

@@ -18,6 +18,7 @@ from daemon.analyzers.trending import Trending
 from daemon.config import Config
 from daemon.events import Anomaly, EventBatch, WindowResult
 from daemon.metrics import build_metric
+from daemon.stores.schemas import window_schema
 from daemon.windows.aggregator import Aggregator
 
 
@@ -29,8 +30,7 @@ class AggregationPart:
     aggregator: Aggregator
     averages: MovingAverages | None
     detector: AnomalyDetector | None
-    metric_kinds: list[tuple[str, str]]
-    extra_columns: list[str]
+    schema: Any   # pyarrow schema of windows/<name>
 
     @classmethod
     def build(cls, cfg: AggregationConfig) -> AggregationPart:
@@ -44,8 +44,7 @@ class AggregationPart:
             aggregator=Aggregator(cfg),
             averages=MovingAverages(cfg.moving_average) if cfg.moving_average else None,
             detector=AnomalyDetector(cfg.anomaly, cfg.name) if cfg.anomaly else None,
-            metric_kinds=kinds,
-            extra_columns=extra,
+            schema=window_schema(cfg.group_by, kinds, extra),
         )
 
 
