@@ -2,25 +2,31 @@
 
 Shutdown order (SIGTERM): sources stop → the runner drains the queues → last commit and Arrow
 flush → HTTP listener closes → LMDB closes. Each step is bounded in time.
+Reload (SIGHUP): re-read the file; on error keep running; else add, remove and restart the
+sources and aggregations that changed while the others keep their state and open windows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.clock import Clock, SystemClock
-from daemon.config import Config
-from daemon.errors import StoreError
+from daemon.config import Config, load_config
+from daemon.errors import ConfigErrors, StoreError
 from daemon.pipeline.queue import BoundedQueue, Wakeup
 from daemon.pipeline.runner import Runner
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.validate import Validator
+from daemon.runtime.reload import plan_reload
 from daemon.runtime.systemd import Notifier
+from daemon.sources import SourceConfig
 from daemon.sources.base import SourceContext, SourceHealth
 from daemon.stores.checkpoint import Checkpoint
 from daemon.web.app import open_http_server
@@ -28,19 +34,6 @@ from daemon.web.context import ProcessHealth, WebContext
 
 DRAIN_TIMEOUT_S = 8.0
 LOOP_PROBE_S = 0.25
-
-
-def build_sources(cfg: Config, queues: dict[str, BoundedQueue], positions: dict[str, bytes], clock: Clock,
-                  log: Any) -> dict[str, Any]:
-    sources: dict[str, Any] = {}
-    for sc in cfg.sources:
-        validator = Validator(sc.name, renames=dict(sc.common.renames), seq_field=getattr(sc, "seq_field", ""),
-                              max_future_skew_ms=cfg.pipeline.max_future_skew_ms)
-        ctx = SourceContext(name=sc.name, queue=queues[sc.name], validator=validator, clock=clock,
-                            log=log.bind(source=sc.name), position=positions.get(sc.name),
-                            health=SourceHealth(sc.name, sc.type))
-        sources[sc.name] = sc.build(ctx)
-    return sources
 
 
 class Daemon:
@@ -54,13 +47,17 @@ class Daemon:
         self.shutdown = anyio.Event()
         # Injected failures for tests (STOREPULSE_FAULT=wedge_commit,...); empty in production.
         self.faults = frozenset(f for f in os.environ.get("STOREPULSE_FAULT", "").split(",") if f)
+        self.wakeup = Wakeup()
+        self.queues: dict[str, BoundedQueue] = {}
+        self.sources: dict[str, Any] = {}
+        self._source_scopes: dict[str, anyio.CancelScope] = {}
+        self._source_tg: TaskGroup | None = None
 
     async def run(self) -> int:
-        cfg, log, clock = self.cfg, self.log, self.clock
         try:
-            checkpoint = await anyio.to_thread.run_sync(Checkpoint.open, cfg.storage)
+            checkpoint = await anyio.to_thread.run_sync(Checkpoint.open, self.cfg.storage)
         except StoreError as exc:
-            log.error("store_open_failed", error=str(exc), data_dir=cfg.storage.data_dir)
+            self.log.error("store_open_failed", error=str(exc), data_dir=self.cfg.storage.data_dir)
             return 1
         try:
             return await self._run_with(checkpoint)
@@ -69,31 +66,49 @@ class Daemon:
 
     async def _run_with(self, checkpoint: Checkpoint) -> int:
         cfg, log, clock = self.cfg, self.log, self.clock
-        wakeup = Wakeup()
-        queues = {s.name: BoundedQueue(s.common.queue.capacity, s.common.queue.overflow, wakeup) for s in cfg.sources}
-        parts = StateParts(cfg)
-        runner = Runner(cfg, checkpoint, parts, queues, wakeup, clock, log.bind(component="runner"), faults=self.faults)
-        positions = runner.restore()
-        sources = build_sources(cfg, queues, positions, clock, log)
-        health = ProcessHealth(started_mono=clock.monotonic())
-        webctx = WebContext(cfg=cfg, clock=clock, runner=runner, parts=parts, checkpoint=checkpoint,
-                            sources=sources, queues=queues, health=health, log=log)
+        for sc in cfg.sources:
+            self.queues[sc.name] = BoundedQueue(sc.common.queue.capacity, sc.common.queue.overflow, self.wakeup)
+        self.parts = StateParts(cfg)
+        self.checkpoint = checkpoint
+        self.runner = Runner(cfg, checkpoint, self.parts, self.queues, self.wakeup, clock,
+                             log.bind(component="runner"), faults=self.faults)
+        positions = self.runner.restore()
+        for sc in cfg.sources:
+            self.sources[sc.name] = self._build_source(sc, positions.get(sc.name))
+        self.health = ProcessHealth(started_mono=clock.monotonic())
+        webctx = WebContext(cfg=cfg, clock=clock, runner=self.runner, parts=self.parts, checkpoint=checkpoint,
+                            sources=self.sources, queues=self.queues, health=self.health, log=log)
+        self.webctx = webctx
+        server = open_http_server(webctx)
         try:
-            server = open_http_server(webctx)
             await server.__aenter__()
         except OSError as exc:
             log.error("http_listen_failed", listen=f"{cfg.http.host}:{cfg.http.port}", error=str(exc))
             return 1
         try:
-            await self._serve(runner, sources, wakeup, health)
+            await self._serve()
         finally:
             with anyio.move_on_after(3, shield=True):
                 await server.__aexit__(None, None, None)
         log.info("stopped")
         return 0
 
-    async def _serve(self, runner: Runner, sources: dict[str, Any], wakeup: Wakeup, health: ProcessHealth) -> None:
-        log = self.log
+    def _build_source(self, sc: SourceConfig, position: bytes | None) -> Any:
+        validator = Validator(sc.name, renames=dict(sc.common.renames), seq_field=getattr(sc, "seq_field", ""),
+                              max_future_skew_ms=self.cfg.pipeline.max_future_skew_ms)
+        ctx = SourceContext(name=sc.name, queue=self.queues[sc.name], validator=validator, clock=self.clock,
+                            log=self.log.bind(source=sc.name), position=position,
+                            health=SourceHealth(sc.name, sc.type))
+        return sc.build(ctx)
+
+    async def _run_source(self, name: str, source: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as scope:
+            self._source_scopes[name] = scope
+            task_status.started()
+            await source.run()
+
+    async def _serve(self) -> None:
+        log, runner = self.log, self.runner
         runner_stop = anyio.Event()
         runner_done = anyio.Event()
 
@@ -105,15 +120,16 @@ class Daemon:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._signals)
-            tg.start_soon(self._monitor, health, runner)
+            tg.start_soon(self._monitor)
             tg.start_soon(run_runner)
             async with anyio.create_task_group() as source_tg:
-                for source in sources.values():
-                    source_tg.start_soon(source.run)
-                health.ready = True
+                self._source_tg = source_tg
+                for name, source in self.sources.items():
+                    await source_tg.start(self._run_source, name, source)
+                self.health.ready = True
                 self.notifier.ready("running")
                 log.info("started", listen=f"{self.cfg.http.host}:{self.cfg.http.port}",
-                         sources=sorted(sources), aggregations=[a.name for a in self.cfg.aggregations],
+                         sources=sorted(self.sources), aggregations=[a.name for a in self.cfg.aggregations],
                          data_dir=self.cfg.storage.data_dir)
                 await self.shutdown.wait()
                 self.notifier.stopping()
@@ -121,7 +137,7 @@ class Daemon:
                 source_tg.cancel_scope.cancel()
             log.info("stopping", step="drain", queued=runner.queued())
             runner_stop.set()
-            wakeup.set()
+            self.wakeup.set()
             with anyio.move_on_after(DRAIN_TIMEOUT_S) as scope:
                 await runner_done.wait()
             if scope.cancelled_caught:
@@ -132,12 +148,63 @@ class Daemon:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    self.log.warning("reload_not_supported_yet")
+                    self.notifier.reloading()
+                    await self.reload()
+                    self.notifier.ready("running (reloaded)")
                     continue
                 self.log.info("signal_received", signal=signal.Signals(signum).name)
                 self.shutdown.set()
 
-    async def _monitor(self, health: ProcessHealth, runner: Runner) -> None:
+    async def reload(self) -> bool:
+        """Re-read the config file and apply the difference; keep the old config on any error."""
+        log = self.log
+        try:
+            new = await anyio.to_thread.run_sync(load_config, self.cfg.path)
+        except ConfigErrors as errs:
+            log.error("reload_failed", config=self.cfg.path, problems=[str(e) for e in errs.errors])
+            return False
+        plan = plan_reload(self.cfg, new)
+        if plan.empty:
+            log.info("reload_unchanged", config=self.cfg.path)
+            return True
+        if plan.needs_restart:
+            log.warning("reload_needs_restart", sections=list(plan.needs_restart))
+        old = self.cfg
+        # Sections that only a restart can change keep their running values.
+        merged = dataclasses.replace(new, http=old.http, storage=old.storage, pipeline=old.pipeline,
+                                     recommendations=old.recommendations, log_level=old.log_level)
+        for name in plan.sources_removed + plan.sources_changed:
+            await self._stop_source(name)
+        for name in plan.aggregations_removed + plan.aggregations_changed:
+            namespaces = self.parts.namespaces(name)
+            stored = await anyio.to_thread.run_sync(lambda: {ns: [k for k, _ in self.checkpoint.scan(ns)] for ns in namespaces})
+            self.parts.remove_aggregation(name, stored)
+        for name in plan.aggregations_added + plan.aggregations_changed:
+            self.parts.add_aggregation(next(a for a in merged.aggregations if a.name == name))
+        self.cfg = merged
+        self.runner.cfg = merged
+        self.webctx.cfg = merged
+        for name in plan.sources_added + plan.sources_changed:
+            sc = merged.source(name)
+            self.queues[name] = BoundedQueue(sc.common.queue.capacity, sc.common.queue.overflow, self.wakeup)
+            self.runner.add_source(name)
+            source = self._build_source(sc, self.runner.positions.get(name))
+            self.sources[name] = source
+            assert self._source_tg is not None
+            await self._source_tg.start(self._run_source, name, source)
+        log.info("reloaded", config=self.cfg.path, **plan.summary())
+        return True
+
+    async def _stop_source(self, name: str) -> None:
+        scope = self._source_scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        await anyio.sleep(0)
+        self.sources.pop(name, None)
+        self.runner.remove_source(name)   # processes what its queue still holds, then forgets it
+        self.queues.pop(name, None)
+
+    async def _monitor(self) -> None:
         """Measure event-loop lag and keep the systemd watchdog fed while the loop turns."""
         interval = LOOP_PROBE_S
         if self.notifier.watchdog_interval_s:
@@ -146,6 +213,6 @@ class Daemon:
             t0 = time.monotonic()
             await anyio.sleep(interval)
             lag = time.monotonic() - t0 - interval
-            health.loop_lag_ms = max(0.0, lag * 1000)
+            self.health.loop_lag_ms = max(0.0, lag * 1000)
             if self.notifier.watchdog_interval_s:
                 self.notifier.watchdog()

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from daemon.clock import Clock
 from daemon.config import Config
-from daemon.events import EventBatch, Reason, Rejected, WindowResult
+from daemon.events import Anomaly, EventBatch, Reason, Rejected, WindowResult
 from daemon.pipeline.dedupe import DedupeFilter
 from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
 from daemon.pipeline.stateparts import StateParts
@@ -50,7 +50,7 @@ class _Pending:
     events_received_ms: list[int] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     windows: dict[str, list[WindowResult]] = field(default_factory=dict)
-    anomalies: list[Any] = field(default_factory=list)
+    anomalies: list[Anomaly] = field(default_factory=list)
     dirty: bool = False
 
 
@@ -77,6 +77,7 @@ class Runner:
         self._last_commit_mono = clock.monotonic()
         self._last_flush_mono = clock.monotonic()
         self._commit_failed = ""
+        self.positions: dict[str, bytes] = {}   # newest position per source folded into state (committed or not)
         self._faults = faults   # injected failures for tests, e.g. {"wedge_commit"}
 
     # ---- state ---------------------------------------------------------------------------
@@ -88,6 +89,7 @@ class Runner:
             self.watermarks.restore(orjson.loads(raw), self.clock.monotonic())
         self.dedupe.restore(restored.dedupe)
         self.parts.restore(restored.state)
+        self.positions = dict(restored.positions)
         self.log.info("state_restored", commit_seq=restored.commit_seq, watermark_ms=self.watermarks.value,
                       dedupe_ids=self.dedupe.statistics().ids, positions=sorted(restored.positions))
         return dict(restored.positions)
@@ -123,6 +125,7 @@ class Runner:
                 self.watermarks.observe(batch.source, max(good.ts), self.clock.monotonic())
         if d.position is not None:
             p.positions[batch.source] = d.position
+            self.positions[batch.source] = d.position
         if d.acked is not None:
             p.acks.append(d.acked)
         p.dirty = True
@@ -162,6 +165,17 @@ class Runner:
                 self.process(d)
                 done += 1
         return done
+
+    def add_source(self, name: str) -> None:
+        """Start consuming a source added by a reload (its queue is already in `queues`)."""
+        self.watermarks.add_source(name, self.clock.monotonic())
+
+    def remove_source(self, name: str) -> None:
+        """Fold what a removed source's queue still holds, then stop waiting for its watermark."""
+        q = self.queues.get(name)
+        while q is not None and (d := q.get_nowait()) is not None:
+            self.process(d)
+        self.watermarks.remove_source(name)
 
     def queued(self) -> int:
         return sum(q.statistics().deliveries for q in self.queues.values())
@@ -245,6 +259,7 @@ class Runner:
             rows=rows,
             latest=latest,
             keep_latest={a.name: a.keep_latest for a in self.cfg.aggregations},
+            anomalies=[(a.window_end_ms, anomaly_json(a)) for a in p.anomalies],
         )
 
     def statistics(self) -> PipelineStats:
@@ -263,3 +278,12 @@ def window_json(r: WindowResult, group_by: tuple[str, ...]) -> bytes:
     row.update(zip(group_by, r.key))
     row.update(r.metrics)
     return orjson.dumps(row)
+
+
+def anomaly_json(a: Anomaly) -> bytes:
+    """An anomaly as the JSON row GET /anomalies answers."""
+    return orjson.dumps({
+        "aggregation": a.aggregation, "metric": a.metric, "key": list(a.key), "window_start": a.window_start_ms,
+        "window_end": a.window_end_ms, "value": a.value, "expected": a.expected, "score": a.score,
+        "direction": a.direction, "state": a.state, "detected_at": a.detected_ms,
+    })

@@ -56,6 +56,22 @@ class StateParts:
         rc = cfg.recommendations
         self.recommender = Recommender(rc) if rc is not None else None
         self.trending = Trending(rc.half_life_s) if rc is not None else None
+        self._deletes: dict[str, dict[bytes, bytes | None]] = {}   # namespaces of removed aggregations
+        self._emitted: set[str] = set()   # aggregations whose analysers moved since the last commit
+
+    def namespaces(self, name: str) -> list[str]:
+        """The checkpoint namespaces holding an aggregation's state."""
+        return [f"agg:{name}", f"ma:{name}", f"anomaly:{name}"]
+
+    def add_aggregation(self, cfg: AggregationConfig) -> None:
+        """A new (or changed) aggregation starts empty; it folds events from now on."""
+        self.aggregations[cfg.name] = AggregationPart.build(cfg)
+
+    def remove_aggregation(self, name: str, stored: dict[str, list[bytes]]) -> None:
+        """Drop an aggregation and delete its stored state at the next commit."""
+        self.aggregations.pop(name, None)
+        for ns, keys in stored.items():
+            self._deletes.setdefault(ns, {}).update(dict.fromkeys(keys))
 
     def aggregation(self, name: str) -> AggregationPart:
         return self.aggregations[name]
@@ -80,16 +96,21 @@ class StateParts:
             if part.detector is not None:
                 anomalies.extend(part.detector.observe(results))
             closed[name] = results
+            self._emitted.add(name)
         return closed, anomalies
 
     def take_changes(self) -> dict[str, dict[bytes, bytes | None]]:
-        out: dict[str, dict[bytes, bytes | None]] = {}
+        out: dict[str, dict[bytes, bytes | None]] = self._deletes
+        self._deletes = {}
         for name, part in self.aggregations.items():
-            out[f"agg:{name}"] = part.aggregator.take_changes()
+            out.setdefault(f"agg:{name}", {}).update(part.aggregator.take_changes())
+            if name not in self._emitted:
+                continue
             if part.averages is not None:
                 out[f"ma:{name}"] = {b"state": part.averages.snapshot()}
             if part.detector is not None:
                 out[f"anomaly:{name}"] = {b"state": part.detector.snapshot()}
+        self._emitted.clear()
         if self.recommender is not None:
             out["recs"] = _changes(self.recommender)
         if self.trending is not None:

@@ -28,13 +28,20 @@ def build_app(ctx: WebContext) -> web.Application:
         web.get("/recommendations/{user_id}", queries.recommendations),
         web.get("/trending", queries.trending),
     ]
-    ingest = [s for s in ctx.sources.values() if getattr(s, "handle", None) is not None]
-    if ingest:
-        routes.append(web.post("/ingest", ingest[0].handle))
-        for s in ingest:
-            routes.append(web.post(f"/ingest/{s.name}", s.handle))
+    routes += [web.post("/ingest", ingest), web.post("/ingest/{name}", ingest)]
     app.add_routes(routes)
     return app
+
+
+async def ingest(request: web.Request) -> web.StreamResponse:
+    """POST /ingest goes to the first ingest source, /ingest/{name} to that one (looked up per request: reload may change them)."""
+    ctx = request.app[CONTEXT]
+    name = request.match_info.get("name")
+    targets = [s for s in ctx.sources.values() if getattr(s, "handle", None) is not None and (name is None or s.name == name)]
+    if not targets:
+        what = f"no ingest source named {name!r}" if name else "no source of type ingest is configured"
+        return web.json_response({"error": what}, status=404)
+    return await targets[0].handle(request)
 
 
 @asynccontextmanager

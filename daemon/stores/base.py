@@ -1,0 +1,117 @@
+"""The storage vocabulary the pipeline and the web depend on: CommitUnit, Restored, stats, protocols.
+
+Nothing here does I/O or imports lmdb/pyarrow, so the pipeline can import it freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# The Arrow tables the outbox accepts: "windows/<aggregation>" plus these three.
+ROW_TABLES = ("events", "deadletter", "anomalies")
+DEFAULT_KEEP_LATEST = 1000
+DEFAULT_KEEP_ANOMALIES = 100_000
+
+
+@dataclass(slots=True, kw_only=True)
+class CommitUnit:
+    """Everything one durable commit writes, in ONE LMDB write transaction.
+
+    state: namespace ("agg:sales", "ma:sales", "analyzer:recs") → key → value (None deletes).
+    positions: source name → opaque resume position (poll cursor + ETag, websocket seq).
+    dedupe_add: (event id, expiry_ms); dedupe_expire_before_ms drops ids that expire before it.
+    meta: small named values (e.g. the watermark).
+    rows: Arrow table name ("windows/<agg>", "events", "deadletter", "anomalies") → rows for
+      the outbox; they reach the Arrow files at the next flush of that table.
+    latest: (aggregation, key, window_end_ms, row json) for GET /windows; at most
+      keep_latest[aggregation] (default 1000) are kept per (aggregation, key).
+    anomalies: (ts_ms, anomaly json) for GET /anomalies; the newest keep_anomalies are kept.
+    """
+
+    state: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
+    positions: dict[str, bytes] = field(default_factory=dict)
+    dedupe_add: list[tuple[bytes, int]] = field(default_factory=list)
+    dedupe_expire_before_ms: int | None = None
+    meta: dict[str, bytes] = field(default_factory=dict)
+    rows: dict[str, pa.RecordBatch | pa.Table] = field(default_factory=dict)
+    latest: list[tuple[str, bytes, int, bytes]] = field(default_factory=list)
+    keep_latest: dict[str, int] = field(default_factory=dict)
+    anomalies: list[tuple[int, bytes]] = field(default_factory=list)
+    keep_anomalies: int = DEFAULT_KEEP_ANOMALIES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Restored:
+    """What the last commit left: the pipeline restores its state from this after a restart."""
+
+    commit_seq: int
+    meta: Mapping[str, bytes]
+    positions: Mapping[str, bytes]
+    state: Mapping[str, list[tuple[bytes, bytes]]]   # namespace → [(key, value)] in key order
+    dedupe: list[tuple[bytes, int]]                   # (event id, expiry_ms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LmdbStats:
+    path: str
+    used_bytes: int
+    map_size_bytes: int
+    map_size_max_bytes: int
+    map_grows: int
+    write_txns: int
+    last_write_ms: float
+    readers: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArrowStats:
+    root: str
+    files_written: int
+    rows_written: int
+    bytes_written: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreStats:
+    commit_seq: int
+    commits: int
+    last_commit_ms: float
+    avg_commit_ms: float
+    flushes: int
+    last_flush_ms: float
+    outbox_rows: Mapping[str, int]
+    lmdb: LmdbStats
+    arrow: ArrowStats
+
+
+def frozen_map(d: Mapping[str, int]) -> Mapping[str, int]:
+    """A read-only copy, so a stats snapshot cannot be changed by its reader."""
+    return MappingProxyType(dict(d))
+
+
+class StateStore(Protocol):
+    """The durable store as the pipeline runner and the web queries see it."""
+
+    def restore(self) -> Restored: ...
+    def commit(self, unit: CommitUnit) -> int: ...
+    def flush(self, tables: Collection[str] | None = None) -> int: ...
+    def pending_rows(self) -> dict[str, int]: ...
+    def get(self, namespace: str, key: bytes) -> bytes | None: ...
+    def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]: ...
+    def latest_windows(self, aggregation: str, key: bytes | None = None, limit: int = 100) -> list[bytes]: ...
+    def recent_anomalies(self, since_ms: int | None = None, limit: int = 100) -> list[bytes]: ...
+    def statistics(self) -> StoreStats: ...
+    def close(self) -> None: ...
+
+
+class RowSink(Protocol):
+    """Writes complete, immutable Arrow files for one outbox chunk."""
+
+    def write(self, table: str, first_seq: int, rows: pa.Table) -> list[str]: ...
+    def statistics(self) -> ArrowStats: ...

@@ -1,0 +1,259 @@
+"""The commit protocol: state, positions, dedupe ids, meta and outbox rows in ONE LMDB write
+transaction; then an idempotent flush of the outbox to Arrow files; recovery at open.
+
+Reading the files (pyarrow 26, duckdb 2.0.1; DuckDB has no built-in Arrow IPC *file* reader:
+`read_arrow(...)` / `FROM 'x.arrow'` need the community `nanoarrow` extension, an online install):
+    dset = pyarrow.dataset.dataset(data_dir / "windows" / agg, format="ipc", partitioning="hive")
+    duckdb.sql("SELECT * FROM dset")          # replacement scan of the local variable, or
+    duckdb.connect().register("w", dset)      # then SELECT ... FROM w; `date` comes in as a string
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from daemon.config import StorageConfig
+from daemon.errors import StoreError
+from daemon.stores import lmdb_state as layout
+from daemon.stores.arrow_files import ArrowFiles
+from daemon.stores.base import CommitUnit, Restored, StoreStats, frozen_map
+from daemon.stores.lmdb_state import LmdbState, Txn
+from daemon.stores.schemas import time_column
+
+__all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"]
+
+CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
+                "after_arrow_rename", "before_outbox_delete")
+MAX_FILE_ROWS = 1_000_000
+
+
+@dataclass(slots=True)
+class CrashPoints:
+    """Test hook: `os._exit(137)` at the n-th pass through point `at` (STOREPULSE_CRASH_AT[_AFTER_N])."""
+
+    at: str = ""
+    after_n: int = 1
+    seen: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> CrashPoints:
+        at = environ.get("STOREPULSE_CRASH_AT", "")
+        if at and at not in CRASH_POINTS:
+            raise ValueError(f"STOREPULSE_CRASH_AT={at!r}: one of {', '.join(CRASH_POINTS)}")
+        return cls(at=at, after_n=int(environ.get("STOREPULSE_CRASH_AFTER_N", "1")))
+
+    def hit(self, point: str) -> None:
+        if point == self.at:
+            self.seen += 1
+            if self.seen >= self.after_n:
+                os._exit(137)
+
+
+class Checkpoint:
+    """The durable store. One writer thread calls commit/flush; readers may run concurrently."""
+
+    def __init__(self, state: LmdbState, files: ArrowFiles, crash: CrashPoints,
+                 max_file_rows: int, log: Any) -> None:
+        self._db = state
+        self._files = files
+        self._crash = crash
+        self._max_file_rows = max_file_rows
+        self._log = log
+        self._write_lock = threading.Lock()     # commit and flush never interleave
+        self._count_lock = threading.Lock()     # guards _pending for statistics readers
+        self._pending: dict[str, int] = {}
+        self._seq = 0
+        self._commits = 0
+        self._commit_ms_total = 0.0
+        self._last_commit_ms = 0.0
+        self._flushes = 0
+        self._last_flush_ms = 0.0
+
+    @classmethod
+    def open(cls, cfg: StorageConfig, *, environ: Mapping[str, str] | None = None,
+             log: Any = None, max_file_rows: int = MAX_FILE_ROWS) -> Checkpoint:
+        """Lock data_dir, open LMDB, remove leftover .tmp files, flush any pending outbox."""
+        crash = CrashPoints.from_env(os.environ if environ is None else environ)
+        data_dir = Path(cfg.data_dir)
+        state = LmdbState.open(data_dir / "state", lock_path=data_dir / "LOCK", db_names=layout.DBS,
+                               map_size_initial_bytes=cfg.map_size_initial_bytes,
+                               map_size_max_bytes=cfg.map_size_max_bytes, log=log)
+        try:
+            files = ArrowFiles(data_dir, crash=crash.hit)
+            removed = files.cleanup_tmp()
+            cp = cls(state, files, crash, max_file_rows, log)
+            cp._load()
+            recovered = cp.flush()
+        except BaseException:
+            state.close()
+            raise
+        if log is not None:
+            log.info("store_opened", data_dir=str(data_dir), commit_seq=cp._seq,
+                     tmp_removed=removed, recovered_rows=recovered)
+        return cp
+
+    def _load(self) -> None:
+        def check(txn: Txn) -> int:
+            fmt = txn.get("sys", layout.FORMAT_KEY)
+            if fmt is None:
+                txn.put("sys", layout.FORMAT_KEY, layout.FORMAT)
+            elif fmt != layout.FORMAT:
+                raise StoreError(f"data_dir has store format {fmt!r}, this build reads {layout.FORMAT!r}")
+            return layout.get_u64(txn, "sys", layout.SEQ_KEY)
+
+        self._seq = self._db.write(check)
+        with self._db.reading() as txn:
+            for key, value in txn.scan("outbox"):
+                table = layout.outbox_table(key)
+                self._pending[table] = self._pending.get(table, 0) + layout.U64.unpack_from(value)[0]
+
+    def restore(self) -> Restored:
+        """The state of the last commit (commit seq 0 and empty maps on a new data_dir)."""
+        with self._db.reading() as txn:
+            state: dict[str, list[tuple[bytes, bytes]]] = {}
+            for k, v in txn.scan("state"):
+                ns, key, value = layout.decode_state(k, v)
+                state.setdefault(ns, []).append((key, value))
+            return Restored(
+                commit_seq=layout.get_u64(txn, "sys", layout.SEQ_KEY),
+                meta={k.decode(): v for k, v in txn.scan("meta")},
+                positions={k.decode(): v for k, v in txn.scan("positions")},
+                state=state,
+                dedupe=[(v[8:], layout.U64.unpack_from(v)[0]) for _, v in txn.scan("dedupe")],
+            )
+
+    def commit(self, unit: CommitUnit) -> int:
+        """Write `unit` in one LMDB transaction; return its commit seq. Rows wait in the outbox."""
+        t0 = time.perf_counter()
+        outbox = []
+        for table, rows in unit.rows.items():
+            _check_table(table, rows)
+            if rows.num_rows:
+                outbox.append((table, rows.num_rows, _encode_rows(rows)))
+        with self._write_lock:
+            seq = self._seq + 1
+            self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))
+            self._seq = seq
+            with self._count_lock:
+                for table, n, _ in outbox:
+                    self._pending[table] = self._pending.get(table, 0) + n
+            ms = (time.perf_counter() - t0) * 1000.0
+            self._commits += 1
+            self._commit_ms_total += ms
+            self._last_commit_ms = ms
+        self._crash.hit("after_lmdb_commit")
+        return seq
+
+    def flush(self, tables: Collection[str] | None = None) -> int:
+        """Move outbox rows of `tables` (default: all) to Arrow files; return rows written.
+
+        Idempotent: a chunk's files are named from its first commit seq and its outbox
+        entries are deleted only after the files are durable, so a rerun rewrites the same files.
+        """
+        with self._write_lock:
+            t0 = time.perf_counter()
+            with self._count_lock:
+                targets = [t for t in (self._pending if tables is None else tables) if self._pending.get(t)]
+            total = sum(self._flush_table(t) for t in targets)
+            if targets:
+                self._flushes += 1
+                self._last_flush_ms = (time.perf_counter() - t0) * 1000.0
+            return total
+
+    def _flush_table(self, table: str) -> int:
+        prefix = layout.outbox_prefix(table)
+        total = 0
+        while True:
+            with self._db.reading() as txn:
+                entries = layout.read_outbox(txn, prefix, self._max_file_rows)
+            if not entries:
+                return total
+            keys, first_seq, rows = _decode_chunk(entries)
+            self._files.write(table, first_seq, rows)
+            self._crash.hit("before_outbox_delete")
+            self._db.write(lambda txn: [txn.delete("outbox", k) for k in keys])
+            with self._count_lock:
+                self._pending[table] -= rows.num_rows
+            total += rows.num_rows
+
+    def pending_rows(self) -> dict[str, int]:
+        """Rows waiting in the outbox per table."""
+        with self._count_lock:
+            return {t: n for t, n in self._pending.items() if n}
+
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        """One committed state value (None if absent)."""
+        with self._db.reading() as txn:
+            return layout.get_state(txn, namespace, key)
+
+    def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Committed (key, value) pairs of a namespace whose key starts with `prefix`."""
+        with self._db.reading() as txn:
+            return layout.scan_state(txn, namespace, prefix)
+
+    def latest_windows(self, aggregation: str, key: bytes | None = None, limit: int = 100) -> list[bytes]:
+        """Row json of the latest closed windows, newest window_end first (one key, or all keys)."""
+        with self._db.reading() as txn:
+            return layout.latest_windows(txn, aggregation, key, limit)
+
+    def recent_anomalies(self, since_ms: int | None = None, limit: int = 100) -> list[bytes]:
+        """Anomaly json with ts_ms >= since_ms, newest first."""
+        with self._db.reading() as txn:
+            return layout.recent_anomalies(txn, since_ms, limit)
+
+    def statistics(self) -> StoreStats:
+        with self._count_lock:
+            pending = frozen_map({t: n for t, n in self._pending.items() if n})
+        return StoreStats(
+            commit_seq=self._seq, commits=self._commits, last_commit_ms=self._last_commit_ms,
+            avg_commit_ms=self._commit_ms_total / self._commits if self._commits else 0.0,
+            flushes=self._flushes, last_flush_ms=self._last_flush_ms, outbox_rows=pending,
+            lmdb=self._db.statistics(), arrow=self._files.statistics())
+
+    def close(self) -> None:
+        """Close LMDB and release the lock. Does not flush: call flush() first at shutdown."""
+        with self._write_lock:
+            self._db.close()
+
+
+def _check_table(table: str, rows: pa.RecordBatch | pa.Table) -> None:
+    """Refuse rows the outbox could never flush, before they reach LMDB."""
+    try:
+        col = time_column(table)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    if table.startswith("windows/") and not table[len("windows/"):].isidentifier():
+        raise StoreError(f"bad aggregation name in table {table!r}")
+    if col not in rows.schema.names:
+        raise StoreError(f"rows for {table!r} lack the time column {col!r}")
+
+
+def _encode_rows(rows: pa.RecordBatch | pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write(rows)
+    return sink.getvalue().to_pybytes()
+
+
+def _decode_chunk(entries: list[tuple[bytes, int, bytes]]) -> tuple[list[bytes], int, pa.Table]:
+    """(outbox keys, first commit seq, rows) of the leading entries that share one schema.
+
+    A schema change (e.g. an aggregation reconfigured) starts the next file, deterministically.
+    """
+    keys: list[bytes] = []
+    parts: list[pa.Table] = []
+    for key, _seq, value in entries:
+        part = pa.ipc.open_stream(pa.py_buffer(memoryview(value)[8:])).read_all()
+        if parts and not part.schema.equals(parts[0].schema, check_metadata=True):
+            break
+        keys.append(key)
+        parts.append(part)
+    return keys, entries[0][1], pa.concat_tables(parts)

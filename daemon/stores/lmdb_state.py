@@ -1,0 +1,481 @@
+"""The only module that imports lmdb: the data_dir lock, the environment, and the key layout.
+
+One write transaction per call; the map starts at map_size_initial and doubles on MapFullError
+(the whole write is retried) up to map_size_max, where StoreFull is raised. Reads and a resize
+never overlap (a gate), because set_mapsize invalidates every open transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from daemon.errors import StoreError, StoreFull, StoreLocked, map_exceptions
+from daemon.stores.base import DEFAULT_KEEP_LATEST, CommitUnit, LmdbStats
+
+T = TypeVar("T")
+MAX_DBS = 16
+_PAGE = mmap.PAGESIZE
+_LMDB_ERRORS = {lmdb.Error: StoreError}
+
+
+class DataDirLock:
+    """An exclusive, non-blocking flock on `data_dir/LOCK`; released on close or process death."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, path: Path) -> DataDirLock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLocked(
+                f"{path} is locked by another StorePulse process (pid {holder}); "
+                f"only one daemon may use data_dir {path.parent}") from None
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)   # closing the descriptor drops the flock
+            self._fd = -1
+
+
+class _Gate:
+    """Many readers or one resizer: set_mapsize invalidates every open transaction."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Txn:
+    """A transaction over the named databases; bytes in, bytes out."""
+
+    __slots__ = ("_txn", "_dbs")
+
+    def __init__(self, txn: Any, dbs: dict[str, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._dbs[db])
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[db])
+
+    def delete(self, db: str, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._dbs[db])
+
+    def scan(self, db: str, prefix: bytes = b"", *, start: bytes | None = None,
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Items whose key starts with `prefix`, in key order (or reversed).
+
+        `start` (forward only) skips keys below it. Do not write to `db` while iterating.
+        """
+        cur = self._txn.cursor(db=self._dbs[db])
+        if reverse:
+            end = _prefix_end(prefix)
+            if end is None or not cur.set_range(end):
+                if not cur.last():
+                    return
+            elif not cur.prev():
+                return
+            items = cur.iterprev()
+        else:
+            if not cur.set_range(max(prefix, start or b"")):
+                return
+            items = cur.iternext()
+        for key, value in items:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with `prefix` (None: no bound)."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+def _round_up(n: int) -> int:
+    return -(-n // _PAGE) * _PAGE
+
+
+class LmdbState:
+    """An LMDB environment with named databases; one writer thread, any number of readers."""
+
+    def __init__(self, env: Any, dbs: dict[str, Any], lock: DataDirLock, path: Path,
+                 map_size_max_bytes: int, log: Any) -> None:
+        self._env = env
+        self._dbs = dbs
+        self._lock = lock
+        self._path = path
+        self._map_max = map_size_max_bytes
+        self._log = log
+        self._gate = _Gate()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._map_size = env.info()["map_size"]
+        self._map_grows = 0
+        self._write_txns = 0
+        self._last_write_ms = 0.0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, lock_path: str | os.PathLike[str],
+             db_names: tuple[str, ...], map_size_initial_bytes: int, map_size_max_bytes: int,
+             log: Any = None) -> LmdbState:
+        """Take the lock, open (or create) the environment at `path`, clear stale reader slots."""
+        lock = DataDirLock.acquire(Path(lock_path))
+        try:
+            p = Path(path)
+            p.mkdir(parents=True, exist_ok=True)
+            data_file = p / "data.mdb"
+            existing = data_file.stat().st_size if data_file.exists() else 0
+            map_size = _round_up(max(map_size_initial_bytes, existing, _PAGE * 16))
+            with map_exceptions(_LMDB_ERRORS):
+                env = lmdb.open(str(p), map_size=map_size, subdir=True, max_dbs=MAX_DBS,
+                                sync=True, metasync=True, readahead=False)
+                # We hold the flock, so every reader slot left in lock.mdb is from a dead process.
+                stale = env.reader_check()
+                dbs = {name: env.open_db(name.encode(), create=True) for name in db_names}
+        except BaseException:
+            lock.release()
+            raise
+        if log is not None and stale:
+            log.warning("lmdb_stale_readers_cleared", count=stale, path=str(p))
+        return cls(env, dbs, lock, p, _round_down(max(map_size_max_bytes, map_size)), log)
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """Run `fn` in one write transaction and commit; on a full map grow it and rerun `fn`.
+
+        `fn` must only touch the transaction (it may run more than once).
+        """
+        with self._write_lock:
+            self._check_open()
+            while True:
+                t0 = time.perf_counter()
+                with map_exceptions(_LMDB_ERRORS):
+                    txn = self._env.begin(write=True)
+                try:
+                    result = fn(Txn(txn, self._dbs))
+                    txn.commit()
+                except lmdb.MapFullError:
+                    self._abort(txn)
+                    self._grow()
+                    continue
+                except BaseException as exc:
+                    self._abort(txn)
+                    if isinstance(exc, lmdb.Error):
+                        raise StoreError(f"LMDB at {self._path}: {type(exc).__name__}: {exc}") from exc
+                    raise
+                self._write_txns += 1
+                self._last_write_ms = (time.perf_counter() - t0) * 1000.0
+                return result
+
+    def _abort(self, txn: Any) -> None:
+        # py-lmdb 3.0 aborts a write txn only once no other thread is inside an LMDB call;
+        # busy readers can starve it for ever, so pause our readers first (measured: a hang).
+        with self._gate.exclusive():
+            try:
+                txn.abort()     # a no-op after a failed commit (LMDB already freed it)
+            except lmdb.Error:
+                pass
+
+    @contextmanager
+    def reading(self) -> Iterator[Txn]:
+        """A read transaction (a consistent snapshot); consume every scan inside the block."""
+        self._check_open()
+        with self._gate.shared(), map_exceptions(_LMDB_ERRORS), self._env.begin(write=False) as txn:
+            yield Txn(txn, self._dbs)
+
+    def _grow(self) -> None:
+        if self._map_size >= self._map_max:
+            raise StoreFull(
+                f"LMDB at {self._path} is full: map size {self._map_size} bytes reached "
+                f"storage.map_size_max ({self._map_max} bytes); raise it or free disk space")
+        new_size = min(self._map_size * 2, self._map_max)
+        with self._gate.exclusive(), map_exceptions(_LMDB_ERRORS):
+            self._env.set_mapsize(new_size)
+        self._map_size = self._env.info()["map_size"]
+        self._map_grows += 1
+        if self._log is not None:
+            self._log.info("lmdb_map_grown", map_size_bytes=self._map_size, path=str(self._path))
+
+    def statistics(self) -> LmdbStats:
+        used, readers = 0, 0
+        with self._gate.shared():     # env.info() must not race a remap
+            if not self._closed:
+                info = self._env.info()
+                used = self._env.stat()["psize"] * (info["last_pgno"] + 1)
+                readers = info["num_readers"]
+        return LmdbStats(path=str(self._path), used_bytes=used, map_size_bytes=self._map_size,
+                         map_size_max_bytes=self._map_max, map_grows=self._map_grows,
+                         write_txns=self._write_txns, last_write_ms=self._last_write_ms,
+                         readers=readers)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"LMDB at {self._path} is closed")
+
+    def close(self) -> None:
+        """Close the environment and release the data_dir lock (idempotent)."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with self._gate.exclusive():
+                self._env.close()
+            self._lock.release()
+
+
+def _round_down(n: int) -> int:
+    return max(_PAGE, n // _PAGE * _PAGE)
+
+
+# ---- The StorePulse layout: databases and key formats (integers are big-endian, so keys sort) ----
+#   sys           b"format" → b"1";  b"commit_seq" → u64;  b"anomalies" → u64 count
+#   meta          name (utf-8) → bytes
+#   positions     source name (utf-8) → bytes
+#   state         ns \x00 key → value;  a key too long for LMDB: ns \x01 blake2b(key) → u32 len, key, value
+#   dedupe        blake2b16(event id) → u64 expiry_ms, event id
+#   dedupe_exp    u64 expiry_ms, blake2b16(event id) → b""   (expiry index)
+#   outbox        table (utf-8) \x00 u64 commit_seq → u64 rows, Arrow IPC stream bytes
+#   latest        agg \x00 blake2b16(key) u64 window_end_ms → row json
+#   latest_time   agg \x00 u64 window_end_ms blake2b16(key) → b""   (newest across keys)
+#   latest_count  agg \x00 blake2b16(key) → u32 rows kept
+#   anomalies     u64 ts_ms, u64 commit_seq, u32 index → anomaly json
+DBS = ("sys", "meta", "positions", "state", "dedupe", "dedupe_exp", "outbox",
+       "latest", "latest_time", "latest_count", "anomalies")
+FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"1", b"commit_seq", b"anomalies"
+U64, U32 = struct.Struct(">Q"), struct.Struct(">I")
+_MAX_INLINE_KEY = 480           # LMDB's default max key size is 511 bytes
+
+
+def _h(b: bytes) -> bytes:
+    return hashlib.blake2b(b, digest_size=16).digest()
+
+
+def _name(name: str, what: str) -> bytes:
+    if not name or "\x00" in name or "\x01" in name:
+        raise StoreError(f"bad {what} name {name!r}")
+    return name.encode()
+
+
+def get_u64(txn: Txn, db: str, key: bytes) -> int:
+    v = txn.get(db, key)
+    return 0 if v is None else U64.unpack(v)[0]
+
+
+def _state_key(ns: bytes, key: bytes) -> tuple[bytes, bool]:
+    """(LMDB key, whether the key is hashed and must be stored in the value)."""
+    if len(ns) + 1 + len(key) <= _MAX_INLINE_KEY:
+        return ns + b"\x00" + key, False
+    return ns + b"\x01" + hashlib.blake2b(key, digest_size=32).digest(), True
+
+
+def decode_state(k: bytes, v: bytes) -> tuple[str, bytes, bytes]:
+    """(namespace, key, value) of one `state` item."""
+    cut = min(i for i in (k.find(b"\x00"), k.find(b"\x01")) if i >= 0)
+    if k[cut] == 0:
+        return k[:cut].decode(), k[cut + 1:], v
+    n = U32.unpack_from(v)[0]
+    return k[:cut].decode(), v[4:4 + n], v[4 + n:]
+
+
+def get_state(txn: Txn, namespace: str, key: bytes) -> bytes | None:
+    lk, hashed = _state_key(_name(namespace, "namespace"), key)
+    v = txn.get("state", lk)
+    if v is None or not hashed:
+        return v
+    _, k, value = decode_state(lk, v)
+    return value if k == key else None
+
+
+def scan_state(txn: Txn, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+    ns = _name(namespace, "namespace")
+    out = [(k[len(ns) + 1:], v) for k, v in txn.scan("state", ns + b"\x00" + prefix)]
+    for k, v in txn.scan("state", ns + b"\x01"):     # rare over-long keys
+        _, key, value = decode_state(k, v)
+        if key.startswith(prefix):
+            out.append((key, value))
+    return out
+
+
+def outbox_prefix(table: str) -> bytes:
+    return _name(table, "table") + b"\x00"
+
+
+def outbox_table(key: bytes) -> str:
+    return key[:-9].decode()
+
+
+def read_outbox(txn: Txn, prefix: bytes, max_rows: int) -> list[tuple[bytes, int, bytes]]:
+    """Oldest outbox entries of one table as (key, commit seq, value), until max_rows is reached."""
+    out, rows = [], 0
+    for k, v in txn.scan("outbox", prefix):
+        out.append((k, U64.unpack_from(k, len(k) - 8)[0], v))
+        rows += U64.unpack_from(v)[0]
+        if rows >= max_rows:
+            break
+    return out
+
+
+def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]]) -> None:
+    """Every write of one commit (runs inside one write transaction; may be rerun after a grow)."""
+    for ns, items in unit.state.items():
+        nsb = _name(ns, "namespace")
+        for key, value in items.items():
+            lk, hashed = _state_key(nsb, key)
+            if value is None:
+                txn.delete("state", lk)
+            else:
+                txn.put("state", lk, U32.pack(len(key)) + key + value if hashed else value)
+    for name, pos in unit.positions.items():
+        txn.put("positions", _name(name, "source"), pos)
+    for name, value in unit.meta.items():
+        txn.put("meta", _name(name, "meta"), value)
+    _apply_dedupe(txn, unit)
+    for table, n, value in outbox:
+        txn.put("outbox", outbox_prefix(table) + U64.pack(seq), U64.pack(n) + value)
+    _apply_latest(txn, unit)
+    _apply_anomalies(txn, unit, seq)
+    txn.put("sys", SEQ_KEY, U64.pack(seq))
+
+
+def _apply_dedupe(txn: Txn, unit: CommitUnit) -> None:
+    if unit.dedupe_expire_before_ms is not None:
+        bound = U64.pack(max(0, unit.dedupe_expire_before_ms))
+        doomed = []
+        for k, _ in txn.scan("dedupe_exp"):
+            if k[:8] >= bound:
+                break
+            doomed.append(k)
+        for k in doomed:
+            txn.delete("dedupe_exp", k)
+            txn.delete("dedupe", k[8:])
+    for event_id, expiry_ms in unit.dedupe_add:
+        h = _h(event_id)
+        old = txn.get("dedupe", h)
+        if old is not None:
+            txn.delete("dedupe_exp", old[:8] + h)
+        exp = U64.pack(max(0, expiry_ms))
+        txn.put("dedupe", h, exp + event_id)
+        txn.put("dedupe_exp", exp + h, b"")
+
+
+def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
+    counts: dict[bytes, tuple[str, int]] = {}
+    for agg, key, end_ms, row in unit.latest:
+        aggb = _name(agg, "aggregation") + b"\x00"
+        base = aggb + _h(key)
+        if base not in counts:
+            v = txn.get("latest_count", base)
+            counts[base] = (agg, 0 if v is None else U32.unpack(v)[0])
+        end = U64.pack(end_ms)
+        if txn.get("latest", base + end) is None:
+            counts[base] = (agg, counts[base][1] + 1)
+        txn.put("latest", base + end, row)
+        txn.put("latest_time", aggb + end + base[-16:], b"")
+    for base, (agg, n) in counts.items():
+        keep = unit.keep_latest.get(agg, DEFAULT_KEEP_LATEST)
+        if n > keep:
+            aggb = base[:-16]
+            for k, _ in list(islice(txn.scan("latest", base), n - keep)):
+                txn.delete("latest", k)
+                txn.delete("latest_time", aggb + k[-8:] + base[-16:])
+            n = keep
+        txn.put("latest_count", base, U32.pack(n))
+
+
+def _apply_anomalies(txn: Txn, unit: CommitUnit, seq: int) -> None:
+    if not unit.anomalies:
+        return
+    for i, (ts_ms, row) in enumerate(unit.anomalies):
+        txn.put("anomalies", U64.pack(max(0, ts_ms)) + U64.pack(seq) + U32.pack(i), row)
+    n = get_u64(txn, "sys", ANOMALY_COUNT_KEY) + len(unit.anomalies)
+    if n > unit.keep_anomalies:
+        for k, _ in list(islice(txn.scan("anomalies"), n - unit.keep_anomalies)):
+            txn.delete("anomalies", k)
+        n = unit.keep_anomalies
+    txn.put("sys", ANOMALY_COUNT_KEY, U64.pack(n))
+
+
+def latest_windows(txn: Txn, aggregation: str, key: bytes | None, limit: int) -> list[bytes]:
+    """Row json newest window_end first, for one key or across all keys of the aggregation."""
+    aggb = _name(aggregation, "aggregation") + b"\x00"
+    if key is not None:
+        return [v for _, v in islice(txn.scan("latest", aggb + _h(key), reverse=True), limit)]
+    out = []
+    for k, _ in islice(txn.scan("latest_time", aggb, reverse=True), limit):
+        end, kh = k[len(aggb):len(aggb) + 8], k[len(aggb) + 8:]
+        row = txn.get("latest", aggb + kh + end)
+        if row is not None:
+            out.append(row)
+    return out
+
+
+def recent_anomalies(txn: Txn, since_ms: int | None, limit: int) -> list[bytes]:
+    """Anomaly json with ts_ms >= since_ms, newest first."""
+    out = []
+    for k, v in txn.scan("anomalies", reverse=True):
+        if len(out) >= limit or (since_ms is not None and U64.unpack_from(k)[0] < since_ms):
+            break
+        out.append(v)
+    return out

@@ -1,0 +1,289 @@
+"""The commit protocol on real LMDB and Arrow files: round trips, outbox flushes, crash recovery."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from daemon.config import StorageConfig
+from daemon.errors import StoreError, StoreLocked
+from daemon.events import EventBatch
+from daemon.stores.checkpoint import Checkpoint, CommitUnit, CrashPoints
+from daemon.stores.schemas import TS, events_to_record_batch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+DAY_MS = 86_400_000
+MIDNIGHT_MS = 19_000 * DAY_MS       # 2022-01-08T00:00Z
+
+
+def _cfg(data_dir: Path, initial: int = 64 * 1024, cap: int = 256 * 2**20) -> StorageConfig:
+    return StorageConfig(data_dir=str(data_dir), map_size_initial_bytes=initial, map_size_max_bytes=cap)
+
+
+def _events(i: int) -> pa.RecordBatch:
+    """Four events of commit i, two on each side of a UTC midnight."""
+    b = EventBatch("shop")
+    for j in range(4):
+        b.event_id.append(f"e{i}-{j}")
+        b.ts.append(MIDNIGHT_MS + (j - 2) * 1000 + i)
+        b.type.append("view")
+        b.user_id.append(f"u{j}")
+        b.session_id.append(None)
+        b.item_id.append(f"item{i}")
+        b.category.append(None)
+        b.price.append(None)
+        b.quantity.append(1)
+        b.revenue.append(0.0)
+    return events_to_record_batch(b, received_ms=MIDNIGHT_MS + 10_000)
+
+
+def _unit(i: int) -> CommitUnit:
+    return CommitUnit(
+        state={"agg:t": {b"k%d" % i: b"v%d" % i}},
+        positions={"shop": b"cursor-%d" % i},
+        dedupe_add=[(b"e%d" % i, 1_000 + i)],
+        meta={"watermark": b"%d" % i},
+        rows={"events": _events(i)},
+    )
+
+
+def run_workload(data_dir: str, start: int, stop: int, environ: dict[str, str] | None = None) -> None:
+    """Commit units start..stop-1, flushing after each; the crash tests run this in a child."""
+    cp = Checkpoint.open(_cfg(Path(data_dir)), environ=environ)
+    for i in range(start, stop):
+        cp.commit(_unit(i))
+        cp.flush()
+    cp.close()
+
+
+def _snapshot(data_dir: Path) -> dict[str, list[dict]]:
+    """Relative path → rows, for every Arrow file below data_dir."""
+    return {str(p.relative_to(data_dir)): pa.ipc.open_file(p).read_all().to_pylist()
+            for p in sorted(data_dir.rglob("*.arrow"))}
+
+
+def test_commit_restore_round_trip(tmp_path):
+    """State, positions, meta and dedupe ids come back after reopen; None deletes a key."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    long_key, long_id = b"x" * 2000, ("é" * 128).encode()    # both beyond LMDB's 511-byte keys
+    assert cp.commit(CommitUnit(state={"agg:a": {b"k1": b"1", b"k2": b"2", long_key: b"L"}, "ma:a": {b"m": b"3"}},
+                                positions={"orders": b"c1"}, meta={"watermark": b"100"},
+                                dedupe_add=[(b"id1", 500), (b"id2", 900), (long_id, 950)])) == 1
+    assert cp.commit(CommitUnit(state={"agg:a": {b"k1": None}}, positions={"orders": b"c2"},
+                                dedupe_expire_before_ms=600)) == 2
+    assert cp.get("agg:a", long_key) == b"L" and cp.get("agg:a", b"k1") is None
+    assert cp.scan("agg:a", b"x") == [(long_key, b"L")]
+    cp.close()
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    r = cp.restore()
+    assert r.commit_seq == 2
+    assert dict(r.state["agg:a"]) == {b"k2": b"2", long_key: b"L"} and r.state["ma:a"] == [(b"m", b"3")]
+    assert r.positions == {"orders": b"c2"} and r.meta == {"watermark": b"100"}
+    assert sorted(r.dedupe) == [(b"id2", 900), (long_id, 950)]
+    cp.close()
+
+
+def test_fresh_store_restores_empty(tmp_path):
+    """A new data_dir restores commit seq 0 and nothing else."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    r = cp.restore()
+    assert (r.commit_seq, dict(r.meta), dict(r.positions), dict(r.state), r.dedupe) == (0, {}, {}, {}, [])
+    cp.close()
+
+
+def test_map_growth_during_commits_loses_nothing(tmp_path):
+    """Commits far bigger than a 64 KiB initial map all survive (the map grows between retries)."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    for i in range(30):
+        cp.commit(CommitUnit(state={"agg:big": {b"%04d" % i: bytes([i]) * 20_000}}, rows={"events": _events(i)}))
+    assert cp.statistics().lmdb.map_grows >= 3
+    assert cp.pending_rows() == {"events": 120}
+    cp.close()
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})     # reopening flushes the outbox
+    assert [v for _, v in cp.scan("agg:big")] == [bytes([i]) * 20_000 for i in range(30)]
+    assert cp.pending_rows() == {}
+    assert ds.dataset(tmp_path / "events", format="ipc", partitioning="hive").count_rows() == 120
+    cp.close()
+
+
+def test_second_checkpoint_on_same_data_dir_is_locked(tmp_path):
+    """Opening a Checkpoint twice on one data_dir raises StoreLocked."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    with pytest.raises(StoreLocked, match="LOCK"):
+        Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.close()
+
+
+def test_outbox_flushes_to_deterministic_files(tmp_path):
+    """Flushed rows land in date partitions named after the first commit seq; a second flush is a no-op."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.commit(_unit(1))
+    cp.commit(_unit(2))
+    cp.commit(CommitUnit(meta={"x": b"1"}))
+    assert cp.pending_rows() == {"events": 8}
+    assert cp.flush(["deadletter"]) == 0
+    assert cp.flush(["events"]) == 8
+    assert cp.flush() == 0 and cp.pending_rows() == {}
+    assert sorted(_snapshot(tmp_path)) == ["events/date=2022-01-07/part-0000000000000001.arrow",
+                                           "events/date=2022-01-08/part-0000000000000001.arrow"]
+    stats = cp.statistics()
+    assert stats.commit_seq == 3 and stats.commits == 3 and stats.arrow.rows_written == 8
+    assert stats.flushes == 1 and dict(stats.outbox_rows) == {}
+    cp.close()
+
+
+def test_files_readable_by_pyarrow_dataset_and_duckdb(tmp_path):
+    """The events table reads back with hive partitioning in pyarrow and in DuckDB."""
+    run_workload(str(tmp_path), 1, 4, environ={})
+    dset = ds.dataset(tmp_path / "events", format="ipc", partitioning="hive")
+    t = dset.to_table()
+    assert t.num_rows == 12 and t.schema.field("ts").type == TS
+    assert sorted(set(t.column("date").to_pylist())) == ["2022-01-07", "2022-01-08"]
+    rows = duckdb.sql("SELECT date, count(*) FROM dset GROUP BY date ORDER BY date").fetchall()
+    assert rows == [("2022-01-07", 6), ("2022-01-08", 6)]
+
+
+def test_schema_change_starts_a_new_file(tmp_path):
+    """Outbox entries with different schemas are never concatenated: the change starts the next file."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    a = pa.table({"window_start": pa.array([0], TS), "n": [1]})
+    b = pa.table({"window_start": pa.array([0], TS), "n": [2], "m": [3.0]})
+    cp.commit(CommitUnit(rows={"windows/agg": a}))
+    cp.commit(CommitUnit(rows={"windows/agg": b}))
+    assert cp.flush() == 2
+    assert sorted(_snapshot(tmp_path)) == ["windows/agg/date=1970-01-01/part-0000000000000001.arrow",
+                                           "windows/agg/date=1970-01-01/part-0000000000000002.arrow"]
+    cp.close()
+
+
+def test_file_size_bound_splits_chunks(tmp_path):
+    """max_file_rows cuts a long outbox into several files, each named after its first commit."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={}, max_file_rows=6)
+    for i in range(1, 5):
+        cp.commit(CommitUnit(rows={"anomalies": pa.table({"window_start": pa.array([0] * 4, TS)})}))
+    assert cp.flush() == 16
+    assert sorted(_snapshot(tmp_path)) == ["anomalies/date=1970-01-01/part-0000000000000001.arrow",
+                                           "anomalies/date=1970-01-01/part-0000000000000003.arrow"]
+    cp.close()
+
+
+def test_unknown_table_or_missing_time_column_is_refused(tmp_path):
+    """Rows for an unknown table, or without the table's time column, fail the commit before LMDB."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    with pytest.raises(StoreError, match="unknown Arrow table"):
+        cp.commit(CommitUnit(rows={"nope": pa.table({"ts": pa.array([0], TS)})}))
+    with pytest.raises(StoreError, match="time column"):
+        cp.commit(CommitUnit(rows={"events": pa.table({"x": [1]})}))
+    assert cp.restore().commit_seq == 0
+    cp.close()
+
+
+def test_latest_keeps_newest_per_key(tmp_path):
+    """latest keeps at most keep_latest windows per (aggregation, key), newest first, also across keys."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    for end in range(1, 6):
+        cp.commit(CommitUnit(latest=[("sales", b'["a"]', end * 1000, b"a%d" % end),
+                                     ("sales", b'["b"]', end * 1000 + 500, b"b%d" % end)],
+                             keep_latest={"sales": 3}))
+    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 5000, b"a5-again")], keep_latest={"sales": 3}))
+    assert cp.latest_windows("sales", b'["a"]', 10) == [b"a5-again", b"a4", b"a3"]
+    assert cp.latest_windows("sales", b'["b"]', 2) == [b"b5", b"b4"]
+    assert cp.latest_windows("sales", None, 4) == [b"b5", b"a5-again", b"b4", b"a4"]
+    assert cp.latest_windows("sales", None, 100) == [b"b5", b"a5-again", b"b4", b"a4", b"b3", b"a3"]
+    assert cp.latest_windows("other", None, 10) == []
+    cp.close()
+
+
+def test_recent_anomalies_since_limit_and_cap(tmp_path):
+    """Anomalies come back newest first, filtered by since_ms, and only the newest keep_anomalies stay."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    for ts in range(1, 8):
+        cp.commit(CommitUnit(anomalies=[(ts * 1000, orjson.dumps({"ts": ts}))], keep_anomalies=5))
+    assert [orjson.loads(a)["ts"] for a in cp.recent_anomalies()] == [7, 6, 5, 4, 3]
+    assert [orjson.loads(a)["ts"] for a in cp.recent_anomalies(since_ms=5000)] == [7, 6, 5]
+    assert len(cp.recent_anomalies(limit=2)) == 2
+    cp.close()
+
+
+def test_readers_in_threads_while_committing(tmp_path):
+    """Read helpers run in other threads while one writer commits and the map grows."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    stop, errors = threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                cp.latest_windows("sales", None, 50)
+                cp.scan("agg:t")
+                cp.statistics()
+            except BaseException as exc:  # noqa: BLE001 - surfaced below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(40):
+        cp.commit(CommitUnit(state={"agg:t": {b"%d" % i: b"x" * 5000}},
+                             latest=[("sales", b"%d" % i, i, b"r" * 3000)]))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and cp.statistics().lmdb.map_grows >= 2
+    cp.close()
+
+
+def test_crash_points_read_from_the_environment():
+    """STOREPULSE_CRASH_AT names a known point; an unknown one is refused."""
+    cp = CrashPoints.from_env({"STOREPULSE_CRASH_AT": "before_arrow_rename", "STOREPULSE_CRASH_AFTER_N": "3"})
+    assert (cp.at, cp.after_n) == ("before_arrow_rename", 3)
+    cp.hit("after_lmdb_commit")
+    with pytest.raises(ValueError, match="STOREPULSE_CRASH_AT"):
+        CrashPoints.from_env({"STOREPULSE_CRASH_AT": "whenever"})
+
+
+# Each flush of one commit writes two files (two dates): crash points count per file.
+CRASHES = [
+    ("after_lmdb_commit", 3, False),
+    ("mid_arrow_write", 5, True),
+    ("before_arrow_rename", 6, True),
+    ("after_arrow_rename", 5, False),
+    ("before_outbox_delete", 2, False),
+]
+
+
+@pytest.mark.parametrize(("point", "after_n", "leaves_tmp"), CRASHES)
+def test_crash_then_recovery_converges_to_the_same_files(tmp_path, point, after_n, leaves_tmp):
+    """A child killed at a crash point, reopened and resumed, ends with exactly the files of a clean run."""
+    crashed, clean = tmp_path / "crashed", tmp_path / "clean"
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_checkpoint as t; "
+            "t.run_workload(sys.argv[1], 1, 7)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STOREPULSE_CRASH_AT": point,
+           "STOREPULSE_CRASH_AFTER_N": str(after_n)}
+    proc = subprocess.run([sys.executable, "-c", code, str(crashed)], cwd=ROOT, env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 137, proc.stderr.decode()
+    assert bool(list(crashed.rglob("*.tmp"))) == leaves_tmp
+
+    cp = Checkpoint.open(_cfg(crashed), environ={})      # recovery: cleans .tmp, flushes the outbox
+    seq = cp.restore().commit_seq
+    assert seq < 6 and cp.pending_rows() == {}
+    cp.close()
+    assert not list(crashed.rglob("*.tmp"))
+    run_workload(str(crashed), seq + 1, 7, environ={})
+    run_workload(str(clean), 1, 7, environ={})
+
+    got, want = _snapshot(crashed), _snapshot(clean)
+    assert got == want
+    ids = [r["event_id"] for rows in got.values() for r in rows]
+    assert len(ids) == len(set(ids)) == 24
