@@ -57,5 +57,9 @@ def raw_bytes(value: object, raw: bytes | None) -> bytes:
         return raw[:RAW_LIMIT_BYTES]
     try:
         return orjson.dumps(value)[:RAW_LIMIT_BYTES]
-    except (TypeError, orjson.JSONEncodeError):
-        return repr(value).encode("utf-8", "replace")[:RAW_LIMIT_BYTES]
+    except (TypeError, orjson.JSONEncodeError, RecursionError):
+        # An array element nested deeper than orjson writes: keep a bounded prefix of its shape.
+        try:
+            return repr(value)[:RAW_LIMIT_BYTES].encode("utf-8", "replace")[:RAW_LIMIT_BYTES]
+        except RecursionError:
+            return b"<element nested too deeply to re-serialise>"

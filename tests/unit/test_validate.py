@@ -118,3 +118,11 @@ def test_fuzzed_ndjson_never_raises_and_accounts_for_every_line(lines):
     assert d.total == expected
     for price in d.batch.price:
         assert price is None or (math.isfinite(price) and price >= 0)
+
+
+def test_deeply_nested_array_element_is_rejected_not_raised():
+    """An array holding a 1000-deep nested list rejects that element instead of crashing."""
+    payload = b"[" + b"[" * 1000 + b"]" * 1000 + b"]"
+    d = decode(payload + b"\n" + payload)
+    assert len(d.batch) == 0 and len(d.rejected) == 2
+    assert all(r.reason == Reason.NOT_AN_OBJECT and 0 < len(r.raw) <= 4096 for r in d.rejected)
