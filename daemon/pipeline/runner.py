@@ -89,6 +89,8 @@ class Runner:
             self.watermarks.restore(orjson.loads(raw), self.clock.monotonic())
         self.dedupe.restore(restored.dedupe)
         self.parts.restore(restored.state)
+        for problem in self.parts.dropped_on_restore:
+            self.log.warning("aggregation_state_dropped", reason=problem)
         self.positions = dict(restored.positions)
         self.log.info("state_restored", commit_seq=restored.commit_seq, watermark_ms=self.watermarks.value,
                       dedupe_ids=self.dedupe.statistics().ids, positions=sorted(restored.positions))

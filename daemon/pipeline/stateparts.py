@@ -57,7 +57,8 @@ class StateParts:
         self.recommender = Recommender(rc) if rc is not None else None
         self.trending = Trending(rc.half_life_s) if rc is not None else None
         self._deletes: dict[str, dict[bytes, bytes | None]] = {}   # namespaces of removed aggregations
-        self._emitted: set[str] = set()   # aggregations whose analysers moved since the last commit
+        self._emitted: set[str] = set()
+        self.dropped_on_restore: list[str] = []   # aggregations whose stored state no longer fits the config   # aggregations whose analysers moved since the last commit
 
     def namespaces(self, name: str) -> list[str]:
         """The checkpoint namespaces holding an aggregation's state."""
@@ -107,7 +108,7 @@ class StateParts:
             if name not in self._emitted:
                 continue
             if part.averages is not None:
-                out[f"ma:{name}"] = {b"state": part.averages.snapshot()}
+                out.setdefault(f"ma:{name}", {}).update(_changes(part.averages))
             if part.detector is not None:
                 out[f"anomaly:{name}"] = {b"state": part.detector.snapshot()}
         self._emitted.clear()
@@ -123,9 +124,15 @@ class StateParts:
             items = list(items)
             part = self.aggregations.get(name)
             if kind == "agg" and part is not None:
-                part.aggregator.restore(items)
+                try:
+                    part.aggregator.restore(items)
+                except ValueError as exc:
+                    # Stored under the same name by a different config: start this aggregation empty.
+                    self.aggregations[name] = AggregationPart.build(part.cfg)
+                    self._deletes[ns] = dict.fromkeys((k for k, _ in items), None)
+                    self.dropped_on_restore.append(f"{name}: {exc}")
             elif kind == "ma" and part is not None and part.averages is not None:
-                part.averages.restore(dict(items)[b"state"])
+                _restore(part.averages, items)
             elif kind == "anomaly" and part is not None and part.detector is not None:
                 part.detector.restore(dict(items)[b"state"])
             elif kind == "recs" and self.recommender is not None:

@@ -1,0 +1,107 @@
+"""Metrics: the registry of aggregate functions (one line per function), build_metric, MetricSet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from daemon.aggconfig import MetricSpec
+from daemon.metrics.base import Kind, Metric
+from daemon.metrics.basic import Count, Max, Mean, Min, Sum
+from daemon.metrics.sketches import Distinct, Quantile, TopK
+
+METRICS = {
+    "count": Count,
+    "sum": Sum,
+    "mean": Mean,
+    "min": Min,
+    "max": Max,
+    "distinct": Distinct,
+    "quantile": Quantile,
+    "topk": TopK,
+}
+
+
+def build_metric(spec: MetricSpec) -> Metric:
+    """The configured metric for one spec; ValueError for a func missing from METRICS."""
+    cls = METRICS.get(spec.func)
+    if cls is None:
+        raise ValueError(f"metric {spec.name!r}: function {spec.func!r} is not available "
+                         f"(registered: {', '.join(METRICS)})")
+    return cls.from_spec(spec)
+
+
+class MetricSet:
+    """The metrics of one aggregation, handled as one list of states per (key, window).
+
+    `gather` copies each needed column once per group, so metrics sharing a field (sum, mean
+    and p95 of price) share one list.
+    """
+
+    def __init__(self, specs: Sequence[MetricSpec]) -> None:
+        self.specs = tuple(specs)
+        self.names = tuple(s.name for s in specs)
+        self.metrics = tuple(build_metric(s) for s in specs)
+        self.kinds: tuple[Kind, ...] = tuple(m.kind for m in self.metrics)
+        inputs = [tuple(getattr(m, "fields", None) or ((s.field,) if s.field else ()))
+                  for s, m in zip(specs, self.metrics)]
+        self.fields = tuple(dict.fromkeys(f for inp in inputs for f in inp))
+        # Per metric: None = the group's row indices (count); an int = a field's slot;
+        # a tuple of slots = a list of tuples zipped from several fields.
+        self._slots = tuple(None if not inp else self.fields.index(inp[0]) if len(inp) == 1
+                            else tuple(self.fields.index(f) for f in inp) for inp in inputs)
+        self._folds = tuple(m.fold for m in self.metrics)
+        self._plan = tuple(zip(range(len(self.metrics)), self._folds, self._slots))
+
+    def empty(self) -> list[Any]:
+        """Fresh states, one per metric."""
+        return [m.empty() for m in self.metrics]
+
+    def gather(self, columns: Sequence[list[Any]], rows: list[int]) -> list[list[Any]]:
+        """The values of `rows` in each needed column (columns in `self.fields` order)."""
+        return [[col[i] for i in rows] for col in columns]
+
+    def fold(self, states: list[Any], rows: list[int], values: list[list[Any]]) -> None:
+        """Fold one group (its row indices and gathered values) into `states`, in place."""
+        for j, fold, slot in self._plan:
+            if slot is None:
+                states[j] = fold(states[j], rows)
+            elif type(slot) is int:
+                states[j] = fold(states[j], values[slot])
+            else:
+                states[j] = fold(states[j], list(zip(*(values[s] for s in slot))))
+
+    def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
+        """The states of both inputs together."""
+        return [m.merge(x, y) for m, x, y in zip(self.metrics, a, b)]
+
+    def results(self, states: list[Any]) -> dict[str, Any]:
+        """Metric name -> result value."""
+        return {name: m.result(s) for name, m, s in zip(self.names, self.metrics, states)}
+
+    def dump(self, states: list[Any]) -> bytes:
+        """One blob: an orjson list of blob lengths, a newline, then each metric's dump."""
+        blobs = [m.dump(s) for m, s in zip(self.metrics, states)]
+        return orjson.dumps([len(b) for b in blobs]) + b"\n" + b"".join(blobs)
+
+    def load(self, data: bytes | memoryview) -> list[Any]:
+        """States from a `dump` blob."""
+        data = bytes(data)
+        head, _, body = data.partition(b"\n")
+        lengths = orjson.loads(head)
+        if len(lengths) != len(self.metrics):
+            raise ValueError(f"stored state has {len(lengths)} metrics, config has {len(self.metrics)}")
+        states, pos = [], 0
+        for m, n in zip(self.metrics, lengths):
+            states.append(m.load(body[pos:pos + n]))
+            pos += n
+        return states
+
+    def signature(self) -> list[list[Any]]:
+        """What a stored state depends on: each metric's name, func, field, q and k."""
+        return [[s.name, s.func, s.field, s.q, s.k, list(s.steps)] for s in self.specs]
+
+
+__all__ = ["METRICS", "Kind", "Metric", "MetricSet", "build_metric"]

@@ -1,0 +1,215 @@
+"""Exact metrics: count, sum, mean, min, max (pure).
+
+Sums keep the exact total of their floats as a few non-overlapping partials (Shewchuk, via
+math.fsum), so a result never depends on event order or on how events were batched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from daemon.aggconfig import MetricSpec
+
+Partials = tuple[float, ...]
+_MAX_PARTIALS = 64  # a double sum needs at most ~40 non-overlapping partials
+
+
+def exact_partials(values: list[Any]) -> Partials:
+    """Non-overlapping floats whose exact sum is the exact sum of `values` (finite numbers).
+
+    Each round takes the correctly rounded remainder, so the tuple depends only on the exact
+    total, never on the order of `values`.
+    """
+    if len(values) == 1:   # the common single event: no rounding can happen
+        v = float(values[0])
+        return (v,) if v else ()
+    out: list[float] = []
+    try:
+        while len(out) < _MAX_PARTIALS:
+            s = math.fsum(values)
+            if s == 0.0:
+                break
+            out.append(s)
+            if not math.isfinite(s):
+                break
+            values.append(-s)
+    except OverflowError:
+        return (sum(values[: len(values) - len(out)], 0.0),)
+    return tuple(out)
+
+
+def _present(values: Sequence[Any]) -> list[Any]:
+    """The values without None, as a fresh list."""
+    if None in values:
+        return [v for v in values if v is not None]
+    return list(values)
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Number of events; the state is an int."""
+
+    kind = "int64"
+
+    @classmethod
+    def from_spec(cls, spec: MetricSpec) -> Count:
+        return cls()
+
+    def empty(self) -> int:
+        return 0
+
+    def fold(self, state: int, values: Sequence[Any]) -> int:
+        return state + len(values)
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def result(self, state: int) -> int:
+        return state
+
+    def dump(self, state: int) -> bytes:
+        return orjson.dumps(state)
+
+    def load(self, data: bytes) -> int:
+        return int(orjson.loads(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Sum:
+    """Exact float64 sum; the state is a tuple of partials (empty for 0)."""
+
+    kind = "float64"
+
+    @classmethod
+    def from_spec(cls, spec: MetricSpec) -> Sum:
+        return cls()
+
+    def empty(self) -> Partials:
+        return ()
+
+    def fold(self, state: Partials, values: Sequence[Any]) -> Partials:
+        vals = _present(values)
+        if not vals:
+            return state
+        vals.extend(state)
+        return exact_partials(vals)
+
+    def merge(self, a: Partials, b: Partials) -> Partials:
+        return exact_partials([*a, *b]) if a and b else a or b
+
+    def result(self, state: Partials) -> float:
+        return math.fsum(state)
+
+    def dump(self, state: Partials) -> bytes:
+        return orjson.dumps(state)
+
+    def load(self, data: bytes) -> Partials:
+        return tuple(float(v) for v in orjson.loads(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Mean:
+    """Exact mean; the state is (count, sum partials); None when nothing was added."""
+
+    kind = "float64"
+
+    @classmethod
+    def from_spec(cls, spec: MetricSpec) -> Mean:
+        return cls()
+
+    def empty(self) -> tuple[int, Partials]:
+        return (0, ())
+
+    def fold(self, state: tuple[int, Partials], values: Sequence[Any]) -> tuple[int, Partials]:
+        vals = _present(values)
+        if not vals:
+            return state
+        n = len(vals)
+        vals.extend(state[1])
+        return (state[0] + n, exact_partials(vals))
+
+    def merge(self, a: tuple[int, Partials], b: tuple[int, Partials]) -> tuple[int, Partials]:
+        return (a[0] + b[0], exact_partials([*a[1], *b[1]]) if a[1] and b[1] else a[1] or b[1])
+
+    def result(self, state: tuple[int, Partials]) -> float | None:
+        return math.fsum(state[1]) / state[0] if state[0] else None
+
+    def dump(self, state: tuple[int, Partials]) -> bytes:
+        return orjson.dumps(state)
+
+    def load(self, data: bytes) -> tuple[int, Partials]:
+        n, parts = orjson.loads(data)
+        return (int(n), tuple(float(v) for v in parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Min:
+    """Smallest value as float64; None when nothing was added."""
+
+    kind = "float64"
+
+    @classmethod
+    def from_spec(cls, spec: MetricSpec) -> Min:
+        return cls()
+
+    def empty(self) -> float | None:
+        return None
+
+    def fold(self, state: float | None, values: Sequence[Any]) -> float | None:
+        vals = _present(values) if None in values else values
+        if not vals:
+            return state
+        m = float(min(vals))
+        return m if state is None or m < state else state
+
+    def merge(self, a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    def result(self, state: float | None) -> float | None:
+        return state
+
+    def dump(self, state: float | None) -> bytes:
+        return orjson.dumps(state)
+
+    def load(self, data: bytes) -> float | None:
+        v = orjson.loads(data)
+        return None if v is None else float(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Max:
+    """Largest value as float64; None when nothing was added."""
+
+    kind = "float64"
+
+    @classmethod
+    def from_spec(cls, spec: MetricSpec) -> Max:
+        return cls()
+
+    def empty(self) -> float | None:
+        return None
+
+    def fold(self, state: float | None, values: Sequence[Any]) -> float | None:
+        vals = _present(values) if None in values else values
+        if not vals:
+            return state
+        m = float(max(vals))
+        return m if state is None or m > state else state
+
+    def merge(self, a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else max(a, b)
+
+    def result(self, state: float | None) -> float | None:
+        return state
+
+    def dump(self, state: float | None) -> bytes:
+        return orjson.dumps(state)
+
+    def load(self, data: bytes) -> float | None:
+        v = orjson.loads(data)
+        return None if v is None else float(v)

@@ -1,0 +1,331 @@
+"""Metric states of one aggregation: add batches, close windows by watermark, checkpoint changes.
+
+Rows are grouped per (key, pane) or per key and session inside each batch; each metric folds a group at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from daemon.aggconfig import AggregationConfig
+from daemon.events import EventBatch, WindowResult
+from daemon.metrics import MetricSet
+from daemon.windows import build_windower
+from daemon.windows.fixed import Hopping
+from daemon.windows.session import Session, SessionStore
+from daemon.windows.where import compile_where
+
+META_KEY = b"m"
+_MAX_KEY_BYTES = 480  # LMDB keys stop at 511 bytes; longer identities are hashed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregatorStats:
+    """A snapshot of one aggregator."""
+
+    open_windows: int      # open states: (key, pane) for tumbling/hopping (pane = window when tumbling), sessions
+    emitted_windows: int
+    events_folded: int
+    keys: int
+    overflowed: int        # events not folded because max_keys open states were reached
+    late: int              # events whose windows had all closed already (the caller should prevent it)
+    watermark_ms: int | None
+
+
+def key_order(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
+    """A sort key for group keys mixing None, numbers and strings."""
+    return tuple((0, 0) if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v)) for v in key)
+
+
+def _entry_key(prefix: bytes, identity: list[Any]) -> bytes:
+    raw = orjson.dumps(identity)
+    if len(raw) > _MAX_KEY_BYTES:
+        return prefix + b"#" + hashlib.blake2b(raw, digest_size=20).digest()
+    return prefix + raw
+
+
+class Aggregator:
+    """The windows and metric states of one `[[aggregations]]` entry (pure; no I/O).
+
+    Events given to `add` are deduplicated and not late (ts >= the last close watermark).
+    """
+
+    def __init__(self, config: AggregationConfig) -> None:
+        self.config = config
+        self._select = compile_where(config.where) if config.where else None
+        self._metrics = MetricSet(config.metrics)
+        windower = build_windower(config.window)
+        self._session = windower if isinstance(windower, Session) else None
+        self._fixed: Hopping | None = windower if isinstance(windower, Hopping) else None
+        self._max_states = config.max_keys
+        self._signature = {"window": [config.window.type, config.window.size_ms, config.window.slide_ms,
+                                      config.window.gap_ms],
+                           "group_by": list(config.group_by), "metrics": self._metrics.signature()}
+        self._reset()
+
+    def _reset(self) -> None:
+        # Fixed windows keep one state per (key, pane): a pane is [p, p + slide), a window merges
+        # size/slide panes when it closes (tumbling: pane = window), so an event is folded once.
+        self._panes: dict[int, dict[tuple[Any, ...], list[Any]]] = {}  # pane start -> key -> states
+        self._key_panes: dict[tuple[Any, ...], int] = {}              # key -> open panes
+        self._store = (SessionStore(self._session, self._metrics.empty, self._metrics.merge)
+                       if self._session is not None else None)
+        self._n_fixed = 0
+        self._touched: set[Any] = set()   # (start, key) for fixed windows, key for sessions
+        self._emitted = self._folded = self._overflowed = self._late = 0
+        self._watermark_ms: int | None = None
+        self._counters_dumped: tuple[int, ...] | None = None
+
+    # -- adding -------------------------------------------------------------------------------
+
+    def add(self, batch: EventBatch, overflow: list[int] | None = None) -> int:
+        """Fold a batch; return how many events were folded.
+
+        Rows that would need a new state beyond `max_keys` are skipped, counted, and their
+        indices appended to `overflow` when given (for the dead letters).
+        """
+        if not len(batch):
+            return 0
+        rows = self._select(batch) if self._select is not None else None
+        if rows is not None and not rows:
+            return 0
+        if self._fixed is not None:
+            folded = self._add_fixed(batch, rows, overflow)
+        else:
+            folded = self._add_sessions(batch, rows, overflow)
+        self._folded += folded
+        return folded
+
+    def _group(self, batch: EventBatch, rows: list[int] | None, lead: list[Any] | None) -> dict[Any, list[int]]:
+        """Row indices per (lead value, *group key) (or per key when lead is None)."""
+        cols = [batch.column(f) for f in self.config.group_by]
+        if rows is not None:
+            cols = [[c[i] for i in rows] for c in cols]
+        if lead is not None:
+            comp: Iterable[Any] = zip(lead, *cols) if cols else lead
+        elif len(cols) == 1:
+            comp = cols[0]
+        else:
+            comp = zip(*cols) if cols else [()] * (len(rows) if rows is not None else len(batch))
+        groups: dict[Any, list[int]] = {}
+        get = groups.get
+        for i, g in zip(range(len(batch)) if rows is None else rows, comp):
+            lst = get(g)
+            if lst is None:
+                groups[g] = [i]
+            else:
+                lst.append(i)
+        return groups
+
+    def _add_fixed(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
+        fixed = self._fixed
+        assert fixed is not None
+        ts = batch.ts if rows is None else [batch.ts[i] for i in rows]
+        groups = self._group(batch, rows, fixed.latest_starts(ts))
+        keyed, size = bool(self.config.group_by), fixed.size_ms
+        columns = [batch.column(f) for f in self._metrics.fields]
+        metrics, panes, touched = self._metrics, self._panes, self._touched
+        wm, limit = self._watermark_ms, self._max_states
+        folded = 0
+        for g, idx in groups.items():
+            pane, key = (g[0], g[1:]) if keyed else (g, ())
+            if wm is not None and pane + size <= wm:   # every window of this pane was emitted
+                self._late += len(idx)
+                continue
+            per_key = panes.get(pane)
+            states = per_key.get(key) if per_key is not None else None
+            if states is None:
+                if self._n_fixed >= limit:
+                    self._overflowed += len(idx)
+                    if overflow is not None:
+                        overflow.extend(idx)
+                    continue
+                states = self._new_pane(pane, key)
+            metrics.fold(states, idx, metrics.gather(columns, idx))
+            touched.add((pane, key))
+            folded += len(idx)
+        return folded
+
+    def _new_pane(self, start: int, key: tuple[Any, ...]) -> list[Any]:
+        states = self._metrics.empty()
+        self._panes.setdefault(start, {})[key] = states
+        self._key_panes[key] = self._key_panes.get(key, 0) + 1
+        self._n_fixed += 1
+        return states
+
+    def _add_sessions(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
+        store = self._store
+        assert store is not None
+        windower, ts = store.windower, batch.ts
+        gap = windower.gap_ms
+        columns = [batch.column(f) for f in self._metrics.fields]
+        single = len(self.config.group_by) == 1
+        metrics, wm, limit = self._metrics, self._watermark_ms, self._max_states
+        folded = 0
+        for g, idx in self._group(batch, rows, None).items():
+            key = (g,) if single else g
+            if len(idx) == 1:
+                t = ts[idx[0]]
+                runs: list[tuple[int, int, int, int]] = [(t, t, 0, 1)]
+            else:
+                idx.sort(key=ts.__getitem__)
+                runs = windower.split([ts[i] for i in idx])
+            for first, last, lo, hi in runs:
+                run = idx if len(runs) == 1 else idx[lo:hi]
+                fresh = wm is None or last + gap > wm
+                states = store.place(key, first, last, may_open=fresh and store.n_states < limit)
+                if states is None:
+                    if fresh:
+                        self._overflowed += len(run)
+                        if overflow is not None:
+                            overflow.extend(run)
+                    else:
+                        self._late += len(run)
+                    continue
+                metrics.fold(states, run, metrics.gather(columns, run))
+                folded += len(run)
+            self._touched.add(key)
+        return folded
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self, watermark_ms: int) -> list[WindowResult]:
+        """Emit and free every window that ends at or before the watermark, once, in
+        (window_end, window_start, key) order."""
+        before = self._watermark_ms
+        if before is not None and watermark_ms <= before:
+            return []
+        self._watermark_ms = watermark_ms
+        if self._store is not None:
+            found = self._store.close(watermark_ms)
+            self._touched.update(f[2] for f in found)
+        else:
+            found = self._close_fixed(before, watermark_ms)
+        try:   # plain tuple order equals key_order whenever it does not raise
+            found.sort(key=lambda r: (r[1], r[0], r[2]))
+        except TypeError:   # keys mix None/str/numbers at some position
+            found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
+        name, results = self.config.name, self._metrics.results
+        self._emitted += len(found)
+        return [WindowResult(aggregation=name, window_start_ms=start, window_end_ms=end, key=key,
+                             metrics=results(states)) for start, end, key, states in found]
+
+    def _close_fixed(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Any, list[Any]]]:
+        """Windows ending in (before_ms, watermark_ms], each merged from its panes; then free
+        the panes whose last window has ended."""
+        fixed = self._fixed
+        assert fixed is not None
+        size, slide, merge = fixed.size_ms, fixed.slide_ms, self._metrics.merge
+        ends = sorted({e for p in self._panes for e in range(p + slide, p + size + 1, slide)
+                       if e <= watermark_ms and (before_ms is None or e > before_ms)})
+        found = []
+        for end in ends:
+            if size == slide:   # tumbling: the pane is the window
+                found.extend((end - size, end, key, states) for key, states in self._panes[end - size].items())
+                continue
+            parts: dict[tuple[Any, ...], list[Any]] = {}
+            for pane in range(end - size, end, slide):
+                for key, states in self._panes.get(pane, {}).items():
+                    have = parts.get(key)
+                    parts[key] = states if have is None else merge(have, states)
+            found.extend((end - size, end, key, states) for key, states in parts.items())
+        for pane in [p for p in self._panes if p + size <= watermark_ms]:
+            for key in self._panes.pop(pane):
+                self._touched.add((pane, key))
+                self._n_fixed -= 1
+                left = self._key_panes[key] - 1
+                if left:
+                    self._key_panes[key] = left
+                else:
+                    del self._key_panes[key]
+        return found
+
+    # -- observing and checkpointing ----------------------------------------------------------
+
+    def statistics(self) -> AggregatorStats:
+        """A snapshot of the counters."""
+        store = self._store
+        keys = len(store.sessions) if store is not None else len(self._key_panes)
+        open_windows = store.n_states if store is not None else self._n_fixed
+        return AggregatorStats(open_windows=open_windows, emitted_windows=self._emitted,
+                               events_folded=self._folded, keys=keys, overflowed=self._overflowed,
+                               late=self._late, watermark_ms=self._watermark_ms)
+
+    def take_changes(self) -> dict[bytes, bytes | None]:
+        """Every state entry changed since the last call: key -> dumped bytes, or None if gone.
+
+        Fixed windows: one entry per (key, pane), b"w" + orjson [pane_start_ms, [key...]]
+        (a pane is [start, start + slide); tumbling: the window itself);
+        sessions: one per group key, b"s" + orjson [key...]; identities over 480 bytes become
+        prefix + b"#" + blake2b-160. Values carry their own identity. b"m" holds the counters.
+        """
+        out: dict[bytes, bytes | None] = {}
+        if self._fixed is not None:
+            slide = self._fixed.slide_ms
+            for start, key in self._touched:
+                states = self._panes.get(start, {}).get(key)
+                ident = [start, list(key)]
+                out[_entry_key(b"w", ident)] = None if states is None else (
+                    orjson.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
+        else:
+            for key in self._touched:
+                out[_entry_key(b"s", list(key))] = self._dump_sessions(key)
+        self._touched.clear()
+        counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
+        if counters != self._counters_dumped:
+            out[META_KEY] = orjson.dumps({"emitted": self._emitted, "folded": self._folded,
+                                          "overflowed": self._overflowed, "late": self._late,
+                                          "watermark_ms": self._watermark_ms, **self._signature})
+            self._counters_dumped = counters
+        return out
+
+    def _dump_sessions(self, key: tuple[Any, ...]) -> bytes | None:
+        sessions = self._store.sessions.get(key)  # type: ignore[union-attr]
+        if not sessions:
+            return None
+        blobs = [self._metrics.dump(s[2]) for s in sessions]
+        head = [list(key), [[s[0], s[1], len(b)] for s, b in zip(sessions, blobs)]]
+        return orjson.dumps(head) + b"\n" + b"".join(blobs)
+
+    def restore(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Rebuild the open state from every live entry of `take_changes` (replacing any state).
+
+        ValueError when the entries were written for another window, grouping or metric set.
+        """
+        self._reset()
+        entries = [(bytes(k), bytes(v)) for k, v in items]
+        for k, v in entries:
+            if k == META_KEY:
+                self._restore_meta(orjson.loads(v))
+        for k, v in entries:
+            head, _, body = v.partition(b"\n")
+            if k[:1] == b"w":
+                start, _end, key_list = orjson.loads(head)
+                key = tuple(key_list)
+                self._panes.setdefault(start, {})[key] = self._metrics.load(body)
+                self._key_panes[key] = self._key_panes.get(key, 0) + 1
+                self._n_fixed += 1
+            elif k[:1] == b"s":
+                self._restore_sessions(head, body)
+
+    def _restore_meta(self, meta: dict[str, Any]) -> None:
+        for field, mine in self._signature.items():
+            if meta.get(field) != mine:
+                raise ValueError(f"aggregation {self.config.name!r}: stored state has another {field}")
+        self._emitted, self._folded = meta["emitted"], meta["folded"]
+        self._overflowed, self._late = meta["overflowed"], meta["late"]
+        self._watermark_ms = meta["watermark_ms"]
+        self._counters_dumped = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
+
+    def _restore_sessions(self, head: bytes, body: bytes) -> None:
+        key_list, spans = orjson.loads(head)
+        sessions, pos = [], 0
+        for first, last, n in spans:
+            sessions.append([first, last, self._metrics.load(body[pos:pos + n])])
+            pos += n
+        self._store.load(tuple(key_list), sessions)  # type: ignore[union-attr]

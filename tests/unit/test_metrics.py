@@ -1,0 +1,234 @@
+"""Metrics: exact metrics against references, sketch error bounds, merge laws, dump/load."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.aggconfig import parse_metric
+from daemon.metrics import METRICS, MetricSet, build_metric
+from daemon.metrics.basic import exact_partials
+from daemon.metrics.sketches import HLL_LG_K, KLL_K, Quantile, TopK, topk_lg_size
+from tests.strategies import label_values, numeric_values
+
+EXACT = {"count": "count", "sum": "sum(price)", "mean": "mean(price)", "min": "min(price)", "max": "max(price)"}
+
+
+def metric(expr: str):
+    return build_metric(parse_metric("m", expr))
+
+
+def fold_all(m, values, chunk: int | None = None):
+    state = m.empty()
+    if chunk is None:
+        return m.fold(state, list(values))
+    for i in range(0, len(values), chunk):
+        state = m.fold(state, list(values[i:i + chunk]))
+    return state
+
+
+def reference(func: str, values: list) -> object:
+    present = [v for v in values if v is not None]
+    if func == "count":
+        return len(values)
+    if func == "sum":
+        return math.fsum(present)
+    if func == "mean":
+        return math.fsum(present) / len(present) if present else None
+    if func in ("min", "max"):
+        return float((min if func == "min" else max)(present)) if present else None
+    raise AssertionError(func)
+
+
+def nearest_rank(values: list, q: float) -> float | None:
+    present = sorted(float(v) for v in values if v is not None)
+    return present[max(0, math.ceil(q * len(present)) - 1)] if present else None
+
+
+def test_registry_has_the_contract_functions():
+    """METRICS names every metric function of the contract except funnel (added elsewhere)."""
+    assert set(METRICS) == {"count", "sum", "mean", "min", "max", "distinct", "quantile", "topk"}
+
+
+def test_unregistered_function_is_a_clear_error():
+    """build_metric refuses a func missing from METRICS with a ValueError naming it."""
+    with pytest.raises(ValueError, match="funnel"):
+        metric("funnel(view, cart)")
+
+
+def test_kinds_name_the_result_types():
+    """Each metric's kind is one of the Arrow result types."""
+    kinds = {f: metric(e).kind for f, e in {**EXACT, "distinct": "distinct(user_id)",
+                                            "quantile": "p95(price)", "topk": "topk(item_id, 3)"}.items()}
+    assert kinds == {"count": "int64", "sum": "float64", "mean": "float64", "min": "float64", "max": "float64",
+                     "distinct": "int64", "quantile": "float64", "topk": "topk"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300), max_size=40),
+       st.randoms(use_true_random=False))
+def test_exact_partials_depend_only_on_the_exact_sum(values, rng):
+    """exact_partials gives the same partials for any order, and they sum to fsum(values)."""
+    shuffled = list(values)
+    rng.shuffle(shuffled)
+    parts = exact_partials(list(values))
+    assert parts == exact_partials(shuffled)
+    assert math.fsum(parts) == math.fsum(values)
+
+
+def test_exact_sum_beats_naive_float_order():
+    """A sum is exact where naive float addition depends on order."""
+    m = metric("sum(price)")
+    values = [1e16, 1.0, -1e16, 1.0]
+    assert sum(values) != 2.0
+    assert m.result(fold_all(m, values, chunk=1)) == 2.0
+
+
+@pytest.mark.parametrize("func", list(EXACT))
+@settings(max_examples=60, deadline=None)
+@given(values=numeric_values(), chunk=st.integers(min_value=1, max_value=10))
+def test_exact_metric_matches_reference(func, values, chunk):
+    """count/sum/mean/min/max equal a straightforward reference, however values are chunked."""
+    m = metric(EXACT[func])
+    assert m.result(fold_all(m, values, chunk)) == reference(func, values)
+
+
+@pytest.mark.parametrize("func", list(EXACT))
+@settings(max_examples=60, deadline=None)
+@given(a=numeric_values(20), b=numeric_values(20), c=numeric_values(20))
+def test_exact_merge_is_associative_and_order_independent(func, a, b, c):
+    """Exact metrics merge associatively and commutatively, equal to folding everything."""
+    m = metric(EXACT[func])
+    sa, sb, sc = (fold_all(m, v) for v in (a, b, c))
+    left = m.merge(m.merge(sa, sb), sc)
+    assert left == m.merge(sa, m.merge(sb, sc)) == m.merge(m.merge(sc, sb), sa)
+    assert m.result(left) == m.result(fold_all(m, a + b + c))
+
+
+@pytest.mark.parametrize("expr", [*EXACT.values(), "distinct(user_id)", "p95(price)", "p50(price)", "topk(item_id, 3)"])
+@settings(max_examples=40, deadline=None)
+@given(nums=numeric_values(), labels=label_values())
+def test_dump_load_round_trips(expr, nums, labels):
+    """load(dump(state)) answers the same result, also after further folds and merges."""
+    m = metric(expr)
+    values = labels if expr.startswith(("distinct", "topk")) else nums
+    state = fold_all(m, values)
+    again = m.load(m.dump(state))
+    assert m.result(again) == m.result(state)
+    assert m.result(m.fold(again, values)) == m.result(m.fold(state, values))
+    if expr in EXACT.values():
+        assert again == state
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=label_values(), b=label_values(), c=label_values())
+def test_distinct_is_exact_on_small_sets_and_merges_order_independently(a, b, c):
+    """distinct counts small sets exactly; merge order never changes the answer."""
+    m = metric("distinct(user_id)")
+    sa, sb, sc = (fold_all(m, v) for v in (a, b, c))
+    expected = len({v for v in a + b + c if v is not None})
+    results = {m.result(m.merge(m.merge(sa, sb), sc)), m.result(m.merge(sa, m.merge(sb, sc))),
+               m.result(m.merge(m.merge(sc, sa), sb)), m.result(fold_all(m, a + b + c))}
+    assert results == {expected}
+
+
+def test_distinct_error_within_two_percent_and_independent_of_order():
+    """On 200k values distinct errs < 2% and gives one answer for any order, batching or merge."""
+    m = metric("distinct(user_id)")
+    values = [f"user-{i}" for i in range(200_000)]
+    answers = set()
+    for seed in range(3):
+        random.Random(seed).shuffle(values)
+        answers.add(m.result(fold_all(m, values, chunk=997)))
+        answers.add(m.result(m.merge(fold_all(m, values[:70_000]), fold_all(m, values[70_000:]))))
+    assert len(answers) == 1
+    assert abs(answers.pop() - 200_000) / 200_000 < 0.02
+    assert HLL_LG_K >= 12
+
+
+@pytest.mark.parametrize("q", [0.5, 0.95, 0.99])
+@settings(max_examples=60, deadline=None)
+@given(values=numeric_values(60), chunk=st.integers(min_value=1, max_value=30))
+def test_quantile_is_exact_nearest_rank_while_small(q, values, chunk):
+    """Up to k values, pNN is the exact nearest-rank quantile, however values are chunked."""
+    m = Quantile(q=q)
+    assert m.result(fold_all(m, values, chunk)) == nearest_rank(values, q)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=numeric_values(30), b=numeric_values(30), c=numeric_values(30))
+def test_quantile_merge_is_associative_while_small(a, b, c):
+    """Merging small KLL sketches in any grouping gives the exact quantile of all values."""
+    m = Quantile(q=0.95)
+    sa, sb, sc = (fold_all(m, v) for v in (a, b, c))
+    expected = nearest_rank(a + b + c, 0.95)
+    assert m.result(m.merge(m.merge(sa, sb), sc)) == m.result(m.merge(sa, m.merge(sb, sc))) == expected
+    assert m.result(m.merge(sc, m.merge(sb, sa))) == expected
+
+
+def test_quantile_rank_error_on_large_input():
+    """On 100k values merged from parts, p95's true rank is within the KLL bound (k=200: 1.33%)."""
+    rng = random.Random(7)
+    values = [rng.lognormvariate(3, 1) for _ in range(100_000)]
+    m = Quantile(q=0.95)
+    parts = [fold_all(m, values[i:i + 10_000], chunk=1_000) for i in range(0, len(values), 10_000)]
+    state = parts[0]
+    for p in parts[1:]:
+        state = m.merge(state, p)
+    answer = m.result(state)
+    rank = sum(v <= answer for v in values) / len(values)
+    assert KLL_K == 200
+    assert abs(rank - 0.95) <= 0.0133 * 1.5
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=label_values(), b=label_values(), c=label_values())
+def test_topk_counts_exactly_when_items_fit_and_merges_order_independently(a, b, c):
+    """topk gives the k most frequent values with exact counts, most frequent first, for any merge order."""
+    m = TopK(k=3)
+    sa, sb, sc = (fold_all(m, v) for v in (a, b, c))
+    counts: dict[str, int] = {}
+    for v in a + b + c:
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    expected = [{"value": v, "count": n} for v, n in sorted(counts.items(), key=lambda p: (-p[1], p[0]))[:3]]
+    assert m.result(m.merge(m.merge(sa, sb), sc)) == expected
+    assert m.result(m.merge(sc, m.merge(sa, sb))) == expected
+    assert m.result(fold_all(m, a + b + c, chunk=7)) == expected
+
+
+def test_topk_finds_heavy_hitters_in_a_long_tail():
+    """With far more distinct values than slots, the heavy hitters still come first."""
+    rng = random.Random(3)
+    values = [f"hot{i}" for i in range(5) for _ in range(2_000)] + [f"tail{rng.randrange(50_000)}" for _ in range(40_000)]
+    rng.shuffle(values)
+    m = TopK(k=5)
+    top = m.result(fold_all(m, values, chunk=500))
+    assert {r["value"] for r in top} == {f"hot{i}" for i in range(5)}
+    assert all(abs(r["count"] - 2_000) <= 3.5 / 2 ** topk_lg_size(5) * len(values) for r in top)
+
+
+def test_topk_turns_values_into_strings():
+    """topk reports values as str (int item ids included)."""
+    m = TopK(k=2)
+    assert m.result(fold_all(m, [7, 7, "7", None, 3])) == [{"value": "7", "count": 3}, {"value": "3", "count": 1}]
+
+
+def test_metric_set_shares_columns_and_round_trips():
+    """A MetricSet gathers each field once, folds all metrics and dumps/loads as one blob."""
+    specs = [parse_metric(n, e) for n, e in {"n": "count", "s": "sum(price)", "p": "p50(price)",
+                                             "u": "distinct(user_id)"}.items()]
+    ms = MetricSet(specs)
+    assert ms.fields == ("price", "user_id")
+    price, user = [1.0, None, 3.0, 5.0], ["a", "b", "a", "c"]
+    states = ms.empty()
+    rows = [0, 1, 2]
+    ms.fold(states, rows, ms.gather([price, user], rows))
+    expected = {"n": 3, "s": 4.0, "p": 1.0, "u": 2}
+    assert ms.results(states) == expected
+    assert ms.results(ms.load(ms.dump(states))) == expected
+    assert ms.results(ms.merge(states, ms.empty())) == expected

@@ -1,0 +1,149 @@
+"""Window assignment (tumbling, hopping), sessions, the where filter and the WINDOWS registry."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.aggconfig import WindowSpec
+from daemon.windows import WINDOWS, Window, build_windower
+from daemon.windows.fixed import Hopping, Tumbling
+from daemon.windows.session import Session, SessionStore, sessionize
+from daemon.windows.where import compile_where
+from tests.strategies import CATEGORIES, batch_from_rows, event_batches, fixed_window_specs, timestamps
+
+any_ts = st.integers(min_value=-10**13, max_value=10**13)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ts=any_ts, spec=fixed_window_specs())
+def test_event_lands_in_exactly_the_windows_containing_it(ts, spec):
+    """assign(ts) gives every epoch-aligned window that contains ts, and only those: size/slide of them."""
+    w = build_windower(spec)
+    windows = w.assign(ts)
+    assert len(windows) == spec.size_ms // spec.slide_ms
+    assert all(win.contains(ts) and win.start_ms % spec.slide_ms == 0 for win in windows)
+    assert all(win.end_ms - win.start_ms == spec.size_ms for win in windows)
+    # No other aligned start nearby contains ts.
+    lo = ts - ts % spec.slide_ms - 2 * spec.size_ms
+    others = {Window(s, s + spec.size_ms) for s in range(lo, ts + 1, spec.slide_ms)} - set(windows)
+    assert not any(win.contains(ts) for win in others)
+    assert windows == sorted(windows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ts=any_ts, size=st.sampled_from((1_000, 60_000, 3_600_000)))
+def test_tumbling_gives_exactly_one_window(ts, size):
+    """A tumbling window is a hopping window with slide = size: exactly one per event."""
+    (win,) = Tumbling(size, size).assign(ts)
+    assert win.start_ms <= ts < win.end_ms and win.start_ms % size == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(ts=st.lists(any_ts, max_size=30), spec=fixed_window_specs())
+def test_bulk_latest_starts_match_assign(ts, spec):
+    """latest_starts (the hot path) and windows_from_latest agree with per-event assign."""
+    w = build_windower(spec)
+    latest = w.latest_starts(ts)
+    assert [w.windows_from_latest(s) for s in latest] == [w.assign(t) for t in ts]
+
+
+def test_registry_and_builders():
+    """WINDOWS maps each window type to its windower; tumbling uses slide = size."""
+    assert set(WINDOWS) == {"tumbling", "hopping", "session"}
+    assert build_windower(WindowSpec(type="tumbling", size_ms=60_000, slide_ms=0)) == Tumbling(60_000, 60_000)
+    assert build_windower(WindowSpec(type="hopping", size_ms=300_000, slide_ms=60_000)) == Hopping(300_000, 60_000)
+    assert build_windower(WindowSpec(type="session", gap_ms=5_000)) == Session(5_000)
+    with pytest.raises(ValueError):
+        Hopping(300_000, 70_000)
+    with pytest.raises(ValueError):
+        build_windower(WindowSpec(type="sliding", size_ms=1))
+
+
+def test_hopping_example():
+    """A 5m/1m hopping window holds an event at 12:03:30 in the five windows starting 11:59..12:03."""
+    minute = 60_000
+    ts = 12 * 60 * minute + 3 * minute + 30_000
+    starts = [w.start_ms // minute - 12 * 60 for w in Hopping(5 * minute, minute).assign(ts)]
+    assert starts == [-1, 0, 1, 2, 3]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ts=st.lists(timestamps(span_ms=600_000), max_size=40), gap=st.sampled_from((1, 1_000, 30_000)))
+def test_sessions_respect_the_gap(ts, gap):
+    """Each event is in one session; events of a session are < gap apart; sessions are >= gap apart."""
+    sessions = sessionize(ts, gap)
+    for t in ts:
+        assert sum(s.contains(t) for s in sessions) == 1
+    for s in sessions:
+        inside = sorted(t for t in ts if s.contains(t))
+        assert inside[0] == s.start_ms and inside[-1] + gap == s.end_ms
+        assert all(b - a < gap for a, b in zip(inside, inside[1:]))
+    for a, b in zip(sessions, sessions[1:]):
+        last_of_a = max(t for t in ts if a.contains(t))
+        assert b.start_ms - last_of_a >= gap and b.start_ms >= a.end_ms
+
+
+def _count_store(gap: int) -> SessionStore:
+    return SessionStore(Session(gap), lambda: [0], lambda a, b: [a[0] + b[0]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(ts=st.lists(timestamps(span_ms=300_000), max_size=40), gap=st.sampled_from((1_000, 30_000)),
+       rng=st.randoms(use_true_random=False))
+def test_session_store_matches_reference_in_any_arrival_order(ts, gap, rng):
+    """Adding events one by one in any order (extending backwards, bridging, merging) yields the
+    reference sessions with every event counted once."""
+    store = _count_store(gap)
+    order = list(ts)
+    rng.shuffle(order)
+    for t in order:
+        store.place("k", t, t, may_open=True)[0] += 1
+    got = [(Window(f, l + gap), st_[0]) for f, l, st_ in store.sessions.get("k", [])]
+    expected = [(w, sum(w.contains(t) for t in ts)) for w in sessionize(ts, gap)]
+    assert got == expected
+    assert store.n_states == len(expected)
+
+
+def test_session_bridging_event_merges_two_sessions():
+    """An event within gap of two sessions merges them into one."""
+    store = _count_store(10)
+    store.place("k", 0, 0, may_open=True)[0] += 1
+    store.place("k", 15, 15, may_open=True)[0] += 1
+    assert store.n_states == 2
+    store.place("k", 7, 7, may_open=True)[0] += 1
+    assert [(f, l, s) for f, l, s in store.sessions["k"]] == [(0, 15, [3])]
+    assert store.close(24) == []
+    assert store.close(25) == [(0, 25, "k", [3])]
+    assert store.n_states == 0 and not store.sessions
+
+
+def test_session_store_refuses_to_open_when_not_allowed():
+    """place returns None instead of opening a new session when may_open is False, but still extends."""
+    store = _count_store(10)
+    assert store.place("k", 0, 0, may_open=False) is None
+    store.place("k", 0, 0, may_open=True)
+    assert store.place("k", 5, 5, may_open=False) == [0]
+    assert store.place("k", 100, 100, may_open=False) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=event_batches(max_size=40),
+       types=st.sets(st.sampled_from(("view", "cart", "purchase", "search")), min_size=1),
+       cats=st.none() | st.sets(st.sampled_from(CATEGORIES), min_size=1))
+def test_where_keeps_rows_matching_every_condition(batch, types, cats):
+    """compile_where keeps exactly the rows whose fields are among the listed values (AND of fields)."""
+    where = [("type", tuple(types))] + ([("category", tuple(cats))] if cats else [])
+    rows = compile_where(where)(batch)
+    expected = [i for i, r in enumerate(batch.rows())
+                if r["type"] in types and (cats is None or r["category"] in cats)]
+    assert rows == expected
+
+
+def test_where_without_conditions_keeps_everything():
+    """An empty where keeps every row."""
+    batch = batch_from_rows([{"ts": 1, "type": "view"}, {"ts": 2, "type": "cart"}])
+    assert compile_where(())(batch) == [0, 1]
+    with pytest.raises(ValueError):
+        compile_where((("colour", ("red",)),))
