@@ -112,6 +112,14 @@ class Validator:
                 self.add(out, item[0], item[1], now_ms)
         return out
 
+    def decode_items(self, items: list[object], now_ms: int) -> Decoded:
+        """Validate values that are already parsed (e.g. the events list of a page)."""
+        out = Decoded(EventBatch(self.source))
+        add = self.add
+        for obj in items:
+            add(out, obj, None, now_ms)
+        return out
+
     def add(self, out: Decoded, obj: object, raw: bytes | None, now_ms: int) -> None:
         """Validate one decoded value into `out` (accepted column values or a Rejected)."""
         if type(obj) is not dict:

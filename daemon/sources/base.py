@@ -69,8 +69,13 @@ class SourceContext:
 
     def decode(self, payload: bytes) -> Decoded:
         """Decode and validate one payload and count it in the source's health."""
-        now_ms = self.clock.now_ms()
-        decoded = self.validator.decode(payload, now_ms)
+        return self._count(self.validator.decode(payload, self.clock.now_ms()))
+
+    def decode_items(self, items: list[object]) -> Decoded:
+        """Validate already-parsed JSON values (a page's events list) and count them."""
+        return self._count(self.validator.decode_items(items, self.clock.now_ms()))
+
+    def _count(self, decoded: Decoded) -> Decoded:
         h = self.health
         h.requests += 1
         h.received += decoded.total

@@ -16,7 +16,6 @@ import orjson
 from yarl import URL
 
 from daemon.errors import FetchError, FetchTimeout, SourceError, map_exceptions
-from daemon.events import EventBatch
 from daemon.pipeline.validate import Decoded
 from daemon.sources.backoff import MAX_RETRY_AFTER_S, Backoff, parse_retry_after
 from daemon.sources.base import SourceContext, SourceStats
@@ -219,23 +218,8 @@ class HttpPollSource:
         if page.payload is not None:
             return self._ctx.decode(page.payload)
         # Feeding the parsed list to the validator skips an orjson dumps+loads round trip
-        # (measured: 650 vs 910 us for a 500-event page); counting mirrors SourceContext.decode.
-        ctx = self._ctx
-        now_ms = ctx.clock.now_ms()
-        decoded = Decoded(EventBatch(ctx.validator.source))
-        add = ctx.validator.add
-        for item in page.items:
-            add(decoded, item, None, now_ms)
-        h = ctx.health
-        h.requests += 1
-        h.received += decoded.total
-        h.accepted += len(decoded.batch)
-        h.rejected += len(decoded.rejected)
-        if decoded.batch.ts:
-            newest = max(decoded.batch.ts)
-            if h.newest_ts_ms is None or newest > h.newest_ts_ms:
-                h.newest_ts_ms = newest
-        return decoded
+        # (measured: 650 vs 910 us for a 500-event page).
+        return self._ctx.decode_items(page.items)
 
     def _idle_delay(self, events: int, status: int) -> float:
         """Adaptive interval: a full page polls at once, a partial one after min_interval,
