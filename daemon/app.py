@@ -90,6 +90,10 @@ class Daemon:
         finally:
             with anyio.move_on_after(3, shield=True):
                 await server.__aexit__(None, None, None)
+        failed = self.runner.statistics().commit_failed
+        if failed:
+            log.error("stopped_uncommitted", error=failed)
+            return 1
         log.info("stopped")
         return 0
 

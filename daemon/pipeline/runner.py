@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from daemon.clock import Clock
 from daemon.config import Config
+from daemon.errors import StoreError
 from daemon.events import Anomaly, EventBatch, Reason, Rejected, WindowResult
 from daemon.pipeline.dedupe import DedupeFilter
 from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
@@ -22,6 +23,7 @@ from daemon.stores.checkpoint import Checkpoint, CommitUnit
 from daemon.stores import schemas
 
 MAX_DELIVERIES_PER_ROUND = 256
+COMMIT_RETRY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +216,18 @@ class Runner:
         p, self._pending = self._pending, _Pending()
         unit = self._build_unit(p)
         t0 = time.perf_counter()
-        try:
-            seq = await anyio.to_thread.run_sync(self.checkpoint.commit, unit)
-        except Exception as exc:
-            self._commit_failed = f"{type(exc).__name__}: {exc}"
-            self.log.error("commit_failed", error=self._commit_failed)
-            raise
+        while True:
+            try:
+                seq = await anyio.to_thread.run_sync(self.checkpoint.commit, unit)
+                break
+            except StoreError as exc:
+                # Never drop what is not committed: the runner waits (queues fill, sources feel
+                # back-pressure, /readyz says why) and retries the same unit.
+                self._commit_failed = f"{type(exc).__name__}: {exc}"
+                self.log.error("commit_failed", error=self._commit_failed, retry_in_s=COMMIT_RETRY_S)
+                await anyio.sleep(COMMIT_RETRY_S)
+        if self._commit_failed:
+            self.log.warning("commit_recovered", after_error=self._commit_failed)
         self._commit_failed = ""
         self._commits += 1
         self._last_commit_mono = self.clock.monotonic()
