@@ -25,7 +25,8 @@ from daemon.pipeline.runner import Runner
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.validate import Validator
 from daemon.runtime.reload import plan_reload
-from daemon.runtime.systemd import Notifier
+from daemon.pipeline.watermark import NO_WATERMARK
+from daemon.runtime.systemd import Notifier, ServiceHeartbeat, WatchdogBounds
 from daemon.sources import SourceConfig
 from daemon.sources.base import SourceContext, SourceHealth
 from daemon.stores.checkpoint import Checkpoint
@@ -209,14 +210,22 @@ class Daemon:
         self.queues.pop(name, None)
 
     async def _monitor(self) -> None:
-        """Measure event-loop lag and keep the systemd watchdog fed while the loop turns."""
+        """Measure event-loop lag; send WATCHDOG=1 (and STATUS=) only while the pipeline keeps committing."""
+        notifier = self.notifier
         interval = LOOP_PROBE_S
-        if self.notifier.watchdog_interval_s:
-            interval = min(interval, self.notifier.watchdog_interval_s)
+        if notifier.watchdog_interval_s:
+            interval = min(interval, notifier.watchdog_interval_s)
+        bounds = WatchdogBounds.for_watchdog(notifier.watchdog_usec, self.cfg.storage.commit_interval_s)
+        heartbeat = ServiceHeartbeat(notifier, bounds, log=self.log.bind(component="watchdog"))
         while True:
             t0 = time.monotonic()
             await anyio.sleep(interval)
-            lag = time.monotonic() - t0 - interval
-            self.health.loop_lag_ms = max(0.0, lag * 1000)
-            if self.notifier.watchdog_interval_s:
-                self.notifier.watchdog()
+            now = time.monotonic()
+            self.health.loop_lag_ms = max(0.0, (now - t0 - interval) * 1000)
+            if not notifier.enabled:
+                continue
+            st = self.runner.statistics()
+            wm_lag_ms = None if st.watermark_ms == NO_WATERMARK else self.clock.now_ms() - st.watermark_ms
+            heartbeat.tick(now, loop_lag_ms=self.health.loop_lag_ms, accepted=st.accepted,
+                           last_commit_age_ms=st.last_commit_ms, pending_work=st.pending_work,
+                           watermark_lag_ms=wm_lag_ms, queued=self.runner.queued())

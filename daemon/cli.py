@@ -58,6 +58,12 @@ def cmd_storefront(args: argparse.Namespace) -> int:
     return storefront_main.run(args)
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    from daemon import query
+
+    return query.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="storepulse", description="Real-time analytics daemon for online shops.")
     parser.add_argument("--version", action="version", version=f"storepulse {__version__}")
@@ -73,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     storefront_main.add_arguments(p)
     p.set_defaults(func=cmd_storefront)
+    p = sub.add_parser("query", help="query the Arrow files offline: filter, group by, aggregate")
+    from daemon import query
+
+    query.add_arguments(p)
+    p.set_defaults(func=cmd_query)
     return parser
 
 

@@ -25,6 +25,9 @@ def configure_logging(level: str = "info") -> None:
         logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
+    # aiohttp prints plain-text tracebacks for requests over the header limits; those are the
+    # client's fault and would break the one-JSON-object-per-line log.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
 def get_logger(**bind: object) -> structlog.typing.FilteringBoundLogger:

@@ -40,6 +40,7 @@ class PipelineStats:
     last_commit_ms: int
     pending_acks: int
     commit_failed: str
+    pending_work: bool      # uncommitted changes, queued deliveries or a commit in flight
 
 
 @dataclass(slots=True)
@@ -80,6 +81,7 @@ class Runner:
         self._last_flush_mono = clock.monotonic()
         self._commit_failed = ""
         self.positions: dict[str, bytes] = {}   # newest position per source folded into state (committed or not)
+        self._committing = False
         self._faults = faults   # injected failures for tests, e.g. {"wedge_commit"}
 
     # ---- state ---------------------------------------------------------------------------
@@ -210,6 +212,13 @@ class Runner:
 
     async def commit(self, *, flush_all: bool = False) -> None:
         """One durable commit of everything since the last one, then the Arrow flush it allows."""
+        self._committing = True     # read by statistics().pending_work: a hung commit is pending work
+        try:
+            await self._commit(flush_all=flush_all)
+        finally:
+            self._committing = False
+
+    async def _commit(self, *, flush_all: bool) -> None:
         if "wedge_commit" in self._faults:
             self.log.warning("fault_injected", fault="wedge_commit")
             await anyio.sleep_forever()
@@ -279,6 +288,7 @@ class Runner:
             rejected_by_reason=dict(self._reasons), process_seconds=self._process_s, commits=self._commits,
             last_commit_ms=round((self.clock.monotonic() - self._last_commit_mono) * 1000),
             pending_acks=len(self._pending.acks), commit_failed=self._commit_failed,
+            pending_work=self._pending.dirty or self._committing or self.queued() > 0,
         )
 
 

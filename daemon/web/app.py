@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from collections.abc import AsyncIterator
 
+import anyio
 from aiohttp import web
 
 from daemon.web import health, queries, stats
@@ -13,9 +14,39 @@ from daemon.web.context import CONTEXT, WebContext
 from daemon.web.prometheus import metrics
 
 
+MAX_LINE_BYTES = 8190      # request line; longer → 400 (aiohttp's default, stated on purpose)
+MAX_FIELD_BYTES = 8190     # one header field
+MAX_HEADERS = 64
+LINGER_S = 2.0
+
+
+def body_deadline_middleware(timeout_s: float) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Read a request body within `timeout_s` before the handler runs; a 1 byte/s sender gets 408.
+
+    aiohttp caches the body, so the handler's own `await request.read()` returns it at once.
+    """
+    @web.middleware
+    async def deadline(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                with anyio.fail_after(timeout_s):
+                    await request.read()
+            except TimeoutError:
+                resp = web.json_response({"error": f"request body not received within {timeout_s:g}s"}, status=408)
+                resp.force_close()
+                return resp
+            except web.HTTPRequestEntityTooLarge:
+                return web.json_response({"error": f"body larger than http.max_body ({request.client_max_size} bytes)"},
+                                         status=413)
+        return await handler(request)
+    return deadline
+
+
 def build_app(ctx: WebContext) -> web.Application:
     token = load_token(ctx.cfg.http.token_file) if ctx.cfg.http.token_file else None
     middlewares = [auth_middleware(token)] if token else []
+    middlewares.append(body_deadline_middleware(ctx.cfg.http.idle_timeout_s))
     app = web.Application(client_max_size=ctx.cfg.http.max_body_bytes, middlewares=middlewares)
     app[CONTEXT] = ctx
     routes = [
@@ -47,8 +78,14 @@ async def ingest(request: web.Request) -> web.StreamResponse:
 @asynccontextmanager
 async def open_http_server(ctx: WebContext) -> AsyncIterator[web.AppRunner]:
     """Listen on http.listen for the duration of the block; stop within a bounded time."""
-    runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False,
-                           keepalive_timeout=ctx.cfg.http.idle_timeout_s, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+        # aiohttp arms this timer when a connection opens and re-arms it only after a response, so it
+        # bounds idle connections AND the header phase: a client trickling headers is dropped after it.
+        keepalive_timeout=ctx.cfg.http.idle_timeout_s,
+        max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES, max_headers=MAX_HEADERS,
+        lingering_time=LINGER_S,    # at most this long draining a body the handler left unread
+    )
     await runner.setup()
     site = web.TCPSite(runner, ctx.cfg.http.host, ctx.cfg.http.port, backlog=512, reuse_address=True)
     try:
