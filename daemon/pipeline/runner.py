@@ -150,7 +150,11 @@ class Runner:
 
     def advance(self) -> None:
         """Move the watermark and close every window it passed."""
-        wm = self.watermarks.advance(self.clock.now_ms(), self.clock.monotonic())
+        now_mono = self.clock.monotonic()
+        for name, q in self.queues.items():
+            if q.depth:   # a backlog is not silence: a source with queued events is never idle
+                self.watermarks.touch(name, now_mono)
+        wm = self.watermarks.advance(self.clock.now_ms(), now_mono)
         closed, anomalies = self.parts.close(wm)
         if closed or anomalies:
             for name, results in closed.items():
@@ -161,10 +165,15 @@ class Runner:
 
     # ---- the loop ----------------------------------------------------------------------
     def drain_round(self) -> int:
-        """Process what the queues hold now (bounded per round); return deliveries processed."""
+        """Process what the queues hold now, a fair share of each per round; return deliveries processed.
+
+        Fair shares matter: a busy source must not starve another, or the starved one would look
+        idle, the watermark would jump past its backlog and that backlog would be dead-lettered late.
+        """
         done = 0
-        for q in self.queues.values():
-            while done < MAX_DELIVERIES_PER_ROUND:
+        share = max(1, MAX_DELIVERIES_PER_ROUND // max(1, len(self.queues)))
+        for q in list(self.queues.values()):
+            for _ in range(share):
                 d = q.get_nowait()
                 if d is None:
                     break

@@ -53,6 +53,12 @@ class Watermarks:
             mark.max_ts_ms = max_ts_ms
         mark.last_active_mono = now_mono
 
+    def touch(self, source: str, now_mono: float) -> None:
+        """Mark a source active without new events (e.g. it has a backlog waiting in its queue)."""
+        mark = self._marks.get(source)
+        if mark is not None:
+            mark.last_active_mono = now_mono
+
     def advance(self, now_ms: int, now_mono: float) -> int:
         """Recompute and return the pipeline watermark (monotonic)."""
         candidate: int | None = None

@@ -56,3 +56,13 @@ def test_watermark_never_moves_backwards(steps):
         now = w.advance(ts, mono)
         assert now >= last
         last = now
+
+
+def test_touched_source_stays_active():
+    """A source with a backlog (touched) keeps holding the watermark back past idle_timeout."""
+    w = marks()
+    w.observe("a", 100_000, 1.0)
+    w.observe("b", 50_000, 1.0)
+    w.touch("b", 11.5)
+    w.observe("a", 120_000, 11.5)
+    assert w.advance(0, 12.0) == 45_000
