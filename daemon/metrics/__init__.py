@@ -10,6 +10,7 @@ import orjson
 from daemon.aggconfig import MetricSpec
 from daemon.metrics.base import Kind, Metric
 from daemon.metrics.basic import Count, Max, Mean, Min, Sum
+from daemon.metrics.funnel import Funnel
 from daemon.metrics.sketches import Distinct, Quantile, TopK
 
 METRICS = {
@@ -21,6 +22,7 @@ METRICS = {
     "distinct": Distinct,
     "quantile": Quantile,
     "topk": TopK,
+    "funnel": Funnel,
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 S = TypeVar("S")
 
-Kind = Literal["int64", "float64", "topk"]
+Kind = Literal["int64", "float64", "topk", "json"]
 
 
 class Metric(Protocol[S]):

@@ -1,7 +1,7 @@
 """The stateful parts the runner feeds: aggregations with their moving averages and detectors, analysers.
 
 Each part hands its changed state to the checkpoint under its own namespace
-(`agg:<name>`, `ma:<name>`, `anomaly:<name>`, `recs`, `trending`) and is restored from it.
+(`agg:<name>`, `ma:<name>`, `anomaly:<name>`, `recs` with its trending) and is restored from it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from daemon.aggconfig import AggregationConfig
 from daemon.analyzers.anomaly import AnomalyDetector
 from daemon.analyzers.moving_average import MovingAverages
 from daemon.analyzers.recommend import Recommender
-from daemon.analyzers.trending import Trending
 from daemon.config import Config
 from daemon.events import Anomaly, EventBatch, WindowResult
 from daemon.metrics import build_metric
@@ -31,6 +30,7 @@ class AggregationPart:
     averages: MovingAverages | None
     detector: AnomalyDetector | None
     schema: Any   # pyarrow schema of windows/<name>
+    last_step: int = 0   # watermark // slide at the last detector call
 
     @classmethod
     def build(cls, cfg: AggregationConfig) -> AggregationPart:
@@ -43,7 +43,7 @@ class AggregationPart:
             cfg=cfg,
             aggregator=Aggregator(cfg),
             averages=MovingAverages(cfg.moving_average) if cfg.moving_average else None,
-            detector=AnomalyDetector(cfg.anomaly, cfg.name) if cfg.anomaly else None,
+            detector=AnomalyDetector.from_aggregation(cfg) if cfg.anomaly else None,
             schema=window_schema(cfg.group_by, kinds, extra),
         )
 
@@ -55,7 +55,8 @@ class StateParts:
         self.aggregations: dict[str, AggregationPart] = {a.name: AggregationPart.build(a) for a in cfg.aggregations}
         rc = cfg.recommendations
         self.recommender = Recommender(rc) if rc is not None else None
-        self.trending = Trending(rc.half_life_s) if rc is not None else None
+        # The recommender owns its trending (it is the fallback); GET /trending reads the same one.
+        self.trending = self.recommender.trending if self.recommender is not None else None
         self._deletes: dict[str, dict[bytes, bytes | None]] = {}   # namespaces of removed aggregations
         self._emitted: set[str] = set()
         self.dropped_on_restore: list[str] = []   # aggregations whose stored state no longer fits the config   # aggregations whose analysers moved since the last commit
@@ -82,22 +83,23 @@ class StateParts:
             part.aggregator.add(batch)
         if self.recommender is not None:
             self.recommender.observe(batch)
-        if self.trending is not None:
-            self.trending.observe(batch)
 
     def close(self, watermark_ms: int) -> tuple[dict[str, list[WindowResult]], list[Anomaly]]:
         closed: dict[str, list[WindowResult]] = {}
         anomalies: list[Anomaly] = []
         for name, part in self.aggregations.items():
             results = part.aggregator.close(watermark_ms)
-            if not results:
-                continue
-            if part.averages is not None:
+            if results and part.averages is not None:
                 results = part.averages.apply(results)
-            if part.detector is not None:
-                anomalies.extend(part.detector.observe(results))
-            closed[name] = results
-            self._emitted.add(name)
+            step = part.cfg.window.slide_ms
+            if part.detector is not None and (results or (step and watermark_ms // step != part.last_step)):
+                # Also on a window boundary with no results at all: a total outage is a drop to zero.
+                part.last_step = watermark_ms // step if step else 0
+                anomalies.extend(part.detector.observe(results, closed_until_ms=watermark_ms))
+                self._emitted.add(name)
+            if results:
+                closed[name] = results
+                self._emitted.add(name)
         return closed, anomalies
 
     def take_changes(self) -> dict[str, dict[bytes, bytes | None]]:
@@ -114,8 +116,6 @@ class StateParts:
         self._emitted.clear()
         if self.recommender is not None:
             out["recs"] = _changes(self.recommender)
-        if self.trending is not None:
-            out["trending"] = {b"state": self.trending.snapshot()}
         return {ns: ch for ns, ch in out.items() if ch}
 
     def restore(self, state: dict[str, Iterable[tuple[bytes, bytes]]]) -> None:
@@ -137,8 +137,6 @@ class StateParts:
                 part.detector.restore(dict(items)[b"state"])
             elif kind == "recs" and self.recommender is not None:
                 _restore(self.recommender, items)
-            elif kind == "trending" and self.trending is not None:
-                self.trending.restore(dict(items)[b"state"])
 
     def statistics(self) -> dict[str, Any]:
         return {name: part.aggregator.statistics() for name, part in self.aggregations.items()}

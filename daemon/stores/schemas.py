@@ -19,6 +19,7 @@ METRIC_TYPES: Mapping[str, pa.DataType] = {
     "int64": pa.int64(),
     "float64": pa.float64(),
     "string": pa.string(),
+    "json": pa.string(),                  # a dict result (e.g. funnel), stored as JSON text
     "topk": TOPK,
     "int64_list": pa.list_(pa.int64()),   # e.g. funnel step counts
 }

@@ -1,0 +1,301 @@
+"""Recommendations: time-decayed item-to-item co-occurrence within sessions, users' recent items, trending fallback.
+
+An event of item j in session s pairs j with the items the same user touched earlier in s, with
+weight sqrt(w_i * w_j) (view 1, cart 3, purchase 5), forward-decayed like trending.py. A user's
+ranking sums, over their recent items r, recency(r) * (self weight for r itself, and
+cooc(r, c) / sqrt(n(r) n(c)) for each neighbour c); items bought within `exclude_bought_s` are
+left out, and trending in the user's categories, then overall, fills the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from daemon.analyzers.trending import TYPE_WEIGHTS, Trending
+from daemon.config import RecommendationsConfig
+from daemon.events import EventBatch
+
+_REBASE_HALF_LIVES = 500.0
+_MAX_CATS = 4          # categories remembered per user, for the fallback
+
+
+@dataclass(frozen=True, slots=True)
+class RecommenderStats:
+    """A snapshot: users and items tracked, neighbour links, events seen, users expired or evicted."""
+
+    users: int
+    items: int
+    links: int
+    events: int
+    users_dropped: int
+
+
+class _User:
+    __slots__ = ("last_ms", "recent", "bought", "cats")
+
+    def __init__(self, last_ms: int) -> None:
+        self.last_ms = last_ms
+        self.recent: list[list[Any]] = []        # [item, ts_ms, weight, session], oldest first
+        self.bought: dict[str, int] = {}         # item -> ts_ms of the latest purchase
+        self.cats: dict[str, float] = {}         # category -> forward-decayed weight
+
+
+class Recommender:
+    """Session co-occurrence recommender with bounded, decaying state; see the module docstring."""
+
+    def __init__(self, cfg: RecommendationsConfig, *, weights: dict[str, float] | None = None,
+                 self_weight: float = 1.0, exclude_bought_s: float | None = None,
+                 max_pairs_per_event: int = 10) -> None:
+        self.cfg = cfg
+        self.half_life_ms = cfg.half_life_s * 1000.0
+        self.weights = dict(TYPE_WEIGHTS if weights is None else weights)
+        self.self_weight = self_weight
+        self.exclude_bought_ms = (cfg.half_life_s if exclude_bought_s is None else exclude_bought_s) * 1000.0
+        self.max_pairs = max_pairs_per_event
+        self.trending = Trending(cfg.half_life_s, weights=self.weights)
+        self._nbrs: dict[str, dict[str, float]] = {}
+        self._count: dict[str, float] = {}       # item -> forward-decayed occurrence weight (recency order)
+        self._cat: dict[str, str] = {}
+        self._users: dict[str, _User] = {}       # recency order: the front is the idlest user
+        self._ref_ms: float | None = None
+        self._events = self._dropped = 0
+        self._dirty_items: set[str] = set()
+        self._dirty_users: set[str] = set()
+        self._deleted: set[bytes] = set()
+
+    # -- updates --------------------------------------------------------------------------------
+
+    def observe(self, batch: EventBatch) -> None:
+        """Fold a batch in (event time decides decay, recency and expiry)."""
+        self.trending.observe(batch)
+        weights = self.weights
+        for etype, user, session, item, cat, ts in zip(batch.type, batch.user_id, batch.session_id,
+                                                      batch.item_id, batch.category, batch.ts):
+            w = weights.get(etype)
+            if w and item is not None:
+                self._event(etype, user, session, item, cat, ts, w)
+        if batch.ts:
+            self._expire(max(batch.ts))
+
+    def _event(self, etype: str, user_id: str, session: str | None, item: str, cat: str | None,
+               ts: int, w: float) -> None:
+        self._events += 1
+        g = self._growth(ts)
+        count = self._count
+        count[item] = count.pop(item, 0.0) + w * g
+        if cat is not None:
+            self._cat[item] = cat
+        self._dirty_items.add(item)
+        u = self._users.pop(user_id, None)
+        if u is None:
+            u = _User(ts)
+        self._users[user_id] = u
+        u.last_ms = max(u.last_ms, ts)
+        self._dirty_users.add(user_id)
+        recent = u.recent
+        if session is not None:
+            paired = 0
+            for other, _, w_other, s_other in reversed(recent):
+                if s_other == session and other != item:
+                    c = math.sqrt(w * w_other) * g
+                    self._link(item, other, c)
+                    self._link(other, item, c)
+                    paired += 1
+                    if paired >= self.max_pairs:
+                        break
+        for i, entry in enumerate(recent):
+            if entry[0] == item:
+                w = max(w, entry[2]) if entry[3] == session else w
+                del recent[i]
+                break
+        recent.append([item, ts, w, session])
+        if len(recent) > self.cfg.recent_items_per_user:
+            del recent[0]
+        if etype == "purchase":
+            u.bought[item] = ts
+            if len(u.bought) > self.cfg.recent_items_per_user:
+                del u.bought[min(u.bought, key=u.bought.__getitem__)]
+        if cat is not None:
+            u.cats[cat] = u.cats.get(cat, 0.0) + w * g
+            if len(u.cats) > _MAX_CATS:
+                del u.cats[min(u.cats, key=u.cats.__getitem__)]
+        if len(count) > self.cfg.max_items:
+            self._drop_item(next(iter(count)))
+
+    def _link(self, a: str, b: str, c: float) -> None:
+        nb = self._nbrs.get(a)
+        if nb is None:
+            nb = self._nbrs[a] = {}
+        nb[b] = nb.get(b, 0.0) + c
+        self._dirty_items.add(a)
+        n = self.cfg.neighbours_per_item
+        if len(nb) > 2 * n:   # amortised: prune to the strongest n once it doubles
+            self._nbrs[a] = dict(heapq.nlargest(n, nb.items(), key=lambda kv: kv[1]))
+
+    def _growth(self, ts_ms: float) -> float:
+        if self._ref_ms is None:
+            self._ref_ms = float(ts_ms)
+        e = (ts_ms - self._ref_ms) / self.half_life_ms
+        if e > _REBASE_HALF_LIVES:
+            f = 2.0 ** -e
+            for item in self._count:
+                self._count[item] *= f
+            for nb in self._nbrs.values():
+                for other in nb:
+                    nb[other] *= f
+            for u in self._users.values():
+                for c in u.cats:
+                    u.cats[c] *= f
+            self._dirty_items.update(self._count)
+            self._dirty_users.update(self._users)
+            self._ref_ms, e = float(ts_ms), 0.0
+        return 2.0 ** e
+
+    def _expire(self, now_ms: int) -> None:
+        """Drop users idle longer than the TTL and the idlest beyond max_users."""
+        users, ttl_ms = self._users, self.cfg.user_ttl_s * 1000.0
+        while users:
+            uid = next(iter(users))
+            if users[uid].last_ms >= now_ms - ttl_ms and len(users) <= self.cfg.max_users:
+                break
+            del users[uid]
+            self._dropped += 1
+            self._dirty_users.discard(uid)
+            self._deleted.add(b"u:" + uid.encode())
+
+    def _drop_item(self, item: str) -> None:
+        self._count.pop(item, None)
+        self._nbrs.pop(item, None)
+        self._cat.pop(item, None)
+        self._dirty_items.discard(item)
+        self._deleted.add(b"i:" + item.encode())
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def recommend(self, user_id: str, k: int, now_ms: int) -> list[tuple[str, float]]:
+        """The user's top k items with scores, best first (fallbacks score below every co-occurrence hit)."""
+        u = self._users.get(user_id)
+        if k <= 0:
+            return []
+        if u is None or u.last_ms < now_ms - self.cfg.user_ttl_s * 1000.0:
+            return self.trending.top(None, k, now_ms)
+        exclude = {item for item, ts in u.bought.items() if ts >= now_ms - self.exclude_bought_ms}
+        scores: dict[str, float] = {}
+        count, nbrs, hl = self._count, self._nbrs, self.half_life_ms
+        for item, ts, w, _ in u.recent:
+            rec = w * 2.0 ** ((ts - now_ms) / hl)
+            scores[item] = scores.get(item, 0.0) + rec * self.self_weight
+            nb = nbrs.get(item)
+            if not nb:
+                continue
+            ci = count.get(item, 0.0)
+            if ci <= 0.0:
+                continue
+            f = rec / math.sqrt(ci)
+            for other, c in nb.items():
+                co = count.get(other)
+                if co:
+                    scores[other] = scores.get(other, 0.0) + f * c / math.sqrt(co)
+        for item in exclude:
+            scores.pop(item, None)
+        out = heapq.nlargest(k, scores.items(), key=lambda kv: kv[1])
+        if len(out) < k:
+            out.extend(self._fallback(u, k - len(out), now_ms, exclude | {i for i, _ in out},
+                                      out[-1][1] if out else 1.0))
+        return out
+
+    def _fallback(self, u: _User, k: int, now_ms: int, skip: set[str], below: float) -> list[tuple[str, float]]:
+        """Trending in the user's categories (strongest first), then overall, scaled under `below`."""
+        found: list[tuple[str, float]] = []
+        for cat in [*sorted(u.cats, key=u.cats.__getitem__, reverse=True), None]:
+            for item, s in self.trending.top(cat, k + len(skip), now_ms):
+                if item not in skip:
+                    skip.add(item)
+                    found.append((item, s))
+                    if len(found) == k:
+                        break
+            if len(found) == k:
+                break
+        top = max((s for _, s in found), default=1.0) or 1.0
+        return [(item, 0.5 * below * (s / top) / (1 + i)) for i, (item, s) in enumerate(found)]
+
+    def statistics(self) -> RecommenderStats:
+        return RecommenderStats(users=len(self._users), items=len(self._count),
+                                links=sum(len(nb) for nb in self._nbrs.values()), events=self._events,
+                                users_dropped=self._dropped)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def take_changes(self) -> dict[bytes, bytes | None]:
+        """Records changed since the last call, for an incremental commit: key -> value (None deletes).
+
+        Keys: b"i:<item>", b"u:<user>", b"r#" (meta) and the trending records (b"t...").
+        """
+        out: dict[bytes, bytes | None] = {key: None for key in self._deleted}
+        out.update(self.records(self._dirty_items, self._dirty_users))
+        out.update(self.trending.take_changes())
+        self._dirty_items.clear()
+        self._dirty_users.clear()
+        self._deleted.clear()
+        return out
+
+    def records(self, items: Iterable[str], users: Iterable[str]) -> dict[bytes, bytes | None]:
+        """The records of these items and users plus the meta record; changes nothing."""
+        out: dict[bytes, bytes | None] = {}
+        for item in items:
+            if item in self._count:
+                out[b"i:" + item.encode()] = orjson.dumps([self._count[item], self._cat.get(item),
+                                                           self._nbrs.get(item, {})])
+        for uid in users:
+            u = self._users.get(uid)
+            if u is not None:
+                out[b"u:" + uid.encode()] = orjson.dumps([u.last_ms, u.recent, u.bought, u.cats])
+        out[b"r#"] = orjson.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped})
+        return out
+
+    def restore_items(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Rebuild the whole state from the records `take_changes` wrote (in any order)."""
+        self.__init__(self.cfg, weights=self.weights, self_weight=self.self_weight,   # type: ignore[misc]
+                      exclude_bought_s=self.exclude_bought_ms / 1000.0, max_pairs_per_event=self.max_pairs)
+        users: list[tuple[int, str, _User]] = []
+        counts: list[tuple[float, str]] = []
+        trending = []
+        for key, value in items:
+            if key.startswith(b"i:"):
+                count, cat, nb = orjson.loads(value)
+                item = key[2:].decode()
+                counts.append((count, item))
+                if cat is not None:
+                    self._cat[item] = cat
+                if nb:
+                    self._nbrs[item] = nb
+            elif key.startswith(b"u:"):
+                last_ms, recent, bought, cats = orjson.loads(value)
+                u = _User(last_ms)
+                u.recent, u.bought, u.cats = recent, bought, cats
+                users.append((last_ms, key[2:].decode(), u))
+            elif key == b"r#":
+                meta = orjson.loads(value)
+                self._ref_ms, self._events, self._dropped = meta["ref"], meta["events"], meta["dropped"]
+            elif key.startswith(b"t"):
+                trending.append((key, value))
+        for _, uid, u in sorted(users, key=lambda t: t[0]):   # idlest first, as observe keeps them
+            self._users[uid] = u
+        for count, item in sorted(counts):   # the weakest first: eviction takes the front
+            self._count[item] = count
+        self.trending.restore_items(trending)
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (every record, as a first `take_changes` would write it)."""
+        records = {**self.records(self._count, self._users), **self.trending.records()}
+        return orjson.dumps([[k.hex(), v.hex()] for k, v in records.items() if v is not None])
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a `snapshot()`."""
+        self.restore_items((bytes.fromhex(k), bytes.fromhex(v)) for k, v in orjson.loads(data))

@@ -1,0 +1,168 @@
+"""Trending items: exponentially time-decayed popularity per category and overall (pure).
+
+Scores use forward decay: an event of weight w at time t adds w * 2^((t - ref)/half_life), so stored
+scores never need touching as time passes; a query at `now` multiplies by 2^((ref - now)/half_life).
+Each category keeps at most `max_items` items (the weakest are dropped when it holds twice that).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from daemon.events import EventBatch
+
+TYPE_WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0}   # remove_from_cart and search do not count
+OVERALL = None
+_REBASE_HALF_LIVES = 500.0    # 2^500 stays far from float overflow (2^1024); rebasing is O(state)
+_CACHE_SIZE = 100             # the sorted head kept per category for top() queries
+
+
+@dataclass(frozen=True, slots=True)
+class TrendingStats:
+    """A snapshot: categories tracked, items tracked over all categories, events counted."""
+
+    categories: int
+    items: int
+    events: int
+
+
+class Trending:
+    """Decayed item popularity per category (and overall under category None)."""
+
+    def __init__(self, half_life_s: float, *, max_items: int = 1000,
+                 weights: dict[str, float] | None = None) -> None:
+        if half_life_s <= 0:
+            raise ValueError("half_life_s must be > 0")
+        self.half_life_ms = half_life_s * 1000.0
+        self.max_items = max_items
+        self.weights = dict(TYPE_WEIGHTS if weights is None else weights)
+        self._scores: dict[str | None, dict[str, float]] = {}
+        self._heads: dict[str | None, list[tuple[str, float]]] = {}   # cached sorted heads
+        self._ref_ms: float | None = None
+        self._events = 0
+        self._dirty: set[str | None] = set()
+
+    # -- updates --------------------------------------------------------------------------------
+
+    def observe(self, batch: EventBatch) -> None:
+        """Count every view, cart and purchase of the batch at its event time."""
+        weights = self.weights
+        for etype, item, cat, ts in zip(batch.type, batch.item_id, batch.category, batch.ts):
+            w = weights.get(etype)
+            if w and item is not None:
+                self.add(item, cat, w, ts)
+
+    def add(self, item: str, category: str | None, weight: float, ts_ms: int) -> None:
+        """Count one event of `weight` for `item` (in `category` and overall) at `ts_ms`."""
+        g = self.growth(ts_ms) * weight
+        self._events += 1
+        self._bump(OVERALL, item, g)
+        if category is not None:
+            self._bump(category, item, g)
+
+    def growth(self, ts_ms: float) -> float:
+        """The forward-decay factor 2^((ts - ref)/half_life); rebases the stored scores when it grows large."""
+        if self._ref_ms is None:
+            self._ref_ms = float(ts_ms)
+        e = (ts_ms - self._ref_ms) / self.half_life_ms
+        if e > _REBASE_HALF_LIVES:
+            self._rebase(ts_ms)
+            e = 0.0
+        return 2.0 ** e
+
+    def _rebase(self, ts_ms: float) -> None:
+        assert self._ref_ms is not None
+        f = 2.0 ** ((self._ref_ms - ts_ms) / self.half_life_ms)
+        for cat, scores in self._scores.items():
+            for item in scores:
+                scores[item] *= f
+            self._dirty.add(cat)
+        self._heads.clear()
+        self._ref_ms = float(ts_ms)
+
+    def _bump(self, cat: str | None, item: str, g: float) -> None:
+        scores = self._scores.get(cat)
+        if scores is None:
+            scores = self._scores[cat] = {}
+        scores[item] = scores.get(item, 0.0) + g
+        self._heads.pop(cat, None)
+        self._dirty.add(cat)
+        if len(scores) > 2 * self.max_items:
+            keep = heapq.nlargest(self.max_items, scores.items(), key=lambda kv: kv[1])
+            self._scores[cat] = dict(keep)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def top(self, category: str | None, k: int, now_ms: int) -> list[tuple[str, float]]:
+        """The k items with the highest decayed score at `now_ms` (category None: overall)."""
+        if k <= 0 or self._ref_ms is None:
+            return []
+        head = self._head(category)
+        if k > len(head) and len(head) == _CACHE_SIZE:
+            head = heapq.nlargest(k, self._scores.get(category, {}).items(), key=lambda kv: kv[1])
+        f = 2.0 ** ((self._ref_ms - now_ms) / self.half_life_ms)
+        return [(item, s * f) for item, s in head[:k]]
+
+    def _head(self, category: str | None) -> list[tuple[str, float]]:
+        head = self._heads.get(category)
+        if head is None:
+            scores = self._scores.get(category, {})
+            head = self._heads[category] = heapq.nlargest(_CACHE_SIZE, scores.items(), key=lambda kv: kv[1])
+        return head
+
+    def categories(self) -> list[str]:
+        """The categories seen so far."""
+        return sorted(c for c in self._scores if c is not None)
+
+    def statistics(self) -> TrendingStats:
+        return TrendingStats(categories=sum(1 for c in self._scores if c is not None),
+                             items=len(self._scores.get(OVERALL, {})), events=self._events)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def take_changes(self) -> dict[bytes, bytes | None]:
+        """Records changed since the last call, for an incremental commit: key -> value (None deletes).
+
+        Keys: b"t:<category>", b"t*" (overall) and b"t#" (meta).
+        """
+        out = self.records(self._dirty)
+        self._dirty.clear()
+        return out
+
+    def records(self, categories: Iterable[str | None] | None = None) -> dict[bytes, bytes | None]:
+        """The records of `categories` (default: all) plus the meta record; changes nothing."""
+        cats = self._scores if categories is None else categories
+        out: dict[bytes, bytes | None] = {_key(c): orjson.dumps(self._scores.get(c, {})) for c in cats}
+        out[b"t#"] = orjson.dumps({"ref": self._ref_ms, "events": self._events})
+        return out
+
+    def restore_items(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Rebuild from records written by `take_changes` (other keys are ignored)."""
+        self._scores.clear()
+        self._heads.clear()
+        self._dirty.clear()
+        for key, value in items:
+            if key == b"t#":
+                meta = orjson.loads(value)
+                self._ref_ms, self._events = meta["ref"], meta["events"]
+            elif key == b"t*":
+                self._scores[OVERALL] = orjson.loads(value)
+            elif key.startswith(b"t:"):
+                self._scores[key[2:].decode()] = orjson.loads(value)
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes."""
+        return orjson.dumps([[k.decode(), v.decode()] for k, v in self.records().items() if v is not None])
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a `snapshot()`."""
+        self.restore_items((k.encode(), v.encode()) for k, v in orjson.loads(data))
+
+
+def _key(category: Any) -> bytes:
+    return b"t*" if category is None else b"t:" + str(category).encode()

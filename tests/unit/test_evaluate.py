@@ -1,0 +1,44 @@
+"""The evaluation harness on a short seeded run asserts the acceptance goals (daemon/analyzers/evaluate.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.analyzers.evaluate import Alert, markdown, run_evaluation, score_alerts
+
+LAB = {"kind": "view_bot", "start_ms": 120_000, "end_ms": 250_000, "key": {"user_id": "u9", "item_id": "i1"}}
+
+
+def test_matching_needs_the_key_and_an_overlapping_window():
+    """An alert matches a label on the shared key fields and overlapping time; delay counts windows."""
+    alerts = [Alert("a", {"user_id": "u9"}, 180_000), Alert("a", {"user_id": "u8"}, 180_000),
+              Alert("a", {"user_id": "u9"}, 300_000)]
+    s = score_alerts(alerts, [LAB], window_ms=60_000)
+    assert (s.alerts, s.matched_alerts, s.detected, s.median_delay_windows) == (3, 1, 1, 1)
+    assert s.precision == pytest.approx(1 / 3, abs=1e-4) and s.recall == 1.0
+
+
+@pytest.fixture(scope="module")
+def report():
+    return run_evaluation(seed=21, minutes=30, rate=200, rec_rate=100)
+
+
+def test_anomaly_goals_on_a_short_run(report):
+    """F1 >= 0.9 and median delay <= 1 window over >= 10 incidents, better than both baselines."""
+    an = report["anomalies"]
+    ours = an["ours"]
+    assert ours["incidents"] >= 10
+    assert ours["f1"] >= 0.9 and ours["median_delay_windows"] <= 1
+    assert ours["f1"] > an["fixed_threshold"]["f1"]
+    if an["half_space_trees"] is not None:   # river is a test/bench extra
+        assert ours["f1"] > an["half_space_trees"]["f1"]
+
+
+def test_recommendation_goals_on_a_short_run(report):
+    """HitRate@10 is at least twice the popularity baseline's, and recommend() p99 stays under 5 ms."""
+    rec = report["recommendations"]
+    assert rec["purchases"] >= 200
+    assert rec["ours"]["hit_rate@10"] >= 2 * rec["popularity"]["hit_rate@10"]
+    assert rec["ours_neighbours_only"]["hit_rate@10"] >= 2 * rec["popularity"]["hit_rate@10"]
+    assert rec["recommend_ms"]["p99"] < 5.0
+    assert "| ours |" in markdown(report)
