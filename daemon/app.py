@@ -24,6 +24,7 @@ from daemon.pipeline.queue import BoundedQueue, Wakeup
 from daemon.pipeline.runner import Runner
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.validate import Validator
+from daemon.runtime.alerts import AlertSender
 from daemon.runtime.reload import plan_reload
 from daemon.pipeline.watermark import NO_WATERMARK
 from daemon.runtime.systemd import Notifier, ServiceHeartbeat, WatchdogBounds
@@ -73,6 +74,8 @@ class Daemon:
         self.checkpoint = checkpoint
         self.runner = Runner(cfg, checkpoint, self.parts, self.queues, self.wakeup, clock,
                              log.bind(component="runner"), faults=self.faults)
+        self.alerts = AlertSender(log.bind(component="alerts"))
+        self.runner.alerts = self.alerts
         positions = self.runner.restore()
         for sc in cfg.sources:
             self.sources[sc.name] = self._build_source(sc, positions.get(sc.name))
@@ -127,6 +130,7 @@ class Daemon:
             tg.start_soon(self._signals)
             tg.start_soon(self._monitor)
             tg.start_soon(run_runner)
+            tg.start_soon(self.alerts.run)
             async with anyio.create_task_group() as source_tg:
                 self._source_tg = source_tg
                 for name, source in self.sources.items():

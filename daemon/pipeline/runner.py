@@ -82,7 +82,8 @@ class Runner:
         self._commit_failed = ""
         self.positions: dict[str, bytes] = {}   # newest position per source folded into state (committed or not)
         self._committing = False
-        self._faults = faults   # injected failures for tests, e.g. {"wedge_commit"}
+        self._faults = faults
+        self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url   # injected failures for tests, e.g. {"wedge_commit"}
 
     # ---- state ---------------------------------------------------------------------------
     def restore(self) -> dict[str, bytes]:
@@ -181,6 +182,10 @@ class Runner:
                 done += 1
         return done
 
+    @property
+    def _alert_urls(self) -> dict[str, str]:
+        return {a.name: a.anomaly.alert_url for a in self.cfg.aggregations if a.anomaly and a.anomaly.alert_url}
+
     def add_source(self, name: str) -> None:
         """Start consuming a source added by a reload (its queue is already in `queues`)."""
         self.watermarks.add_source(name, self.clock.monotonic())
@@ -251,6 +256,13 @@ class Runner:
         self._last_commit_mono = self.clock.monotonic()
         for ack in p.acks:
             ack.set()
+        for a in p.anomalies:
+            self.log.warning("anomaly_detected", aggregation=a.aggregation, metric=a.metric, key=list(a.key),
+                             state=a.state, direction=a.direction, window_start=a.window_start_ms,
+                             window_end=a.window_end_ms, value=a.value, expected=a.expected, score=round(a.score, 3))
+            url = self._alert_urls.get(a.aggregation)
+            if url and self.alerts is not None:
+                self.alerts.submit(url, anomaly_json(a))
         tables = [t for t in unit.rows if t.startswith("windows/") or t == "anomalies"]
         if flush_all or self.clock.monotonic() - self._last_flush_mono >= self.cfg.storage.flush_interval_s:
             tables = None
