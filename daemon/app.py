@@ -9,6 +9,7 @@ sources and aggregations that changed while the others keep their state and open
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -57,7 +58,8 @@ class Daemon:
 
     async def run(self) -> int:
         try:
-            checkpoint = await anyio.to_thread.run_sync(Checkpoint.open, self.cfg.storage)
+            checkpoint = await anyio.to_thread.run_sync(
+                functools.partial(Checkpoint.open, self.cfg.storage, log=self.log.bind(component="store")))
         except StoreError as exc:
             self.log.error("store_open_failed", error=str(exc), data_dir=self.cfg.storage.data_dir)
             return 1
