@@ -180,6 +180,12 @@ class Daemon:
             return True
         if plan.needs_restart:
             log.warning("reload_needs_restart", sections=list(plan.needs_restart))
+        async with self.runner.state_lock:
+            await self._apply_reload(new, plan)
+        log.info("reloaded", config=self.cfg.path, **plan.summary())
+        return True
+
+    async def _apply_reload(self, new: Config, plan: Any) -> None:
         old = self.cfg
         # Sections that only a restart can change keep their running values.
         merged = dataclasses.replace(new, http=old.http, storage=old.storage, pipeline=old.pipeline,
@@ -203,8 +209,6 @@ class Daemon:
             self.sources[name] = source
             assert self._source_tg is not None
             await self._source_tg.start(self._run_source, name, source)
-        log.info("reloaded", config=self.cfg.path, **plan.summary())
-        return True
 
     async def _stop_source(self, name: str) -> None:
         scope = self._source_scopes.pop(name, None)

@@ -83,6 +83,13 @@ class EventBatch:
             setattr(out, name, [col[i] for i in indices])
         return out
 
+    def slice(self, start: int, stop: int) -> EventBatch:
+        """A new batch holding rows [start, stop)."""
+        out = EventBatch(self.source)
+        for name in FIELDS:
+            setattr(out, name, getattr(self, name)[start:stop])
+        return out
+
     def extend(self, other: EventBatch) -> None:
         """Append the rows of `other` (same source or not) to this batch."""
         for name in FIELDS:

@@ -22,7 +22,8 @@ from daemon.pipeline.watermark import Watermarks
 from daemon.stores.checkpoint import Checkpoint, CommitUnit
 from daemon.stores import schemas
 
-MAX_DELIVERIES_PER_ROUND = 256
+CHUNK_EVENTS = 256        # events folded between two chances for the event loop to answer HTTP
+YIELD_AFTER_S = 0.002
 COMMIT_RETRY_S = 5.0
 
 
@@ -82,6 +83,11 @@ class Runner:
         self._commit_failed = ""
         self.positions: dict[str, bytes] = {}   # newest position per source folded into state (committed or not)
         self._committing = False
+        self._turn = 0
+        self._last_yield = time.perf_counter()
+        # Held while a delivery is folded (in chunks) and while a commit builds its unit in a worker
+        # thread: a reload changes the parts and queues only between the two.
+        self.state_lock = anyio.Lock()
         self._faults = faults
         self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url   # injected failures for tests, e.g. {"wedge_commit"}
 
@@ -165,26 +171,43 @@ class Runner:
         self.dedupe.expire(wm)
 
     # ---- the loop ----------------------------------------------------------------------
-    def drain_round(self) -> int:
-        """Process what the queues hold now, a fair share of each per round; return deliveries processed.
+    def next_delivery(self) -> Delivery | None:
+        """The next delivery, taking the queues in turn.
 
-        Fair shares matter: a busy source must not starve another, or the starved one would look
+        Taking turns matters: a busy source must not starve another, or the starved one would look
         idle, the watermark would jump past its backlog and that backlog would be dead-lettered late.
         """
-        done = 0
-        share = max(1, MAX_DELIVERIES_PER_ROUND // max(1, len(self.queues)))
-        for q in list(self.queues.values()):
-            for _ in range(share):
-                d = q.get_nowait()
-                if d is None:
-                    break
-                self.process(d)
-                done += 1
-        return done
+        queues = list(self.queues.values())
+        for i in range(len(queues)):
+            q = queues[(self._turn + i) % len(queues)]
+            d = q.get_nowait()
+            if d is not None:
+                self._turn = (self._turn + i + 1) % len(queues)
+                return d
+        return None
 
-    @property
-    def _alert_urls(self) -> dict[str, str]:
-        return {a.name: a.anomaly.alert_url for a in self.cfg.aggregations if a.anomaly and a.anomaly.alert_url}
+    async def process_in_chunks(self, d: Delivery) -> None:
+        """Fold a delivery in chunks, yielding to the event loop so HTTP answers stay fast.
+
+        The position and the ack go with the last chunk: a commit never happens mid-delivery.
+        """
+        n = len(d.batch)
+        if n <= CHUNK_EVENTS:
+            self.process(d)
+        else:
+            for start in range(0, n, CHUNK_EVENTS):
+                last = start + CHUNK_EVENTS >= n
+                self.process(Delivery(batch=d.batch.slice(start, start + CHUNK_EVENTS),
+                                      rejected=d.rejected if start == 0 else [], received_ms=d.received_ms,
+                                      position=d.position if last else None, acked=d.acked if last else None))
+                await self._yield_if_due()
+        await self._yield_if_due()
+
+    async def _yield_if_due(self) -> None:
+        now = time.perf_counter()
+        if now - self._last_yield >= YIELD_AFTER_S:
+            await anyio.sleep(0)
+            self._last_yield = time.perf_counter()
 
     def add_source(self, name: str) -> None:
         """Start consuming a source added by a reload (its queue is already in `queues`)."""
@@ -194,7 +217,7 @@ class Runner:
         """Fold what a removed source's queue still holds, then stop waiting for its watermark."""
         q = self.queues.get(name)
         while q is not None and (d := q.get_nowait()) is not None:
-            self.process(d)
+            self.process(d)   # sync on purpose: the queue must be empty before it is forgotten
         self.watermarks.remove_source(name)
 
     def queued(self) -> int:
@@ -204,17 +227,18 @@ class Runner:
         """Consume until `stop` is set and the queues are empty, then commit and flush everything."""
         interval = self.cfg.storage.commit_interval_s
         while True:
-            n = self.drain_round()
-            if n == 0:
+            d = self.next_delivery()
+            if d is None:
                 if stop.is_set():
                     break
                 self.advance()
                 await self._maybe_commit(interval)
                 await self.wakeup.wait(min(interval, 0.05) if self._pending.dirty else interval)
                 continue
+            async with self.state_lock:   # a reload waits for a delivery boundary
+                await self.process_in_chunks(d)
             self.advance()
             await self._maybe_commit(interval)
-            await anyio.sleep(0)   # let sources and HTTP handlers run between rounds
         self.advance()
         await self.commit(flush_all=True)
 
@@ -237,8 +261,11 @@ class Runner:
             self.log.warning("fault_injected", fault="wedge_commit")
             await anyio.sleep_forever()
         p, self._pending = self._pending, _Pending()
-        unit = self._build_unit(p)
         t0 = time.perf_counter()
+        async with self.state_lock:
+            # Building the unit (serialising changed state) runs in the worker thread too: the runner
+            # waits here, and HTTP handlers only read the parts meanwhile.
+            unit = await anyio.to_thread.run_sync(self._build_unit, p)
         while True:
             try:
                 seq = await anyio.to_thread.run_sync(self.checkpoint.commit, unit)
