@@ -147,69 +147,50 @@ class Mean:
         return (int(n), tuple(float(v) for v in parts))
 
 
-@dataclass(frozen=True, slots=True)
-class Min:
+class _Extreme:
+    """Shared body of Min and Max: the value `_pick` prefers, as float64; None when nothing was added."""
+
+    __slots__ = ()
+    kind = "float64"
+    _pick: Any = staticmethod(min)
+
+    @classmethod
+    def from_spec(cls, spec: MetricSpec) -> _Extreme:
+        return cls()
+
+    def empty(self) -> float | None:
+        return None
+
+    def fold(self, state: float | None, values: Sequence[Any]) -> float | None:
+        vals = _present(values) if None in values else values
+        if not vals:
+            return state
+        m = float(self._pick(vals))
+        return m if state is None else self._pick(m, state)
+
+    def merge(self, a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else self._pick(a, b)
+
+    def result(self, state: float | None) -> float | None:
+        return state
+
+    def dump(self, state: float | None) -> bytes:
+        return orjson.dumps(state)
+
+    def load(self, data: bytes) -> float | None:
+        v = orjson.loads(data)
+        return None if v is None else float(v)
+
+
+class Min(_Extreme):
     """Smallest value as float64; None when nothing was added."""
 
-    kind = "float64"
-
-    @classmethod
-    def from_spec(cls, spec: MetricSpec) -> Min:
-        return cls()
-
-    def empty(self) -> float | None:
-        return None
-
-    def fold(self, state: float | None, values: Sequence[Any]) -> float | None:
-        vals = _present(values) if None in values else values
-        if not vals:
-            return state
-        m = float(min(vals))
-        return m if state is None or m < state else state
-
-    def merge(self, a: float | None, b: float | None) -> float | None:
-        return b if a is None else a if b is None else min(a, b)
-
-    def result(self, state: float | None) -> float | None:
-        return state
-
-    def dump(self, state: float | None) -> bytes:
-        return orjson.dumps(state)
-
-    def load(self, data: bytes) -> float | None:
-        v = orjson.loads(data)
-        return None if v is None else float(v)
+    __slots__ = ()
+    _pick = staticmethod(min)
 
 
-@dataclass(frozen=True, slots=True)
-class Max:
+class Max(_Extreme):
     """Largest value as float64; None when nothing was added."""
 
-    kind = "float64"
-
-    @classmethod
-    def from_spec(cls, spec: MetricSpec) -> Max:
-        return cls()
-
-    def empty(self) -> float | None:
-        return None
-
-    def fold(self, state: float | None, values: Sequence[Any]) -> float | None:
-        vals = _present(values) if None in values else values
-        if not vals:
-            return state
-        m = float(max(vals))
-        return m if state is None or m > state else state
-
-    def merge(self, a: float | None, b: float | None) -> float | None:
-        return b if a is None else a if b is None else max(a, b)
-
-    def result(self, state: float | None) -> float | None:
-        return state
-
-    def dump(self, state: float | None) -> bytes:
-        return orjson.dumps(state)
-
-    def load(self, data: bytes) -> float | None:
-        v = orjson.loads(data)
-        return None if v is None else float(v)
+    __slots__ = ()
+    _pick = staticmethod(max)
