@@ -209,6 +209,10 @@ class Runner:
             await anyio.sleep(0)
             self._last_yield = time.perf_counter()
 
+    @property
+    def _alert_urls(self) -> dict[str, str]:
+        return {a.name: a.anomaly.alert_url for a in self.cfg.aggregations if a.anomaly and a.anomaly.alert_url}
+
     def add_source(self, name: str) -> None:
         """Start consuming a source added by a reload (its queue is already in `queues`)."""
         self.watermarks.add_source(name, self.clock.monotonic())
