@@ -6,6 +6,7 @@ The only module that touches process-wide settings (logging).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Commits serialise state in a worker thread; a short GIL switch interval lets the event loop
     # answer HTTP within ~1 ms meanwhile instead of waiting out CPython's default 5 ms slices.
     sys.setswitchinterval(0.001)
+    # The daemon holds millions of small long-lived objects (dedupe ids, window and analyser state);
+    # with CPython's default thresholds the cyclic GC walks them often, pausing the loop for tens of ms.
+    gc.set_threshold(50_000, 50, 1000)
     import anyio
 
     from daemon.app import Daemon

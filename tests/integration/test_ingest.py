@@ -170,3 +170,16 @@ def test_ten_thousand_fuzzed_lines_accepted_plus_rejected_equals_sent(daemon_fac
     dead = ds.dataset(tmp_path / "data" / "deadletter", format="ipc", partitioning="hive").to_table()
     assert dead.num_rows == rejected
     assert max(len(r) for r in dead.column("raw").to_pylist()) <= 4096
+
+
+def test_big_bodies_in_every_layout_are_decoded_alike(daemon_factory):
+    """A multi-line array, a compact array and NDJSON, each longer than one decode chunk, decode alike."""
+    d = start(daemon_factory)
+    now = int(time.time() * 1000)
+    multiline = json.dumps([event(i, now) for i in range(300)], indent=0).encode()
+    compact = orjson.dumps([event(1000 + i, now) for i in range(300)])
+    ndjson = b"\n".join(orjson.dumps(event(2000 + i, now)) for i in range(299)) + b"\n{broken\n"
+    assert multiline.count(b"\n") > 256 and len(multiline) < 64 * 1024
+    answers = [json.loads(http_post(d.url + "/ingest", body)[1]) for body in (multiline, compact, ndjson)]
+    assert answers == [{"accepted": 300, "rejected": 0}, {"accepted": 300, "rejected": 0},
+                       {"accepted": 299, "rejected": 1}]
