@@ -1,0 +1,1 @@
+"""StorePulse end-to-end benchmark (`make bench`, `./dev.sh bench`): not part of the test suite."""
