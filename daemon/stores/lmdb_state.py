@@ -118,6 +118,11 @@ class Txn:
     def delete(self, db: str, key: bytes) -> bool:
         return self._txn.delete(key, db=self._dbs[db])
 
+    def put_many(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
+        """Put many items in one C call (Cursor.putmulti): the per-commit dedupe ids are thousands."""
+        if items:
+            self._txn.cursor(db=self._dbs[db]).putmulti(items)
+
     def scan(self, db: str, prefix: bytes = b"", *, start: bytes | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Items whose key starts with `prefix`, in key order (or reversed).
@@ -409,15 +414,19 @@ def _apply_dedupe(txn: Txn, unit: CommitUnit) -> None:
             doomed.append(k)
         for k in doomed:
             txn.delete("dedupe_exp", k)
-            txn.delete("dedupe", k[8:])
+            current = txn.get("dedupe", k[8:])
+            if current is not None and current[:8] == k[:8]:   # not an id re-added with a later expiry
+                txn.delete("dedupe", k[8:])
+    # No read per id: the filter hands over only ids it did not hold. An id seen again after it was
+    # forgotten leaves its old expiry entry behind; the check above keeps that from deleting the new one.
+    ids, expiries = [], []
     for event_id, expiry_ms in unit.dedupe_add:
         h = _h(event_id)
-        old = txn.get("dedupe", h)
-        if old is not None:
-            txn.delete("dedupe_exp", old[:8] + h)
         exp = U64.pack(max(0, expiry_ms))
-        txn.put("dedupe", h, exp + event_id)
-        txn.put("dedupe_exp", exp + h, b"")
+        ids.append((h, exp + event_id))
+        expiries.append((exp + h, b""))
+    txn.put_many("dedupe", ids)
+    txn.put_many("dedupe_exp", expiries)
 
 
 def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
