@@ -1,4 +1,5 @@
-"""Loopback feeders that hand the daemon pre-encoded events as fast as it takes them (or at a set pace).
+"""The benchmark's events and the loopback feeders that hand them to the daemon as fast as it takes them
+(or at a set pace).
 
 `PageServer` answers the http_poll source's cursor GETs, `WsServer` pushes websocket frames,
 `IngestClients` POST bodies to /ingest. All three are bare asyncio protocols over bytes encoded
@@ -18,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
-
 from daemon.storefront.generator import Generator, ShopConfig, encode_ndjson
 
 GEN_CHUNK = 10_000
 BLOCK = 100          # events per stored block: the websocket frame size, a divisor of page/body sizes
+PAGE_EVENTS = 1000
+# A mid-sized shop: 20k items, 200k users, ~1 event/s per open session at 20k events/s of event time.
+SHOP = ShopConfig(n_items=20_000, n_users=200_000, max_concurrent_sessions=20_000)
+LONGEST_WINDOW_MS = 300_000   # hopping size and session gap in config.toml.in
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -70,6 +73,57 @@ def generate(n: int, *, seed: int, start_ms: int, rate: float, shop: ShopConfig 
         wl.add(chunk)
         done += len(chunk)
     return wl
+
+
+# -- workloads ------------------------------------------------------------------------------------
+
+def throughput_workload(n: int, seed: int, event_rate: float) -> Workload:
+    """`n` events, `event_rate` per second of event time, ending well before now: no event is late on
+    arrival (a fresh daemon has no watermark) and, once the sources go idle, the wall clock closes
+    every window at once (the longest window reaches LONGEST_WINDOW_MS past the last event)."""
+    span_ms = int(n / event_rate * 1000)
+    start_ms = int(time.time() * 1000) - span_ms - LONGEST_WINDOW_MS - 120_000
+    return generate(n, seed=seed, start_ms=start_ms, rate=event_rate, shop=SHOP)
+
+
+def memory_workload(states: int, seed: int, event_rate: float) -> Workload:
+    """2 events per user for `states` users (one open session each), and views spread over
+    states/5 items (hopping states): at the end of the feed ~`states` sessions are open."""
+    n = 2 * states
+    items = max(1, states // 5)
+
+    def widen(i: int, ev: dict[str, Any]) -> None:
+        u = i // 2
+        ev["user_id"] = f"m{u}"
+        ev["session_id"] = f"m{u}-1"
+        if "item_id" in ev:
+            ev["item_id"] = f"w{(i * 7919) % items}"
+
+    span_ms = int(n / event_rate * 1000)
+    start_ms = int(time.time() * 1000) - span_ms - LONGEST_WINDOW_MS - 120_000
+    return generate(n, seed=seed + 1, start_ms=start_ms, rate=event_rate, rewrite=widen)
+
+
+def latency_workload(rate: float, duration_s: float, seed: int) -> tuple[Workload, list[float]]:
+    """`rate` × `duration_s` events at `rate` per second of event time, sent in real time (each frame
+    when the wall clock has advanced as far as its last event), with a minute boundary mid-run so the
+    1m and 5m/1m windows close once, the 10s windows every 10 s."""
+    n = int(rate * duration_s)
+    est_gen_s = n * 8e-6 + 5
+    boundary = (int((time.time() + est_gen_s + duration_s / 2) * 1000) // 60_000 + 1) * 60_000
+    start_ms = boundary - int(duration_s * 500)
+    wl = generate(n, seed=seed + 2, start_ms=start_ms, rate=rate, shop=SHOP)
+    t0 = wl.first_ts[0]
+    return wl, [(ts - t0) / 1000 for ts in wl.last_ts]
+
+
+def split_three(wl: Workload) -> tuple[list[int], list[int], list[int]]:
+    """Blocks dealt to three sources by pages of PAGE_EVENTS events, round robin (each stays time-ordered)."""
+    per = PAGE_EVENTS // BLOCK
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for k in range(len(wl.blocks)):
+        parts[(k // per) % 3].append(k)
+    return parts
 
 
 @dataclass(slots=True)

@@ -30,17 +30,14 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from benchmarks import baselines
-from benchmarks.feeder import BLOCK, IngestClients, PageServer, Units, Workload, WsServer, cut_units, generate
-from daemon.storefront.generator import ShopConfig
+from benchmarks.feeder import (PAGE_EVENTS, IngestClients, PageServer, Units, WsServer, cut_units, latency_workload,
+                               memory_workload, split_three, throughput_workload)
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).with_name("config.toml.in")
 SCENARIOS = ("http_poll", "websocket", "ingest", "all", "latency", "memory")
-# A mid-sized shop: 20k items, 200k users, ~1 event/s per open session at 20k events/s of event time.
-SHOP = ShopConfig(n_items=20_000, n_users=200_000, max_concurrent_sessions=20_000)
 LATENESS_MS = 5_000           # pipeline.allowed_lateness in config.toml.in
-LONGEST_WINDOW_MS = 300_000   # hopping size and session gap in config.toml.in
-PAGE, FRAME, BODY = 1000, 100, 1000
+PAGE, FRAME, BODY = PAGE_EVENTS, 100, 1000
 TARGETS = {"http_poll": 500_000, "websocket": 300_000, "ingest": 150_000}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -262,7 +259,7 @@ async def measure(run: Run, args: argparse.Namespace) -> dict[str, Any]:
                     rss = daemon.memory().get("VmRSS", 0)
                     if rss > args.rss_cap_gib * 2**30:
                         phase = "final close" if last and last["pipeline"]["events_processed"] >= run.expected else "feed"
-                        abort = (f"RSS {rss / 2**30:.1f} GiB passed --rss-cap-gib {args.rss_cap_gib:g} during the "
+                        abort = (f"RSS {rss / 2**30:.1f} GiB passed --rss-cap-gib {args.rss_cap_gib:.1f} during the "
                                  f"{phase}; killed")
                         break
                     first = min((f.log.first_byte_s for f in feeders if f.log.first_byte_s), default=None)
@@ -535,57 +532,6 @@ def check_outputs(data_dir: Path, expected: int) -> dict[str, Any]:
             "ok": len(sums) == 2 and all(v == expected for v in sums.values())}
 
 
-# -- workloads ------------------------------------------------------------------------------------
-
-def throughput_workload(n: int, seed: int, event_rate: float) -> Workload:
-    """`n` events, `event_rate` per second of event time, ending well before now: no event is late on
-    arrival (a fresh daemon has no watermark) and, once the sources go idle, the wall clock closes
-    every window at once (the longest window reaches LONGEST_WINDOW_MS past the last event)."""
-    span_ms = int(n / event_rate * 1000)
-    start_ms = int(time.time() * 1000) - span_ms - LONGEST_WINDOW_MS - 120_000
-    return generate(n, seed=seed, start_ms=start_ms, rate=event_rate, shop=SHOP)
-
-
-def memory_workload(states: int, seed: int, event_rate: float) -> Workload:
-    """2 events per user for `states` users (one open session each), and views spread over
-    states/5 items (hopping states): at the end of the feed ~`states` sessions are open."""
-    n = 2 * states
-    items = max(1, states // 5)
-
-    def widen(i: int, ev: dict[str, Any]) -> None:
-        u = i // 2
-        ev["user_id"] = f"m{u}"
-        ev["session_id"] = f"m{u}-1"
-        if "item_id" in ev:
-            ev["item_id"] = f"w{(i * 7919) % items}"
-
-    span_ms = int(n / event_rate * 1000)
-    start_ms = int(time.time() * 1000) - span_ms - LONGEST_WINDOW_MS - 120_000
-    return generate(n, seed=seed + 1, start_ms=start_ms, rate=event_rate, rewrite=widen)
-
-
-def latency_workload(rate: float, duration_s: float, seed: int) -> tuple[Workload, list[float]]:
-    """`rate` × `duration_s` events at `rate` per second of event time, sent in real time (each frame
-    when the wall clock has advanced as far as its last event), with a minute boundary mid-run so the
-    1m and 5m/1m windows close once, the 10s windows every 10 s."""
-    n = int(rate * duration_s)
-    est_gen_s = n * 8e-6 + 5
-    boundary = (int((time.time() + est_gen_s + duration_s / 2) * 1000) // 60_000 + 1) * 60_000
-    start_ms = boundary - int(duration_s * 500)
-    wl = generate(n, seed=seed + 2, start_ms=start_ms, rate=rate, shop=SHOP)
-    t0 = wl.first_ts[0]
-    return wl, [(ts - t0) / 1000 for ts in wl.last_ts]
-
-
-def split_three(wl: Workload) -> tuple[list[int], list[int], list[int]]:
-    """Blocks dealt to three sources by pages of PAGE events, round robin (each stays time-ordered)."""
-    per = PAGE // BLOCK
-    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
-    for k in range(len(wl.blocks)):
-        parts[(k // per) % 3].append(k)
-    return parts
-
-
 # -- the whole run -------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
@@ -632,7 +578,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ingest-clients", type=int, default=16, help="concurrent POST /ingest connections")
     p.add_argument("--no-recommendations", action="store_true", help="leave [recommendations] out of the config")
     p.add_argument("--profile", metavar="DIR", help="also run http_poll under py-spy; write the profile to DIR")
-    p.add_argument("--rss-cap-gib", type=float, default=min(8.0, _ram_gib() / 3),
+    p.add_argument("--rss-cap-gib", type=float, default=round(min(8.0, _ram_gib() / 3), 1),
                    help="kill a daemon whose RSS passes this and report it (default: 8 GiB or a third of RAM)")
     p.add_argument("--log-level", default="info", help="the daemon's log_level (its log is kept with --keep)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up on a scenario after this many seconds")
@@ -721,11 +667,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         raw = out / "http_poll.pyspy.txt"
         log(f"profile: http_poll under py-spy → {raw}")
-        await measure(Run("http_poll", wl.events, [Feed("http_poll", cut_units(wl, every, PAGE, "page"))],
-                          profile_to=raw), args)
+        res = await measure(Run("http_poll", wl.events, [Feed("http_poll", cut_units(wl, every, PAGE, "page"))],
+                                profile_to=raw), args)
         summary = summarize_profile(raw)
         (out / "http_poll.summary.txt").write_text(summary)
-        results["profile"] = {"raw": str(raw), "summary": summary}
+        results["profile"] = {"raw": str(raw), "summary": summary, "profiled_run": res}
         print(summary, file=sys.stderr)
     if wl is not None and args.baseline_list:
         tmp = Path(tempfile.mkdtemp(prefix="storepulse-bench-baselines-", dir=args.workdir))
