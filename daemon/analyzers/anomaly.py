@@ -25,6 +25,7 @@ import orjson
 
 from daemon.aggconfig import AggregationConfig, AnomalySpec
 from daemon.events import Anomaly, WindowResult
+from daemon import jsonbytes
 
 ZERO_FILL_FUNCS = frozenset({"count", "sum", "distinct"})   # no events means 0
 POISSON_FUNCS = frozenset({"count", "distinct"})             # sqrt-scale noise is at least 1/2
@@ -388,7 +389,7 @@ class AnomalyDetector:
 
     def snapshot(self) -> bytes:
         """The whole detector state as bytes (keys in recency order)."""
-        return orjson.dumps({"v": 1, "step": self._step, "size": self._size, "clock": self._clock_end, "windows": self._windows,
+        return jsonbytes.dumps({"v": 1, "step": self._step, "size": self._size, "clock": self._clock_end, "windows": self._windows,
                              "prior": self._prior, "pool": self._pool, "keys": [[list(key), k.dump()] for key, k in self._keys.items()]})
 
     def restore(self, data: bytes) -> None:

@@ -17,6 +17,7 @@ import orjson
 from daemon.aggconfig import MovingAverageSpec
 from daemon.events import WindowResult
 from daemon.metrics.basic import exact_partials
+from daemon import jsonbytes
 
 SNAPSHOT_VERSION = 1
 
@@ -108,7 +109,7 @@ class MovingAverages:
 
     def snapshot(self) -> bytes:
         """The whole state as bytes (orjson)."""
-        return orjson.dumps({"v": SNAPSHOT_VERSION, "keys": [self._dump_key(k) for k in self._series]})
+        return jsonbytes.dumps({"v": SNAPSHOT_VERSION, "keys": [self._dump_key(k) for k in self._series]})
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a `snapshot`."""
@@ -122,7 +123,7 @@ class MovingAverages:
 
     def take_changes(self) -> dict[bytes, bytes]:
         """The entries of the keys changed since the last call: b"k" + orjson [key...] -> state."""
-        out = {b"k" + orjson.dumps(list(k)): orjson.dumps(self._dump_key(k)) for k in self._touched}
+        out = {b"k" + jsonbytes.dumps(list(k)): jsonbytes.dumps(self._dump_key(k)) for k in self._touched}
         self._touched.clear()
         return out
 

@@ -20,6 +20,7 @@ import orjson
 from daemon.analyzers.trending import TYPE_WEIGHTS, Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
+from daemon import jsonbytes
 
 _REBASE_HALF_LIVES = 500.0
 _MAX_CATS = 4          # categories remembered per user, for the fallback
@@ -250,13 +251,13 @@ class Recommender:
         out: dict[bytes, bytes | None] = {}
         for item in items:
             if item in self._count:
-                out[b"i:" + item.encode()] = orjson.dumps([self._count[item], self._cat.get(item),
+                out[b"i:" + item.encode()] = jsonbytes.dumps([self._count[item], self._cat.get(item),
                                                            self._nbrs.get(item, {})])
         for uid in users:
             u = self._users.get(uid)
             if u is not None:
-                out[b"u:" + uid.encode()] = orjson.dumps([u.last_ms, u.recent, u.bought, u.cats])
-        out[b"r#"] = orjson.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped})
+                out[b"u:" + uid.encode()] = jsonbytes.dumps([u.last_ms, u.recent, u.bought, u.cats])
+        out[b"r#"] = jsonbytes.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped})
         return out
 
     def restore_items(self, items: Iterable[tuple[bytes, bytes]]) -> None:
@@ -294,7 +295,7 @@ class Recommender:
     def snapshot(self) -> bytes:
         """The whole state as bytes (every record, as a first `take_changes` would write it)."""
         records = {**self.records(self._count, self._users), **self.trending.records()}
-        return orjson.dumps([[k.hex(), v.hex()] for k, v in records.items() if v is not None])
+        return jsonbytes.dumps([[k.hex(), v.hex()] for k, v in records.items() if v is not None])
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a `snapshot()`."""

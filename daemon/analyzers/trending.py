@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from daemon.events import EventBatch
+from daemon import jsonbytes
 
 TYPE_WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0}   # remove_from_cart and search do not count
 OVERALL = None
@@ -137,8 +138,8 @@ class Trending:
     def records(self, categories: Iterable[str | None] | None = None) -> dict[bytes, bytes | None]:
         """The records of `categories` (default: all) plus the meta record; changes nothing."""
         cats = self._scores if categories is None else categories
-        out: dict[bytes, bytes | None] = {_key(c): orjson.dumps(self._scores.get(c, {})) for c in cats}
-        out[b"t#"] = orjson.dumps({"ref": self._ref_ms, "events": self._events})
+        out: dict[bytes, bytes | None] = {_key(c): jsonbytes.dumps(self._scores.get(c, {})) for c in cats}
+        out[b"t#"] = jsonbytes.dumps({"ref": self._ref_ms, "events": self._events})
         return out
 
     def restore_items(self, items: Iterable[tuple[bytes, bytes]]) -> None:
@@ -157,7 +158,7 @@ class Trending:
 
     def snapshot(self) -> bytes:
         """The whole state as bytes."""
-        return orjson.dumps([[k.decode(), v.decode()] for k, v in self.records().items() if v is not None])
+        return jsonbytes.dumps([[k.decode(), v.decode()] for k, v in self.records().items() if v is not None])
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a `snapshot()`."""

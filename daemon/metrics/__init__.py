@@ -12,6 +12,7 @@ from daemon.metrics.base import Kind, Metric
 from daemon.metrics.basic import Count, Max, Mean, Min, Sum
 from daemon.metrics.funnel import Funnel
 from daemon.metrics.sketches import Distinct, Quantile, TopK
+from daemon import jsonbytes
 
 METRICS = {
     "count": Count,
@@ -86,7 +87,7 @@ class MetricSet:
     def dump(self, states: list[Any]) -> bytes:
         """One blob: an orjson list of blob lengths, a newline, then each metric's dump."""
         blobs = [m.dump(s) for m, s in zip(self.metrics, states)]
-        return orjson.dumps([len(b) for b in blobs]) + b"\n" + b"".join(blobs)
+        return jsonbytes.dumps([len(b) for b in blobs]) + b"\n" + b"".join(blobs)
 
     def load(self, data: bytes | memoryview) -> list[Any]:
         """States from a `dump` blob."""

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from daemon.aggconfig import MetricSpec
+from daemon import jsonbytes
 
 Partials = tuple[float, ...]
 _MAX_PARTIALS = 64  # a double sum needs at most ~40 non-overlapping partials
@@ -73,7 +74,7 @@ class Count:
         return state
 
     def dump(self, state: int) -> bytes:
-        return orjson.dumps(state)
+        return jsonbytes.dumps(state)
 
     def load(self, data: bytes) -> int:
         return int(orjson.loads(data))
@@ -106,7 +107,7 @@ class Sum:
         return math.fsum(state)
 
     def dump(self, state: Partials) -> bytes:
-        return orjson.dumps(state)
+        return jsonbytes.dumps(state)
 
     def load(self, data: bytes) -> Partials:
         return tuple(float(v) for v in orjson.loads(data))
@@ -140,7 +141,7 @@ class Mean:
         return math.fsum(state[1]) / state[0] if state[0] else None
 
     def dump(self, state: tuple[int, Partials]) -> bytes:
-        return orjson.dumps(state)
+        return jsonbytes.dumps(state)
 
     def load(self, data: bytes) -> tuple[int, Partials]:
         n, parts = orjson.loads(data)
@@ -175,7 +176,7 @@ class _Extreme:
         return state
 
     def dump(self, state: float | None) -> bytes:
-        return orjson.dumps(state)
+        return jsonbytes.dumps(state)
 
     def load(self, data: bytes) -> float | None:
         v = orjson.loads(data)

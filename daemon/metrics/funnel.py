@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from daemon.aggconfig import MetricSpec
+from daemon import jsonbytes
 
 FUNNEL_KEEP = 4
 State = dict[str, list[list[int]]]   # session_id -> per step, its earliest timestamps (sorted)
@@ -98,7 +99,7 @@ class Funnel:
                 "cart_abandonment": abandonment}
 
     def dump(self, state: State) -> bytes:
-        return orjson.dumps(state)
+        return jsonbytes.dumps(state)
 
     def load(self, data: bytes) -> State:
         return {sid: [list(t) for t in per] for sid, per in orjson.loads(data).items()}

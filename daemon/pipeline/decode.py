@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import orjson
 
 from daemon.events import RAW_LIMIT_BYTES, Reason, Rejected
+from daemon import jsonbytes
 
 Item = tuple[object, bytes | None]   # decoded value and its raw bytes when known (None: re-serialise on demand)
 
@@ -56,7 +57,7 @@ def raw_bytes(value: object, raw: bytes | None) -> bytes:
     if raw is not None:
         return raw[:RAW_LIMIT_BYTES]
     try:
-        return orjson.dumps(value)[:RAW_LIMIT_BYTES]
+        return jsonbytes.dumps(value)[:RAW_LIMIT_BYTES]
     except (TypeError, orjson.JSONEncodeError, RecursionError):
         # An array element nested deeper than orjson writes: keep a bounded prefix of its shape.
         try:

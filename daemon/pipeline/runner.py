@@ -21,6 +21,7 @@ from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.watermark import Watermarks
 from daemon.stores.checkpoint import Checkpoint, CommitUnit
 from daemon.stores import schemas
+from daemon import jsonbytes
 
 CHUNK_EVENTS = 256        # events folded between two chances for the event loop to answer HTTP
 YIELD_AFTER_S = 0.002
@@ -151,7 +152,7 @@ class Runner:
         rows = batch.take(late).rows()
         for row in rows:
             self._pending.rejected.append(Rejected(Reason.LATE, f"ts {row['ts']} < watermark {wm}",
-                                                   orjson.dumps(row), batch.source, received_ms))
+                                                   jsonbytes.dumps(row), batch.source, received_ms))
         self._late += len(late)
         self._reasons[Reason.LATE.value] += len(late)
 
@@ -313,7 +314,7 @@ class Runner:
             agg = self.parts.aggregation(name)
             rows[f"windows/{name}"] = schemas.windows_to_record_batch(results, agg.schema)
             for r in results:
-                latest.append((name, orjson.dumps(list(r.key)), r.window_end_ms, window_json(r, agg.cfg.group_by)))
+                latest.append((name, jsonbytes.dumps(list(r.key)), r.window_end_ms, window_json(r, agg.cfg.group_by)))
         if p.events:
             rows["events"] = pa.Table.from_batches(
                 [schemas.events_to_record_batch(b, ms) for b, ms in zip(p.events, p.events_received_ms)])
@@ -326,7 +327,7 @@ class Runner:
             positions=p.positions,
             dedupe_add=dedupe_add,
             dedupe_expire_before_ms=expire_before,
-            meta={"watermarks": orjson.dumps(self.watermarks.snapshot())},
+            meta={"watermarks": jsonbytes.dumps(self.watermarks.snapshot())},
             rows=rows,
             latest=latest,
             keep_latest={a.name: a.keep_latest for a in self.cfg.aggregations},
@@ -349,12 +350,12 @@ def window_json(r: WindowResult, group_by: tuple[str, ...]) -> bytes:
     row: dict[str, Any] = {"window_start": r.window_start_ms, "window_end": r.window_end_ms}
     row.update(zip(group_by, r.key))
     row.update(r.metrics)
-    return orjson.dumps(row)
+    return jsonbytes.dumps(row)
 
 
 def anomaly_json(a: Anomaly) -> bytes:
     """An anomaly as the JSON row GET /anomalies answers."""
-    return orjson.dumps({
+    return jsonbytes.dumps({
         "aggregation": a.aggregation, "metric": a.metric, "key": list(a.key), "window_start": a.window_start_ms,
         "window_end": a.window_end_ms, "value": a.value, "expected": a.expected, "score": a.score,
         "direction": a.direction, "state": a.state, "detected_at": a.detected_ms,

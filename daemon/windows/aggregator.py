@@ -19,6 +19,7 @@ from daemon.windows import build_windower
 from daemon.windows.fixed import Hopping
 from daemon.windows.session import Session, SessionStore
 from daemon.windows.where import compile_where
+from daemon import jsonbytes
 
 META_KEY = b"m"
 _MAX_KEY_BYTES = 480  # LMDB keys stop at 511 bytes; longer identities are hashed
@@ -43,7 +44,7 @@ def key_order(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
 
 
 def _entry_key(prefix: bytes, identity: list[Any]) -> bytes:
-    raw = orjson.dumps(identity)
+    raw = jsonbytes.dumps(identity)
     if len(raw) > _MAX_KEY_BYTES:
         return prefix + b"#" + hashlib.blake2b(raw, digest_size=20).digest()
     return prefix + raw
@@ -271,14 +272,14 @@ class Aggregator:
                 states = self._panes.get(start, {}).get(key)
                 ident = [start, list(key)]
                 out[_entry_key(b"w", ident)] = None if states is None else (
-                    orjson.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
+                    jsonbytes.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
         else:
             for key in self._touched:
                 out[_entry_key(b"s", list(key))] = self._dump_sessions(key)
         self._touched.clear()
         counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
         if counters != self._counters_dumped:
-            out[META_KEY] = orjson.dumps({"emitted": self._emitted, "folded": self._folded,
+            out[META_KEY] = jsonbytes.dumps({"emitted": self._emitted, "folded": self._folded,
                                           "overflowed": self._overflowed, "late": self._late,
                                           "watermark_ms": self._watermark_ms, **self._signature})
             self._counters_dumped = counters
@@ -290,7 +291,7 @@ class Aggregator:
             return None
         blobs = [self._metrics.dump(s[2]) for s in sessions]
         head = [list(key), [[s[0], s[1], len(b)] for s, b in zip(sessions, blobs)]]
-        return orjson.dumps(head) + b"\n" + b"".join(blobs)
+        return jsonbytes.dumps(head) + b"\n" + b"".join(blobs)
 
     def restore(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Rebuild the open state from every live entry of `take_changes` (replacing any state).
