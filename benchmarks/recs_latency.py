@@ -5,8 +5,7 @@
 Starts a daemon (ingest source, recommendations on, the default aggregations), feeds storefront
 events through POST /ingest as fast as it takes them (bodies of 1000, two concurrent posters), and
 meanwhile, from a separate process, asks /recommendations for users seen so far, one request
-at a time. Prints the ingest
-rate and the latency percentiles measured at the client (loopback HTTP included).
+at a time. Prints the ingest rate and the latency percentiles measured at the client (loopback HTTP included).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import orjson
 import pyarrow as pa
 
 from daemon.events import FIELDS, Anomaly, EventBatch, Rejected, WindowResult
-from daemon import jsonbytes
 
 TS = pa.timestamp("ms", tz="UTC")
 TOPK = pa.list_(pa.struct([("value", pa.string()), ("count", pa.int64())]))
@@ -93,7 +92,7 @@ def window_schema(group_by: Sequence[str], metric_kinds: Iterable[tuple[str, str
     names = [f.name for f in fields]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate column names in window schema: {names}")
-    return pa.schema(fields, metadata={GROUP_BY_META: jsonbytes.dumps(list(group_by))})
+    return pa.schema(fields, metadata={GROUP_BY_META: orjson.dumps(list(group_by))})
 
 
 def events_to_record_batch(batch: EventBatch, received_ms: int) -> pa.RecordBatch:
@@ -122,7 +121,7 @@ def anomalies_to_record_batch(anomalies: Sequence[Anomaly]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([
         pa.array([x.aggregation for x in a], pa.string()),
         pa.array([x.metric for x in a], pa.string()),
-        pa.array([jsonbytes.dumps(list(x.key), default=str).decode() for x in a], pa.string()),
+        pa.array([orjson.dumps(list(x.key), default=str).decode() for x in a], pa.string()),
         pa.array([x.window_start_ms for x in a], TS),
         pa.array([x.window_end_ms for x in a], TS),
         pa.array([_float(x.value) for x in a], pa.float64()),
