@@ -26,6 +26,7 @@ from daemon.pipeline.runner import Runner
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.validate import Validator
 from daemon.runtime.alerts import AlertSender
+from daemon.runtime.cpu import CpuLane
 from daemon.runtime.reload import plan_reload
 from daemon.pipeline.watermark import NO_WATERMARK
 from daemon.runtime.systemd import Notifier, ServiceHeartbeat, WatchdogBounds
@@ -51,6 +52,7 @@ class Daemon:
         # Injected failures for tests (STOREPULSE_FAULT=wedge_commit,...); empty in production.
         self.faults = frozenset(f for f in os.environ.get("STOREPULSE_FAULT", "").split(",") if f)
         self.wakeup = Wakeup()
+        self.cpu = CpuLane()   # decoding, folding and commit building take turns in one worker thread
         self.queues: dict[str, BoundedQueue] = {}
         self.sources: dict[str, Any] = {}
         self._source_scopes: dict[str, anyio.CancelScope] = {}
@@ -75,7 +77,7 @@ class Daemon:
         self.parts = StateParts(cfg)
         self.checkpoint = checkpoint
         self.runner = Runner(cfg, checkpoint, self.parts, self.queues, self.wakeup, clock,
-                             log.bind(component="runner"), faults=self.faults)
+                             log.bind(component="runner"), faults=self.faults, cpu=self.cpu)
         self.alerts = AlertSender(log.bind(component="alerts"))
         self.runner.alerts = self.alerts
         positions = self.runner.restore()
@@ -108,7 +110,7 @@ class Daemon:
                               max_future_skew_ms=self.cfg.pipeline.max_future_skew_ms)
         ctx = SourceContext(name=sc.name, queue=self.queues[sc.name], validator=validator, clock=self.clock,
                             log=self.log.bind(source=sc.name), position=position,
-                            health=SourceHealth(sc.name, sc.type))
+                            health=SourceHealth(sc.name, sc.type), cpu=self.cpu)
         return sc.build(ctx)
 
     async def _run_source(self, name: str, source: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

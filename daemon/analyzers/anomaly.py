@@ -402,5 +402,5 @@ class AnomalyDetector:
 
     def statistics(self) -> dict[str, int]:
         """Keys tracked, open incidents, windows seen."""
-        return {"keys": len(self._keys), "open": sum(1 for k in self._keys.values() if k.inc_dir),
+        return {"keys": len(self._keys), "open": sum(1 for k in list(self._keys.values()) if k.inc_dir),
                 "windows": self._windows}

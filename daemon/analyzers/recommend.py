@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from daemon.analyzers.reads import read_consistently
 from daemon.analyzers.trending import TYPE_WEIGHTS, Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
@@ -180,7 +181,12 @@ class Recommender:
     # -- queries --------------------------------------------------------------------------------
 
     def recommend(self, user_id: str, k: int, now_ms: int) -> list[tuple[str, float]]:
-        """The user's top k items with scores, best first (fallbacks score below every co-occurrence hit)."""
+        """The user's top k items with scores, best first (fallbacks score below every co-occurrence hit).
+
+        Safe while another thread runs `observe` (see analyzers/reads.py)."""
+        return read_consistently(lambda: self._recommend(user_id, k, now_ms))
+
+    def _recommend(self, user_id: str, k: int, now_ms: int) -> list[tuple[str, float]]:
         u = self._users.get(user_id)
         if k <= 0:
             return []
@@ -228,7 +234,7 @@ class Recommender:
 
     def statistics(self) -> RecommenderStats:
         return RecommenderStats(users=len(self._users), items=len(self._count),
-                                links=sum(len(nb) for nb in self._nbrs.values()), events=self._events,
+                                links=sum(map(len, list(self._nbrs.values()))), events=self._events,
                                 users_dropped=self._dropped)
 
     # -- state ----------------------------------------------------------------------------------

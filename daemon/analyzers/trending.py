@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from daemon.analyzers.reads import read_consistently
 from daemon.events import EventBatch
 from daemon import jsonbytes
 
@@ -100,7 +101,12 @@ class Trending:
     # -- queries --------------------------------------------------------------------------------
 
     def top(self, category: str | None, k: int, now_ms: int) -> list[tuple[str, float]]:
-        """The k items with the highest decayed score at `now_ms` (category None: overall)."""
+        """The k items with the highest decayed score at `now_ms` (category None: overall).
+
+        Safe while another thread runs `observe` (see analyzers/reads.py)."""
+        return read_consistently(lambda: self._top(category, k, now_ms))
+
+    def _top(self, category: str | None, k: int, now_ms: int) -> list[tuple[str, float]]:
         if k <= 0 or self._ref_ms is None:
             return []
         head = self._head(category)
@@ -118,10 +124,10 @@ class Trending:
 
     def categories(self) -> list[str]:
         """The categories seen so far."""
-        return sorted(c for c in self._scores if c is not None)
+        return sorted(c for c in list(self._scores) if c is not None)
 
     def statistics(self) -> TrendingStats:
-        return TrendingStats(categories=sum(1 for c in self._scores if c is not None),
+        return TrendingStats(categories=len(self._scores) - (OVERALL in self._scores),
                              items=len(self._scores.get(OVERALL, {})), events=self._events)
 
     # -- state ----------------------------------------------------------------------------------

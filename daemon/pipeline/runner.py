@@ -19,12 +19,12 @@ from daemon.pipeline.dedupe import DedupeFilter
 from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.watermark import Watermarks
+from daemon.runtime.cpu import CpuLane
 from daemon.stores.checkpoint import Checkpoint, CommitUnit
 from daemon.stores import schemas
 from daemon import jsonbytes
 
-CHUNK_EVENTS = 256        # events folded between two chances for the event loop to answer HTTP
-YIELD_AFTER_S = 0.002
+FOLD_EVENTS = 4096        # events taken from the queues for one fold in the worker thread
 COMMIT_RETRY_S = 5.0
 
 
@@ -63,7 +63,8 @@ class Runner:
     """Consumes every source queue in one task; commits on `storage.commit_interval`."""
 
     def __init__(self, cfg: Config, checkpoint: Checkpoint, parts: StateParts, queues: dict[str, BoundedQueue],
-                 wakeup: Wakeup, clock: Clock, log: Any, faults: frozenset[str] = frozenset()) -> None:
+                 wakeup: Wakeup, clock: Clock, log: Any, faults: frozenset[str] = frozenset(),
+                 cpu: CpuLane | None = None) -> None:
         self.cfg = cfg
         self.checkpoint = checkpoint
         self.parts = parts
@@ -85,7 +86,7 @@ class Runner:
         self.positions: dict[str, bytes] = {}   # newest position per source folded into state (committed or not)
         self._committing = False
         self._turn = 0
-        self._last_yield = time.perf_counter()
+        self.cpu = cpu if cpu is not None else CpuLane()
         # Held while a delivery is folded (in chunks) and while a commit builds its unit in a worker
         # thread: a reload changes the parts and queues only between the two.
         self.state_lock = anyio.Lock()
@@ -187,28 +188,31 @@ class Runner:
                 return d
         return None
 
-    async def process_in_chunks(self, d: Delivery) -> None:
-        """Fold a delivery in chunks, yielding to the event loop so HTTP answers stay fast.
+    def take_deliveries(self, max_events: int = FOLD_EVENTS) -> list[Delivery]:
+        """Deliveries for one fold: in turns (see next_delivery), up to ~max_events events."""
+        out: list[Delivery] = []
+        n = 0
+        while n < max_events and (d := self.next_delivery()) is not None:
+            out.append(d)
+            n += len(d.batch)
+        return out
 
-        The position and the ack go with the last chunk: a commit never happens mid-delivery.
-        """
-        n = len(d.batch)
-        if n <= CHUNK_EVENTS:
+    def fold(self, deliveries: list[Delivery]) -> None:
+        """Fold deliveries into state, then move the watermark and close what it passed (sync)."""
+        for d in deliveries:
             self.process(d)
-        else:
-            for start in range(0, n, CHUNK_EVENTS):
-                last = start + CHUNK_EVENTS >= n
-                self.process(Delivery(batch=d.batch.slice(start, start + CHUNK_EVENTS),
-                                      rejected=d.rejected if start == 0 else [], received_ms=d.received_ms,
-                                      position=d.position if last else None, acked=d.acked if last else None))
-                await self._yield_if_due()
-        await self._yield_if_due()
+        self.advance()
 
-    async def _yield_if_due(self) -> None:
-        now = time.perf_counter()
-        if now - self._last_yield >= YIELD_AFTER_S:
-            await anyio.sleep(0)
-            self._last_yield = time.perf_counter()
+    async def fold_off_loop(self, deliveries: list[Delivery]) -> None:
+        """`fold` in a worker thread, so the event loop keeps answering HTTP meanwhile.
+
+        The GIL still makes it one core: the loop thread gets it back within the switch interval
+        (cli.py sets 0.5 ms; runtime/cpu.py) instead of waiting for a whole fold. Readers of the parts that run on
+        the loop meanwhile (GET /recommendations, /trending, /stats) must tolerate concurrent updates.
+        The position and ack of each delivery go with its last event: a commit never happens mid-fold.
+        """
+        async with self.state_lock:   # a reload waits for a fold boundary
+            await self.cpu.run(self.fold, deliveries)
 
     @property
     def _alert_urls(self) -> dict[str, str]:
@@ -232,19 +236,14 @@ class Runner:
         """Consume until `stop` is set and the queues are empty, then commit and flush everything."""
         interval = self.cfg.storage.commit_interval_s
         while True:
-            d = self.next_delivery()
-            if d is None:
-                if stop.is_set():
-                    break
-                self.advance()
-                await self._maybe_commit(interval)
-                await self.wakeup.wait(min(interval, 0.05) if self._pending.dirty else interval)
-                continue
-            async with self.state_lock:   # a reload waits for a delivery boundary
-                await self.process_in_chunks(d)
-            self.advance()
+            deliveries = self.take_deliveries()
+            if not deliveries and stop.is_set():
+                break
+            await self.fold_off_loop(deliveries)
             await self._maybe_commit(interval)
-        self.advance()
+            if not deliveries:
+                await self.wakeup.wait(min(interval, 0.05) if self._pending.dirty else interval)
+        await self.fold_off_loop([])
         await self.commit(flush_all=True)
 
     async def _maybe_commit(self, interval_s: float) -> None:
@@ -268,12 +267,12 @@ class Runner:
         p, self._pending = self._pending, _Pending()
         t0 = time.perf_counter()
         async with self.state_lock:
-            # Building the unit (serialising changed state) runs in the worker thread too: the runner
-            # waits here, and HTTP handlers only read the parts meanwhile.
-            unit = await anyio.to_thread.run_sync(self._build_unit, p)
+            # Building the unit (serialising changed state) and writing it run in the CPU lane too:
+            # the runner waits here, and HTTP handlers only read the parts meanwhile.
+            unit = await self.cpu.run(self._build_unit, p)
         while True:
             try:
-                seq = await anyio.to_thread.run_sync(self.checkpoint.commit, unit)
+                seq = await self.cpu.run(self.checkpoint.commit, unit)
                 break
             except StoreError as exc:
                 # Never drop what is not committed: the runner waits (queues fill, sources feel

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
-import orjson
 
 from daemon.clock import Clock
 from daemon.pipeline.queue import BoundedQueue, Delivery
 from daemon.pipeline.validate import Decoded, Validator
+from daemon.runtime.cpu import CpuLane
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class SourceContext:
     position: bytes | None = None          # restored from the last commit (the source's own encoding)
     rng: random.Random = field(default_factory=random.Random)
     health: SourceHealth | None = None
+    cpu: CpuLane = field(default_factory=CpuLane)   # the daemon's shared lane; tests may leave the default
 
     def __post_init__(self) -> None:
         if self.health is None:
@@ -78,35 +82,20 @@ class SourceContext:
         """Validate already-parsed JSON values (a page's events list) and count them."""
         return self._count(self.validator.decode_items(items, self.clock.now_ms()))
 
-    async def decode_yielding(self, payload: bytes, chunk_events: int = 256) -> Decoded:
-        """Like decode(), but a big payload is validated in chunks with a yield between them, so one
-        large POST does not hold the event loop (and every other request) for milliseconds."""
+    async def decode_off_loop(self, payload: bytes) -> Decoded:
+        """decode() in a worker thread: a large body (an ingest POST, a poll page) does not hold the
+        event loop, and every other request, for milliseconds."""
         now_ms = self.clock.now_ms()
-        try:
-            whole = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            whole = None
-        if isinstance(whole, list):                    # a JSON array, however it is laid out
-            chunks = [whole[i:i + chunk_events] for i in range(0, len(whole), chunk_events)]
-            parts = []
-            for chunk in chunks:
-                parts.append(self.validator.decode_items(chunk, now_ms))
-                await anyio.sleep(0)
-        elif whole is None and payload.count(b"\n") > chunk_events:   # NDJSON: chunks of lines
-            lines = payload.split(b"\n")
-            parts = []
-            for i in range(0, len(lines), chunk_events):
-                parts.append(self.validator.decode(b"\n".join(lines[i:i + chunk_events]), now_ms))
-                await anyio.sleep(0)
-        else:
-            return self.decode(payload)
-        out = parts[0] if parts else self.validator.decode(b"", now_ms)
-        for part in parts[1:]:
-            out.batch.extend(part.batch)
-            out.rejected.extend(part.rejected)
-            if part.max_seq is not None and (out.max_seq is None or part.max_seq > out.max_seq):
-                out.max_seq = part.max_seq
-        return self._count(out)
+        return self._count(await self.run_off_loop(self.validator.decode, payload, now_ms))
+
+    async def decode_items_off_loop(self, items: list[object]) -> Decoded:
+        """decode_items() in a worker thread (see decode_off_loop)."""
+        now_ms = self.clock.now_ms()
+        return self._count(await self.run_off_loop(self.validator.decode_items, items, now_ms))
+
+    async def run_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in the daemon's CPU lane (a worker thread; see runtime/cpu.py)."""
+        return await self.cpu.run(fn, *args)
 
     def _count(self, decoded: Decoded) -> Decoded:
         h = self.health

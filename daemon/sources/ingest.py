@@ -67,7 +67,7 @@ class IngestSource:
         queue = ctx.queue
         if self.cfg.common.queue.overflow == "block" and queue.depth >= queue.capacity:
             return _busy()
-        decoded = await ctx.decode_yielding(body)
+        decoded = await ctx.decode_off_loop(body)
         acked = anyio.Event() if self.cfg.ack == "durable" else None
         delivery = Delivery(batch=decoded.batch, rejected=decoded.rejected, received_ms=ctx.clock.now_ms(), acked=acked)
         try:
