@@ -102,12 +102,25 @@ class Recommender:
         self._dirty_users.add(user_id)
         recent = u.recent
         if session is not None:
+            # Pairs with the session's earlier items; _link written out inline (the hottest loop).
             paired = 0
+            nbrs, dirty, limit = self._nbrs, self._dirty_items, 2 * self.cfg.neighbours_per_item
+            mine = nbrs.get(item)
             for other, _, w_other, s_other in reversed(recent):
                 if s_other == session and other != item:
                     c = math.sqrt(w * w_other) * g
-                    self._link(item, other, c)
-                    self._link(other, item, c)
+                    if mine is None:
+                        mine = nbrs[item] = {}
+                    mine[other] = mine.get(other, 0.0) + c
+                    theirs = nbrs.get(other)
+                    if theirs is None:
+                        theirs = nbrs[other] = {}
+                    theirs[item] = theirs.get(item, 0.0) + c
+                    dirty.add(other)
+                    if len(theirs) > limit:
+                        self._prune(other)
+                    if len(mine) > limit:
+                        mine = self._prune(item)
                     paired += 1
                     if paired >= self.max_pairs:
                         break
@@ -130,15 +143,11 @@ class Recommender:
         if len(count) > self.cfg.max_items:
             self._drop_item(next(iter(count)))
 
-    def _link(self, a: str, b: str, c: float) -> None:
-        nb = self._nbrs.get(a)
-        if nb is None:
-            nb = self._nbrs[a] = {}
-        nb[b] = nb.get(b, 0.0) + c
-        self._dirty_items.add(a)
-        n = self.cfg.neighbours_per_item
-        if len(nb) > 2 * n:   # amortised: prune to the strongest n once it doubles
-            self._nbrs[a] = dict(heapq.nlargest(n, nb.items(), key=lambda kv: kv[1]))
+    def _prune(self, item: str) -> dict[str, float]:
+        """Keep an item's strongest neighbours_per_item links (amortised: done when it holds twice that)."""
+        nb = self._nbrs[item] = dict(heapq.nlargest(self.cfg.neighbours_per_item, self._nbrs[item].items(),
+                                                    key=lambda kv: kv[1]))
+        return nb
 
     def _growth(self, ts_ms: float) -> float:
         if self._ref_ms is None:

@@ -63,6 +63,9 @@ class SessionStore:
     """Open sessions per key, each [first_ms, last_ms, states], and a lazy heap of their ends.
 
     `empty` and `merge` make and combine the metric states; the store never folds values.
+    The heap holds one entry per session, pushed when it opens: growing a session does not push
+    (the entry's end is then early, never late), and `close` pushes it again at its real end when
+    it pops an early entry. Entries of sessions merged into another are skipped when popped.
     """
 
     def __init__(self, windower: Session, empty: Callable[[], Any], merge: Callable[[Any, Any], Any]) -> None:
@@ -70,7 +73,7 @@ class SessionStore:
         self._empty, self._merge = empty, merge
         self.sessions: dict[Any, list[list[Any]]] = {}
         self.n_states = 0
-        self._ends: list[tuple[int, int, int, Any]] = []   # (end, first, seq, key); stale when it grew
+        self._ends: list[tuple[int, int, Any, list[Any]]] = []   # (end, seq, key, session)
         self._seq = 0
 
     def place(self, key: Any, first_ms: int, last_ms: int, *, may_open: bool) -> Any | None:
@@ -81,7 +84,11 @@ class SessionStore:
         if sessions is None:
             if not may_open:
                 return None
-            sessions = self.sessions[key] = []
+            target = [first_ms, last_ms, self._empty()]
+            self.sessions[key] = [target]
+            self.n_states += 1
+            self._push(key, target)
+            return target[2]
         touch = [i for i, s in enumerate(sessions) if first_ms < s[1] + gap and s[0] < last_ms + gap]
         if not touch:
             if not may_open:
@@ -94,35 +101,40 @@ class SessionStore:
             self._push(key, target)
             return target[2]
         target = sessions[touch[0]]
-        extent = (target[0], target[1])
         for j in reversed(touch[1:]):
             other = sessions.pop(j)
             target[2] = self._merge(target[2], other[2])
             target[1] = max(target[1], other[1])
             self.n_states -= 1
-        target[0], target[1] = min(target[0], first_ms), max(target[1], last_ms)
-        if extent != (target[0], target[1]):
+        if first_ms < target[0]:
+            target[0] = first_ms
             if len(sessions) > 1:
                 sessions.sort(key=_first)
-            self._push(key, target)
+        if last_ms > target[1]:
+            target[1] = last_ms
         return target[2]
 
     def _push(self, key: Any, session: list[Any]) -> None:
         self._seq += 1
-        heapq.heappush(self._ends, (session[1] + self.windower.gap_ms, session[0], self._seq, key))
+        heapq.heappush(self._ends, (session[1] + self.windower.gap_ms, self._seq, key, session))
 
     def close(self, watermark_ms: int) -> list[tuple[int, int, Any, Any]]:
         """Remove and return (start, end, key, states) of every session ending at or before watermark."""
-        gap, found = self.windower.gap_ms, []
-        while self._ends and self._ends[0][0] <= watermark_ms:
-            end, first, _, key = heapq.heappop(self._ends)
-            sessions = self.sessions.get(key, [])
-            for j, s in enumerate(sessions):
-                if s[0] == first and s[1] + gap == end:
-                    found.append((first, end, key, sessions.pop(j)[2]))
-                    if not sessions:
-                        del self.sessions[key]
-                    break
+        gap, found, ends = self.windower.gap_ms, [], self._ends
+        while ends and ends[0][0] <= watermark_ms:
+            _, _, key, session = heapq.heappop(ends)
+            sessions = self.sessions.get(key, ())
+            j = next((j for j, s in enumerate(sessions) if s is session), None)
+            if j is None:
+                continue   # merged into another session, which has its own entry
+            end = session[1] + gap
+            if end > watermark_ms:   # it grew since the entry was pushed
+                self._push(key, session)
+                continue
+            del sessions[j]
+            if not sessions:
+                del self.sessions[key]
+            found.append((session[0], end, key, session[2]))
         self.n_states -= len(found)
         return found
 

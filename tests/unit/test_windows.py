@@ -106,6 +106,37 @@ def test_session_store_matches_reference_in_any_arrival_order(ts, gap, rng):
     assert store.n_states == len(expected)
 
 
+@settings(max_examples=200, deadline=None)
+@given(ts=st.lists(st.integers(0, 200), min_size=1, max_size=40), gap=st.sampled_from((5, 20)),
+       keys=st.lists(st.sampled_from("abc"), min_size=40, max_size=40), closes=st.lists(st.integers(0, 260), max_size=30))
+def test_session_store_closes_each_session_once_at_its_final_end(ts, gap, keys, closes):
+    """Sessions that grow and merge after they opened (the end heap holds stale, early entries) are
+    closed exactly once, at their real end, never before the watermark passes it; nothing is lost."""
+    store = _count_store(gap)
+    marks = iter(sorted(closes))
+    mark = next(marks, None)
+    closed, placed = [], 0
+    for t, key in zip(sorted(ts), keys):
+        while mark is not None and mark < t - gap:   # only close what this event cannot touch
+            now = store.close(mark)
+            assert all(end <= mark for _, end, _, _ in now), "closed before the watermark passed its end"
+            closed += now
+            mark = next(marks, None)
+        states = store.place(key, t, t, may_open=True)
+        assert states is not None
+        states[0] += 1
+        placed += 1
+    closed += store.close(10**6)
+    assert store.n_states == 0 and not store.sessions
+    assert sum(states[0] for _, _, _, states in closed) == placed
+    per_key: dict[str, list[tuple[int, int]]] = {}
+    for start, end, key, _ in closed:
+        per_key.setdefault(key, []).append((start, end))
+    for key, spans in per_key.items():
+        mine = [t for t, k in zip(sorted(ts), keys) if k == key]
+        assert sorted(spans) == [(w.start_ms, w.end_ms) for w in sessionize(mine, gap)]
+
+
 def test_session_bridging_event_merges_two_sessions():
     """An event within gap of two sessions merges them into one."""
     store = _count_store(10)
