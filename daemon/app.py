@@ -183,6 +183,9 @@ class Daemon:
         if plan.needs_restart:
             log.warning("reload_needs_restart", sections=list(plan.needs_restart))
         async with self.runner.state_lock:
+            # The next commit writes the full state: logged fold steps must never be replayed
+            # into parts of another config (pipeline/foldlog.py).
+            self.runner.state_due = True
             await self._apply_reload(new, plan)
         log.info("reloaded", config=self.cfg.path, **plan.summary())
         return True

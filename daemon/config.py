@@ -64,6 +64,7 @@ class StorageConfig:
     archive_events: bool = True
     commit_interval_s: float = 0.2
     flush_interval_s: float = 5.0          # most time events/dead letters wait before their Arrow file
+    state_interval_s: float = 5.0          # most time between full state writes; commits between log fold steps
     map_size_initial_bytes: int = 64 * 2**20
     map_size_max_bytes: int = 64 * 2**30
 
@@ -74,11 +75,14 @@ class StorageConfig:
             archive_events=r.bool("archive_events", True),
             commit_interval_s=r.duration_s("commit_interval", 0.2),
             flush_interval_s=r.duration_s("flush_interval", 5.0),
+            state_interval_s=r.duration_s("state_interval", 5.0),
             map_size_initial_bytes=r.size_bytes("map_size_initial", 64 * 2**20),
             map_size_max_bytes=r.size_bytes("map_size_max", 64 * 2**30),
         )
         if cfg.map_size_max_bytes < cfg.map_size_initial_bytes:
             r.error("map_size_max", "must be >= map_size_initial")
+        if cfg.state_interval_s < cfg.commit_interval_s:
+            r.error("state_interval", "must be >= commit_interval")
         r.finish()
         return cfg
 

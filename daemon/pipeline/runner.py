@@ -16,6 +16,7 @@ from daemon.config import Config
 from daemon.errors import StoreError
 from daemon.events import Anomaly, EventBatch, Reason, Rejected, WindowResult
 from daemon.pipeline.dedupe import DedupeFilter
+from daemon.pipeline.foldlog import FoldLog, replay
 from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.watermark import Watermarks
@@ -84,6 +85,10 @@ class Runner:
         self._last_flush_mono = clock.monotonic()
         self._commit_failed = ""
         self.positions: dict[str, bytes] = {}   # newest position per source folded into state (committed or not)
+        self.fold_log = FoldLog()               # steps folded since the last full state write
+        self._last_state_mono = clock.monotonic()
+        self._state_commits = 0
+        self.state_due = False                  # set by a reload: the next commit writes the full state
         self._committing = False
         self._turn = 0
         self.cpu = cpu if cpu is not None else CpuLane()
@@ -104,6 +109,14 @@ class Runner:
         self.parts.restore(restored.state)
         for problem in self.parts.dropped_on_restore:
             self.log.warning("aggregation_state_dropped", reason=problem)
+        if restored.fold_log:
+            t0 = time.perf_counter()
+            steps = events = 0
+            for blob in restored.fold_log:
+                n_steps, n_events = replay(blob, self.parts)
+                steps, events = steps + n_steps, events + n_events
+            self.log.info("fold_log_replayed", commits=len(restored.fold_log), steps=steps, events=events,
+                          ms=round((time.perf_counter() - t0) * 1000, 1))
         self.positions = dict(restored.positions)
         self.log.info("state_restored", commit_seq=restored.commit_seq, watermark_ms=self.watermarks.value,
                       dedupe_ids=self.dedupe.statistics().ids, positions=sorted(restored.positions))
@@ -134,6 +147,7 @@ class Runner:
                 good = batch if len(kept) == n else batch.take(kept)
                 self._accepted += len(good)
                 self.parts.observe(good)
+                self.fold_log.observe(good)
                 if self.cfg.storage.archive_events:
                     p.events.append(good)
                     p.events_received_ms.append(d.received_ms)
@@ -165,6 +179,7 @@ class Runner:
                 self.watermarks.touch(name, now_mono)
         wm = self.watermarks.advance(self.clock.now_ms(), now_mono)
         closed, anomalies = self.parts.close(wm)
+        self.fold_log.close(wm)
         if closed or anomalies:
             for name, results in closed.items():
                 self._pending.windows.setdefault(name, []).extend(results)
@@ -264,12 +279,12 @@ class Runner:
         if "wedge_commit" in self._faults:
             self.log.warning("fault_injected", fault="wedge_commit")
             await anyio.sleep_forever()
-        p, self._pending = self._pending, _Pending()
         t0 = time.perf_counter()
         async with self.state_lock:
             # Building the unit (serialising changed state) and writing it run in the CPU lane too:
-            # the runner waits here, and HTTP handlers only read the parts meanwhile.
-            unit = await self.cpu.run(self._build_unit, p)
+            # the runner waits here, and HTTP handlers only read the parts meanwhile. The pending
+            # work and the fold log are taken together, under the lock, so they always match.
+            unit, p = await self.cpu.run(self._build_unit, flush_all)
         while True:
             try:
                 seq = await self.cpu.run(self.checkpoint.commit, unit)
@@ -284,6 +299,9 @@ class Runner:
             self.log.warning("commit_recovered", after_error=self._commit_failed)
         self._commit_failed = ""
         self._commits += 1
+        if unit.state_complete:
+            self._state_commits += 1
+            self._last_state_mono = self.clock.monotonic()
         self._last_commit_mono = self.clock.monotonic()
         for ack in p.acks:
             ack.set()
@@ -303,7 +321,19 @@ class Runner:
         self.log.debug("committed", seq=seq, ms=round((time.perf_counter() - t0) * 1000, 2),
                        events=sum(len(b) for b in p.events), windows=sum(len(w) for w in p.windows.values()))
 
-    def _build_unit(self, p: _Pending) -> CommitUnit:
+    def _build_unit(self, flush_all: bool) -> tuple[CommitUnit, _Pending]:
+        """This commit's unit and the pending work it covers. Every `state_interval` (and at the
+        last commit, and after a reload) it carries every state change since the last full write
+        and empties the fold log; in between, the fold steps (pipeline/foldlog.py)."""
+        p, self._pending = self._pending, _Pending()
+        full_state = flush_all or self.state_due or (
+            self.clock.monotonic() - self._last_state_mono >= self.cfg.storage.state_interval_s)
+        if full_state:
+            self.state_due = False
+            state, fold_log = self.parts.take_changes(), None
+            self.fold_log.clear()
+        else:
+            state, fold_log = {}, self.fold_log.take()
         dedupe_add, expire_before = self.dedupe.take_changes()
         rows: dict[str, Any] = {}
         latest: list[tuple[str, bytes, int, bytes]] = []
@@ -321,8 +351,10 @@ class Runner:
             rows["deadletter"] = schemas.rejected_to_record_batch(p.rejected)
         if p.anomalies:
             rows["anomalies"] = schemas.anomalies_to_record_batch(p.anomalies)
-        return CommitUnit(
-            state=self.parts.take_changes(),
+        unit = CommitUnit(
+            state=state,
+            fold_log=fold_log,
+            state_complete=full_state,
             positions=p.positions,
             dedupe_add=dedupe_add,
             dedupe_expire_before_ms=expire_before,
@@ -332,6 +364,7 @@ class Runner:
             keep_latest={a.name: a.keep_latest for a in self.cfg.aggregations},
             anomalies=[(a.window_end_ms, anomaly_json(a)) for a in p.anomalies],
         )
+        return unit, p
 
     def statistics(self) -> PipelineStats:
         return PipelineStats(

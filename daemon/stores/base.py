@@ -5,7 +5,7 @@ Nothing here does I/O or imports lmdb/pyarrow, so the pipeline can import it fre
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
@@ -32,6 +32,8 @@ class CommitUnit:
     latest: (aggregation, key, window_end_ms, row json) for GET /windows; at most
       keep_latest[aggregation] (default 1000) are kept per (aggregation, key).
     anomalies: (ts_ms, anomaly json) for GET /anomalies; the newest keep_anomalies are kept.
+    fold_log: the fold steps since the previous commit (pipeline/foldlog.py), kept until a commit
+      with `state_complete` (then every logged step is in `state` and the log is emptied).
     """
 
     state: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
@@ -44,6 +46,8 @@ class CommitUnit:
     keep_latest: dict[str, int] = field(default_factory=dict)
     anomalies: list[tuple[int, bytes]] = field(default_factory=list)
     keep_anomalies: int = DEFAULT_KEEP_ANOMALIES
+    fold_log: bytes | None = None
+    state_complete: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +59,7 @@ class Restored:
     positions: Mapping[str, bytes]
     state: Mapping[str, list[tuple[bytes, bytes]]]   # namespace → [(key, value)] in key order
     dedupe: list[tuple[bytes, int]]                   # (event id, expiry_ms)
+    fold_log: Sequence[bytes] = ()                    # steps folded after `state` was written, oldest first
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -128,6 +128,7 @@ class Checkpoint:
                 positions={k.decode(): v for k, v in txn.scan("positions")},
                 state=state,
                 dedupe=[(v[8:], layout.U64.unpack_from(v)[0]) for _, v in txn.scan("dedupe")],
+                fold_log=[bytes(v) for _, v in txn.scan("foldlog")],
             )
 
     def commit(self, unit: CommitUnit) -> int:

@@ -306,8 +306,9 @@ def _round_down(n: int) -> int:
 #   latest_time   agg \x00 u64 window_end_ms blake2b16(key) → b""   (newest across keys)
 #   latest_count  agg \x00 blake2b16(key) → u32 rows kept
 #   anomalies     u64 ts_ms, u64 commit_seq, u32 index → anomaly json
+#   foldlog       u64 commit_seq → fold steps of that commit not yet in `state` (pipeline/foldlog.py)
 DBS = ("sys", "meta", "positions", "state", "dedupe", "dedupe_exp", "outbox",
-       "latest", "latest_time", "latest_count", "anomalies")
+       "latest", "latest_time", "latest_count", "anomalies", "foldlog")
 FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"1", b"commit_seq", b"anomalies"
 U64, U32 = struct.Struct(">Q"), struct.Struct(">I")
 _MAX_INLINE_KEY = 480           # LMDB's default max key size is 511 bytes
@@ -401,6 +402,11 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
         txn.put("outbox", outbox_prefix(table) + U64.pack(seq), U64.pack(n) + value)
     _apply_latest(txn, unit)
     _apply_anomalies(txn, unit, seq)
+    if unit.state_complete:
+        for k in [k for k, _ in txn.scan("foldlog")]:
+            txn.delete("foldlog", k)
+    if unit.fold_log is not None:
+        txn.put("foldlog", U64.pack(seq), unit.fold_log)
     txn.put("sys", SEQ_KEY, U64.pack(seq))
 
 

@@ -42,6 +42,7 @@ CONFIG = """
 data_dir = "{data}"
 commit_interval = "100ms"
 flush_interval = "300ms"
+state_interval = "700ms"   # kills land between full state writes: restore replays logged folds
 MAP_SIZE
 
 [pipeline]
