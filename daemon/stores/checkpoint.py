@@ -127,7 +127,7 @@ class Checkpoint:
                 meta={k.decode(): v for k, v in txn.scan("meta")},
                 positions={k.decode(): v for k, v in txn.scan("positions")},
                 state=state,
-                dedupe=[(v[8:], layout.U64.unpack_from(v)[0]) for _, v in txn.scan("dedupe")],
+                dedupe=layout.read_dedupe(txn),
                 fold_log=[bytes(v) for _, v in txn.scan("foldlog")],
             )
 

@@ -123,11 +123,12 @@ class Txn:
         if items:
             self._txn.cursor(db=self._dbs[db]).putmulti(items)
 
-    def scan(self, db: str, prefix: bytes = b"", *, start: bytes | None = None,
+    def scan(self, db: str, prefix: bytes = b"", *, start: bytes | None = None, end: bytes | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Items whose key starts with `prefix`, in key order (or reversed).
 
-        `start` (forward only) skips keys below it. Do not write to `db` while iterating.
+        `start` (forward only) skips keys below it; `end` (forward only) stops before the first key
+        >= it. Do not write to `db` while iterating.
         """
         cur = self._txn.cursor(db=self._dbs[db])
         if reverse:
@@ -143,7 +144,7 @@ class Txn:
                 return
             items = cur.iternext()
         for key, value in items:
-            if not key.startswith(prefix):
+            if not key.startswith(prefix) or (end is not None and key >= end):
                 return
             yield key, value
 
@@ -299,17 +300,19 @@ def _round_down(n: int) -> int:
 #   meta          name (utf-8) → bytes
 #   positions     source name (utf-8) → bytes
 #   state         ns \x00 key → value;  a key too long for LMDB: ns \x01 blake2b(key) → u32 len, key, value
-#   dedupe        blake2b16(event id) → u64 expiry_ms, event id
-#   dedupe_exp    u64 expiry_ms, blake2b16(event id) → b""   (expiry index)
+#   dedupe        u64 bucket_start_ms, u64 commit_seq → the ids a commit added that expire in that
+#                 minute: u32 n, n × u64 expiry_ms, n × u16 length, the ids (see pack_ids)
 #   outbox        table (utf-8) \x00 u64 commit_seq → u64 rows, Arrow IPC stream bytes
 #   latest        agg \x00 blake2b16(key) u64 window_end_ms → row json
 #   latest_time   agg \x00 u64 window_end_ms blake2b16(key) → b""   (newest across keys)
 #   latest_count  agg \x00 blake2b16(key) → u32 rows kept
 #   anomalies     u64 ts_ms, u64 commit_seq, u32 index → anomaly json
 #   foldlog       u64 commit_seq → fold steps of that commit not yet in `state` (pipeline/foldlog.py)
-DBS = ("sys", "meta", "positions", "state", "dedupe", "dedupe_exp", "outbox",
+DBS = ("sys", "meta", "positions", "state", "dedupe", "outbox",
        "latest", "latest_time", "latest_count", "anomalies", "foldlog")
-FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"1", b"commit_seq", b"anomalies"
+FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"2", b"commit_seq", b"anomalies"
+DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
+DEDUPE_BUCKET_MS = 60_000
 U64, U32 = struct.Struct(">Q"), struct.Struct(">I")
 _MAX_INLINE_KEY = 480           # LMDB's default max key size is 511 bytes
 
@@ -397,7 +400,7 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
         txn.put("positions", _name(name, "source"), pos)
     for name, value in unit.meta.items():
         txn.put("meta", _name(name, "meta"), value)
-    _apply_dedupe(txn, unit)
+    _apply_dedupe(txn, unit, seq)
     for table, n, value in outbox:
         txn.put("outbox", outbox_prefix(table) + U64.pack(seq), U64.pack(n) + value)
     _apply_latest(txn, unit)
@@ -410,29 +413,57 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
     txn.put("sys", SEQ_KEY, U64.pack(seq))
 
 
-def _apply_dedupe(txn: Txn, unit: CommitUnit) -> None:
+def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:
+    """One record per (expiry minute, commit) instead of two keys per id: the ids of a commit are
+    written at C speed, and expiring a minute deletes its records whole."""
+    bound = get_u64(txn, "sys", DEDUPE_BEFORE_KEY)
     if unit.dedupe_expire_before_ms is not None:
-        bound = U64.pack(max(0, unit.dedupe_expire_before_ms))
-        doomed = []
-        for k, _ in txn.scan("dedupe_exp"):
-            if k[:8] >= bound:
-                break
-            doomed.append(k)
+        bound = max(bound, unit.dedupe_expire_before_ms)
+        txn.put("sys", DEDUPE_BEFORE_KEY, U64.pack(bound))
+        # whole minutes only; restore drops what a partly expired minute still holds
+        doomed = [k for k, _ in txn.scan("dedupe", end=U64.pack(max(0, bound - DEDUPE_BUCKET_MS + 1)))]
         for k in doomed:
-            txn.delete("dedupe_exp", k)
-            current = txn.get("dedupe", k[8:])
-            if current is not None and current[:8] == k[:8]:   # not an id re-added with a later expiry
-                txn.delete("dedupe", k[8:])
-    # No read per id: the filter hands over only ids it did not hold. An id seen again after it was
-    # forgotten leaves its old expiry entry behind; the check above keeps that from deleting the new one.
-    ids, expiries = [], []
+            txn.delete("dedupe", k)
+    if not unit.dedupe_add:
+        return
+    buckets: dict[int, list[tuple[bytes, int]]] = {}
     for event_id, expiry_ms in unit.dedupe_add:
-        h = _h(event_id)
-        exp = U64.pack(max(0, expiry_ms))
-        ids.append((h, exp + event_id))
-        expiries.append((exp + h, b""))
-    txn.put_many("dedupe", ids)
-    txn.put_many("dedupe_exp", expiries)
+        if expiry_ms < bound:   # expired already (the filter forgets it at the same watermark)
+            continue
+        b = expiry_ms // DEDUPE_BUCKET_MS
+        lst = buckets.get(b)
+        if lst is None:
+            buckets[b] = [(event_id, expiry_ms)]
+        else:
+            lst.append((event_id, expiry_ms))
+    for b, items in buckets.items():
+        txn.put("dedupe", U64.pack(b * DEDUPE_BUCKET_MS) + U64.pack(seq), pack_ids(items))
+
+
+def pack_ids(items: list[tuple[bytes, int]]) -> bytes:
+    """(id, expiry_ms) pairs as u32 n, n × u64 expiry, n × u16 id length, then the ids."""
+    n = len(items)
+    ids = [i for i, _ in items]
+    return (U32.pack(n) + struct.pack(f">{n}Q", *(max(0, e) for _, e in items))
+            + struct.pack(f">{n}H", *map(len, ids)) + b"".join(ids))
+
+
+def unpack_ids(data: bytes) -> list[tuple[bytes, int]]:
+    """The pairs `pack_ids` packed."""
+    n = U32.unpack_from(data)[0]
+    expiries = struct.unpack_from(f">{n}Q", data, 4)
+    lengths = struct.unpack_from(f">{n}H", data, 4 + 8 * n)
+    out, pos = [], 4 + 10 * n
+    for length, expiry in zip(lengths, expiries):
+        out.append((data[pos:pos + length], expiry))
+        pos += length
+    return out
+
+
+def read_dedupe(txn: Txn) -> list[tuple[bytes, int]]:
+    """Every stored id that has not expired, oldest expiry minute first."""
+    bound = get_u64(txn, "sys", DEDUPE_BEFORE_KEY)
+    return [(i, e) for _, v in txn.scan("dedupe") for i, e in unpack_ids(bytes(v)) if e >= bound]
 
 
 def _apply_latest(txn: Txn, unit: CommitUnit) -> None:

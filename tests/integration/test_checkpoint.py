@@ -13,10 +13,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.config import StorageConfig
 from daemon.errors import StoreError, StoreLocked
 from daemon.events import EventBatch
+from daemon.stores import lmdb_state as layout
 from daemon.stores.checkpoint import Checkpoint, CommitUnit, CrashPoints
 from daemon.stores.schemas import TS, events_to_record_batch
 
@@ -287,3 +290,25 @@ def test_crash_then_recovery_converges_to_the_same_files(tmp_path, point, after_
     assert got == want
     ids = [r["event_id"] for rows in got.values() for r in rows]
     assert len(ids) == len(set(ids)) == 24
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=128).map(str.encode), st.integers(0, 2**53)), max_size=50))
+def test_dedupe_record_packing_round_trips(items):
+    """A commit's ids in one dedupe record come back byte for byte, with their expiries."""
+    assert layout.unpack_ids(layout.pack_ids(items)) == items
+
+
+def test_dedupe_ids_expire_by_whole_minutes_and_restore_exactly(tmp_path):
+    """Records of minutes wholly before the bound are deleted; restore drops the rest below it."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.commit(CommitUnit(dedupe_add=[(b"a", 10_000), (b"b", 70_000), (b"c", 130_000)]))
+    cp.commit(CommitUnit(dedupe_add=[(b"d", 65_000)], dedupe_expire_before_ms=120_000))
+    with cp._db.reading() as txn:
+        starts = sorted({layout.U64.unpack_from(k)[0] for k, _ in txn.scan("dedupe")})
+    assert starts == [120_000]          # minutes [0, 60s) and [60s, 120s) are gone whole
+    cp.commit(CommitUnit(dedupe_expire_before_ms=125_000))
+    cp.close()
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    assert sorted(cp.restore().dedupe) == [(b"c", 130_000)]
+    cp.close()
