@@ -1,10 +1,13 @@
 """Recommendations: time-decayed item-to-item co-occurrence within sessions, users' recent items, trending fallback.
 
-An event of item j in session s pairs j with the items the same user touched earlier in s, with
-weight sqrt(w_i * w_j) (view 1, cart 3, purchase 5), forward-decayed like trending.py. A user's
+An event of item j in session s pairs j with the (at most 3) most recent items the same user touched
+earlier in s, with weight sqrt(w_i * w_j) (view 1, cart 3, purchase 5), forward-decayed like trending.py. A user's
 ranking sums, over their recent items r, recency(r) * (self weight for r itself, and
 cooc(r, c) / sqrt(n(r) n(c)) for each neighbour c); items bought within `exclude_bought_s` are
 left out, and trending in the user's categories, then overall, fills the rest.
+
+Three pairs per event, not ten: `python -m daemon.analyzers.evaluate` gives HitRate@10 0.839 vs
+0.797 (seed 11; 0.840 vs 0.815 seed 12) and the fold is ~20% cheaper; nearby views are the signal.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class Recommender:
 
     def __init__(self, cfg: RecommendationsConfig, *, weights: dict[str, float] | None = None,
                  self_weight: float = 1.0, exclude_bought_s: float | None = None,
-                 max_pairs_per_event: int = 10) -> None:
+                 max_pairs_per_event: int = 3) -> None:
         self.cfg = cfg
         self.half_life_ms = cfg.half_life_s * 1000.0
         self.weights = dict(TYPE_WEIGHTS if weights is None else weights)
