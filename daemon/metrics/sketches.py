@@ -29,6 +29,7 @@ _KLL_BULK_MIN = 16  # below this, per-value update beats building a numpy array
 # HLL serialisation preamble (DataSketches HllUtil): byte 1 serial version, 2 family,
 # 5 flags (16 = out of order), 7 mode (low bits: 0 list, 1 set, 2 hll).
 _HLL_SER_VER, _HLL_FAMILY, _HLL_OOO_FLAG, _HLL_MODE_HLL = 1, 7, 16, 2
+_HLL8_MODE_BYTES = 40   # an HLL_8 sketch in HLL mode serialises to this preamble + 2^lg_k registers
 
 
 def composite_estimate(sketch: ds.hll_sketch) -> float:
@@ -38,6 +39,8 @@ def composite_estimate(sketch: ds.hll_sketch) -> float:
     order; marking it out of order makes the answer depend only on the set of values, so a
     run replayed after a crash, or batched differently, gives the same number.
     """
+    if sketch.get_compact_serialization_bytes() < _HLL8_MODE_BYTES + (1 << sketch.lg_config_k):
+        return sketch.get_estimate()   # list/set modes (small counts) are order-independent already
     data = bytearray(sketch.serialize_compact())
     if len(data) < 8 or data[1] != _HLL_SER_VER or data[2] != _HLL_FAMILY or data[7] & 3 != _HLL_MODE_HLL:
         return sketch.get_estimate()   # list/set modes (small counts) are order-independent already

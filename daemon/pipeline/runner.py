@@ -27,6 +27,7 @@ from daemon import jsonbytes
 
 FOLD_EVENTS = 4096        # events taken from the queues for one fold in the worker thread
 COMMIT_RETRY_S = 5.0
+EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +287,12 @@ class Runner:
         await self.commit(flush_all=True)
 
     async def _maybe_commit(self, interval_s: float) -> None:
+        """Commit once `commit_interval` has passed, or sooner (EARLY_COMMIT_S) when windows have
+        closed: commit_interval bounds the wait, and a closed window's row should not sit it out."""
         if not self._pending.dirty:
             return
-        if self.clock.monotonic() - self._last_commit_mono >= interval_s:
+        since = self.clock.monotonic() - self._last_commit_mono
+        if since >= interval_s or (self._pending.windows and since >= min(EARLY_COMMIT_S, interval_s)):
             await self.commit()
 
     async def commit(self, *, flush_all: bool = False) -> None:
