@@ -46,7 +46,7 @@ class _User:
 
     def __init__(self, last_ms: int) -> None:
         self.last_ms = last_ms
-        self.recent: list[list[Any]] = []        # [item, ts_ms, weight, session], oldest first
+        self.recent: dict[str, tuple[int, float, str | None]] = {}   # item -> (ts_ms, weight, session), oldest first
         self.bought: dict[str, int] = {}         # item -> ts_ms of the latest purchase
         self.cats: dict[str, float] = {}         # category -> forward-decayed weight
 
@@ -120,8 +120,9 @@ class Recommender:
             if session is not None:
                 paired = 0
                 mine = nbrs.get(item)
-                for other, _, w_other, s_other in reversed(recent):
-                    if s_other == session and other != item:
+                for other, entry in reversed(recent.items()):
+                    if entry[2] == session and other != item:
+                        w_other = entry[1]
                         c = sqrt(w * w_other) * g
                         if mine is None:
                             mine = nbrs[item] = {}
@@ -138,15 +139,12 @@ class Recommender:
                         paired += 1
                         if paired >= max_pairs:
                             break
-            for i, entry in enumerate(recent):
-                if entry[0] == item:
-                    if entry[3] == session and entry[2] > w:
-                        w = entry[2]
-                    del recent[i]
-                    break
-            recent.append((item, ts, w, session))   # a tuple: the GC stops tracking it
+            entry = recent.pop(item, None)
+            if entry is not None and entry[2] == session and entry[1] > w:
+                w = entry[1]
+            recent[item] = (ts, w, session)   # a tuple: the GC stops tracking it
             if len(recent) > max_recent:
-                del recent[0]
+                del recent[next(iter(recent))]
             if etype == "purchase":
                 bought = u.bought
                 bought[item] = ts
@@ -224,7 +222,7 @@ class Recommender:
         exclude = {item for item, ts in u.bought.items() if ts >= now_ms - self.exclude_bought_ms}
         scores: dict[str, float] = {}
         count, nbrs, hl = self._count, self._nbrs, self.half_life_ms
-        for item, ts, w, _ in u.recent:
+        for item, (ts, w, _) in u.recent.items():
             rec = w * 2.0 ** ((ts - now_ms) / hl)
             scores[item] = scores.get(item, 0.0) + rec * self.self_weight
             nb = nbrs.get(item)
@@ -291,7 +289,8 @@ class Recommender:
         for uid in users:
             u = self._users.get(uid)
             if u is not None:
-                out[b"u:" + uid.encode()] = jsonbytes.dumps([u.last_ms, u.recent, u.bought, u.cats])
+                recent = [[item, *entry] for item, entry in u.recent.items()]
+                out[b"u:" + uid.encode()] = jsonbytes.dumps([u.last_ms, recent, u.bought, u.cats])
         out[b"r#"] = jsonbytes.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped})
         return out
 
@@ -314,7 +313,8 @@ class Recommender:
             elif key.startswith(b"u:"):
                 last_ms, recent, bought, cats = orjson.loads(value)
                 u = _User(last_ms)
-                u.recent, u.bought, u.cats = recent, bought, cats
+                u.recent = {item: (ts, w, session) for item, ts, w, session in recent}
+                u.bought, u.cats = bought, cats
                 users.append((last_ms, key[2:].decode(), u))
             elif key == b"r#":
                 meta = orjson.loads(value)
