@@ -57,6 +57,10 @@ class MetricSet:
                             else tuple(self.fields.index(f) for f in inp) for inp in inputs)
         self._folds = tuple(m.fold for m in self.metrics)
         self._plan = tuple(zip(range(len(self.metrics)), self._folds, self._slots))
+        # One event at a time (most groups of a high-cardinality key hold one event per batch):
+        # a metric's fold_one when it has one, else its fold of a one-value list.
+        self._plan_one = tuple((j, getattr(m, "fold_one", None) or _one_by_fold(m.fold), slot)
+                               for j, m, slot in zip(range(len(self.metrics)), self.metrics, self._slots))
 
     def empty(self) -> list[Any]:
         """Fresh states, one per metric."""
@@ -75,6 +79,17 @@ class MetricSet:
                 states[j] = fold(states[j], values[slot])
             else:
                 states[j] = fold(states[j], list(zip(*(values[s] for s in slot))))
+
+    def fold_row(self, states: list[Any], row: int, columns: Sequence[list[Any]]) -> None:
+        """Fold one event (its row index; columns in `self.fields` order) into `states`, in place;
+        the same states as `fold` of a one-row group, without building per-group lists."""
+        for j, fold_one, slot in self._plan_one:
+            if slot is None:
+                states[j] = fold_one(states[j], row)
+            elif type(slot) is int:
+                states[j] = fold_one(states[j], columns[slot][row])
+            else:
+                states[j] = fold_one(states[j], tuple(columns[s][row] for s in slot))
 
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         """The states of both inputs together."""
@@ -105,6 +120,12 @@ class MetricSet:
     def signature(self) -> list[list[Any]]:
         """What a stored state depends on: each metric's name, func, field, q and k."""
         return [[s.name, s.func, s.field, s.q, s.k, list(s.steps)] for s in self.specs]
+
+
+def _one_by_fold(fold: Any) -> Any:
+    def fold_one(state: Any, value: Any) -> Any:
+        return fold(state, [value])
+    return fold_one
 
 
 __all__ = ["METRICS", "Kind", "Metric", "MetricSet", "build_metric"]

@@ -67,6 +67,9 @@ class Count:
     def fold(self, state: int, values: Sequence[Any]) -> int:
         return state + len(values)
 
+    def fold_one(self, state: int, value: Any) -> int:
+        return state + 1
+
     def merge(self, a: int, b: int) -> int:
         return a + b
 
@@ -99,6 +102,11 @@ class Sum:
             return state
         vals.extend(state)
         return exact_partials(vals)
+
+    def fold_one(self, state: Partials, value: Any) -> Partials:
+        if value is None:
+            return state
+        return exact_partials([value, *state])
 
     def merge(self, a: Partials, b: Partials) -> Partials:
         return exact_partials([*a, *b]) if a and b else a or b
@@ -133,6 +141,11 @@ class Mean:
         n = len(vals)
         vals.extend(state[1])
         return (state[0] + n, exact_partials(vals))
+
+    def fold_one(self, state: tuple[int, Partials], value: Any) -> tuple[int, Partials]:
+        if value is None:
+            return state
+        return (state[0] + 1, exact_partials([value, *state[1]]))
 
     def merge(self, a: tuple[int, Partials], b: tuple[int, Partials]) -> tuple[int, Partials]:
         return (a[0] + b[0], exact_partials([*a[1], *b[1]]) if a[1] and b[1] else a[1] or b[1])

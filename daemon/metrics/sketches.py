@@ -70,6 +70,11 @@ class Distinct:
                 update(v)
         return state
 
+    def fold_one(self, state: ds.hll_sketch, value: Any) -> ds.hll_sketch:
+        if value is not None:
+            state.update(value)
+        return state
+
     def merge(self, a: ds.hll_sketch, b: ds.hll_sketch) -> ds.hll_sketch:
         union = ds.hll_union(self.lg_k)
         union.update(a)

@@ -147,7 +147,10 @@ class Aggregator:
                         overflow.extend(idx)
                     continue
                 states = self._new_pane(pane, key)
-            metrics.fold(states, idx, metrics.gather(columns, idx))
+            if len(idx) == 1:
+                metrics.fold_row(states, idx[0], columns)
+            else:
+                metrics.fold(states, idx, metrics.gather(columns, idx))
             touched.add((pane, key))
             folded += len(idx)
         return folded
@@ -188,7 +191,10 @@ class Aggregator:
                     else:
                         self._late += len(run)
                     continue
-                metrics.fold(states, run, metrics.gather(columns, run))
+                if len(run) == 1:
+                    metrics.fold_row(states, run[0], columns)
+                else:
+                    metrics.fold(states, run, metrics.gather(columns, run))
                 folded += len(run)
             self._touched.add(key)
         return folded

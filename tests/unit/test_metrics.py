@@ -235,3 +235,29 @@ def test_metric_set_shares_columns_and_round_trips():
     assert ms.results(states) == expected
     assert ms.results(ms.load(ms.dump(states))) == expected
     assert ms.results(ms.merge(states, ms.empty())) == expected
+
+
+_ROW_METRICS = {"n": "count", "s": "sum(price)", "m": "mean(price)", "lo": "min(price)", "hi": "max(price)",
+                "p": "p95(price)", "u": "distinct(user_id)", "t": "topk(user_id, 3)",
+                "f": "funnel(view, cart, purchase)"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
+                               st.one_of(st.none(), st.sampled_from("abcdef")),
+                               st.sampled_from(["view", "cart", "purchase", "search"]),
+                               st.sampled_from(["s1", "s2", None])), max_size=30))
+def test_fold_row_equals_folding_one_row_groups(rows):
+    """MetricSet.fold_row (the one-event fast path) leaves the same states as fold() of one-row
+    groups, event by event, for every metric kind; and the same results as one fold of them all."""
+    ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
+    cols = {"price": [r[0] for r in rows], "user_id": [r[1] for r in rows], "type": [r[2] for r in rows],
+            "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
+    columns = [cols[f] for f in ms.fields]
+    by_row, by_group, whole = ms.empty(), ms.empty(), ms.empty()
+    for i in range(len(rows)):
+        ms.fold_row(by_row, i, columns)
+        ms.fold(by_group, [i], ms.gather(columns, [i]))
+    ms.fold(whole, list(range(len(rows))), ms.gather(columns, list(range(len(rows)))))
+    assert ms.dump(by_row) == ms.dump(by_group)
+    assert ms.results(by_row) == ms.results(whole)
