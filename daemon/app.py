@@ -80,7 +80,11 @@ class Daemon:
                              log.bind(component="runner"), faults=self.faults, cpu=self.cpu)
         self.alerts = AlertSender(log.bind(component="alerts"))
         self.runner.alerts = self.alerts
-        positions = self.runner.restore()
+        try:
+            positions = self.runner.restore()
+        except StoreError as exc:
+            log.error("restore_failed", error=str(exc), data_dir=cfg.storage.data_dir)
+            return 1
         for sc in cfg.sources:
             self.sources[sc.name] = self._build_source(sc, positions.get(sc.name))
         self.health = ProcessHealth(started_mono=clock.monotonic())

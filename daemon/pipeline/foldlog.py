@@ -62,7 +62,10 @@ def replay(blob: bytes, parts: Foldable) -> tuple[int, int]:
     events = 0
     for step in steps:
         if step[0] == OBSERVE:
-            batch = EventBatch(step[1], **dict(zip(FIELDS, step[2:])))
+            columns = step[2:]
+            if len(columns) != len(FIELDS) or len({len(c) for c in columns}) != 1:
+                raise ValueError("fold log: an observe step without its full, equal-length columns")
+            batch = EventBatch(step[1], **dict(zip(FIELDS, columns)))
             parts.observe(batch)
             events += len(batch)
         elif step[0] == CLOSE:

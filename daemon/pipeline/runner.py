@@ -89,13 +89,12 @@ class Runner:
         self.fold_log = FoldLog()               # steps folded since the last full state write
         self._to_observe: list[EventBatch] = []  # accepted, not yet observed (fold observes once)
         self._last_state_mono = clock.monotonic()
-        self._state_commits = 0
         self.state_due = False                  # set by a reload: the next commit writes the full state
         self._committing = False
         self._turn = 0
         self.cpu = cpu if cpu is not None else CpuLane()
-        # Held while a delivery is folded (in chunks) and while a commit builds its unit in a worker
-        # thread: a reload changes the parts and queues only between the two.
+        # Held while a fold runs and while a commit builds its unit (both in the CPU lane's worker
+        # thread): a reload changes the parts and queues only between the two.
         self.state_lock = anyio.Lock()
         self._faults = faults
         self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url   # injected failures for tests, e.g. {"wedge_commit"}
@@ -114,8 +113,12 @@ class Runner:
         if restored.fold_log:
             t0 = time.perf_counter()
             steps = events = 0
-            for blob in restored.fold_log:
-                n_steps, n_events = replay(blob, self.parts)
+            for i, blob in enumerate(restored.fold_log):
+                try:
+                    n_steps, n_events = replay(blob, self.parts)
+                except (ValueError, TypeError, KeyError, IndexError) as exc:
+                    raise StoreError(f"fold log entry {i + 1} of {len(restored.fold_log)} cannot be replayed: "
+                                     f"{type(exc).__name__}: {exc}") from exc
                 steps, events = steps + n_steps, events + n_events
             self.log.info("fold_log_replayed", commits=len(restored.fold_log), steps=steps, events=events,
                           ms=round((time.perf_counter() - t0) * 1000, 1))
@@ -247,8 +250,9 @@ class Runner:
         """`fold` in a worker thread, so the event loop keeps answering HTTP meanwhile.
 
         The GIL still makes it one core: the loop thread gets it back within the switch interval
-        (cli.py sets 0.5 ms; runtime/cpu.py) instead of waiting for a whole fold. Readers of the parts that run on
-        the loop meanwhile (GET /recommendations, /trending, /stats) must tolerate concurrent updates.
+        (cli.py sets 0.5 ms; see runtime/cpu.py) instead of waiting for a whole fold. Readers of the
+        parts on the loop meanwhile (GET /recommendations, /trending, /stats) must tolerate concurrent
+        updates (analyzers/reads.py).
         The position and ack of each delivery go with its last event: a commit never happens mid-fold.
         """
         async with self.state_lock:   # a reload waits for a fold boundary
@@ -328,7 +332,6 @@ class Runner:
         self._commit_failed = ""
         self._commits += 1
         if unit.state_complete:
-            self._state_commits += 1
             self._last_state_mono = self.clock.monotonic()
         self._last_commit_mono = self.clock.monotonic()
         for ack in p.acks:

@@ -51,3 +51,17 @@ def test_port_in_use_is_a_clear_error(daemon_factory):
     second = daemon_factory.start(CONFIG.replace("{data}", "{data}-2"), port=first.port, wait=False)
     assert second.popen.wait(30) == 1
     assert "http_listen_failed" in second.log()
+
+
+def test_unreadable_fold_log_is_a_clear_error(daemon_factory, tmp_path):
+    """A fold log entry that cannot be replayed stops the start with `restore_failed` naming it, exit 1."""
+    from daemon.config import StorageConfig
+    from daemon.stores.checkpoint import Checkpoint, CommitUnit
+
+    data = tmp_path / "data"
+    cp = Checkpoint.open(StorageConfig(data_dir=str(data)), environ={})
+    cp.commit(CommitUnit(fold_log=b'[[0, "webhook"'))   # cut short, as by a bad disk
+    cp.close()
+    d = daemon_factory.start(CONFIG, data_dir=data, wait=False)
+    assert d.popen.wait(30) == 1
+    assert "restore_failed" in d.log() and "fold log entry 1 of 1" in d.log()

@@ -118,3 +118,9 @@ def test_closing_twice_at_one_watermark_is_logged_once():
     log.close(7)
     assert orjson.loads(log.take()) == [[1, 5], [1, 7]]
     assert log.take() is None
+
+
+def test_a_step_without_its_columns_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="full, equal-length columns"):
+        replay(b'[[0, "s", ["e1"]]]', parts())
