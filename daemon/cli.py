@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from daemon import __version__
@@ -71,6 +72,20 @@ def cmd_query(args: argparse.Namespace) -> int:
     return query.run(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The end-to-end benchmark (benchmarks/run.py); it lives in the source checkout, not the wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        print("storepulse bench: needs a source checkout (benchmarks/ next to daemon/); run it there "
+              "with `make bench`", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import run as bench   # needs the test extra (duckdb) for the DuckDB baseline
+
+    return bench.main(list(args.bench_args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="storepulse", description="Real-time analytics daemon for online shops.")
     parser.add_argument("--version", action="version", version=f"storepulse {__version__}")
@@ -91,10 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     query.add_arguments(p)
     p.set_defaults(func=cmd_query)
+    p = sub.add_parser("bench", help="the end-to-end benchmark (= make bench; --help after it for its options)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to benchmarks/run.py")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:   # every option after it is the benchmark's (argparse would claim --help)
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
