@@ -81,6 +81,14 @@ class SessionStore:
         merging any sessions they bridge; a new session if none is touched and may_open, else None."""
         gap = self.windower.gap_ms
         sessions = self.sessions.get(key)
+        if sessions is not None and len(sessions) == 1:   # the common case: extend the key's one session
+            s = sessions[0]
+            if first_ms < s[1] + gap and s[0] < last_ms + gap:
+                if first_ms < s[0]:
+                    s[0] = first_ms
+                if last_ms > s[1]:
+                    s[1] = last_ms
+                return s[2]
         if sessions is None:
             if not may_open:
                 return None
