@@ -81,9 +81,21 @@ class Trending:
         self._flush(sums)
 
     def _flush(self, sums: dict[tuple[str | None, str], float]) -> None:
+        """Add the batch's sums; per category once: drop its cached head, mark it dirty, prune it."""
+        all_scores, touched = self._scores, set()
         for (cat, item), g in sums.items():
-            self._bump(cat, item, g)
+            scores = all_scores.get(cat)
+            if scores is None:
+                scores = all_scores[cat] = {}
+            scores[item] = scores.get(item, 0.0) + g
+            touched.add(cat)
         sums.clear()
+        for cat in touched:
+            self._heads.pop(cat, None)
+            self._dirty.add(cat)
+            scores = all_scores[cat]
+            if len(scores) > 2 * self.max_items:
+                all_scores[cat] = dict(heapq.nlargest(self.max_items, scores.items(), key=lambda kv: kv[1]))
 
     def add(self, item: str, category: str | None, weight: float, ts_ms: int) -> None:
         """Count one event of `weight` for `item` (in `category` and overall) at `ts_ms`."""
