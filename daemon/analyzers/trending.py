@@ -81,7 +81,7 @@ class Trending:
         self._flush(sums)
 
     def _flush(self, sums: dict[tuple[str | None, str], float]) -> None:
-        """Add the batch's sums; per category once: drop its cached head, mark it dirty, prune it."""
+        """Add the batch's sums, then settle each touched category once (see `_settle`)."""
         all_scores, touched = self._scores, set()
         for (cat, item), g in sums.items():
             scores = all_scores.get(cat)
@@ -91,19 +91,7 @@ class Trending:
             touched.add(cat)
         sums.clear()
         for cat in touched:
-            self._heads.pop(cat, None)
-            self._dirty.add(cat)
-            scores = all_scores[cat]
-            if len(scores) > 2 * self.max_items:
-                all_scores[cat] = dict(heapq.nlargest(self.max_items, scores.items(), key=lambda kv: kv[1]))
-
-    def add(self, item: str, category: str | None, weight: float, ts_ms: int) -> None:
-        """Count one event of `weight` for `item` (in `category` and overall) at `ts_ms`."""
-        g = self.growth(ts_ms) * weight
-        self._events += 1
-        self._bump(OVERALL, item, g)
-        if category is not None:
-            self._bump(category, item, g)
+            self._settle(cat)
 
     def growth(self, ts_ms: float) -> float:
         """The forward-decay factor 2^((ts - ref)/half_life); rebases the stored scores when it grows large."""
@@ -125,16 +113,13 @@ class Trending:
         self._heads.clear()
         self._ref_ms = float(ts_ms)
 
-    def _bump(self, cat: str | None, item: str, g: float) -> None:
-        scores = self._scores.get(cat)
-        if scores is None:
-            scores = self._scores[cat] = {}
-        scores[item] = scores.get(item, 0.0) + g
+    def _settle(self, cat: str | None) -> None:
+        """After scores of `cat` grew: drop its cached head, mark it dirty, prune it at twice max_items."""
         self._heads.pop(cat, None)
         self._dirty.add(cat)
+        scores = self._scores[cat]
         if len(scores) > 2 * self.max_items:
-            keep = heapq.nlargest(self.max_items, scores.items(), key=lambda kv: kv[1])
-            self._scores[cat] = dict(keep)
+            self._scores[cat] = dict(heapq.nlargest(self.max_items, scores.items(), key=lambda kv: kv[1]))
 
     # -- queries --------------------------------------------------------------------------------
 

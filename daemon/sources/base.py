@@ -78,10 +78,6 @@ class SourceContext:
         """Decode and validate one payload and count it in the source's health."""
         return self._count(self.validator.decode(payload, self.clock.now_ms()))
 
-    def decode_items(self, items: list[object]) -> Decoded:
-        """Validate already-parsed JSON values (a page's events list) and count them."""
-        return self._count(self.validator.decode_items(items, self.clock.now_ms()))
-
     async def decode_off_loop(self, payload: bytes) -> Decoded:
         """decode() in a worker thread: a large body (an ingest POST, a poll page) does not hold the
         event loop, and every other request, for milliseconds."""
@@ -89,7 +85,7 @@ class SourceContext:
         return self._count(await self.run_off_loop(self.validator.decode, payload, now_ms))
 
     async def decode_items_off_loop(self, items: list[object]) -> Decoded:
-        """decode_items() in a worker thread (see decode_off_loop)."""
+        """Validate already-parsed JSON values (a page's events list) in a worker thread and count them."""
         now_ms = self.clock.now_ms()
         return self._count(await self.run_off_loop(self.validator.decode_items, items, now_ms))
 
