@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from daemon import __version__
 from daemon.config import Config, load_config, resolve_config_path
