@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import os
 import platform
 import shutil
@@ -89,13 +90,11 @@ class DaemonProc:
     def memory(self) -> dict[str, int]:
         """VmHWM (peak RSS), VmRSS, RssAnon (heap) and RssFile (mapped files: LMDB, libraries) in bytes."""
         out = {}
-        try:
+        with contextlib.suppress(OSError):   # the process is gone: report what was read
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                 if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
                     k, v = line.split(":")
                     out[k] = int(v.split()[0]) * 1024
-        except OSError:
-            pass
         return out
 
     async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
@@ -292,10 +291,8 @@ async def measure(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         for t in ingest_tasks:
             if abort:
                 t.cancel()
-            try:
-                await t
-            except (asyncio.CancelledError, OSError, RuntimeError, asyncio.IncompleteReadError):
-                pass
+            with contextlib.suppress(asyncio.CancelledError, OSError, RuntimeError, asyncio.IncompleteReadError):
+                await t   # a cancelled or disconnected poster ends here; its counts are kept
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
@@ -536,16 +533,12 @@ def check_outputs(data_dir: Path, expected: int) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     model = ""
-    try:
+    with contextlib.suppress(OSError, StopIteration):   # no /proc/cpuinfo model line: left blank
         model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                      if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     mem_kib = 0
-    try:
+    with contextlib.suppress(OSError, IndexError, ValueError):   # no /proc/meminfo: reported as 0
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        pass
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                 capture_output=True, text=True).stdout.strip())
