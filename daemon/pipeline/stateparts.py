@@ -14,6 +14,7 @@ from daemon.aggconfig import AggregationConfig
 from daemon.analyzers.anomaly import AnomalyDetector
 from daemon.analyzers.moving_average import MovingAverages
 from daemon.analyzers.recommend import Recommender
+from daemon.analyzers.trending import Trending
 from daemon.config import Config
 from daemon.events import Anomaly, EventBatch, WindowResult
 from daemon.metrics import build_metric
@@ -55,11 +56,16 @@ class StateParts:
         self.aggregations: dict[str, AggregationPart] = {a.name: AggregationPart.build(a) for a in cfg.aggregations}
         rc = cfg.recommendations
         self.recommender = Recommender(rc) if rc is not None else None
-        # The recommender owns its trending (it is the fallback); GET /trending reads the same one.
-        self.trending = self.recommender.trending if self.recommender is not None else None
         self._deletes: dict[str, dict[bytes, bytes | None]] = {}   # namespaces of removed aggregations
         self._emitted: set[str] = set()
-        self.dropped_on_restore: list[str] = []   # aggregations whose stored state no longer fits the config   # aggregations whose analysers moved since the last commit
+        self.dropped_on_restore: list[str] = []   # aggregations whose stored state no longer fits the config
+
+    @property
+    def trending(self) -> Trending | None:
+        """The recommender's trending (its fallback), which GET /trending reads. Looked up on every
+        use: restoring the recommender replaces its Trending, and a reference kept from before the
+        restore would be frozen empty (it was, until the replica's comparison test caught it)."""
+        return self.recommender.trending if self.recommender is not None else None
 
     def namespaces(self, name: str) -> list[str]:
         """The checkpoint namespaces holding an aggregation's state."""
