@@ -1,11 +1,13 @@
 """Measure GET /recommendations latency while the daemon ingests at full speed (issue 5).
 
-    python -m benchmarks.recs_latency [--events 300000]
+    python -m benchmarks.recs_latency [--events 300000] [--no-replica]
 
 Starts a daemon (ingest source, recommendations on, the default aggregations), feeds storefront
 events through POST /ingest as fast as it takes them (bodies of 1000, two concurrent posters), and
-meanwhile, from a separate process, asks /recommendations for users seen so far, one request
-at a time. Prints the ingest rate and the latency percentiles measured at the client (loopback HTTP included).
+meanwhile, from separate processes, asks /recommendations for users seen so far, one request at a
+time: on the daemon's own port, and (unless --no-replica) on the replica's port
+(`[recommendations] listen`, daemon/replica/). Prints the ingest rate and the latency percentiles
+measured at the client (loopback HTTP included), one row per port.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import aiohttp
@@ -45,6 +50,7 @@ queue_capacity = 20000
 
 [recommendations]
 half_life = "1h"
+{replica}
 
 [[aggregations]]
 name = "sales_by_category"
@@ -66,11 +72,12 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def query_loop(port: int, users: list[str], stop: "multiprocessing.synchronize.Event", out: "multiprocessing.Queue") -> None:
+def query_loop(port: int, users: list[str], stop: "multiprocessing.synchronize.Event", out: "multiprocessing.Queue",
+               seed: int) -> None:
     """Runs in its own process, so the feeder's work never delays a measured request."""
     import http.client
 
-    rng = random.Random(1)
+    rng = random.Random(seed)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     latencies = []
     while not stop.is_set():
@@ -79,15 +86,15 @@ def query_loop(port: int, users: list[str], stop: "multiprocessing.synchronize.E
         conn.getresponse().read()
         latencies.append((time.perf_counter() - t0) * 1000)
         time.sleep(0.002)
-    out.put(latencies)
+    out.put((port, latencies))
 
 
-async def run(events: int, port: int) -> dict[str, float]:
+async def run(events: int, ports: dict[str, int], feeder_nice: int = 0) -> list[dict[str, float]]:
     gen = Generator(seed=5, start_ms=int(time.time() * 1000) - 20 * 60_000, rate=events / 1200)
     batches = [gen.next_batch(1000) for _ in range(events // 1000)]
     users = sorted({e["user_id"] for b in batches[:20] for e in b})
     bodies = [encode_ndjson(b) for b in batches]
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{ports['daemon']}"
     async with aiohttp.ClientSession() as session:
         async def post_all(part: list[bytes]) -> None:
             for body in part:
@@ -99,47 +106,73 @@ async def run(events: int, port: int) -> dict[str, float]:
                     await asyncio.sleep(0.01)   # 429: the queue is full, back off briefly
 
         stop, out = multiprocessing.Event(), multiprocessing.Queue()
-        querier = multiprocessing.Process(target=query_loop, args=(port, users, stop, out))
-        querier.start()
+        queriers = [multiprocessing.Process(target=query_loop, args=(port, users, stop, out, i + 1))
+                    for i, port in enumerate(ports.values())]
+        for q in queriers:
+            q.start()
+        if feeder_nice:
+            os.nice(feeder_nice)   # after the queriers started: they keep the normal priority
         t0 = time.perf_counter()
         await asyncio.gather(post_all(bodies[0::2]), post_all(bodies[1::2]))
         elapsed = time.perf_counter() - t0
         stop.set()
-        latencies = out.get(timeout=30)
-        querier.join(10)
-    return {"events": len(bodies) * 1000, "ingest_events_per_s": len(bodies) * 1000 / elapsed, "queries": len(latencies),
-            "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
-            "max_ms": max(latencies), "mean_ms": statistics.fmean(latencies)}
+        by_port = dict(out.get(timeout=30) for _ in queriers)
+        for q in queriers:
+            q.join(10)
+    rate = len(bodies) * 1000 / elapsed
+    rows = []
+    for name, port in ports.items():
+        lat = by_port[port]
+        rows.append({"served_by": name, "port": port, "events": len(bodies) * 1000, "ingest_events_per_s": rate,
+                     "queries": len(lat), "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99),
+                     "max_ms": max(lat), "mean_ms": statistics.fmean(lat)})
+    return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--no-replica", action="store_true", help="only query the daemon's own port")
+    ap.add_argument("--feeder-nice", type=int, default=0, metavar="N",
+                    help="run the posting client at nice N (it shares the machine's cores with the daemon; "
+                         "a shop's clients would not)")
     args = ap.parse_args()
+    ports = {"daemon": 18787} if args.no_replica else {"daemon": 18787, "replica": 18788}
+    replica = "" if args.no_replica else f'listen = "127.0.0.1:{ports["replica"]}"'
     with tempfile.TemporaryDirectory() as tmp:
-        port = 18787
         cfg = Path(tmp) / "cfg.toml"
-        cfg.write_text(CONFIG.format(port=port, data=Path(tmp) / "data"))
+        cfg.write_text(CONFIG.format(port=ports["daemon"], data=Path(tmp) / "data", replica=replica))
         daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run", "-c", str(cfg)], cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            for _ in range(100):
-                try:
-                    import urllib.request
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            result = asyncio.run(run(args.events, port))
+            wait_ready(ports.values())
+            rows = asyncio.run(run(args.events, ports, args.feeder_nice))
         finally:
             daemon.terminate()
             daemon.wait(20)
-    print("| events | ingest events/s | queries | p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {result['events']:,} | {result['ingest_events_per_s']:,.0f} | {result['queries']} | "
-          f"{result['p50_ms']:.2f} | {result['p99_ms']:.2f} | {result['max_ms']:.1f} |")
-    print(orjson.dumps(result).decode())
+    print("| served by | events | ingest events/s | queries | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['served_by']} | {r['events']:,} | {r['ingest_events_per_s']:,.0f} | {r['queries']} | "
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |")
+    print(orjson.dumps(rows).decode())
     return 0
+
+
+def wait_ready(ports: Iterable[int]) -> None:
+    """Until the daemon answers /healthz and the replica (if any) has its snapshot (10 s at most)."""
+    deadline = time.monotonic() + 10
+    for port in ports:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                    if orjson.loads(resp.read()).get("status") == "ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"nothing ready on port {port} after 10 s")
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":

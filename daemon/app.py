@@ -25,6 +25,7 @@ from daemon.pipeline.queue import BoundedQueue, Wakeup
 from daemon.pipeline.runner import Runner
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.validate import Validator
+from daemon.replica.feed import ReplicaFeed
 from daemon.runtime.alerts import AlertSender
 from daemon.runtime.cpu import CpuLane
 from daemon.runtime.reload import plan_reload
@@ -34,6 +35,7 @@ from daemon.sources import SourceConfig
 from daemon.sources.base import SourceContext, SourceHealth
 from daemon.stores.checkpoint import Checkpoint
 from daemon.web.app import open_http_server
+from daemon.web.auth import load_token
 from daemon.web.context import ProcessHealth, WebContext
 
 DRAIN_TIMEOUT_S = 8.0
@@ -80,6 +82,11 @@ class Daemon:
                              log.bind(component="runner"), faults=self.faults, cpu=self.cpu)
         self.alerts = AlertSender(log.bind(component="alerts"))
         self.runner.alerts = self.alerts
+        recs = cfg.recommendations
+        if recs is not None and recs.listen_port:
+            token = load_token(cfg.http.token_file) if cfg.http.token_file else None
+            self.runner.replica = ReplicaFeed(recs, token, log.bind(component="replica_feed"),
+                                              snapshot=self.runner.replica_snapshot, lock=self.runner.state_lock)
         try:
             positions = self.runner.restore()
         except StoreError as exc:
@@ -139,6 +146,8 @@ class Daemon:
             tg.start_soon(self._monitor)
             tg.start_soon(run_runner)
             tg.start_soon(self.alerts.run)
+            if runner.replica is not None:
+                tg.start_soon(runner.replica.run)
             async with anyio.create_task_group() as source_tg:
                 self._source_tg = source_tg
                 for name, source in self.sources.items():

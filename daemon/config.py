@@ -17,6 +17,28 @@ DEFAULT_CONFIG_PATH = "config/storepulse.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or an IP literal) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(r: TableReader, key: str, default: str) -> tuple[str, int]:
+    """`key` as host:port (an error names the key; the default stands in then)."""
+    listen = r.str(key, default)
+    h, sep, p = listen.rpartition(":")
+    if not sep or not p.isdigit() or not 0 <= int(p) <= 65535 or not h:
+        r.error(key, f"expected host:port like \"127.0.0.1:8787\", got {listen!r}")
+        h, _, p = default.rpartition(":")
+        if not p:
+            return "", 0
+    return h.strip("[]"), int(p)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpConfig:
     host: str = "127.0.0.1"
@@ -28,22 +50,11 @@ class HttpConfig:
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
     @classmethod
     def from_toml(cls, r: TableReader) -> HttpConfig:
-        listen = r.str("listen", "127.0.0.1:8787")
-        host, port = "127.0.0.1", 8787
-        h, sep, p = listen.rpartition(":")
-        if not sep or not p.isdigit() or not 0 <= int(p) <= 65535 or not h:
-            r.error("listen", f"expected host:port like \"127.0.0.1:8787\", got {listen!r}")
-        else:
-            host, port = h.strip("[]"), int(p)
+        host, port = _listen(r, "listen", "127.0.0.1:8787")
         cfg = cls(
             host=host,
             port=port,
@@ -116,10 +127,17 @@ class RecommendationsConfig:
     user_ttl_s: float = 7 * 86400.0
     max_users: int = 1_000_000
     max_items: int = 1_000_000
+    # A replica process serving GET /recommendations and /trending on its own address (daemon/replica/):
+    # reads there never wait for the GIL of the process that folds. Port 0 = no replica.
+    listen_host: str = ""
+    listen_port: int = 0
 
     @classmethod
     def from_toml(cls, r: TableReader) -> RecommendationsConfig:
+        host, port = _listen(r, "listen", "") if r.has("listen") else ("", 0)
         cfg = cls(
+            listen_host=host,
+            listen_port=port,
             half_life_s=r.duration_s("half_life", 3600.0),
             neighbours_per_item=r.int("neighbours_per_item", 50, min_value=1, max_value=10_000),
             recent_items_per_user=r.int("recent_items_per_user", 20, min_value=1, max_value=10_000),
@@ -158,7 +176,12 @@ def parse_config(data: dict[str, object], path: str = "") -> Config:
     storage = StorageConfig.from_toml(top.sub("storage"))
     pipeline = PipelineConfig.from_toml(top.sub("pipeline"))
     sources = _read_sources(top.sub("sources"))
-    recommendations = RecommendationsConfig.from_toml(top.sub("recommendations")) if top.has("recommendations") else None
+    recommendations = None
+    if top.has("recommendations"):
+        rr = top.sub("recommendations")
+        recommendations = RecommendationsConfig.from_toml(rr)
+        if recommendations.listen_port and not is_loopback_host(recommendations.listen_host) and not http.token_file:
+            rr.error("listen", f"a non-loopback address ({recommendations.listen_host}) needs http.token_file")
     aggregations = _read_aggregations(top, errors)
     top.finish()
     if errors:

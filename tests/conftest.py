@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,6 +159,9 @@ class DaemonFactory:
                 p.kill()
             except Exception:  # noqa: BLE001
                 pass
+            # And whatever it started (the recommendations replica): its own session, see spawn().
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.popen.pid, signal.SIGKILL)
 
 
 @pytest.fixture

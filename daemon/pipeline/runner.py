@@ -19,7 +19,8 @@ from daemon.pipeline.dedupe import DedupeFilter
 from daemon.pipeline.foldlog import FoldLog, replay
 from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
 from daemon.pipeline.stateparts import StateParts
-from daemon.pipeline.watermark import Watermarks
+from daemon.pipeline.watermark import NO_WATERMARK, Watermarks
+from daemon.replica import protocol as replica_protocol
 from daemon.runtime.cpu import CpuLane
 from daemon.stores.checkpoint import Checkpoint, CommitUnit
 from daemon.stores import schemas
@@ -97,6 +98,9 @@ class Runner:
         # thread): a reload changes the parts and queues only between the two.
         self.state_lock = anyio.Lock()
         self._faults = faults
+        self.replica: Any = None     # a ReplicaFeed when [recommendations] listen is set (daemon/replica/)
+        self._replica_batches: list[EventBatch] = []
+        self._replica_frames: list[bytes] = []
         self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url   # injected failures for tests, e.g. {"wedge_commit"}
 
     # ---- state ---------------------------------------------------------------------------
@@ -233,6 +237,13 @@ class Runner:
         self._observe_accepted()
         self._process_s += time.perf_counter() - t0
         self.advance()
+        if self._replica_batches:
+            # Sent by fold_off_loop, in this order (daemon/replica/feed.py), with the read clock
+            # GET /recommendations uses after this fold.
+            batches, self._replica_batches = self._replica_batches, []
+            wm = self.watermarks
+            now_ms = None if wm.value == NO_WATERMARK else wm.value_or_now(0)
+            self._replica_frames.extend(replica_protocol.observe_frames(batches, now_ms))
 
     def _observe_accepted(self) -> None:
         batches, self._to_observe = self._to_observe, []
@@ -245,6 +256,8 @@ class Runner:
                 batch.extend(b)
         self.parts.observe(batch)
         self.fold_log.observe(batch)
+        if self.replica is not None and self.replica.live:
+            self._replica_batches.append(batch)   # framed by `fold` once the watermark has moved
 
     async def fold_off_loop(self, deliveries: list[Delivery]) -> None:
         """`fold` in a worker thread, so the event loop keeps answering HTTP meanwhile.
@@ -257,6 +270,19 @@ class Runner:
         """
         async with self.state_lock:   # a reload waits for a fold boundary
             await self.cpu.run(self.fold, deliveries)
+            # Still under the lock: the replica gets folds in order, after the snapshot it was sent.
+            frames, self._replica_frames = self._replica_frames, []
+            for frame in frames:
+                self.replica.send(frame)
+
+    async def replica_snapshot(self) -> bytes:
+        """The recommender's state for a (re)starting replica; call with `state_lock` held.
+
+        Frames of folds the snapshot already covers are dropped, so the replica never gets them twice."""
+        self._replica_batches.clear()
+        self._replica_frames.clear()
+        assert self.parts.recommender is not None
+        return await self.cpu.run(self.parts.recommender.snapshot)
 
     @property
     def _alert_urls(self) -> dict[str, str]:

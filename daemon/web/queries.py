@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from aiohttp import web
 
+from daemon.analyzers.recommend import Recommender
+from daemon.analyzers.trending import Trending
 from daemon.web.context import CONTEXT
 
 MAX_LIMIT = 10_000
 
 
-def _int_param(request: web.Request, name: str, default: int, hi: int = MAX_LIMIT) -> int:
+def int_param(request: web.Request, name: str, default: int, hi: int = MAX_LIMIT) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -23,7 +27,7 @@ def _int_param(request: web.Request, name: str, default: int, hi: int = MAX_LIMI
     return value
 
 
-def _json(obj: object, status: int = 200) -> web.Response:
+def json_response(obj: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
@@ -50,10 +54,10 @@ async def windows(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     name = request.match_info["aggregation"]
     if name not in ctx.parts.aggregations:
-        return _json({"error": f"no aggregation named {name!r}", "aggregations": sorted(ctx.parts.aggregations)}, 404)
+        return json_response({"error": f"no aggregation named {name!r}", "aggregations": sorted(ctx.parts.aggregations)}, 404)
     agg = ctx.parts.aggregation(name)
     key = _key_param(request, agg.cfg.group_by)
-    limit = _int_param(request, "limit", 100)
+    limit = int_param(request, "limit", 100)
     rows = ctx.checkpoint.latest_windows(name, key, limit)
     body = b'{"aggregation":' + orjson.dumps(name) + b',"windows":[' + b",".join(rows) + b"]}"
     return web.Response(body=body, content_type="application/json")
@@ -61,7 +65,7 @@ async def windows(request: web.Request) -> web.Response:
 
 async def anomalies(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    limit = _int_param(request, "limit", 100)
+    limit = int_param(request, "limit", 100)
     since = request.query.get("since")
     since_ms = 0
     if since:
@@ -73,23 +77,33 @@ async def anomalies(request: web.Request) -> web.Response:
     return web.Response(body=b'{"anomalies":[' + b",".join(rows) + b"]}", content_type="application/json")
 
 
+def recommendations_answer(rec: Recommender, user: str, k: int, now_ms: int) -> dict[str, Any]:
+    """The body of GET /recommendations/{user_id} (the replica process answers with the same)."""
+    items = rec.recommend(user, k, now_ms)
+    return {"user_id": user, "items": [{"item_id": i, "score": round(s, 6)} for i, s in items]}
+
+
+def trending_answer(tr: Trending, category: str | None, k: int, now_ms: int) -> dict[str, Any]:
+    """The body of GET /trending."""
+    items = tr.top(category, k, now_ms)
+    return {"category": category, "items": [{"item_id": i, "score": round(s, 6)} for i, s in items]}
+
+
 async def recommendations(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     rec = ctx.parts.recommender
     if rec is None:
-        return _json({"error": "recommendations are not enabled ([recommendations] in the config)"}, 404)
-    k = _int_param(request, "k", 10, 1000)
-    user = request.match_info["user_id"]
-    items = rec.recommend(user, k, ctx.runner.watermarks.value_or_now(ctx.clock.now_ms()))
-    return _json({"user_id": user, "items": [{"item_id": i, "score": round(s, 6)} for i, s in items]})
+        return json_response({"error": "recommendations are not enabled ([recommendations] in the config)"}, 404)
+    k = int_param(request, "k", 10, 1000)
+    now_ms = ctx.runner.watermarks.value_or_now(ctx.clock.now_ms())
+    return json_response(recommendations_answer(rec, request.match_info["user_id"], k, now_ms))
 
 
 async def trending(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     tr = ctx.parts.trending
     if tr is None:
-        return _json({"error": "trending needs [recommendations] in the config"}, 404)
-    k = _int_param(request, "k", 10, 1000)
-    category = request.query.get("category") or None
-    items = tr.top(category, k, ctx.runner.watermarks.value_or_now(ctx.clock.now_ms()))
-    return _json({"category": category, "items": [{"item_id": i, "score": round(s, 6)} for i, s in items]})
+        return json_response({"error": "trending needs [recommendations] in the config"}, 404)
+    k = int_param(request, "k", 10, 1000)
+    now_ms = ctx.runner.watermarks.value_or_now(ctx.clock.now_ms())
+    return json_response(trending_answer(tr, request.query.get("category") or None, k, now_ms))

@@ -71,6 +71,7 @@ def collect_stats(ctx: WebContext) -> dict[str, Any]:
         "aggregations": aggs,
         "store": _plain(ctx.checkpoint.statistics()),
         "alerts": _plain(ctx.runner.alerts.statistics()) if ctx.runner.alerts is not None else {},
+        "replica": _plain(ctx.runner.replica.statistics()) if ctx.runner.replica is not None else {},
         "process": {
             "rss_bytes": rss_bytes(),
             "max_rss_bytes": usage.ru_maxrss * 1024,

@@ -69,6 +69,20 @@ def test_non_loopback_listen_needs_a_token():
         "http.token_file: required when listen is not a loopback address (0.0.0.0)"]
 
 
+def test_recommendations_listen_is_host_port_and_off_loopback_needs_the_token():
+    cfg = parse_config({"recommendations": {"listen": "127.0.0.1:8788"}})
+    assert (cfg.recommendations.listen_host, cfg.recommendations.listen_port) == ("127.0.0.1", 8788)
+    assert parse_config({"recommendations": {}}).recommendations.listen_port == 0   # no replica
+    with pytest.raises(ConfigErrors) as e:
+        parse_config({"recommendations": {"listen": "8788"}})
+    assert [str(x) for x in e.value.errors] == ['recommendations.listen: expected host:port like "127.0.0.1:8787", got \'8788\'']
+    with pytest.raises(ConfigErrors) as e:
+        parse_config({"recommendations": {"listen": "0.0.0.0:8788"}})
+    assert str(e.value.errors[0]).startswith("recommendations.listen: a non-loopback address (0.0.0.0) needs http.token_file")
+    cfg = parse_config({"http": {"token_file": "/run/token"}, "recommendations": {"listen": "0.0.0.0:8788"}})
+    assert cfg.recommendations.listen_host == "0.0.0.0"
+
+
 def test_check_config_three_mistakes_three_lines(tmp_path):
     """`storepulse check-config` prints one line per mistake and exits 1, no traceback."""
     path = tmp_path / "bad.toml"

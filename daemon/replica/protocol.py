@@ -1,0 +1,98 @@
+"""Frames the daemon writes to its replica's stdin: u32 payload length, one kind byte, the payload.
+
+CONFIG (first, once): the replica's settings as JSON (the recommendations config, the token).
+SNAPSHOT: `Recommender.snapshot()` bytes; the replica replaces its state with it.
+OBSERVE: one folded batch of accepted events and the read clock after it, as JSON
+`[now_ms | null, source, *columns]` (columns in `events.FIELDS` order, like the fold log's steps).
+Pure: no I/O here, so the parser is tested byte by byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from daemon.config import RecommendationsConfig
+from daemon.events import FIELDS, EventBatch
+
+CONFIG, SNAPSHOT, OBSERVE = b"C", b"S", b"O"
+KINDS = frozenset({CONFIG, SNAPSHOT, OBSERVE})
+HEADER = struct.Struct(">Ic")
+FRAME_EVENTS = 64         # events per OBSERVE frame (~0.3 ms of folding in the replica)
+MAX_FRAME_BYTES = 2**31   # a snapshot of a very large state still fits; anything bigger is corruption
+
+
+class ProtocolError(ValueError):
+    """The byte stream is not a sequence of frames (the replica exits: its parent is broken)."""
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    if kind not in KINDS:
+        raise ValueError(f"unknown frame kind {kind!r}")
+    return HEADER.pack(len(payload), kind) + payload
+
+
+def config_frame(cfg: RecommendationsConfig, token: bytes | None) -> bytes:
+    body = {"recommendations": dataclasses.asdict(cfg), "token": token.decode() if token else None}
+    return frame(CONFIG, orjson.dumps(body))
+
+
+def read_config(payload: bytes) -> tuple[RecommendationsConfig, bytes | None]:
+    body = orjson.loads(payload)
+    token = body.get("token")
+    return RecommendationsConfig(**body["recommendations"]), token.encode() if token else None
+
+
+def observe_frame(batch: EventBatch, now_ms: int | None) -> bytes:
+    return frame(OBSERVE, orjson.dumps([now_ms, batch.source, *(getattr(batch, f) for f in FIELDS)]))
+
+
+def observe_frames(batches: Iterable[EventBatch], now_ms: int | None, max_events: int = FRAME_EVENTS) -> list[bytes]:
+    """OBSERVE frames of at most `max_events` events each: the replica decodes and folds one frame
+    between two reads, so a frame's size bounds how long a read can wait there."""
+    out = []
+    for batch in batches:
+        for start in range(0, len(batch), max_events):
+            part = batch if len(batch) <= max_events else batch.slice(start, start + max_events)
+            out.append(observe_frame(part, now_ms))
+    return out
+
+
+def read_observe(payload: bytes) -> tuple[int | None, EventBatch]:
+    step: list[Any] = orjson.loads(payload)
+    columns = step[2:]
+    if len(columns) != len(FIELDS) or len({len(c) for c in columns}) != 1:
+        raise ProtocolError("an observe frame without its full, equal-length columns")
+    return step[0], EventBatch(step[1], **dict(zip(FIELDS, columns)))
+
+
+class FrameReader:
+    """Incremental parser: `feed` bytes as they arrive, get the complete frames so far."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        self._buf += data
+        out: list[tuple[bytes, bytes]] = []
+        pos = 0
+        buf = self._buf
+        while len(buf) - pos >= HEADER.size:
+            n, kind = HEADER.unpack_from(buf, pos)
+            if kind not in KINDS or n > MAX_FRAME_BYTES:
+                raise ProtocolError(f"bad frame header at byte {pos}: kind {kind!r}, length {n}")
+            end = pos + HEADER.size + n
+            if len(buf) < end:
+                break
+            out.append((kind, bytes(buf[pos + HEADER.size:end])))
+            pos = end
+        del buf[:pos]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)

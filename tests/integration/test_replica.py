@@ -1,0 +1,131 @@
+"""The recommendations replica (`[recommendations] listen`): a second process answering
+/recommendations and /trending like the daemon does, with the daemon's token, restarted from a
+fresh snapshot when it dies, and gone when the daemon stops or is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from daemon.storefront.generator import Generator
+from tests.conftest import free_port, http_get, http_post, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "sp-replica-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CONFIG = """
+[http]
+listen = "127.0.0.1:{port}"
+token_file = "{token_file}"
+
+[storage]
+data_dir = "{data}"
+commit_interval = "50ms"
+
+[pipeline]
+allowed_lateness = "10m"
+
+[sources.webhook]
+type = "ingest"
+ack = "durable"
+
+[recommendations]
+half_life = "1h"
+listen = "127.0.0.1:{replica_port}"
+"""
+
+
+def get(url: str) -> dict:
+    status, body = http_get(url, headers=AUTH)
+    assert status == 200, (url, status, body[:300])
+    return json.loads(body)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def same_answers(d_url: str, r_url: str, users: list[str], categories: list[str]) -> bool:
+    """Every answer of the replica equals the daemon's (ids in order; scores to the 6 decimals sent)."""
+    paths = [f"/recommendations/{u}?k=10" for u in users]
+    paths += ["/trending?k=10"] + [f"/trending?category={c}&k=5" for c in categories]
+    for path in paths:
+        a, b = get(d_url + path)["items"], get(r_url + path)["items"]
+        if [i["item_id"] for i in a] != [i["item_id"] for i in b]:
+            return False
+        if any(abs(x["score"] - y["score"]) > 2e-6 * max(1.0, abs(x["score"])) for x, y in zip(a, b)):
+            return False
+    return True
+
+
+@pytest.fixture
+def replica_daemon(daemon_factory, tmp_path: Path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    port, replica_port = free_port(), free_port()
+    body = CONFIG.format(port=port, replica_port=replica_port, token_file=token_file, data=tmp_path / "data")
+    d = daemon_factory.start(body, port=port, raw_config=True)
+    d.extra["replica_url"] = f"http://127.0.0.1:{replica_port}"
+    return d
+
+
+def feed(d, seed: int, n: int) -> list[dict]:
+    events = Generator(seed=seed, start_ms=int(time.time() * 1000) - 5 * 60_000, rate=50).next_batch(n)
+    for i in range(0, n, 1000):
+        status, _ = http_post(d.url + "/ingest", orjson.dumps(events[i:i + 1000]), headers=AUTH)
+        assert status == 202
+    return events
+
+
+def test_replica_answers_like_the_daemon_and_is_restarted_from_a_snapshot(replica_daemon):
+    d, r_url = replica_daemon, replica_daemon.extra["replica_url"]
+    wait_until(lambda: get(r_url + "/healthz")["status"] == "ok", 20, what="replica synced")
+    assert http_get(r_url + "/recommendations/u1")[0] == 401          # the daemon's token guards it too
+    assert http_get(r_url + "/healthz")[0] == 200                    # like the daemon's, open
+
+    events = feed(d, seed=3, n=8000)
+    users = sorted({e["user_id"] for e in events if e["type"] == "view"})[:40]
+    categories = sorted({e["category"] for e in events if e.get("category")})[:3]
+    wait_until(lambda: get(r_url + "/healthz")["events"] >= get(d.url + "/stats")["events"]["accepted"], 20,
+               what="replica caught up")
+    assert sum(1 for u in users if get(r_url + f"/recommendations/{u}?k=10")["items"]) >= 30
+    assert same_answers(d.url, r_url, users, categories)
+
+    # Killed: the daemon logs it, starts a new one from a snapshot of its own state, which then
+    # follows new events again.
+    first = get(d.url + "/stats")["replica"]
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_until(lambda: get(d.url + "/stats")["replica"]["starts"] == 2, 30, what="replica restarted")
+    wait_until(lambda: get(r_url + "/healthz")["status"] == "ok", 20, what="new replica synced")
+    assert get(r_url + "/healthz")["snapshots"] == 1
+    assert any(e.get("event") == "replica_exited" and e.get("code") == -9 for e in d.log_events())
+    feed(d, seed=4, n=3000)
+    wait_until(lambda: same_answers(d.url, r_url, users, categories), 20, what="restarted replica in step")
+
+    pid = get(d.url + "/stats")["replica"]["pid"]
+    assert d.stop() == 0
+    wait_until(lambda: not alive(pid), 10, what="replica gone after the daemon stopped")
+
+
+def test_replica_exits_when_the_daemon_is_killed(replica_daemon):
+    d, r_url = replica_daemon, replica_daemon.extra["replica_url"]
+    wait_until(lambda: get(r_url + "/healthz")["status"] == "ok", 20, what="replica synced")
+    pid = get(d.url + "/stats")["replica"]["pid"]
+    d.kill()                                   # kill -9: nothing tells the replica, but its stdin ends
+    wait_until(lambda: not alive(pid), 10, what="replica gone after kill -9 of the daemon")

@@ -1,0 +1,77 @@
+"""Frames between the daemon and its replica (daemon/replica/protocol.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.config import RecommendationsConfig
+from daemon.events import FIELDS, EventBatch
+from daemon.replica import protocol
+
+frames = st.lists(st.tuples(st.sampled_from(sorted(protocol.KINDS)), st.binary(max_size=300)), max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames, st.lists(st.integers(min_value=0, max_value=10_000), max_size=10))
+def test_frames_come_out_whole_and_in_order_however_the_bytes_are_cut(sent, cuts):
+    stream = b"".join(protocol.frame(k, p) for k, p in sent)
+    reader, got, start = protocol.FrameReader(), [], 0
+    for cut in sorted({min(c, len(stream)) for c in cuts}) + [len(stream)]:
+        got += reader.feed(stream[start:cut])
+        start = cut
+    assert got == sent
+    assert reader.buffered == 0
+
+
+def test_a_corrupt_header_is_an_error_not_a_guess():
+    with pytest.raises(protocol.ProtocolError):
+        protocol.FrameReader().feed(b"\x00\x00\x00\x01Xz")
+    with pytest.raises(ValueError):
+        protocol.frame(b"X", b"")
+
+
+def _batch(n: int) -> EventBatch:
+    b = EventBatch("src")
+    for i in range(n):
+        b.event_id.append(f"e{i}")
+        b.ts.append(1_700_000_000_000 + i)
+        b.type.append("view")
+        b.user_id.append(f"u{i % 7}")
+        b.session_id.append(f"s{i % 3}")
+        b.item_id.append(f"i{i % 11}")
+        b.category.append(None if i % 5 == 0 else "shoes")
+        b.price.append(None)
+        b.quantity.append(1)
+        b.revenue.append(0.0)
+    return b
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=300), max_size=5), st.integers(min_value=1, max_value=100),
+       st.one_of(st.none(), st.integers(min_value=0, max_value=2**53)))
+def test_observe_frames_split_batches_and_keep_every_event_in_order(sizes, max_events, now_ms):
+    batches = [_batch(n) for n in sizes]
+    out = protocol.observe_frames(batches, now_ms, max_events=max_events)
+    decoded = []
+    for data in out:
+        (kind, payload), = protocol.FrameReader().feed(data)
+        assert kind == protocol.OBSERVE
+        got_now, batch = protocol.read_observe(payload)
+        assert got_now == now_ms and 0 < len(batch) <= max_events
+        decoded.append(batch)
+    for name in FIELDS:
+        assert [v for b in decoded for v in b.column(name)] == [v for b in batches for v in b.column(name)]
+
+
+def test_config_frame_round_trip_carries_the_token():
+    cfg = RecommendationsConfig(half_life_s=60.0, listen_host="127.0.0.1", listen_port=9999)
+    (kind, payload), = protocol.FrameReader().feed(protocol.config_frame(cfg, b"secret-token-0123456789"))
+    assert kind == protocol.CONFIG
+    assert protocol.read_config(payload) == (cfg, b"secret-token-0123456789")
+
+
+def test_an_observe_frame_with_ragged_columns_is_refused():
+    with pytest.raises(protocol.ProtocolError):
+        protocol.read_observe(b'[null, "s", ["a"], [1, 2], [], [], [], [], [], [], [], []]')
