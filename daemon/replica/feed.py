@@ -48,13 +48,14 @@ class ReplicaFeed:
 
     def __init__(self, cfg: RecommendationsConfig, token: bytes | None, log: Any,
                  snapshot: Callable[[], Awaitable[bytes]], lock: anyio.Lock,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, max_behind_bytes: int = MAX_BEHIND_BYTES) -> None:
         self.cfg = cfg
         self._token = token
         self.log = log
         self._snapshot = snapshot       # the recommender's state, taken in the CPU lane
         self._lock = lock               # the runner's state lock: held, no fold is in flight
         self._command = command or [sys.executable, "-m", "daemon.replica"]
+        self._max_behind = max_behind_bytes
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
         self._wake = anyio.Event()
@@ -73,7 +74,7 @@ class ReplicaFeed:
         self._out.append(data)
         self._out_bytes += len(data)
         self._frames += 1
-        if self._out_bytes > MAX_BEHIND_BYTES:
+        if self._out_bytes > self._max_behind:
             self.log.warning("replica_behind", outbox_bytes=self._out_bytes, action="restart from a snapshot")
             self._resyncs += 1
             self._drop_outbox()

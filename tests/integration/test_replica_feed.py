@@ -1,0 +1,92 @@
+"""ReplicaFeed's bounds, with stand-in replica processes: one that never reads its stdin (stuck) and
+one that exits at once. The daemon must never wait for either: a stuck replica is killed once its
+outbox passes the bound and started again from a new snapshot; an exiting one is restarted with backoff."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from daemon.config import RecommendationsConfig
+from daemon.replica.feed import ReplicaFeed
+from tests.integration.servers import RecordingLog
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+CFG = RecommendationsConfig(listen_host="127.0.0.1", listen_port=1)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.02)
+
+
+def stand_in(tmp_path: Path, body: str) -> list[str]:
+    script = tmp_path / "replica.py"
+    script.write_text(f"import os, sys, time\nopen({str(tmp_path / 'pids')!r}, 'a').write(f'{{os.getpid()}}\\n')\n{body}\n")
+    return [sys.executable, str(script)]
+
+
+def pids(tmp_path: Path) -> list[int]:
+    path = tmp_path / "pids"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
+async def test_a_stuck_replica_is_killed_at_the_bound_and_restarted_from_a_new_snapshot(tmp_path):
+    log, lock, snapshots = RecordingLog(), anyio.Lock(), []
+
+    async def snapshot() -> bytes:
+        snapshots.append(len(snapshots))
+        return b"state"
+
+    feed = ReplicaFeed(CFG, None, log, snapshot=snapshot, lock=lock,
+                       command=stand_in(tmp_path, "time.sleep(60)"), max_behind_bytes=1 << 20)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed.run)
+        await wait_for(lambda: feed.live and len(pids(tmp_path)) == 1)
+        first = pids(tmp_path)[0]
+        for _ in range(40):                        # 2.5 MiB: the pipe takes ~64 KiB, the outbox the rest
+            feed.send(b"x" * 65536)
+            await anyio.sleep(0)
+        assert feed.statistics().resyncs == 1
+        await wait_for(lambda: feed.statistics().starts == 2 and feed.live)
+        assert len(snapshots) == 2 and gone(first)
+        assert log.events("replica_behind") and log.events("replica_exited")
+        assert feed.statistics().outbox_bytes < 1 << 20
+        tg.cancel_scope.cancel()
+    assert all(gone(p) for p in pids(tmp_path))    # the feed's end stops its replica
+
+
+async def test_a_replica_that_exits_is_started_again_with_backoff(tmp_path):
+    log, lock = RecordingLog(), anyio.Lock()
+
+    async def snapshot() -> bytes:
+        return b"state"
+
+    feed = ReplicaFeed(CFG, None, log, snapshot=snapshot, lock=lock, command=stand_in(tmp_path, "sys.exit(3)"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed.run)
+        await wait_for(lambda: len(log.events("replica_exited")) >= 3)
+        tg.cancel_scope.cancel()
+    exits = log.events("replica_exited")
+    assert {e["code"] for e in exits} == {3}
+    assert all(0 <= e["restart_in_s"] <= 30 for e in exits)
+    assert not feed.live and len(pids(tmp_path)) >= 3
