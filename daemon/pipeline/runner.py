@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -25,6 +25,9 @@ from daemon.runtime.cpu import CpuLane
 from daemon.stores.checkpoint import Checkpoint, CommitUnit
 from daemon.stores import schemas
 from daemon import jsonbytes
+
+if TYPE_CHECKING:
+    from daemon.replica.feed import ReplicaFeed
 
 FOLD_EVENTS = 4096        # events taken from the queues for one fold in the worker thread
 COMMIT_RETRY_S = 5.0
@@ -97,11 +100,11 @@ class Runner:
         # Held while a fold runs and while a commit builds its unit (both in the CPU lane's worker
         # thread): a reload changes the parts and queues only between the two.
         self.state_lock = anyio.Lock()
-        self._faults = faults
-        self.replica: Any = None     # a ReplicaFeed when [recommendations] listen is set (daemon/replica/)
+        self._faults = faults     # injected failures for tests, e.g. {"wedge_commit"}
+        self.replica: ReplicaFeed | None = None   # set by the app when [recommendations] listen is set
         self._replica_batches: list[EventBatch] = []
         self._replica_frames: list[bytes] = []
-        self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url   # injected failures for tests, e.g. {"wedge_commit"}
+        self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url
 
     # ---- state ---------------------------------------------------------------------------
     def restore(self) -> dict[str, bytes]:
@@ -272,8 +275,9 @@ class Runner:
             await self.cpu.run(self.fold, deliveries)
             # Still under the lock: the replica gets folds in order, after the snapshot it was sent.
             frames, self._replica_frames = self._replica_frames, []
-            for frame in frames:
-                self.replica.send(frame)
+            if self.replica is not None:
+                for frame in frames:
+                    self.replica.send(frame)
 
     async def replica_snapshot(self) -> bytes:
         """The recommender's state for a (re)starting replica; call with `state_lock` held.
