@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import random
@@ -164,12 +165,10 @@ def wait_ready(ports: Iterable[int]) -> None:
     deadline = time.monotonic() + 10
     for port in ports:
         while True:
-            try:
+            with contextlib.suppress(OSError):   # not listening yet
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
                     if orjson.loads(resp.read()).get("status") == "ok":
                         break
-            except OSError:
-                pass
             if time.monotonic() > deadline:
                 raise SystemExit(f"nothing ready on port {port} after 10 s")
             time.sleep(0.1)
