@@ -129,3 +129,31 @@ def test_replica_exits_when_the_daemon_is_killed(replica_daemon):
     pid = get(d.url + "/stats")["replica"]["pid"]
     d.kill()                                   # kill -9: nothing tells the replica, but its stdin ends
     wait_until(lambda: not alive(pid), 10, what="replica gone after kill -9 of the daemon")
+
+
+def test_replica_stays_in_step_across_a_reload(replica_daemon):
+    """A SIGHUP that adds a source and an aggregation, events through the new source, a SIGHUP that
+    removes them again: the replica follows without a restart and answers what the daemon answers."""
+    d, r_url = replica_daemon, replica_daemon.extra["replica_url"]
+    wait_until(lambda: get(r_url + "/healthz")["status"] == "ok", 20, what="replica synced")
+    events = feed(d, seed=5, n=3000)
+    cfg = d.extra["config_path"]
+    base = cfg.read_text()
+    cfg.write_text(base + '\n[sources.second]\ntype = "ingest"\n\n[[aggregations]]\nname = "by_type"\n'
+                   'group_by = ["type"]\nwindow = { type = "tumbling", size = "1m" }\nmetrics = { n = "count" }\n')
+    d.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: any(e.get("event") == "reloaded" for e in d.log_events()), 10, what="first reload")
+    more = Generator(seed=6, start_ms=int(time.time() * 1000) - 4 * 60_000, rate=50).next_batch(2000)
+    for i in range(0, len(more), 1000):
+        status, _ = http_post(d.url + "/ingest/second", orjson.dumps(more[i:i + 1000]), headers=AUTH)
+        assert status == 202
+    cfg.write_text(base)
+    d.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: sum(e.get("event") == "reloaded" for e in d.log_events()) == 2, 10, what="second reload")
+    feed(d, seed=7, n=2000)
+    users = sorted({e["user_id"] for e in events + more if e["type"] == "view"})[:40]
+    categories = sorted({e["category"] for e in events if e.get("category")})[:3]
+    wait_until(lambda: get(r_url + "/healthz")["events"] >= get(d.url + "/stats")["events"]["accepted"], 20,
+               what="replica caught up")
+    assert get(d.url + "/stats")["replica"]["starts"] == 1     # followed the reloads, not restarted
+    assert same_answers(d.url, r_url, users, categories)
