@@ -35,6 +35,8 @@ NOT_EXPORTED = (
     "store.lmdb.path",
     "store.arrow.root",
     "process.time_ms",          # the wall clock at the snapshot; Prometheus stamps its own
+    "replica.listen",           # configuration, not a figure
+    "replica.pid",              # changes at every restart; storepulse_replica_starts_total counts them
 )
 
 
@@ -83,6 +85,11 @@ SCALARS = (
     Fig("alerts.sent", "storepulse_alerts_sent_total", COUNTER, "Anomaly webhooks delivered."),
     Fig("alerts.failed", "storepulse_alerts_failed_total", COUNTER, "Anomaly webhooks given up after all retries."),
     Fig("alerts.dropped", "storepulse_alerts_dropped_total", COUNTER, "Anomaly webhooks dropped because the alert queue was full."),
+    Fig("replica.running", "storepulse_replica_running", GAUGE, "1 while the recommendations replica process runs ([recommendations] listen)."),
+    Fig("replica.starts", "storepulse_replica_starts_total", COUNTER, "Recommendations replica processes started (restarts included)."),
+    Fig("replica.resyncs", "storepulse_replica_resyncs_total", COUNTER, "Replicas restarted from a snapshot because they fell too far behind."),
+    Fig("replica.frames_sent", "storepulse_replica_frames_total", COUNTER, "Frames queued for the recommendations replica."),
+    Fig("replica.outbox_bytes", "storepulse_replica_outbox_bytes", GAUGE, "Bytes waiting to be written to the recommendations replica."),
     Fig("process.rss_bytes", "storepulse_process_resident_memory_bytes", GAUGE, "Resident set size in bytes."),
     Fig("process.max_rss_bytes", "storepulse_process_max_resident_memory_bytes", GAUGE, "Peak resident set size in bytes."),
     Fig("process.cpu_seconds", "storepulse_process_cpu_seconds_total", COUNTER, "User and system CPU time in seconds."),

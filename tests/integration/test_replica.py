@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from daemon.storefront.generator import Generator
+from daemon.web.prometheus import unexported_figures
 from tests.conftest import free_port, http_get, http_post, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -106,6 +107,9 @@ def test_replica_answers_like_the_daemon_and_is_restarted_from_a_snapshot(replic
                what="replica caught up")
     assert sum(1 for u in users if get(r_url + f"/recommendations/{u}?k=10")["items"]) >= 30
     assert same_answers(d.url, r_url, users, categories)
+    assert unexported_figures(get(d.url + "/stats")) == []          # every replica figure is in /metrics
+    status, metrics = http_get(d.url + "/metrics", headers=AUTH)
+    assert status == 200 and b"storepulse_replica_running 1.0" in metrics
 
     # Killed: the daemon logs it, starts a new one from a snapshot of its own state, which then
     # follows new events again.
