@@ -135,6 +135,8 @@ class RecommendationsConfig:
     @classmethod
     def from_toml(cls, r: TableReader) -> RecommendationsConfig:
         host, port = _listen(r, "listen", "") if r.has("listen") else ("", 0)
+        if r.has("listen") and host and port == 0:
+            r.error("listen", "needs a port between 1 and 65535 (leave the key out for no replica)")
         cfg = cls(
             listen_host=host,
             listen_port=port,
@@ -182,6 +184,8 @@ def parse_config(data: dict[str, object], path: str = "") -> Config:
         recommendations = RecommendationsConfig.from_toml(rr)
         if recommendations.listen_port and not is_loopback_host(recommendations.listen_host) and not http.token_file:
             rr.error("listen", f"a non-loopback address ({recommendations.listen_host}) needs http.token_file")
+        if (recommendations.listen_host, recommendations.listen_port) == (http.host, http.port):
+            rr.error("listen", f"is http.listen too ({http.host}:{http.port}); the replica needs its own port")
     aggregations = _read_aggregations(top, errors)
     top.finish()
     if errors:

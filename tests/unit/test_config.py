@@ -81,6 +81,10 @@ def test_recommendations_listen_is_host_port_and_off_loopback_needs_the_token():
     assert str(e.value.errors[0]).startswith("recommendations.listen: a non-loopback address (0.0.0.0) needs http.token_file")
     cfg = parse_config({"http": {"token_file": "/run/token"}, "recommendations": {"listen": "0.0.0.0:8788"}})
     assert cfg.recommendations.listen_host == "0.0.0.0"
+    assert _problems({"recommendations": {"listen": "127.0.0.1:0"}}) == [
+        "recommendations.listen: needs a port between 1 and 65535 (leave the key out for no replica)"]
+    assert _problems({"recommendations": {"listen": "127.0.0.1:8787"}}) == [
+        "recommendations.listen: is http.listen too (127.0.0.1:8787); the replica needs its own port"]
 
 
 def test_check_config_three_mistakes_three_lines(tmp_path):
