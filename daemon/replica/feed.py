@@ -128,11 +128,11 @@ class ReplicaFeed:
                 tg.start_soon(pump)
                 await proc.wait()
                 tg.cancel_scope.cancel()
-            return proc.returncode
         finally:
             self._drop_outbox()
             with anyio.CancelScope(shield=True):
                 await self._stop(proc)
+        return proc.returncode   # after _stop: a replica whose stdin broke has exited (or was killed) by now
 
     async def _pump(self, proc: Process) -> None:
         """Write queued frames to the replica's stdin until it breaks."""
