@@ -148,16 +148,37 @@ def main() -> int:
         try:
             wait_ready(ports.values())
             rows = asyncio.run(run(args.events, ports, args.feeder_nice))
+            peaks = peak_rss_mib(daemon.pid, ports["daemon"])
+            for r in rows:
+                r["peak_rss_mib"] = peaks.get(r["served_by"])
         finally:
             daemon.terminate()
             daemon.wait(20)
-    print("| served by | events | ingest events/s | queries | p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|---|---|")
+    print("| served by | events | ingest events/s | queries | p50 ms | p99 ms | max ms | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        rss = "?" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:,.0f}"
         print(f"| {r['served_by']} | {r['events']:,} | {r['ingest_events_per_s']:,.0f} | {r['queries']} | "
-              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |")
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {rss} |")
     print(orjson.dumps(rows).decode())
     return 0
+
+
+def peak_rss_mib(daemon_pid: int, daemon_port: int) -> dict[str, float]:
+    """Peak RSS (VmHWM) of the daemon and of its replica (its pid from /stats), read before they stop."""
+    pids = {"daemon": daemon_pid}
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon_port}/stats", timeout=5) as resp:
+            replica = orjson.loads(resp.read())["replica"]
+        if replica.get("pid"):
+            pids["replica"] = replica["pid"]
+    out = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out[name] = int(line.split()[1]) / 1024
+    return out
 
 
 def wait_ready(ports: Iterable[int]) -> None:
