@@ -26,6 +26,7 @@ from daemon.pipeline.runner import Runner
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.validate import Validator
 from daemon.replica.feed import ReplicaFeed
+from daemon.replica.protocol import ReplicaSettings
 from daemon.runtime.alerts import AlertSender
 from daemon.runtime.cpu import CpuLane
 from daemon.runtime.reload import plan_reload
@@ -85,7 +86,8 @@ class Daemon:
         recs = cfg.recommendations
         if recs is not None and recs.listen_port:
             token = load_token(cfg.http.token_file) if cfg.http.token_file else None
-            self.runner.replica = ReplicaFeed(recs, token, log.bind(component="replica_feed"),
+            settings = ReplicaSettings(recs, token, cfg.http.max_connections, cfg.http.idle_timeout_s)
+            self.runner.replica = ReplicaFeed(settings, log.bind(component="replica_feed"),
                                               snapshot=self.runner.replica_snapshot, lock=self.runner.state_lock)
         try:
             positions = self.runner.restore()

@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from daemon.config import RecommendationsConfig
 from daemon.replica import protocol
+from daemon.replica.protocol import ReplicaSettings
 from daemon.sources.backoff import Backoff
 
 MAX_BEHIND_BYTES = 256 * 2**20
@@ -46,11 +46,11 @@ class ReplicaStats:
 class ReplicaFeed:
     """Runs the replica process for the daemon's lifetime (`run` is a task of the daemon)."""
 
-    def __init__(self, cfg: RecommendationsConfig, token: bytes | None, log: Any,
+    def __init__(self, settings: ReplicaSettings, log: Any,
                  snapshot: Callable[[], Awaitable[bytes]], lock: anyio.Lock,
                  command: list[str] | None = None, max_behind_bytes: int = MAX_BEHIND_BYTES) -> None:
-        self.cfg = cfg
-        self._token = token
+        self.settings = settings
+        self.cfg = settings.recommendations
         self.log = log
         self._snapshot = snapshot       # the recommender's state, taken in the CPU lane
         self._lock = lock               # the runner's state lock: held, no fold is in flight
@@ -116,7 +116,7 @@ class ReplicaFeed:
             async with self._lock:
                 snap = await self._snapshot()
                 self._drop_outbox()
-                self._out.append(protocol.config_frame(self.cfg, self._token))
+                self._out.append(protocol.config_frame(self.settings))
                 self._out.append(protocol.frame(protocol.SNAPSHOT, snap))
                 self._out_bytes = sum(map(len, self._out))
                 self.live = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from dataclasses import dataclass
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,15 +37,28 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return HEADER.pack(len(payload), kind) + payload
 
 
-def config_frame(cfg: RecommendationsConfig, token: bytes | None) -> bytes:
-    body = {"recommendations": dataclasses.asdict(cfg), "token": token.decode() if token else None}
+@dataclass(frozen=True, slots=True)
+class ReplicaSettings:
+    """What the replica needs from the daemon's config (sent in the CONFIG frame, never on argv)."""
+
+    recommendations: RecommendationsConfig
+    token: bytes | None = None              # http.token_file's token: the replica requires it too
+    max_connections: int = 2048             # http.max_connections
+    idle_timeout_s: float = 30.0            # http.idle_timeout
+
+
+def config_frame(settings: ReplicaSettings) -> bytes:
+    body = {"recommendations": dataclasses.asdict(settings.recommendations),
+            "token": settings.token.decode() if settings.token else None,
+            "max_connections": settings.max_connections, "idle_timeout_s": settings.idle_timeout_s}
     return frame(CONFIG, orjson.dumps(body))
 
 
-def read_config(payload: bytes) -> tuple[RecommendationsConfig, bytes | None]:
+def read_config(payload: bytes) -> ReplicaSettings:
     body = orjson.loads(payload)
     token = body.get("token")
-    return RecommendationsConfig(**body["recommendations"]), token.encode() if token else None
+    return ReplicaSettings(RecommendationsConfig(**body["recommendations"]), token.encode() if token else None,
+                           int(body["max_connections"]), float(body["idle_timeout_s"]))
 
 
 def observe_frame(batch: EventBatch, now_ms: int | None) -> bytes:

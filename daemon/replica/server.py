@@ -25,7 +25,9 @@ from aiohttp import web
 from daemon.analyzers.recommend import Recommender
 from daemon.log import configure_logging, get_logger
 from daemon.replica import protocol
+from daemon.web.app import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from daemon.web.auth import auth_middleware
+from daemon.web.limits import LimitedTCPSite
 from daemon.web.queries import int_param, json_response, recommendations_answer, trending_answer
 
 READ_BYTES = 1 << 20
@@ -155,16 +157,22 @@ async def _read_frames(reader: asyncio.StreamReader, frames: protocol.FrameReade
 
 
 async def serve(config_payload: bytes, log: Any) -> int:
-    cfg, token = protocol.read_config(config_payload)
+    settings = protocol.read_config(config_payload)
+    cfg = settings.recommendations
     collector = Collector()
     rep = Replica(Recommender(cfg), collector)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=READ_BYTES)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    runner = web.AppRunner(build_app(rep, token), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    # The daemon's own HTTP bounds (web/app.py): idle and header-phase timeout, line and header
+    # sizes, open connections.
+    runner = web.AppRunner(build_app(rep, settings.token), access_log=None, handle_signals=False,
+                           shutdown_timeout=1.0, keepalive_timeout=settings.idle_timeout_s,
+                           max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES, max_headers=MAX_HEADERS)
     await runner.setup()
     try:
-        await web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True).start()
+        await LimitedTCPSite(runner, cfg.listen_host, cfg.listen_port, max_connections=settings.max_connections,
+                             backlog=512).start()
     except OSError as exc:
         log.error("replica_listen_failed", listen=f"{cfg.listen_host}:{cfg.listen_port}", error=str(exc))
         await runner.cleanup()

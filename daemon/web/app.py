@@ -11,6 +11,7 @@ from aiohttp import web
 from daemon.web import health, queries, stats
 from daemon.web.auth import auth_middleware, load_token
 from daemon.web.context import CONTEXT, WebContext
+from daemon.web.limits import LimitedTCPSite
 from daemon.web.prometheus import metrics
 
 
@@ -87,7 +88,9 @@ async def open_http_server(ctx: WebContext) -> AsyncIterator[web.AppRunner]:
         lingering_time=LINGER_S,    # at most this long draining a body the handler left unread
     )
     await runner.setup()
-    site = web.TCPSite(runner, ctx.cfg.http.host, ctx.cfg.http.port, backlog=512, reuse_address=True)
+    site = LimitedTCPSite(runner, ctx.cfg.http.host, ctx.cfg.http.port,
+                          max_connections=ctx.cfg.http.max_connections, backlog=512)
+    ctx.health.listener = site
     try:
         await site.start()
         yield runner

@@ -24,6 +24,7 @@ class ProcessHealth:
     ready: bool = False
     not_ready_reasons: list[str] = field(default_factory=list)
     store_error: str = ""
+    listener: Any = None          # the LimitedTCPSite (open and refused connections)
 
 
 @dataclass(slots=True)

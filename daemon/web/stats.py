@@ -72,6 +72,11 @@ def collect_stats(ctx: WebContext) -> dict[str, Any]:
         "store": _plain(ctx.checkpoint.statistics()),
         "alerts": _plain(ctx.runner.alerts.statistics()) if ctx.runner.alerts is not None else {},
         "replica": _plain(ctx.runner.replica.statistics()) if ctx.runner.replica is not None else {},
+        "http": {
+            "max_connections": ctx.cfg.http.max_connections,
+            "open_connections": ctx.health.listener.open_connections if ctx.health.listener is not None else 0,
+            "refused_connections": ctx.health.listener.refused if ctx.health.listener is not None else 0,
+        },
         "process": {
             "rss_bytes": rss_bytes(),
             "max_rss_bytes": usage.ru_maxrss * 1024,

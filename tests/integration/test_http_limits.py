@@ -3,6 +3,7 @@ are refused, and 1,000 idle connections do not stall /stats."""
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
 import time
@@ -147,6 +148,32 @@ def test_idle_connections_do_not_stall_stats(daemon_factory: DaemonFactory, many
             assert status == 200
             assert time.monotonic() - t0 < 1.0
         assert http_get(proc.url + "/metrics", timeout=5)[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_connections_beyond_max_connections_get_503_and_are_counted(daemon_factory: DaemonFactory) -> None:
+    """With http.max_connections = 4: four idle connections are kept, a fifth is answered 503 and
+    closed, /stats and /metrics count it, and once one closes a new connection is served again."""
+    proc = daemon_factory.start(CONFIG.replace('idle_timeout = "%s"', 'idle_timeout = "30s"\nmax_connections = 4'))
+    socks = [socket.create_connection(("127.0.0.1", proc.port), timeout=5) for _ in range(4)]
+    try:
+        time.sleep(0.3)                               # the daemon has accepted all four
+        extra = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+        answer = extra.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in answer and b"max_connections" in answer
+        assert extra.recv(4096) == b""                # and closed
+        extra.close()
+        socks.pop().close()
+        time.sleep(0.3)
+        status, body = http_get(proc.url + "/stats")
+        assert status == 200
+        http = json.loads(body)["http"]
+        assert http["refused_connections"] == 1 and http["max_connections"] == 4
+        assert http["open_connections"] == 4            # three idle ones and this request's
+        status, metrics = http_get(proc.url + "/metrics")
+        assert status == 200 and b"storepulse_http_refused_connections_total 1.0" in metrics
     finally:
         for s in socks:
             s.close()

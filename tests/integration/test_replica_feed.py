@@ -13,11 +13,12 @@ import pytest
 
 from daemon.config import RecommendationsConfig
 from daemon.replica.feed import ReplicaFeed
+from daemon.replica.protocol import ReplicaSettings
 from tests.integration.servers import RecordingLog
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
-CFG = RecommendationsConfig(listen_host="127.0.0.1", listen_port=1)
+CFG = ReplicaSettings(RecommendationsConfig(listen_host="127.0.0.1", listen_port=1))
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ async def test_a_stuck_replica_is_killed_at_the_bound_and_restarted_from_a_new_s
         snapshots.append(len(snapshots))
         return b"state"
 
-    feed = ReplicaFeed(CFG, None, log, snapshot=snapshot, lock=lock,
+    feed = ReplicaFeed(CFG, log, snapshot=snapshot, lock=lock,
                        command=stand_in(tmp_path, "time.sleep(60)"), max_behind_bytes=1 << 20)
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
@@ -81,7 +82,7 @@ async def test_a_replica_that_exits_is_started_again_with_backoff(tmp_path):
     async def snapshot() -> bytes:
         return b"state"
 
-    feed = ReplicaFeed(CFG, None, log, snapshot=snapshot, lock=lock, command=stand_in(tmp_path, "sys.exit(3)"))
+    feed = ReplicaFeed(CFG, log, snapshot=snapshot, lock=lock, command=stand_in(tmp_path, "sys.exit(3)"))
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await wait_for(lambda: len(log.events("replica_exited")) >= 3)

@@ -65,11 +65,12 @@ def test_observe_frames_split_batches_and_keep_every_event_in_order(sizes, max_e
         assert [v for b in decoded for v in b.column(name)] == [v for b in batches for v in b.column(name)]
 
 
-def test_config_frame_round_trip_carries_the_token():
+def test_config_frame_round_trip_carries_the_token_and_bounds():
     cfg = RecommendationsConfig(half_life_s=60.0, listen_host="127.0.0.1", listen_port=9999)
-    (kind, payload), = protocol.FrameReader().feed(protocol.config_frame(cfg, b"secret-token-0123456789"))
+    settings = protocol.ReplicaSettings(cfg, b"secret-token-0123456789", max_connections=7, idle_timeout_s=2.5)
+    (kind, payload), = protocol.FrameReader().feed(protocol.config_frame(settings))
     assert kind == protocol.CONFIG
-    assert protocol.read_config(payload) == (cfg, b"secret-token-0123456789")
+    assert protocol.read_config(payload) == settings
 
 
 def test_an_observe_frame_with_ragged_columns_is_refused():
