@@ -179,16 +179,25 @@ async def serve(config_payload: bytes, log: Any) -> int:
         return 1
     log.info("replica_started", listen=f"{cfg.listen_host}:{cfg.listen_port}")
     frames = protocol.FrameReader()
+    bad_input: list[str] = []
+
+    async def read_all() -> None:
+        # Caught here, not around the task group: it would arrive wrapped in an ExceptionGroup.
+        try:
+            await _read_frames(reader, frames, rep)
+        except protocol.ProtocolError as exc:
+            bad_input.append(str(exc))
+
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(collector.run)
-            await _read_frames(reader, frames, rep)
+            await read_all()
             tg.cancel_scope.cancel()
-    except protocol.ProtocolError as exc:
-        log.error("replica_bad_input", error=str(exc))
-        return 2
     finally:
         await runner.cleanup()
+    if bad_input:
+        log.error("replica_bad_input", error=bad_input[0])
+        return 2
     log.info("replica_stopped", frames=rep.frames, events=rep.events)
     return 0
 

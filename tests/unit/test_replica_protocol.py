@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -76,3 +78,21 @@ def test_config_frame_round_trip_carries_the_token_and_bounds():
 def test_an_observe_frame_with_ragged_columns_is_refused():
     with pytest.raises(protocol.ProtocolError):
         protocol.read_observe(b'[null, "s", ["a"], [1, 2], [], [], [], [], [], [], [], []]')
+
+
+def test_the_replica_process_exits_2_on_a_corrupt_stream_and_says_why():
+    """A broken parent (bytes that are not frames) ends the replica with a log line, not a traceback."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = protocol.ReplicaSettings(RecommendationsConfig(listen_host="127.0.0.1", listen_port=port))
+    data = protocol.config_frame(settings) + b"\x00\x00\x00\x01Zjunk"
+    p = subprocess.run([sys.executable, "-m", "daemon.replica"], input=data, capture_output=True, timeout=30,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 2, p.stderr.decode()[-2000:]
+    assert b'"event":"replica_bad_input"' in p.stdout and b"bad frame header" in p.stdout
+    assert b"Traceback" not in p.stderr
