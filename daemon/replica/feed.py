@@ -98,7 +98,10 @@ class ReplicaFeed:
         try:
             while True:
                 started = anyio.current_time()
-                code = await self._run_once()
+                try:
+                    code: int | str | None = await self._run_once()
+                except OSError as exc:   # could not start it (no such interpreter, out of fds or memory)
+                    code = f"not started: {exc}"
                 ran_s = anyio.current_time() - started
                 if ran_s >= HEALTHY_AFTER_S:
                     backoff = backoff.reset()

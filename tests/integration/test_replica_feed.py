@@ -91,3 +91,17 @@ async def test_a_replica_that_exits_is_started_again_with_backoff(tmp_path):
     assert {e["code"] for e in exits} == {3}
     assert all(0 <= e["restart_in_s"] <= 30 for e in exits)
     assert not feed.live and len(pids(tmp_path)) >= 3
+
+
+async def test_a_replica_that_cannot_start_is_retried_not_fatal(tmp_path):
+    log, lock = RecordingLog(), anyio.Lock()
+
+    async def snapshot() -> bytes:
+        return b"state"
+
+    feed = ReplicaFeed(CFG, log, snapshot=snapshot, lock=lock, command=[str(tmp_path / "no-such-python")])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed.run)
+        await wait_for(lambda: len(log.events("replica_exited")) >= 2)
+        tg.cancel_scope.cancel()
+    assert all(str(e["code"]).startswith("not started: ") for e in log.events("replica_exited"))
