@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.config import RecommendationsConfig
-from daemon.events import FIELDS, EventBatch
+from daemon.events import FIELDS
 from daemon.replica import protocol
+from tests.strategies import event_batches
 
 frames = st.lists(st.tuples(st.sampled_from(sorted(protocol.KINDS)), st.binary(max_size=300)), max_size=20)
 
@@ -34,27 +35,10 @@ def test_a_corrupt_header_is_an_error_not_a_guess():
         protocol.frame(b"X", b"")
 
 
-def _batch(n: int) -> EventBatch:
-    b = EventBatch("src")
-    for i in range(n):
-        b.event_id.append(f"e{i}")
-        b.ts.append(1_700_000_000_000 + i)
-        b.type.append("view")
-        b.user_id.append(f"u{i % 7}")
-        b.session_id.append(f"s{i % 3}")
-        b.item_id.append(f"i{i % 11}")
-        b.category.append(None if i % 5 == 0 else "shoes")
-        b.price.append(None)
-        b.quantity.append(1)
-        b.revenue.append(0.0)
-    return b
-
-
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=300), max_size=5), st.integers(min_value=1, max_value=100),
+@given(st.lists(event_batches(max_size=120), max_size=4), st.integers(min_value=1, max_value=100),
        st.one_of(st.none(), st.integers(min_value=0, max_value=2**53)))
-def test_observe_frames_split_batches_and_keep_every_event_in_order(sizes, max_events, now_ms):
-    batches = [_batch(n) for n in sizes]
+def test_observe_frames_split_batches_and_keep_every_event_in_order(batches, max_events, now_ms):
     out = protocol.observe_frames(batches, now_ms, max_events=max_events)
     decoded = []
     for data in out:
