@@ -90,6 +90,17 @@ class EventBatch:
             setattr(out, name, getattr(self, name)[start:stop])
         return out
 
+    def columns(self) -> list[list[Any]]:
+        """Every column in FIELDS order (a plain, JSON-ready form; `from_columns` reads it back)."""
+        return [getattr(self, name) for name in FIELDS]
+
+    @classmethod
+    def from_columns(cls, source: str, columns: Sequence[list[Any]]) -> EventBatch:
+        """The batch `columns()` described; ValueError unless there is one equal-length column per field."""
+        if len(columns) != len(FIELDS) or len({len(c) for c in columns}) != 1:
+            raise ValueError("a batch needs every field's column, all of the same length")
+        return cls(source, **dict(zip(FIELDS, columns)))
+
     def extend(self, other: EventBatch) -> None:
         """Append the rows of `other` (same source or not) to this batch."""
         for name in FIELDS:

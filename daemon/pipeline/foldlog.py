@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from daemon.events import FIELDS, EventBatch
+from daemon.events import EventBatch
 
 OBSERVE, CLOSE = 0, 1
 
@@ -37,7 +37,7 @@ class FoldLog:
         self.events = 0
 
     def observe(self, batch: EventBatch) -> None:
-        self._steps.append([OBSERVE, batch.source, *(getattr(batch, f) for f in FIELDS)])
+        self._steps.append([OBSERVE, batch.source, *batch.columns()])
         self.events += len(batch)
 
     def close(self, watermark_ms: int) -> None:
@@ -66,10 +66,10 @@ def replay(blob: bytes, parts: Foldable) -> tuple[int, int]:
     events = 0
     for step in steps:
         if step[0] == OBSERVE:
-            columns = step[2:]
-            if len(columns) != len(FIELDS) or len({len(c) for c in columns}) != 1:
-                raise ValueError("fold log: an observe step without its full, equal-length columns")
-            batch = EventBatch(step[1], **dict(zip(FIELDS, columns)))
+            try:
+                batch = EventBatch.from_columns(step[1], step[2:])
+            except ValueError:
+                raise ValueError("fold log: an observe step without its full, equal-length columns") from None
             parts.observe(batch)
             events += len(batch)
         elif step[0] == CLOSE:

@@ -1,6 +1,7 @@
 """Frames the daemon writes to its replica's stdin: u32 payload length, one kind byte, the payload.
 
-CONFIG (first, once): the replica's settings as JSON (the recommendations config, the token).
+CONFIG (first, once): the replica's settings as JSON (ReplicaSettings: recommendations config, token,
+HTTP bounds).
 SNAPSHOT: `Recommender.snapshot()` bytes; the replica replaces its state with it.
 OBSERVE: one folded batch of accepted events and the read clock after it, as JSON
 `[now_ms | null, source, *columns]` (columns in `events.FIELDS` order, like the fold log's steps).
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from daemon.config import RecommendationsConfig
-from daemon.events import FIELDS, EventBatch
+from daemon.events import EventBatch
 
 CONFIG, SNAPSHOT, OBSERVE = b"C", b"S", b"O"
 KINDS = frozenset({CONFIG, SNAPSHOT, OBSERVE})
@@ -62,7 +63,7 @@ def read_config(payload: bytes) -> ReplicaSettings:
 
 
 def observe_frame(batch: EventBatch, now_ms: int | None) -> bytes:
-    return frame(OBSERVE, orjson.dumps([now_ms, batch.source, *(getattr(batch, f) for f in FIELDS)]))
+    return frame(OBSERVE, orjson.dumps([now_ms, batch.source, *batch.columns()]))
 
 
 def observe_frames(batches: Iterable[EventBatch], now_ms: int | None, max_events: int = FRAME_EVENTS) -> list[bytes]:
@@ -78,10 +79,10 @@ def observe_frames(batches: Iterable[EventBatch], now_ms: int | None, max_events
 
 def read_observe(payload: bytes) -> tuple[int | None, EventBatch]:
     step: list[Any] = orjson.loads(payload)
-    columns = step[2:]
-    if len(columns) != len(FIELDS) or len({len(c) for c in columns}) != 1:
-        raise ProtocolError("an observe frame without its full, equal-length columns")
-    return step[0], EventBatch(step[1], **dict(zip(FIELDS, columns)))
+    try:
+        return step[0], EventBatch.from_columns(step[1], step[2:])
+    except ValueError:
+        raise ProtocolError("an observe frame without its full, equal-length columns") from None
 
 
 class FrameReader:
