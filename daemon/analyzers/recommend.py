@@ -16,6 +16,7 @@ import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -47,7 +48,7 @@ class _User:
     def __init__(self, last_ms: int) -> None:
         self.last_ms = last_ms
         self.recent: dict[str, tuple[int, float, str | None]] = {}   # item -> (ts_ms, weight, session), oldest first
-        self.bought: dict[str, int] = {}         # item -> ts_ms of the latest purchase
+        self.bought: dict[str, int] | None = None   # item -> ts_ms of the latest purchase; None: none yet (most users)
         self.cats: dict[str, float] = {}         # category -> forward-decayed weight
 
 
@@ -83,6 +84,13 @@ class Recommender:
         of the daemon with recommendations on (a function call per event and per link cost ~30%).
         An event of item j by user u: j's count grows; j is paired with u's earlier items of the same
         session (both directions, at most max_pairs); j moves to the end of u's recent items.
+
+        Event by event, not grouped per user or per pair: a 4096-event batch holds ~1.2 events per
+        user and few repeated pairs, and the order of additions decides the floats and the pruning,
+        which must not depend on how the stream was cut into batches (the replica's frames are not
+        the daemon's batches). What a batch does share is computed once: the decay factor per
+        distinct timestamp (~200 in 4096 events). A same-session entry's session string is reused
+        for the new entry, so a user's entries of one session hold one string, not one each.
         """
         self.trending.observe(batch)
         weights, hl = self.weights, self.half_life_ms
@@ -93,6 +101,7 @@ class Recommender:
                                                    cfg.recent_items_per_user, cfg.max_items)
         sqrt, prune = math.sqrt, self._prune
         ref = self._ref_ms
+        growth_by_ts: dict[int, float] = {}
         events = 0
         for etype, user_id, session, item, cat, ts in zip(batch.type, batch.user_id, batch.session_id,
                                                          batch.item_id, batch.category, batch.ts):
@@ -100,11 +109,15 @@ class Recommender:
             if not w or item is None:
                 continue
             events += 1
-            if ref is None or (ts - ref) / hl > _REBASE_HALF_LIVES:
-                g = self._growth(ts)
-                ref = self._ref_ms
-            else:
-                g = 2.0 ** ((ts - ref) / hl)
+            g = growth_by_ts.get(ts)
+            if g is None:
+                if ref is None or (ts - ref) / hl > _REBASE_HALF_LIVES:
+                    growth_by_ts.clear()
+                    g = self._growth(ts)
+                    ref = self._ref_ms
+                else:
+                    g = 2.0 ** ((ts - ref) / hl)
+                growth_by_ts[ts] = g
             count[item] = count.pop(item, 0.0) + w * g
             if cat is not None:
                 cats_of[item] = cat
@@ -122,8 +135,8 @@ class Recommender:
                 mine = nbrs.get(item)
                 for other, entry in reversed(recent.items()):
                     if entry[2] == session and other != item:
-                        w_other = entry[1]
-                        c = sqrt(w * w_other) * g
+                        session = entry[2]
+                        c = sqrt(w * entry[1]) * g
                         if mine is None:
                             mine = nbrs[item] = {}
                         mine[other] = mine.get(other, 0.0) + c
@@ -140,13 +153,17 @@ class Recommender:
                         if paired >= max_pairs:
                             break
             entry = recent.pop(item, None)
-            if entry is not None and entry[2] == session and entry[1] > w:
-                w = entry[1]
+            if entry is not None and entry[2] == session:
+                session = entry[2]
+                if entry[1] > w:
+                    w = entry[1]
             recent[item] = (ts, w, session)   # a tuple: the GC stops tracking it
             if len(recent) > max_recent:
                 del recent[next(iter(recent))]
             if etype == "purchase":
                 bought = u.bought
+                if bought is None:
+                    bought = u.bought = {}
                 bought[item] = ts
                 if len(bought) > max_recent:
                     del bought[min(bought, key=bought.__getitem__)]
@@ -162,9 +179,12 @@ class Recommender:
             self._expire(max(batch.ts))
 
     def _prune(self, item: str) -> dict[str, float]:
-        """Keep an item's strongest neighbours_per_item links (amortised: done when it holds twice that)."""
-        nb = self._nbrs[item] = dict(heapq.nlargest(self.cfg.neighbours_per_item, self._nbrs[item].items(),
-                                                    key=lambda kv: kv[1]))
+        """Keep an item's strongest neighbours_per_item links (amortised: done when it holds twice that).
+
+        sorted(..., reverse=True)[:n] is what heapq.nlargest(n, ...) is documented to equal (ties in
+        the same order); with a C key function it is ~3x cheaper here (101 entries)."""
+        nb = self._nbrs[item] = dict(sorted(self._nbrs[item].items(), key=itemgetter(1),
+                                            reverse=True)[:self.cfg.neighbours_per_item])
         return nb
 
     def _growth(self, ts_ms: float) -> float:
@@ -219,7 +239,7 @@ class Recommender:
             return []
         if u is None or u.last_ms < now_ms - self.cfg.user_ttl_s * 1000.0:
             return self.trending.top(None, k, now_ms)
-        exclude = {item for item, ts in u.bought.items() if ts >= now_ms - self.exclude_bought_ms}
+        exclude = {item for item, ts in (u.bought or {}).items() if ts >= now_ms - self.exclude_bought_ms}
         scores: dict[str, float] = {}
         count, nbrs, hl = self._count, self._nbrs, self.half_life_ms
         for item, (ts, w, _) in u.recent.items():
@@ -290,7 +310,7 @@ class Recommender:
             u = self._users.get(uid)
             if u is not None:
                 recent = [[item, *entry] for item, entry in u.recent.items()]
-                out[b"u:" + uid.encode()] = jsonbytes.dumps([u.last_ms, recent, u.bought, u.cats])
+                out[b"u:" + uid.encode()] = jsonbytes.dumps([u.last_ms, recent, u.bought or {}, u.cats])
         out[b"r#"] = jsonbytes.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped})
         return out
 
@@ -314,7 +334,7 @@ class Recommender:
                 last_ms, recent, bought, cats = orjson.loads(value)
                 u = _User(last_ms)
                 u.recent = {item: (ts, w, session) for item, ts, w, session in recent}
-                u.bought, u.cats = bought, cats
+                u.bought, u.cats = bought or None, cats
                 users.append((last_ms, key[2:].decode(), u))
             elif key == b"r#":
                 meta = orjson.loads(value)
