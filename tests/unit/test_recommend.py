@@ -6,6 +6,7 @@ import heapq
 import math
 import time
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -262,3 +263,28 @@ def test_observe_equals_the_per_event_reference(cfg, batches):
     now = max(max(b.ts, default=T0) for b in batches)
     for user in ["nobody", "u1", "u2", "u3", *USERS]:
         assert rec.recommend(user, 5, now) == ref.recommend(user, 5, now)
+    copy = Recommender(cfg)
+    copy.restore(rec.snapshot())
+    assert sorted(orjson.loads(copy.snapshot())) == sorted(orjson.loads(rec.snapshot()))
+
+
+def fresh(name: str) -> str:
+    """An equal str that is a new object (as every decoded event's strings are)."""
+    return "".join(list(name))
+
+
+def test_item_category_and_session_strings_are_shared_after_observe_and_restore():
+    """State keys each item and category by one str object, and a user's session by one, restored or not."""
+    rows = [(T0 + n, "view", user, fresh("s1"), fresh(item), fresh("home"))
+            for n, (user, item) in enumerate([("a", "lamp"), ("a", "bulb"), ("b", "lamp"), ("b", "bulb")])]
+    rec = Recommender(CFG)
+    rec.observe(batch(rows))
+    copy = Recommender(CFG)
+    copy.restore(rec.snapshot())
+    for r in (rec, copy):
+        lamp = next(k for k in r._count if k == "lamp")
+        a, b = r._users["a"], r._users["b"]
+        assert all(next(k for k in d if k == "lamp") is lamp
+                   for d in (a.recent, b.recent, r._nbrs["bulb"], r._cat))
+        assert next(iter(a.cats)) is next(iter(b.cats)) is r._cat["lamp"]
+        assert a.recent["lamp"][2] is a.recent["bulb"][2]
