@@ -167,6 +167,7 @@ def reference_trending(tr: Trending, batch: EventBatch) -> None:
 
 
 def reference_prune(rec: Recommender, item: str) -> None:
+    """_prune as first written, with heapq.nlargest."""
     rec._nbrs[item] = dict(heapq.nlargest(rec.cfg.neighbours_per_item, rec._nbrs[item].items(),
                                           key=lambda kv: kv[1]))
 
@@ -249,7 +250,8 @@ DENSE_BATCHES = st.lists(dense_rows(), min_size=5, max_size=80).map(batch)
 
 
 @settings(max_examples=300, deadline=None)
-@given(cfg=SMALL_CONFIGS, batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=4))
+@given(cfg=SMALL_CONFIGS,
+       batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=4))
 def test_observe_equals_the_per_event_reference(cfg, batches):
     """observe leaves exactly the state (floats, orders, changes, deletions) a plain per-event fold leaves."""
     rec, ref = Recommender(cfg), Recommender(cfg)
@@ -259,6 +261,7 @@ def test_observe_equals_the_per_event_reference(cfg, batches):
         assert rec.take_changes() == ref.take_changes()
     assert rec.snapshot() == ref.snapshot()
     assert list(rec._users) == list(ref._users) and list(rec._count) == list(ref._count)
+    assert rec._names.keys() == rec._count.keys()   # the name table is bounded by the items kept
     assert rec.statistics() == ref.statistics() and rec.trending.statistics() == ref.trending.statistics()
     now = max(max(b.ts, default=T0) for b in batches)
     for user in ["nobody", "u1", "u2", "u3", *USERS]:
@@ -266,6 +269,7 @@ def test_observe_equals_the_per_event_reference(cfg, batches):
     copy = Recommender(cfg)
     copy.restore(rec.snapshot())
     assert sorted(orjson.loads(copy.snapshot())) == sorted(orjson.loads(rec.snapshot()))
+    assert copy._names.keys() == copy._count.keys()
 
 
 def fresh(name: str) -> str:
