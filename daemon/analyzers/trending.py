@@ -54,44 +54,58 @@ class Trending:
     def observe(self, batch: EventBatch) -> None:
         """Count every view, cart and purchase of the batch at its event time.
 
-        Weights are summed per (category, item) over the batch first, then each sum is added once:
-        the same scores as adding event by event, with a dict update per distinct pair only.
+        Weights are summed per category and item over the batch first, then each sum is added once:
+        the same scores as adding event by event, with a dict update per distinct pair only. The sums
+        are dicts per category (str -> float), not one dict keyed by (category, item) tuples: no tuple
+        per event, so nothing for the cyclic GC to count. A batch spans few distinct timestamps, so
+        the decay factor is computed once per timestamp (`growth_by_ts`, emptied on a rebase).
         """
         weights, hl = self.weights, self.half_life_ms
-        sums: dict[tuple[str | None, str], float] = {}
+        overall: dict[str, float] = {}
+        by_cat: dict[str, dict[str, float]] = {}
+        growth_by_ts: dict[int, float] = {}
         events = 0
         ref = self._ref_ms
         for etype, item, cat, ts in zip(batch.type, batch.item_id, batch.category, batch.ts):
             w = weights.get(etype)
             if not w or item is None:
                 continue
-            if ref is None or (ts - ref) / hl > _REBASE_HALF_LIVES:
-                self._flush(sums)
-                g = self.growth(ts) * w
-                ref = self._ref_ms
-            else:
-                g = 2.0 ** ((ts - ref) / hl) * w
+            f = growth_by_ts.get(ts)
+            if f is None:
+                if ref is None or (ts - ref) / hl > _REBASE_HALF_LIVES:
+                    self._flush(overall, by_cat)
+                    growth_by_ts.clear()
+                    f = self.growth(ts)
+                    ref = self._ref_ms
+                else:
+                    f = 2.0 ** ((ts - ref) / hl)
+                growth_by_ts[ts] = f
+            g = f * w
             events += 1
-            k = (OVERALL, item)
-            sums[k] = sums.get(k, 0.0) + g
+            overall[item] = overall.get(item, 0.0) + g
             if cat is not None:
-                k = (cat, item)
-                sums[k] = sums.get(k, 0.0) + g
+                sums = by_cat.get(cat)
+                if sums is None:
+                    sums = by_cat[cat] = {}
+                sums[item] = sums.get(item, 0.0) + g
         self._events += events
-        self._flush(sums)
+        self._flush(overall, by_cat)
 
-    def _flush(self, sums: dict[tuple[str | None, str], float]) -> None:
-        """Add the batch's sums, then settle each touched category once (see `_settle`)."""
-        all_scores, touched = self._scores, set()
-        for (cat, item), g in sums.items():
+    def _flush(self, overall: dict[str, float], by_cat: dict[str, dict[str, float]]) -> None:
+        """Add the batch's sums (and empty them), then settle each touched category once (see `_settle`)."""
+        all_scores = self._scores
+        touched = [(OVERALL, overall)] if overall else []
+        touched += by_cat.items()
+        for cat, sums in touched:
             scores = all_scores.get(cat)
             if scores is None:
                 scores = all_scores[cat] = {}
-            scores[item] = scores.get(item, 0.0) + g
-            touched.add(cat)
-        sums.clear()
-        for cat in touched:
+            for item, g in sums.items():
+                scores[item] = scores.get(item, 0.0) + g
+        for cat, _ in touched:
             self._settle(cat)
+        overall.clear()
+        by_cat.clear()
 
     def growth(self, ts_ms: float) -> float:
         """The forward-decay factor 2^((ts - ref)/half_life); rebases the stored scores when it grows large."""

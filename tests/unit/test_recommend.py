@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import heapq
+import math
 import time
 
-from daemon.analyzers.recommend import Recommender
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.analyzers.recommend import Recommender, _User
+from daemon.analyzers.trending import Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
+from tests.strategies import USERS, event_batches, timestamps
 
 T0 = 1_700_000_000_000
 CFG = RecommendationsConfig(half_life_s=3600, neighbours_per_item=5, recent_items_per_user=5,
                             user_ttl_s=3600, max_users=100, max_items=1000)
 
 
-def batch(rows: list[tuple[int, str, str, str, str, str]]) -> EventBatch:
+def batch(rows: list[tuple[int, str, str, str | None, str | None, str | None]]) -> EventBatch:
     """(ts, type, user, session, item, category) rows as an EventBatch."""
     b = EventBatch("test")
     for i, (ts, etype, user, session, item, cat) in enumerate(rows):
@@ -125,3 +133,162 @@ def test_recommend_is_fast():
     for u in range(200):
         rec.recommend(f"u{u}", 10, T0 + 60_000)
     assert (time.perf_counter() - t0) / 200 < 0.005
+
+
+# -- the fold against a plain per-event reference ---------------------------------------------------
+
+def reference_trending(tr: Trending, batch: EventBatch) -> None:
+    """Trending.observe as first written: per-batch sums keyed by (category, item), a growth per event."""
+    sums: dict[tuple[str | None, str], float] = {}
+
+    def flush() -> None:
+        touched = set()
+        for (cat, item), g in sums.items():
+            scores = tr._scores.setdefault(cat, {})
+            scores[item] = scores.get(item, 0.0) + g
+            touched.add(cat)
+        sums.clear()
+        for cat in touched:
+            tr._settle(cat)
+
+    for etype, item, cat, ts in zip(batch.type, batch.item_id, batch.category, batch.ts):
+        w = tr.weights.get(etype)
+        if not w or item is None:
+            continue
+        if tr._ref_ms is None or (ts - tr._ref_ms) / tr.half_life_ms > 500.0:
+            flush()
+            g = tr.growth(ts) * w
+        else:
+            g = 2.0 ** ((ts - tr._ref_ms) / tr.half_life_ms) * w
+        tr._events += 1
+        for key in [(None, item)] + ([(cat, item)] if cat is not None else []):
+            sums[key] = sums.get(key, 0.0) + g
+    flush()
+
+
+def reference_prune(rec: Recommender, item: str) -> None:
+    """_prune as first written, with heapq.nlargest."""
+    rec._nbrs[item] = dict(heapq.nlargest(rec.cfg.neighbours_per_item, rec._nbrs[item].items(),
+                                          key=lambda kv: kv[1]))
+
+
+def reference_observe(rec: Recommender, batch: EventBatch) -> None:
+    """The fold as the module docstring states it, one event at a time, nothing shared across events."""
+    reference_trending(rec.trending, batch)
+    limit = 2 * rec.cfg.neighbours_per_item
+    for etype, user_id, session, item, cat, ts in zip(batch.type, batch.user_id, batch.session_id,
+                                                     batch.item_id, batch.category, batch.ts):
+        w = rec.weights.get(etype)
+        if not w or item is None:
+            continue
+        rec._events += 1
+        if rec._ref_ms is None or (ts - rec._ref_ms) / rec.half_life_ms > 500.0:
+            g = rec._growth(ts)
+        else:
+            g = 2.0 ** ((ts - rec._ref_ms) / rec.half_life_ms)
+        rec._count[item] = rec._count.pop(item, 0.0) + w * g
+        if cat is not None:
+            rec._cat[item] = cat
+        rec._dirty_items.add(item)
+        u = rec._users.pop(user_id, None) or _User(ts)
+        rec._users[user_id] = u
+        u.last_ms = max(u.last_ms, ts)
+        rec._dirty_users.add(user_id)
+        if session is not None:
+            earlier = [(other, e[1]) for other, e in reversed(u.recent.items()) if e[2] == session and other != item]
+            for other, w_other in earlier[:rec.max_pairs]:
+                c = math.sqrt(w * w_other) * g
+                mine, theirs = rec._nbrs.setdefault(item, {}), rec._nbrs.setdefault(other, {})
+                mine[other] = mine.get(other, 0.0) + c
+                theirs[item] = theirs.get(item, 0.0) + c
+                rec._dirty_items.add(other)
+                if len(theirs) > limit:
+                    reference_prune(rec, other)
+                if len(mine) > limit:
+                    reference_prune(rec, item)
+        before = u.recent.pop(item, None)
+        if before is not None and before[2] == session:
+            w = max(w, before[1])
+        u.recent[item] = (ts, w, session)
+        if len(u.recent) > rec.cfg.recent_items_per_user:
+            del u.recent[next(iter(u.recent))]
+        if etype == "purchase":
+            u.bought = u.bought or {}
+            u.bought[item] = ts
+            if len(u.bought) > rec.cfg.recent_items_per_user:
+                del u.bought[min(u.bought, key=u.bought.__getitem__)]
+        if cat is not None:
+            u.cats[cat] = u.cats.get(cat, 0.0) + w * g
+            if len(u.cats) > 4:
+                del u.cats[min(u.cats, key=u.cats.__getitem__)]
+        if len(rec._count) > rec.cfg.max_items:
+            rec._drop_item(next(iter(rec._count)))
+    if batch.ts:
+        rec._expire(max(batch.ts))
+
+
+SMALL_CONFIGS = st.builds(
+    RecommendationsConfig, half_life_s=st.sampled_from([0.5, 60.0, 3600.0]),
+    neighbours_per_item=st.sampled_from([1, 2, 50]), recent_items_per_user=st.sampled_from([1, 3, 20]),
+    user_ttl_s=st.sampled_from([60.0, 7 * 86400.0]), max_users=st.sampled_from([2, 100]),
+    max_items=st.sampled_from([4, 1000, 1000]))
+# Few distinct timestamps (as in a real batch) mixed with spread ones (rebases at the short half-lives).
+BATCH_TS = st.sampled_from([T0, T0 + 1, T0 + 400_000, T0 + 3_599_999]) | timestamps()
+
+
+@st.composite
+def dense_rows(draw: st.DrawFn) -> tuple[int, str, str, str | None, str | None, str | None]:
+    """(ts, type, user, session, item, category): few users, sessions and items, so events pair often."""
+    etype = draw(st.sampled_from(["view", "view", "view", "cart", "purchase", "remove_from_cart", "search"]))
+    return (draw(BATCH_TS), etype, draw(st.sampled_from(["u1", "u2", "u3"])),
+            draw(st.sampled_from(["s1", "s1", "s2", None])),
+            None if etype == "search" else draw(st.sampled_from([f"i{n}" for n in range(8)])),
+            draw(st.sampled_from(["books", "toys", "games", "garden", "tools", None])))
+
+
+DENSE_BATCHES = st.lists(dense_rows(), min_size=5, max_size=80).map(batch)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=SMALL_CONFIGS,
+       batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=4))
+def test_observe_equals_the_per_event_reference(cfg, batches):
+    """observe leaves exactly the state (floats, orders, changes, deletions) a plain per-event fold leaves."""
+    rec, ref = Recommender(cfg), Recommender(cfg)
+    for b in batches:
+        rec.observe(b)
+        reference_observe(ref, b)
+        assert rec.take_changes() == ref.take_changes()
+    assert rec.snapshot() == ref.snapshot()
+    assert list(rec._users) == list(ref._users) and list(rec._count) == list(ref._count)
+    assert rec._names.keys() == rec._count.keys()   # the name table is bounded by the items kept
+    assert rec.statistics() == ref.statistics() and rec.trending.statistics() == ref.trending.statistics()
+    now = max(max(b.ts, default=T0) for b in batches)
+    for user in ["nobody", "u1", "u2", "u3", *USERS]:
+        assert rec.recommend(user, 5, now) == ref.recommend(user, 5, now)
+    copy = Recommender(cfg)
+    copy.restore(rec.snapshot())
+    assert sorted(orjson.loads(copy.snapshot())) == sorted(orjson.loads(rec.snapshot()))
+    assert copy._names.keys() == copy._count.keys()
+
+
+def fresh(name: str) -> str:
+    """An equal str that is a new object (as every decoded event's strings are)."""
+    return "".join(list(name))
+
+
+def test_item_category_and_session_strings_are_shared_after_observe_and_restore():
+    """State keys each item and category by one str object, and a user's session by one, restored or not."""
+    rows = [(T0 + n, "view", user, fresh("s1"), fresh(item), fresh("home"))
+            for n, (user, item) in enumerate([("a", "lamp"), ("a", "bulb"), ("b", "lamp"), ("b", "bulb")])]
+    rec = Recommender(CFG)
+    rec.observe(batch(rows))
+    copy = Recommender(CFG)
+    copy.restore(rec.snapshot())
+    for r in (rec, copy):
+        lamp = next(k for k in r._count if k == "lamp")
+        a, b = r._users["a"], r._users["b"]
+        assert all(next(k for k in d if k == "lamp") is lamp
+                   for d in (a.recent, b.recent, r._nbrs["bulb"], r._cat))
+        assert next(iter(a.cats)) is next(iter(b.cats)) is r._cat["lamp"]
+        assert a.recent["lamp"][2] is a.recent["bulb"][2]
