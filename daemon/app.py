@@ -29,6 +29,7 @@ from daemon.replica.feed import ReplicaFeed
 from daemon.replica.protocol import ReplicaSettings
 from daemon.runtime.alerts import AlertSender
 from daemon.runtime.cpu import CpuLane
+from daemon.runtime.gcwatch import GcWatch
 from daemon.runtime.reload import plan_reload
 from daemon.pipeline.watermark import NO_WATERMARK
 from daemon.runtime.systemd import Notifier, ServiceHeartbeat, WatchdogBounds
@@ -68,12 +69,15 @@ class Daemon:
         except StoreError as exc:
             self.log.error("store_open_failed", error=str(exc), data_dir=self.cfg.storage.data_dir)
             return 1
+        gc_watch = GcWatch()
+        gc_watch.install()
         try:
-            return await self._run_with(checkpoint)
+            return await self._run_with(checkpoint, gc_watch)
         finally:
+            gc_watch.uninstall()
             checkpoint.close()
 
-    async def _run_with(self, checkpoint: Checkpoint) -> int:
+    async def _run_with(self, checkpoint: Checkpoint, gc_watch: GcWatch) -> int:
         cfg, log, clock = self.cfg, self.log, self.clock
         for sc in cfg.sources:
             self.queues[sc.name] = BoundedQueue(sc.common.queue.capacity, sc.common.queue.overflow, self.wakeup)
@@ -96,7 +100,7 @@ class Daemon:
             return 1
         for sc in cfg.sources:
             self.sources[sc.name] = self._build_source(sc, positions.get(sc.name))
-        self.health = ProcessHealth(started_mono=clock.monotonic())
+        self.health = ProcessHealth(started_mono=clock.monotonic(), gc=gc_watch)
         webctx = WebContext(cfg=cfg, clock=clock, runner=self.runner, parts=self.parts, checkpoint=checkpoint,
                             sources=self.sources, queues=self.queues, health=self.health, log=log)
         self.webctx = webctx

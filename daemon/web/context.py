@@ -12,6 +12,7 @@ from daemon.config import Config
 from daemon.pipeline.queue import BoundedQueue
 from daemon.pipeline.runner import Runner
 from daemon.pipeline.stateparts import StateParts
+from daemon.runtime.gcwatch import GcWatch
 from daemon.stores.checkpoint import Checkpoint
 
 
@@ -25,6 +26,7 @@ class ProcessHealth:
     not_ready_reasons: list[str] = field(default_factory=list)
     store_error: str = ""
     listener: Any = None          # the LimitedTCPSite (open and refused connections)
+    gc: GcWatch | None = None     # time in the cyclic garbage collector
 
 
 @dataclass(slots=True)

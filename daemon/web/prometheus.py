@@ -97,6 +97,10 @@ SCALARS = (
     Fig("process.max_rss_bytes", "storepulse_process_max_resident_memory_bytes", GAUGE, "Peak resident set size in bytes."),
     Fig("process.cpu_seconds", "storepulse_process_cpu_seconds_total", COUNTER, "User and system CPU time in seconds."),
     Fig("process.loop_lag_ms", "storepulse_event_loop_lag_seconds", GAUGE, "Last measured event-loop lag in seconds.", MS),
+    Fig("process.gc_collections", "storepulse_process_gc_collections_total", COUNTER, "Cyclic garbage collections, all generations."),
+    Fig("process.gc_full_collections", "storepulse_process_gc_full_collections_total", COUNTER, "Full (generation 2) garbage collections: each walks every tracked object."),
+    Fig("process.gc_seconds", "storepulse_process_gc_seconds_total", COUNTER, "Seconds spent in cyclic garbage collections (every thread pauses meanwhile)."),
+    Fig("process.gc_max_pause_ms", "storepulse_process_gc_max_pause_seconds", GAUGE, "The longest single garbage collection so far, in seconds.", MS),
 )
 PER_SOURCE = (
     Fig("received", "storepulse_source_events_received_total", COUNTER, "Events decoded from the source (accepted or rejected)."),

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from daemon import __version__
+from daemon.runtime.gcwatch import GcStats, GcWatch
 from daemon.web.context import CONTEXT, WebContext
 
 
@@ -82,9 +83,16 @@ def collect_stats(ctx: WebContext) -> dict[str, Any]:
             "max_rss_bytes": usage.ru_maxrss * 1024,
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
             "loop_lag_ms": round(ctx.health.loop_lag_ms, 3),
+            **_gc(ctx.health.gc),
             "time_ms": int(time.time() * 1000),
         },
     }
+
+
+def _gc(watch: GcWatch | None) -> dict[str, Any]:
+    st = watch.statistics() if watch is not None else GcStats(0, 0, 0.0, 0.0)
+    return {"gc_collections": st.collections, "gc_full_collections": st.full_collections,
+            "gc_seconds": round(st.seconds, 6), "gc_max_pause_ms": round(st.max_pause_ms, 3)}
 
 
 async def stats(request: web.Request) -> web.Response:

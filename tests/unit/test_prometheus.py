@@ -48,7 +48,8 @@ def sample_stats() -> dict[str, Any]:
                   "arrow": {"root": "/var/lib/storepulse", "files_written": 6, "rows_written": 300,
                             "bytes_written": 123456}},
         "process": {"rss_bytes": 52_428_800, "max_rss_bytes": 60_000_000, "cpu_seconds": 3.25,
-                    "loop_lag_ms": 12.5, "time_ms": 1_714_521_605_000},
+                    "loop_lag_ms": 12.5, "time_ms": 1_714_521_605_000, "gc_collections": 90,
+                    "gc_full_collections": 1, "gc_seconds": 0.25, "gc_max_pause_ms": 40.0},
     }
 
 
@@ -102,6 +103,8 @@ def test_milliseconds_become_seconds() -> None:
     assert value(m, "storepulse_store_last_commit_duration_seconds") == pytest.approx(0.0025)
     assert value(m, "storepulse_lmdb_last_write_duration_seconds") == pytest.approx(0.00075)
     assert value(m, "storepulse_process_resident_memory_bytes") == 52_428_800
+    assert value(m, "storepulse_process_gc_max_pause_seconds") == pytest.approx(0.040)
+    assert value(m, "storepulse_process_gc_seconds_total") == pytest.approx(0.25)
 
 
 def test_per_component_series_carry_labels() -> None:
