@@ -371,6 +371,10 @@ def _figures(run: Run, final: dict[str, Any], first: float, last_fed: float, don
         "process_seconds": final["pipeline"]["process_seconds"],
         "feeder_cpu_s": round(bench_cpu_s, 2),
         "idle_timeout": run.idle_timeout,
+        # the daemon's time in the cyclic GC (runtime/gcwatch.py), over the whole run
+        "gc_s": final["process"].get("gc_seconds"),
+        "gc_max_pause_ms": final["process"].get("gc_max_pause_ms"),
+        "gc_full_collections": final["process"].get("gc_full_collections"),
     }
     t0 = first
     out["timeline"] = [[round(x.t - t0, 2), x.stats["pipeline"]["events_processed"], round(x.cpu_s, 2),
@@ -877,6 +881,8 @@ def markdown(results: dict[str, Any]) -> str:
             notes.append(f"late {r['late']}, rejected {r['rejected']}")
         if "check" in r and not r["check"]["ok"]:
             notes.append(f"COUNT CHECK FAILED {r['check']}")
+        if r.get("gc_s"):
+            notes.append(f"GC {r['gc_s']:.1f} s (longest {r['gc_max_pause_ms']:.0f} ms)")
         if r.get("ingest_statuses"):
             notes.append("POST answers " + ", ".join(f"{k}: {v}" for k, v in sorted(r["ingest_statuses"].items())))
         rows.append(f"| {name} | {r['events']:,} | {fmt(r.get('events_per_s'))} | {fmt(r.get('feed_events_per_s'))} | "
