@@ -17,6 +17,7 @@ from daemon.errors import StoreError
 from daemon.events import Anomaly, EventBatch, Reason, Rejected, WindowResult
 from daemon.pipeline.dedupe import DedupeFilter
 from daemon.pipeline.foldlog import FoldLog, replay
+from daemon.pipeline.latest import latest_entries
 from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.watermark import NO_WATERMARK, Watermarks
@@ -404,8 +405,7 @@ class Runner:
                 continue
             agg = self.parts.aggregation(name)
             rows[f"windows/{name}"] = schemas.windows_to_record_batch(results, agg.schema)
-            for r in results:
-                latest.append((name, jsonbytes.dumps(list(r.key)), r.window_end_ms, window_json(r, agg.cfg.group_by)))
+            latest.extend(latest_entries(name, results, agg.cfg.group_by))
         if p.events:
             rows["events"] = pa.Table.from_batches(
                 [schemas.events_to_record_batch(b, ms) for b, ms in zip(p.events, p.events_received_ms)])
@@ -437,14 +437,6 @@ class Runner:
             pending_acks=len(self._pending.acks), commit_failed=self._commit_failed,
             pending_work=self._pending.dirty or self._committing or self.queued() > 0,
         )
-
-
-def window_json(r: WindowResult, group_by: tuple[str, ...]) -> bytes:
-    """A closed window as the JSON row GET /windows answers."""
-    row: dict[str, Any] = {"window_start": r.window_start_ms, "window_end": r.window_end_ms}
-    row.update(zip(group_by, r.key))
-    row.update(r.metrics)
-    return jsonbytes.dumps(row)
 
 
 def anomaly_json(a: Anomaly) -> bytes:
