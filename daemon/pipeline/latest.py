@@ -49,12 +49,12 @@ def latest_entries(name: str, results: list[WindowResult],
 def dump_keys(values: list[Any]) -> list[bytes]:
     """jsonbytes.dumps([value]) for each value of one-field keys.
 
-    When all are strings, one orjson call writes them all and its output is cut at `","`: inside a
-    JSON string every quote is escaped, so that can only be the place between two strings (and
-    the count check falls back to a call per key should it ever not be).
+    When all are strings, one orjson call writes them all and its output is cut at every `","`.
+    That is exact when the output holds no backslash: then no string holds an (escaped) quote,
+    and every quote is a string's start or end. Otherwise, one call per key.
     """
     if set(map(type, values)) == {str}:
-        pieces = orjson.dumps(values)[2:-2].split(_STR_SEP)
-        if len(pieces) == len(values):
-            return [b'["' + piece + b'"]' for piece in pieces]
+        blob = orjson.dumps(values)
+        if b"\\" not in blob:
+            return [b'["' + piece + b'"]' for piece in blob[2:-2].split(_STR_SEP)]
     return [jsonbytes.dumps([v]) for v in values]
