@@ -48,32 +48,32 @@ class DedupeFilter:
         kept = list(candidates)
         ids = list(map(str.encode, map(event_ids.__getitem__, kept)))
         fresh = set(ids)
-        if len(fresh) < len(ids) or not self._seen.isdisjoint(fresh):
-            kept = self._keep_each(ids, ts_ms, kept)
-        elif ids:
+        if len(fresh) == len(ids) and self._seen.isdisjoint(fresh):
             self._seen |= fresh
-            ts = list(map(ts_ms.__getitem__, kept))
-            self._file(ids, ts)
-            self._added_ids += ids
-            self._added_ts += ts
+            new_ids, new_ts = ids, list(map(ts_ms.__getitem__, kept))
+        else:
+            kept, new_ids, new_ts = self._new_each(ids, ts_ms, kept)
+        if new_ids:
+            self._file(new_ids, new_ts)
+            self._added_ids += new_ids
+            self._added_ts += new_ts
         if len(self._seen) > self.max_ids:
             self._evict()
         return kept
 
-    def _keep_each(self, ids: list[bytes], ts_ms: list[int], candidates: list[int]) -> list[int]:
-        """`keep` id by id: `ids[j]` is the encoded id of row `candidates[j]`."""
+    def _new_each(self, ids: list[bytes], ts_ms: list[int],
+                  candidates: list[int]) -> tuple[list[int], list[bytes], list[int]]:
+        """The new ones among `ids` (`ids[j]` is row `candidates[j]`'s), id by id: (rows, ids, ts)."""
         seen = self._seen
-        kept = []
+        kept: list[int] = []
+        new_ids: list[bytes] = []
         for eid, i in zip(ids, candidates):
-            if eid in seen:
-                self._duplicates += 1
-                continue
-            seen.add(eid)
-            self._file([eid], [ts_ms[i]])
-            self._added_ids.append(eid)
-            self._added_ts.append(ts_ms[i])
-            kept.append(i)
-        return kept
+            if eid not in seen:
+                seen.add(eid)
+                kept.append(i)
+                new_ids.append(eid)
+        self._duplicates += len(ids) - len(kept)
+        return kept, new_ids, list(map(ts_ms.__getitem__, kept))
 
     def _file(self, ids: list[bytes], ts_ms: list[int]) -> None:
         """Put each id in the bucket of the minute its ts + ttl falls in."""
