@@ -31,6 +31,7 @@ NUMERIC_FIELD_TYPES: Mapping[str, pa.DataType] = {
 }
 GROUP_BY_META = b"storepulse.group_by"
 _INT_FIELDS = frozenset(("ts", "quantity"))   # EventBatch columns of ints only (never None)
+_NONE = type(None)
 
 EVENTS = pa.schema([
     ("event_id", pa.string()),
@@ -163,9 +164,6 @@ def windows_to_record_batch(results: Sequence[WindowResult], schema: pa.Schema) 
 
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
-
-
-_NONE = type(None)
 
 
 def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
