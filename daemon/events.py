@@ -12,6 +12,14 @@ from enum import StrEnum
 from typing import Any
 
 EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase", "search")
+PRICED_TYPES = ("cart", "purchase")   # price is required for these
+
+# Bounds of a valid event (pipeline/validate.py checks them, pipeline/columnar.py too).
+MAX_TS_MS = 2**53
+MAX_QUANTITY = 1_000_000_000
+MAX_PRICE = 1e12
+MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 256
 
 # The canonical schema fields, in column order. `ts` is epoch milliseconds (int).
 FIELDS = ("event_id", "ts", "type", "user_id", "session_id", "item_id", "category", "price", "quantity", "revenue")

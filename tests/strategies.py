@@ -121,3 +121,40 @@ def aggregation(window: WindowSpec, *, metrics: Mapping[str, str] | None = None,
 def group_bys() -> st.SearchStrategy[tuple[str, ...]]:
     """Group-by field lists: none, one (with None values) or two fields."""
     return st.sampled_from(((), ("category",), ("item_id",), ("category", "type"), ("user_id",)))
+
+
+# Values a feed may put in a field: the valid kinds and every kind of wrong one, near each bound.
+_ODD_VALUES = st.sampled_from((None, True, False, 0, -1, 1.5, float("nan"), float("inf"), "", "x" * 129, "x" * 257,
+                               [], {}, "view", 2**63, -(2**63), 2**53, 10**9 + 1, 1e12 + 1, -0.0))
+_FIELD_VALUES = {
+    "event_id": st.text(min_size=1, max_size=4) | st.sampled_from(("x" * 128, "x" * 129, "", 7)),
+    "ts": timestamps() | st.sampled_from(("2023-11-14T22:13:20Z", "2023-11-14T22:13:20.5+02:00",
+                                          "2023-11-14T22:13:20", "yesterday", -1, 2**53, 1.7e12)),
+    "type": st.sampled_from((*EVENT_TYPES, "buy", "View")),
+    "user_id": st.sampled_from(USERS) | st.integers(min_value=-(2**64), max_value=2**64),
+    "item_id": st.sampled_from(ITEMS) | st.integers(min_value=-10, max_value=10) | st.none(),
+    "session_id": st.none() | st.sampled_from(("s1", "x" * 256)),
+    "category": st.none() | st.sampled_from(CATEGORIES),
+    "price": st.none() | prices() | st.integers(min_value=0, max_value=10**13),
+    "quantity": st.none() | st.integers(min_value=-1, max_value=10**9 + 1),
+    "seq": st.none() | st.integers(min_value=0, max_value=10**6),
+}
+
+
+@st.composite
+def raw_events(draw: st.DrawFn, renames: Mapping[str, str] | None = None) -> object:
+    """One decoded value as a feed sends it: mostly a valid event (ids as str or int, ts as epoch ms or
+    RFC 3339), sometimes a field missing, mistyped or out of bounds, sometimes not an object at all."""
+    if draw(st.integers(min_value=0, max_value=30)) == 0:
+        return draw(_ODD_VALUES | st.lists(st.integers(), max_size=2))
+    row = draw(event_rows())
+    event = {k: v for k, v in row.items() if k != "revenue" and v is not None}
+    event["event_id"] = draw(st.text(min_size=1, max_size=4))
+    event["seq"] = draw(st.integers(min_value=0, max_value=10**6))
+    for name in draw(st.lists(st.sampled_from(sorted(_FIELD_VALUES)), max_size=2)):
+        if draw(st.booleans()):
+            event.pop(name, None)
+        else:
+            event[name] = draw(_FIELD_VALUES[name] | _ODD_VALUES)
+    names = renames or {}
+    return {names.get(k, k): v for k, v in event.items()}

@@ -22,17 +22,27 @@ def iter_items(payload: bytes, source: str, now_ms: int) -> Iterator[Item | Reje
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        if b"\n" not in payload.strip():
-            if payload.strip():
-                yield Rejected(Reason.MALFORMED_JSON, str(exc), payload[:RAW_LIMIT_BYTES], source, now_ms)
-            return
-        yield from _iter_lines(payload, source, now_ms)
+        yield from iter_unparsed(payload, exc, source, now_ms)
         return
+    yield from iter_parsed(value, payload)
+
+
+def iter_parsed(value: object, payload: bytes) -> Iterator[Item]:
+    """The items of a payload that parsed as a whole into `value` (an array's elements have no raw bytes)."""
     if isinstance(value, list):
         for element in value:
             yield element, None
     else:
         yield value, payload if len(payload) <= RAW_LIMIT_BYTES else None
+
+
+def iter_unparsed(payload: bytes, exc: orjson.JSONDecodeError, source: str, now_ms: int) -> Iterator[Item | Rejected]:
+    """The items of a payload that is not one JSON document (`exc`): NDJSON lines, or one Rejected."""
+    if b"\n" not in payload.strip():
+        if payload.strip():
+            yield Rejected(Reason.MALFORMED_JSON, str(exc), payload[:RAW_LIMIT_BYTES], source, now_ms)
+        return
+    yield from _iter_lines(payload, source, now_ms)
 
 
 def _iter_lines(payload: bytes, source: str, now_ms: int) -> Iterator[Item | Rejected]:

@@ -17,6 +17,7 @@ from daemon.errors import StoreError
 from daemon.events import Anomaly, EventBatch, Reason, Rejected, WindowResult
 from daemon.pipeline.dedupe import DedupeFilter
 from daemon.pipeline.foldlog import FoldLog, replay
+from daemon.pipeline.latest import latest_entries
 from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.watermark import NO_WATERMARK, Watermarks
@@ -153,8 +154,9 @@ class Runner:
             self._events_in += n
             wm = self.watermarks.value
             ts = batch.ts
-            on_time = [i for i in range(n) if ts[i] >= wm]
-            if len(on_time) != n:
+            on_time: range | list[int] = range(n)
+            if min(ts) < wm:   # one C pass for the usual batch with nothing late
+                on_time = [i for i in range(n) if ts[i] >= wm]
                 self._reject_late(batch, on_time, d.received_ms)
             kept = self.dedupe.keep(batch.event_id, ts, on_time)
             self._duplicates += len(on_time) - len(kept)
@@ -412,8 +414,7 @@ class Runner:
                 continue
             agg = self.parts.aggregation(name)
             rows[f"windows/{name}"] = schemas.windows_to_record_batch(results, agg.schema)
-            for r in results:
-                latest.append((name, jsonbytes.dumps(list(r.key)), r.window_end_ms, window_json(r, agg.cfg.group_by)))
+            latest.extend(latest_entries(name, results, agg.cfg.group_by))
         if p.events:
             rows["events"] = pa.Table.from_batches(
                 [schemas.events_to_record_batch(b, ms) for b, ms in zip(p.events, p.events_received_ms)])
@@ -445,14 +446,6 @@ class Runner:
             pending_acks=len(self._pending.acks), commit_failed=self._commit_failed,
             pending_work=self._pending.dirty or self._committing or self.queued() > 0,
         )
-
-
-def window_json(r: WindowResult, group_by: tuple[str, ...]) -> bytes:
-    """A closed window as the JSON row GET /windows answers."""
-    row: dict[str, Any] = {"window_start": r.window_start_ms, "window_end": r.window_end_ms}
-    row.update(zip(group_by, r.key))
-    row.update(r.metrics)
-    return jsonbytes.dumps(row)
 
 
 def anomaly_json(a: Anomaly) -> bytes:

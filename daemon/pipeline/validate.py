@@ -1,25 +1,29 @@
 """Decoded objects → EventBatch columns or Rejected, by SPEC's event schema (pure).
 
 One `Validator` per source: it knows the field renames, the seq field and the future skew.
-The loop is written out flat on purpose: it runs once per event.
+A valid batch is checked column-wise (pipeline/columnar.py); the exact per-event path below, written
+out flat, runs for small payloads and for any batch with something to reject, and is the reference.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from daemon.events import EVENT_TYPES, EventBatch, Reason, Rejected
-from daemon.pipeline.decode import iter_items, raw_bytes
+import orjson
+
+from daemon.events import (
+    EVENT_TYPES, MAX_ID_CHARS, MAX_PRICE, MAX_QUANTITY, MAX_TEXT_CHARS, MAX_TS_MS, PRICED_TYPES, EventBatch, Reason,
+    Rejected,
+)
+from daemon.pipeline.columnar import validate_columns
+from daemon.pipeline.decode import Item, iter_parsed, iter_unparsed, raw_bytes
 
 _TYPES = frozenset(EVENT_TYPES)
-_NEEDS_PRICE = frozenset(("cart", "purchase"))
-MAX_TS_MS = 2**53
-MAX_QUANTITY = 1_000_000_000
-MAX_PRICE = 1e12
-MAX_ID_CHARS = 128
-MAX_TEXT_CHARS = 256
+_NEEDS_PRICE = frozenset(PRICED_TYPES)
+FAST_PATH_MIN_EVENTS = 32   # see Validator._fast
 
 
 @dataclass(slots=True)
@@ -104,21 +108,55 @@ class Validator:
 
     def decode(self, payload: bytes, now_ms: int) -> Decoded:
         """Decode and validate one payload; never raises for bad input."""
-        out = Decoded(EventBatch(self.source))
-        for item in iter_items(payload, self.source, now_ms):
-            if type(item) is Rejected:
-                out.rejected.append(item)
-            else:
-                self.add(out, item[0], item[1], now_ms)
-        return out
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            return self._decode_each(iter_unparsed(payload, exc, self.source, now_ms), now_ms)
+        if type(value) is list:
+            return self.decode_items(value, now_ms)   # as iter_parsed would give them: elements without raw bytes
+        return self._decode_each(iter_parsed(value, payload), now_ms)
 
     def decode_items(self, items: list[object], now_ms: int) -> Decoded:
-        """Validate values that are already parsed (e.g. the events list of a page)."""
+        """Validate values that are already parsed (e.g. the events list of a page).
+
+        A batch that is valid throughout (the usual case) is checked column by column
+        (pipeline/columnar.py); any other batch event by event, which says what is wrong with each.
+        """
+        fast = self._fast(items, now_ms)
+        if fast is not None:
+            return fast
         out = Decoded(EventBatch(self.source))
         add = self.add
         for obj in items:
             add(out, obj, None, now_ms)
         return out
+
+    def _decode_each(self, parts: Iterable[Item | Rejected], now_ms: int) -> Decoded:
+        """Validate the items of a payload that is not one JSON array (an object, NDJSON lines)."""
+        parts = list(parts)
+        if all(type(p) is not Rejected for p in parts):
+            # Raw bytes matter only for dead letters, so a valid batch needs the values alone.
+            fast = self._fast([p[0] for p in parts], now_ms)   # type: ignore[index]
+            if fast is not None:
+                return fast
+        out = Decoded(EventBatch(self.source))
+        for part in parts:
+            if type(part) is Rejected:
+                out.rejected.append(part)
+            else:
+                self.add(out, part[0], part[1], now_ms)
+        return out
+
+    def _fast(self, items: list[object], now_ms: int) -> Decoded | None:
+        """The column-wise result when `items` are many and all valid, else None.
+
+        Below FAST_PATH_MIN_EVENTS the fixed cost of ~60 column calls (~6 us) outweighs its saving
+        (~0.3 us per event, measured), so small payloads go event by event."""
+        if len(items) < FAST_PATH_MIN_EVENTS:
+            return None
+        fast = validate_columns(items, self.source, self._k, self.seq_field, now_ms + self.max_future_skew_ms,
+                                parse_ts_ms)
+        return None if fast is None else Decoded(fast[0], max_seq=fast[1])
 
     def add(self, out: Decoded, obj: object, raw: bytes | None, now_ms: int) -> None:
         """Validate one decoded value into `out` (accepted column values or a Rejected)."""

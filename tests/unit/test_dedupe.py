@@ -2,7 +2,7 @@
 
 from hypothesis import given, strategies as st
 
-from daemon.pipeline.dedupe import DedupeFilter
+from daemon.pipeline.dedupe import DedupeFilter, DedupeStats
 
 
 def test_repeats_are_dropped_within_and_across_batches():
@@ -40,3 +40,74 @@ def test_memory_is_bounded(ids):
     for i, eid in enumerate(ids):
         d.keep([eid], [i * 30_000], [0])
         assert d.statistics().ids <= 20 + 2
+
+
+class _PerIdFilter:
+    """The filter as it was written first, id by id (dict of id -> expiry): the reference for the batch one."""
+
+    def __init__(self, ttl_ms: int, max_ids: int) -> None:
+        self.ttl_ms, self.max_ids = ttl_ms, max_ids
+        self.expiry: dict[str, int] = {}
+        self.buckets: dict[int, list[str]] = {}
+        self.added: list[tuple[bytes, int]] = []
+        self.before: int | None = None
+        self.duplicates = self.evicted = 0
+
+    def keep(self, event_ids, ts_ms, candidates):
+        kept = []
+        for i in candidates:
+            eid = event_ids[i]
+            if eid in self.expiry:
+                self.duplicates += 1
+                continue
+            self.expiry[eid] = expiry = ts_ms[i] + self.ttl_ms
+            self.buckets.setdefault(expiry // 60_000, []).append(eid)
+            self.added.append((eid.encode(), expiry))
+            kept.append(i)
+        while len(self.expiry) > self.max_ids and self.buckets:
+            b = min(self.buckets)
+            ids = self.buckets.pop(b)
+            for eid in ids:
+                self.expiry.pop(eid, None)
+            self.evicted += len(ids)
+            self.before = max(self.before or 0, (b + 1) * 60_000)
+        return kept
+
+    def expire(self, watermark_ms):
+        old = [b for b in self.buckets if b < watermark_ms // 60_000]
+        for b in old:
+            for eid in self.buckets.pop(b):
+                self.expiry.pop(eid, None)
+        if old:
+            self.before = watermark_ms // 60_000 * 60_000
+
+    def take_changes(self):
+        out = self.added, self.before
+        self.added, self.before = [], None
+        return out
+
+
+_steps = st.lists(st.one_of(
+    st.tuples(st.just("keep"), st.lists(st.tuples(st.sampled_from("abcdefghij"), st.integers(0, 400_000)),
+                                        max_size=12), st.booleans()),
+    st.tuples(st.just("expire"), st.integers(0, 600_000)),
+    st.tuples(st.just("take"),),
+), max_size=25)
+
+
+@given(_steps, st.sampled_from((1, 60_000, 90_000)), st.sampled_from((3, 8, 100)))
+def test_batch_filter_equals_the_per_id_reference(steps, ttl_ms, max_ids):
+    """keep, expire and take_changes give what the per-id filter gives, on any sequence with repeats."""
+    d, ref = DedupeFilter(ttl_ms, max_ids), _PerIdFilter(ttl_ms, max_ids)
+    for step in steps:
+        if step[0] == "keep":
+            rows, skip_odd = step[1], step[2]
+            ids, ts = [r[0] for r in rows], [r[1] for r in rows]
+            candidates = [i for i in range(len(rows)) if not (skip_odd and i % 2)]
+            assert d.keep(ids, ts, candidates) == ref.keep(ids, ts, candidates)
+        elif step[0] == "expire":
+            d.expire(step[1])
+            ref.expire(step[1])
+        else:
+            assert d.take_changes() == ref.take_changes()
+        assert d.statistics() == DedupeStats(len(ref.expiry), ref.duplicates, ref.evicted)
