@@ -162,6 +162,14 @@ def windows_to_record_batch(results: Sequence[WindowResult], schema: pa.Schema) 
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _text(v: Any) -> str:
+    """A non-string value of a string column: JSON for a dict or list (a "json" metric such as the
+    funnel's), str() otherwise (a numeric group key)."""
+    if isinstance(v, (dict, list)):
+        return orjson.dumps(v, default=str).decode()
+    return str(v)
+
+
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
 
@@ -169,14 +177,14 @@ def _float(v: Any) -> float | None:
 def _column(values: list[Any], typ: pa.DataType) -> pa.Array:
     """`values` as an array of `typ`, each coerced first (pyarrow would silently truncate 3.5 → 3).
 
-    The coercion per type: topk entries normalised, str() for strings, int() for integers, float()
+    The coercion per type: topk entries normalised, _text() for strings, int() for integers, float()
     for floats, none otherwise; None stays null."""
     types = set(map(type, values))
     if typ == TOPK:
         values = [None if v is None else [_topk_entry(e) for e in v] for v in values]
     elif pa.types.is_string(typ):
         if not types <= {str, _NONE}:
-            values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+            values = [v if v is None or isinstance(v, str) else _text(v) for v in values]
     elif pa.types.is_integer(typ):
         if not types <= {int, _NONE}:
             values = [None if v is None else int(v) for v in values]

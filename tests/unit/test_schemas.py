@@ -133,3 +133,13 @@ def test_time_column_per_table():
     assert time_column("anomalies") == "window_start"
     with pytest.raises(ValueError):
         time_column("other")
+
+
+def test_json_metric_is_stored_as_json_text():
+    """A "json" metric (the funnel's dict) is JSON text in the file, not Python's repr; a numeric key is str()."""
+    s = window_schema(("user_id",), [("funnel", "json")])
+    funnel = {"steps": ["view", "cart"], "counts": [3, None], "rate": 0.5}
+    rb = windows_to_record_batch([WindowResult("a", 0, 1000, (42,), {"funnel": funnel})], s)
+    row = rb.to_pylist()[0]
+    assert orjson.loads(row["funnel"]) == funnel
+    assert row["user_id"] == "42"
