@@ -61,6 +61,7 @@ class MetricSet:
         # a metric's fold_one when it has one, else its fold of a one-value list.
         self._plan_one = tuple((j, getattr(m, "fold_one", None) or _one_by_fold(m.fold), slot)
                                for j, m, slot in zip(range(len(self.metrics)), self.metrics, self._slots))
+        self._plan_groups = tuple(zip(range(len(self.metrics)), self.metrics, self._slots))
 
     def empty(self) -> list[Any]:
         """Fresh states, one per metric."""
@@ -91,6 +92,30 @@ class MetricSet:
             else:
                 states[j] = fold_one(states[j], tuple(columns[s][row] for s in slot))
 
+    def fold_groups(self, states: list[list[Any]], lo: list[int], hi: list[int], rows: list[int],
+                    values: list[list[Any]]) -> None:
+        """Fold many groups at once, in place: group g is rows[lo[g]:hi[g]], folded into states[g].
+
+        `values` is `gather(columns, rows)`. The loop runs per metric over every group, not per
+        group over every metric: a metric with `fold_groups` (count, sum) then does a batch's groups
+        in one call (count from the bounds alone, sum only where a value is non-zero), and the
+        others pay one fold call per group. The states equal folding each group with `fold`.
+        """
+        if not states:
+            return
+        for j, metric, slot in self._plan_groups:
+            if slot is None:
+                vals: list[Any] = rows
+            elif type(slot) is int:
+                vals = values[slot]
+            else:
+                vals = list(zip(*(values[s] for s in slot)))
+            old = [s[j] for s in states]
+            bulk = getattr(metric, "fold_groups", None)
+            new = bulk(old, vals, lo, hi) if bulk is not None else _fold_each_group(metric, old, vals, lo, hi)
+            for s, v in zip(states, new):
+                s[j] = v
+
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         """The states of both inputs together."""
         return [m.merge(x, y) for m, x, y in zip(self.metrics, a, b)]
@@ -120,6 +145,13 @@ class MetricSet:
     def signature(self) -> list[list[Any]]:
         """What a stored state depends on: each metric's name, func, field, q and k."""
         return [[s.name, s.func, s.field, s.q, s.k, list(s.steps)] for s in self.specs]
+
+
+def _fold_each_group(metric: Any, states: list[Any], values: list[Any], lo: list[int], hi: list[int]) -> list[Any]:
+    """The generic `fold_groups`: one fold per group (fold_one for a one-event group)."""
+    fold = metric.fold
+    fold_one = getattr(metric, "fold_one", None) or _one_by_fold(fold)
+    return [fold_one(s, values[a]) if b - a == 1 else fold(s, values[a:b]) for s, a, b in zip(states, lo, hi)]
 
 
 def _one_by_fold(fold: Any) -> Any:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from daemon.aggconfig import MetricSpec
@@ -51,6 +52,17 @@ def _present(values: Sequence[Any]) -> list[Any]:
     return list(values)
 
 
+def _groups_with_nonzero(values: Sequence[Any], lo: list[int], hi: list[int]) -> list[int]:
+    """Positions g whose values[lo[g]:hi[g]] hold something other than zeros (None and NaN count
+    as something: the exact fold decides about them); every group when values are not all numbers."""
+    try:
+        nonzero = np.asarray(values, dtype=np.float64) != 0.0   # None becomes NaN, which is != 0
+    except (TypeError, ValueError, OverflowError):
+        return list(range(len(lo)))
+    seen = np.concatenate(([0], np.cumsum(nonzero)))
+    return np.flatnonzero(seen[hi] - seen[lo]).tolist()
+
+
 @dataclass(frozen=True, slots=True)
 class Count:
     """Number of events; the state is an int."""
@@ -69,6 +81,10 @@ class Count:
 
     def fold_one(self, state: int, value: Any) -> int:
         return state + 1
+
+    def fold_groups(self, states: list[int], values: Sequence[Any], lo: list[int], hi: list[int]) -> list[int]:
+        """Many groups at once (see MetricSet.fold_groups): group g holds values[lo[g]:hi[g]]."""
+        return [s + b - a for s, a, b in zip(states, lo, hi)]
 
     def merge(self, a: int, b: int) -> int:
         return a + b
@@ -107,6 +123,18 @@ class Sum:
         if value is None:
             return state
         return exact_partials([value, *state])
+
+    def fold_groups(self, states: list[Partials], values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> list[Partials]:
+        """Many groups at once (see MetricSet.fold_groups): group g holds values[lo[g]:hi[g]].
+
+        Adding zeros leaves the exact total, hence the partials, as they are, and most events
+        carry no revenue; so only groups with a non-zero (or None or NaN) value are folded.
+        """
+        out = list(states)
+        for g in _groups_with_nonzero(values, lo, hi):
+            out[g] = self.fold(out[g], values[lo[g]:hi[g]])
+        return out
 
     def merge(self, a: Partials, b: Partials) -> Partials:
         return exact_partials([*a, *b]) if a and b else a or b

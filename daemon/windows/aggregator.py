@@ -17,6 +17,7 @@ from daemon.events import EventBatch, WindowResult
 from daemon.metrics import MetricSet
 from daemon.windows import build_windower
 from daemon.windows.fixed import Hopping
+from daemon.windows.grouping import pane_groups, session_runs
 from daemon.windows.session import Session, SessionStore
 from daemon.windows.where import compile_where
 from daemon import jsonbytes
@@ -102,58 +103,46 @@ class Aggregator:
         self._folded += folded
         return folded
 
-    def _group(self, batch: EventBatch, rows: list[int] | None, lead: list[Any] | None) -> dict[Any, list[int]]:
-        """Row indices per (lead value, *group key) (or per key when lead is None)."""
-        cols = [batch.column(f) for f in self.config.group_by]
-        if rows is not None:
-            cols = [[c[i] for i in rows] for c in cols]
-        if lead is not None:
-            comp: Iterable[Any] = zip(lead, *cols) if cols else lead
-        elif len(cols) == 1:
-            comp = cols[0]
-        else:
-            comp = zip(*cols) if cols else [()] * (len(rows) if rows is not None else len(batch))
-        groups: dict[Any, list[int]] = {}
-        get = groups.get
-        for i, g in zip(range(len(batch)) if rows is None else rows, comp):
-            lst = get(g)
-            if lst is None:
-                groups[g] = [i]
-            else:
-                lst.append(i)
-        return groups
-
     def _add_fixed(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
         fixed = self._fixed
         assert fixed is not None
-        ts = batch.ts if rows is None else [batch.ts[i] for i in rows]
-        groups = self._group(batch, rows, fixed.latest_starts(ts))
-        keyed, size = bool(self.config.group_by), fixed.size_ms
-        columns = [batch.column(f) for f in self._metrics.fields]
-        metrics, panes, touched = self._metrics, self._panes, self._touched
+        key_columns = [batch.column(f) for f in self.config.group_by]
+        g = pane_groups(batch.ts, rows, key_columns, fixed.slide_ms)
+        size, keys = fixed.size_ms, g.keys
+        panes, touched = self._panes, self._touched
         wm, limit = self._watermark_ms, self._max_states
         folded = 0
-        for g, idx in groups.items():
-            pane, key = (g[0], g[1:]) if keyed else (g, ())
+        fold_states: list[list[Any]] = []
+        fold_lo: list[int] = []
+        fold_hi: list[int] = []
+        for pane, code, lo, hi in zip(g.lead, g.key_code, g.lo, g.hi):
+            key = keys[code]
             if wm is not None and pane + size <= wm:   # every window of this pane was emitted
-                self._late += len(idx)
+                self._late += hi - lo
                 continue
             per_key = panes.get(pane)
             states = per_key.get(key) if per_key is not None else None
             if states is None:
                 if self._n_fixed >= limit:
-                    self._overflowed += len(idx)
+                    self._overflowed += hi - lo
                     if overflow is not None:
-                        overflow.extend(idx)
+                        overflow.extend(g.rows[lo:hi])
                     continue
                 states = self._new_pane(pane, key)
-            if len(idx) == 1:
-                metrics.fold_row(states, idx[0], columns)
-            else:
-                metrics.fold(states, idx, metrics.gather(columns, idx))
+            fold_states.append(states)
+            fold_lo.append(lo)
+            fold_hi.append(hi)
             touched.add((pane, key))
-            folded += len(idx)
+            folded += hi - lo
+        self._fold_groups(batch, g.rows, fold_states, fold_lo, fold_hi)
         return folded
+
+    def _fold_groups(self, batch: EventBatch, rows: list[int], states: list[list[Any]], lo: list[int],
+                     hi: list[int]) -> None:
+        if states:
+            metrics = self._metrics
+            values = metrics.gather([batch.column(f) for f in metrics.fields], rows)
+            metrics.fold_groups(states, lo, hi, rows, values)
 
     def _new_pane(self, start: int, key: tuple[Any, ...]) -> list[Any]:
         states = self._metrics.empty()
@@ -163,40 +152,48 @@ class Aggregator:
         return states
 
     def _add_sessions(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
+        """Place each (key, run) in its session, then fold every run of the batch at once.
+
+        The folds wait until every run is placed, except for a key with several runs in the
+        batch: placing its later run may merge the session an earlier run went to into another
+        (a new states list), so such a run is folded as soon as it is placed.
+        """
         store = self._store
         assert store is not None
-        windower, ts = store.windower, batch.ts
-        gap = windower.gap_ms
-        columns = [batch.column(f) for f in self._metrics.fields]
-        single = len(self.config.group_by) == 1
-        metrics, wm, limit = self._metrics, self._watermark_ms, self._max_states
+        gap = store.windower.gap_ms
+        key_columns = [batch.column(f) for f in self.config.group_by]
+        g = session_runs(batch.ts, rows, key_columns, gap)
+        keys, wm, limit = g.keys, self._watermark_ms, self._max_states
+        runs_per_key = [0] * len(keys)
+        for code in g.key_code:
+            runs_per_key[code] += 1
+        metrics, touched = self._metrics, self._touched
+        values = metrics.gather([batch.column(f) for f in metrics.fields], g.rows)
         folded = 0
-        for g, idx in self._group(batch, rows, None).items():
-            key = (g,) if single else g
-            if len(idx) == 1:
-                t = ts[idx[0]]
-                runs: list[tuple[int, int, int, int]] = [(t, t, 0, 1)]
-            else:
-                idx.sort(key=ts.__getitem__)
-                runs = windower.split([ts[i] for i in idx])
-            for first, last, lo, hi in runs:
-                run = idx if len(runs) == 1 else idx[lo:hi]
-                fresh = wm is None or last + gap > wm
-                states = store.place(key, first, last, may_open=fresh and store.n_states < limit)
-                if states is None:
-                    if fresh:
-                        self._overflowed += len(run)
-                        if overflow is not None:
-                            overflow.extend(run)
-                    else:
-                        self._late += len(run)
-                    continue
-                if len(run) == 1:
-                    metrics.fold_row(states, run[0], columns)
+        fold_states: list[list[Any]] = []
+        fold_lo: list[int] = []
+        fold_hi: list[int] = []
+        for code, first, last, lo, hi in zip(g.key_code, g.lead, g.last, g.lo, g.hi):
+            key = keys[code]
+            fresh = wm is None or last + gap > wm
+            states = store.place(key, first, last, may_open=fresh and store.n_states < limit)
+            if states is None:
+                if fresh:
+                    self._overflowed += hi - lo
+                    if overflow is not None:
+                        overflow.extend(g.rows[lo:hi])
                 else:
-                    metrics.fold(states, run, metrics.gather(columns, run))
-                folded += len(run)
-            self._touched.add(key)
+                    self._late += hi - lo
+                continue
+            if runs_per_key[code] > 1:
+                metrics.fold_groups([states], [lo], [hi], g.rows, values)
+            else:
+                fold_states.append(states)
+                fold_lo.append(lo)
+                fold_hi.append(hi)
+            folded += hi - lo
+            touched.add(key)
+        metrics.fold_groups(fold_states, fold_lo, fold_hi, g.rows, values)
         return folded
 
     # -- closing ------------------------------------------------------------------------------
