@@ -97,9 +97,10 @@ class MetricSet:
         """Fold many groups at once, in place: group g is rows[lo[g]:hi[g]], folded into states[g].
 
         `values` is `gather(columns, rows)`. The loop runs per metric over every group, not per
-        group over every metric: a metric with `fold_groups` (count, sum) then does a batch's groups
-        in one call (count from the bounds alone, sum only where a value is non-zero), and the
-        others pay one fold call per group. The states equal folding each group with `fold`.
+        group over every metric, and a metric with `fold_groups` does all of a batch's groups in
+        one call (count adds the group sizes, sum folds only groups with a non-zero value, distinct
+        updates its sketch inline); most groups hold one event, so per-group calls were the cost.
+        The states equal folding each group with `fold`.
         """
         if not states:
             return
@@ -110,11 +111,11 @@ class MetricSet:
                 vals = values[slot]
             else:
                 vals = list(zip(*(values[s] for s in slot)))
-            old = [s[j] for s in states]
             bulk = getattr(metric, "fold_groups", None)
-            new = bulk(old, vals, lo, hi) if bulk is not None else _fold_each_group(metric, old, vals, lo, hi)
-            for s, v in zip(states, new):
-                s[j] = v
+            if bulk is not None:
+                bulk(states, j, vals, lo, hi)
+            else:
+                _fold_each_group(metric, states, j, vals, lo, hi)
 
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         """The states of both inputs together."""
@@ -147,11 +148,13 @@ class MetricSet:
         return [[s.name, s.func, s.field, s.q, s.k, list(s.steps)] for s in self.specs]
 
 
-def _fold_each_group(metric: Any, states: list[Any], values: list[Any], lo: list[int], hi: list[int]) -> list[Any]:
-    """The generic `fold_groups`: one fold per group (fold_one for a one-event group)."""
+def _fold_each_group(metric: Any, states: list[list[Any]], j: int, values: Sequence[Any], lo: list[int],
+                     hi: list[int]) -> None:
+    """The generic `fold_groups`: one fold per group (fold_one for a one-event group) into states[g][j]."""
     fold = metric.fold
     fold_one = getattr(metric, "fold_one", None) or _one_by_fold(fold)
-    return [fold_one(s, values[a]) if b - a == 1 else fold(s, values[a:b]) for s, a, b in zip(states, lo, hi)]
+    for s, a, b in zip(states, lo, hi):
+        s[j] = fold_one(s[j], values[a]) if b - a == 1 else fold(s[j], values[a:b])
 
 
 def _one_by_fold(fold: Any) -> Any:

@@ -82,9 +82,11 @@ class Count:
     def fold_one(self, state: int, value: Any) -> int:
         return state + 1
 
-    def fold_groups(self, states: list[int], values: Sequence[Any], lo: list[int], hi: list[int]) -> list[int]:
-        """Many groups at once (see MetricSet.fold_groups): group g holds values[lo[g]:hi[g]]."""
-        return [s + b - a for s, a, b in zip(states, lo, hi)]
+    def fold_groups(self, states: list[list[Any]], j: int, values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+        """Fold group g, values[lo[g]:hi[g]], into states[g][j] for every g (see MetricSet.fold_groups)."""
+        for s, a, b in zip(states, lo, hi):
+            s[j] += b - a
 
     def merge(self, a: int, b: int) -> int:
         return a + b
@@ -124,17 +126,17 @@ class Sum:
             return state
         return exact_partials([value, *state])
 
-    def fold_groups(self, states: list[Partials], values: Sequence[Any], lo: list[int],
-                    hi: list[int]) -> list[Partials]:
-        """Many groups at once (see MetricSet.fold_groups): group g holds values[lo[g]:hi[g]].
+    def fold_groups(self, states: list[list[Any]], j: int, values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+        """Fold group g, values[lo[g]:hi[g]], into states[g][j] for every g (see MetricSet.fold_groups).
 
         Adding zeros leaves the exact total, hence the partials, as they are, and most events
         carry no revenue; so only groups with a non-zero (or None or NaN) value are folded.
         """
-        out = list(states)
+        fold = self.fold
         for g in _groups_with_nonzero(values, lo, hi):
-            out[g] = self.fold(out[g], values[lo[g]:hi[g]])
-        return out
+            s = states[g]
+            s[j] = fold(s[j], values[lo[g]:hi[g]])
 
     def merge(self, a: Partials, b: Partials) -> Partials:
         return exact_partials([*a, *b]) if a and b else a or b

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from daemon.aggconfig import AggregationConfig
@@ -65,6 +66,8 @@ class Aggregator:
         self._session = windower if isinstance(windower, Session) else None
         self._fixed: Hopping | None = windower if isinstance(windower, Hopping) else None
         self._max_states = config.max_keys
+        # Sessions of a one-field group_by are keyed by the bare value (a tuple per open key costs 56 bytes).
+        self._bare_keys = self._session is not None and len(config.group_by) == 1
         self._signature = {"window": [config.window.type, config.window.size_ms, config.window.slide_ms,
                                       config.window.gap_ms],
                            "group_by": list(config.group_by), "metrics": self._metrics.signature()}
@@ -78,7 +81,7 @@ class Aggregator:
         self._store = (SessionStore(self._session, self._metrics.empty, self._metrics.merge)
                        if self._session is not None else None)
         self._n_fixed = 0
-        self._touched: set[Any] = set()   # (start, key) for fixed windows, key for sessions
+        self._touched: set[Any] = set()   # (start, key) for fixed windows, store key for sessions
         self._emitted = self._folded = self._overflowed = self._late = 0
         self._watermark_ms: int | None = None
         self._counters_dumped: tuple[int, ...] | None = None
@@ -108,14 +111,14 @@ class Aggregator:
         assert fixed is not None
         key_columns = [batch.column(f) for f in self.config.group_by]
         g = pane_groups(batch.ts, rows, key_columns, fixed.slide_ms)
-        size, keys = fixed.size_ms, g.keys
+        size, keys, group_rows = fixed.size_ms, g.keys, g.rows.tolist()
         panes, touched = self._panes, self._touched
         wm, limit = self._watermark_ms, self._max_states
         folded = 0
         fold_states: list[list[Any]] = []
         fold_lo: list[int] = []
         fold_hi: list[int] = []
-        for pane, code, lo, hi in zip(g.lead, g.key_code, g.lo, g.hi):
+        for pane, code, lo, hi in zip(g.lead.tolist(), g.key_code.tolist(), g.lo.tolist(), g.hi.tolist()):
             key = keys[code]
             if wm is not None and pane + size <= wm:   # every window of this pane was emitted
                 self._late += hi - lo
@@ -126,7 +129,7 @@ class Aggregator:
                 if self._n_fixed >= limit:
                     self._overflowed += hi - lo
                     if overflow is not None:
-                        overflow.extend(g.rows[lo:hi])
+                        overflow.extend(group_rows[lo:hi])
                     continue
                 states = self._new_pane(pane, key)
             fold_states.append(states)
@@ -134,15 +137,11 @@ class Aggregator:
             fold_hi.append(hi)
             touched.add((pane, key))
             folded += hi - lo
-        self._fold_groups(batch, g.rows, fold_states, fold_lo, fold_hi)
-        return folded
-
-    def _fold_groups(self, batch: EventBatch, rows: list[int], states: list[list[Any]], lo: list[int],
-                     hi: list[int]) -> None:
-        if states:
+        if fold_states:
             metrics = self._metrics
-            values = metrics.gather([batch.column(f) for f in metrics.fields], rows)
-            metrics.fold_groups(states, lo, hi, rows, values)
+            values = metrics.gather([batch.column(f) for f in metrics.fields], group_rows)
+            metrics.fold_groups(fold_states, fold_lo, fold_hi, group_rows, values)
+        return folded
 
     def _new_pane(self, start: int, key: tuple[Any, ...]) -> list[Any]:
         states = self._metrics.empty()
@@ -154,46 +153,49 @@ class Aggregator:
     def _add_sessions(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
         """Place each (key, run) in its session, then fold every run of the batch at once.
 
-        The folds wait until every run is placed, except for a key with several runs in the
-        batch: placing its later run may merge the session an earlier run went to into another
-        (a new states list), so such a run is folded as soon as it is placed.
+        Runs that extend their key's one open session are placed together (`extend_touching`);
+        the rest one by one, in order. The folds wait until every run is placed, except for a key
+        with several runs in the batch: placing its later run may merge the session an earlier run
+        went to into another (a new states list), so such a run is folded as soon as it is placed.
         """
         store = self._store
         assert store is not None
         gap = store.windower.gap_ms
         key_columns = [batch.column(f) for f in self.config.group_by]
-        g = session_runs(batch.ts, rows, key_columns, gap)
+        g = session_runs(batch.ts, rows, key_columns, gap, bare=self._bare_keys)
         keys, wm, limit = g.keys, self._watermark_ms, self._max_states
-        runs_per_key = [0] * len(keys)
-        for code in g.key_code:
-            runs_per_key[code] += 1
-        metrics, touched = self._metrics, self._touched
-        values = metrics.gather([batch.column(f) for f in metrics.fields], g.rows)
-        folded = 0
-        fold_states: list[list[Any]] = []
-        fold_lo: list[int] = []
-        fold_hi: list[int] = []
-        for code, first, last, lo, hi in zip(g.key_code, g.lead, g.last, g.lo, g.hi):
-            key = keys[code]
+        run_keys = [keys[c] for c in g.key_code.tolist()]
+        many = np.bincount(g.key_code)[g.key_code] > 1
+        placed, fold_states = store.extend_touching(run_keys, g.lead, g.last, ~many)
+        group_rows = g.rows.tolist()
+        los, his = g.lo.tolist(), g.hi.tolist()
+        fold_lo, fold_hi = g.lo[placed].tolist(), g.hi[placed].tolist()
+        folded = int((g.hi[placed] - g.lo[placed]).sum())
+        metrics = self._metrics
+        values = metrics.gather([batch.column(f) for f in metrics.fields], group_rows)
+        rest = np.ones(len(run_keys), dtype=bool)
+        rest[placed] = False
+        for r in np.flatnonzero(rest).tolist():
+            key, first, last, lo, hi = run_keys[r], int(g.lead[r]), int(g.last[r]), los[r], his[r]
             fresh = wm is None or last + gap > wm
             states = store.place(key, first, last, may_open=fresh and store.n_states < limit)
             if states is None:
                 if fresh:
                     self._overflowed += hi - lo
                     if overflow is not None:
-                        overflow.extend(g.rows[lo:hi])
+                        overflow.extend(group_rows[lo:hi])
                 else:
                     self._late += hi - lo
                 continue
-            if runs_per_key[code] > 1:
-                metrics.fold_groups([states], [lo], [hi], g.rows, values)
+            if many[r]:
+                metrics.fold_groups([states], [lo], [hi], group_rows, values)
             else:
                 fold_states.append(states)
                 fold_lo.append(lo)
                 fold_hi.append(hi)
             folded += hi - lo
-            touched.add(key)
-        metrics.fold_groups(fold_states, fold_lo, fold_hi, g.rows, values)
+        metrics.fold_groups(fold_states, fold_lo, fold_hi, group_rows, values)
+        self._touched.update(keys)
         return folded
 
     # -- closing ------------------------------------------------------------------------------
@@ -208,6 +210,8 @@ class Aggregator:
         if self._store is not None:
             found = self._store.close(watermark_ms)
             self._touched.update(f[2] for f in found)
+            if self._bare_keys:
+                found = [(start, end, (key,), states) for start, end, key, states in found]
         else:
             found = self._close_fixed(before, watermark_ms)
         try:   # plain tuple order equals key_order whenever it does not raise
@@ -254,7 +258,7 @@ class Aggregator:
     def statistics(self) -> AggregatorStats:
         """A snapshot of the counters."""
         store = self._store
-        keys = len(store.sessions) if store is not None else len(self._key_panes)
+        keys = store.n_keys if store is not None else len(self._key_panes)
         open_windows = store.n_states if store is not None else self._n_fixed
         return AggregatorStats(open_windows=open_windows, emitted_windows=self._emitted,
                                events_folded=self._folded, keys=keys, overflowed=self._overflowed,
@@ -278,7 +282,7 @@ class Aggregator:
                     jsonbytes.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
         else:
             for key in self._touched:
-                out[_entry_key(b"s", list(key))] = self._dump_sessions(key)
+                out[_entry_key(b"s", self._key_list(key))] = self._dump_sessions(key)
         self._touched.clear()
         counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
         if counters != self._counters_dumped:
@@ -288,12 +292,16 @@ class Aggregator:
             self._counters_dumped = counters
         return out
 
-    def _dump_sessions(self, key: tuple[Any, ...]) -> bytes | None:
-        sessions = self._store.sessions.get(key)  # type: ignore[union-attr]
+    def _key_list(self, key: Any) -> list[Any]:
+        """A session store key as the key's list of group-by values."""
+        return [key] if self._bare_keys else list(key)
+
+    def _dump_sessions(self, key: Any) -> bytes | None:
+        sessions = self._store.sessions_of(key)  # type: ignore[union-attr]
         if not sessions:
             return None
         blobs = [self._metrics.dump(s[2]) for s in sessions]
-        head = [list(key), [[s[0], s[1], len(b)] for s, b in zip(sessions, blobs)]]
+        head = [self._key_list(key), [[s[0], s[1], len(b)] for s, b in zip(sessions, blobs)]]
         return jsonbytes.dumps(head) + b"\n" + b"".join(blobs)
 
     def restore(self, items: Iterable[tuple[bytes, bytes]]) -> None:
@@ -332,4 +340,5 @@ class Aggregator:
         for first, last, n in spans:
             sessions.append([first, last, self._metrics.load(body[pos:pos + n])])
             pos += n
-        self._store.load(tuple(key_list), sessions)  # type: ignore[union-attr]
+        key = key_list[0] if self._bare_keys else tuple(key_list)
+        self._store.load(key, sessions)  # type: ignore[union-attr]

@@ -17,20 +17,27 @@ import numpy as np
 
 
 class Groups(NamedTuple):
-    """Groups as parallel lists: group g holds rows[lo[g]:hi[g]] (original row indices, ascending
-    within a group), its key keys[key_code[g]] and its `lead` (pane start, or a run's first ts)."""
+    """Groups as parallel int64 arrays: group g holds rows[lo[g]:hi[g]] (original row indices), its
+    key is keys[key_code[g]], its `lead` the pane start or a run's first ts (`last`: its last ts)."""
 
-    rows: list[int]
-    lo: list[int]
-    hi: list[int]
-    key_code: list[int]
-    lead: list[int]
-    last: list[int]      # sessions: a run's last ts; fixed windows: the pane start again
-    keys: list[tuple[Any, ...]]
+    rows: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    key_code: np.ndarray
+    lead: np.ndarray
+    last: np.ndarray
+    keys: list[Any]
 
 
-def key_codes(columns: Sequence[list[Any]], rows: list[int] | None, n: int) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
-    """A code per selected row (0, 1, ... in order of first appearance) and the key tuple of each code.
+def _no_groups(keys: list[Any]) -> Groups:
+    empty = np.zeros(0, dtype=np.int64)
+    return Groups(empty, empty, empty, empty, empty, empty, keys)
+
+
+def key_codes(columns: Sequence[list[Any]], rows: list[int] | None, n: int,
+              bare: bool = False) -> tuple[np.ndarray, list[Any]]:
+    """A code per selected row (0, 1, ... in order of first appearance) and the key tuple of each code
+    (with `bare` and one column, the value itself: no tuple per key).
 
     Keys compare as dict keys do (as the row-at-a-time grouping did); no columns make one key ().
     """
@@ -42,7 +49,7 @@ def key_codes(columns: Sequence[list[Any]], rows: list[int] | None, n: int) -> t
     index: dict[Any, int] = {}
     values = columns[0] if len(columns) == 1 else zip(*columns)
     codes = [index.setdefault(v, len(index)) for v in values]
-    keys = [(v,) for v in index] if len(columns) == 1 else list(index)
+    keys = [(v,) for v in index] if len(columns) == 1 and not bare else list(index)
     return np.asarray(codes, dtype=np.int64), keys
 
 
@@ -60,7 +67,7 @@ def pane_groups(ts: list[int], rows: list[int] | None, columns: Sequence[list[An
     sel, t = selected_ts(ts, rows)
     codes, keys = key_codes(columns, rows, len(ts))
     if not len(t):
-        return Groups([], [], [], [], [], [], keys)
+        return _no_groups(keys)
     panes = t - t % slide_ms
     pane_values, pane_code = np.unique(panes, return_inverse=True)
     combined = codes * len(pane_values) + pane_code
@@ -74,22 +81,21 @@ def pane_groups(ts: list[int], rows: list[int] | None, columns: Sequence[list[An
     hi = np.cumsum(sizes)
     lo = hi - sizes
     ordered = uniq[by_first]
-    lead = pane_values[ordered % len(pane_values)].tolist()
-    return Groups(sel[order].tolist(), lo.tolist(), hi.tolist(), (ordered // len(pane_values)).tolist(),
-                  lead, lead, keys)
+    lead = pane_values[ordered % len(pane_values)]
+    return Groups(sel[order], lo, hi, ordered // len(pane_values), lead, lead, keys)
 
 
-def session_runs(ts: list[int], rows: list[int] | None, columns: Sequence[list[Any]], gap_ms: int) -> Groups:
+def session_runs(ts: list[int], rows: list[int] | None, columns: Sequence[list[Any]], gap_ms: int,
+                 bare: bool = False) -> Groups:
     """Rows grouped by key and cut into runs whose neighbours are < gap apart: keys in order of
-    first appearance, a key's runs oldest first, rows of a run by (ts, row)."""
+    first appearance, a key's runs oldest first, rows of a run by (ts, row). `bare`: see key_codes."""
     sel, t = selected_ts(ts, rows)
-    codes, keys = key_codes(columns, rows, len(ts))
+    codes, keys = key_codes(columns, rows, len(ts), bare)
     if not len(t):
-        return Groups([], [], [], [], [], [], keys)
+        return _no_groups(keys)
     order = np.lexsort((t, codes))   # stable: equal (key, ts) keep row order
     c, s = codes[order], t[order]
     cut = np.flatnonzero((c[1:] != c[:-1]) | (s[1:] - s[:-1] >= gap_ms)) + 1
     lo = np.concatenate(([0], cut))
     hi = np.concatenate((cut, [len(s)]))
-    return Groups(sel[order].tolist(), lo.tolist(), hi.tolist(), c[lo].tolist(), s[lo].tolist(),
-                  s[hi - 1].tolist(), keys)
+    return Groups(sel[order], lo, hi, c[lo], s[lo], s[hi - 1], keys)

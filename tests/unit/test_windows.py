@@ -100,7 +100,7 @@ def test_session_store_matches_reference_in_any_arrival_order(ts, gap, rng):
     rng.shuffle(order)
     for t in order:
         store.place("k", t, t, may_open=True)[0] += 1
-    got = [(Window(f, l + gap), st_[0]) for f, l, st_ in store.sessions.get("k", [])]
+    got = [(Window(f, l + gap), st_[0]) for f, l, st_ in store.sessions_of("k")]
     expected = [(w, sum(w.contains(t) for t in ts)) for w in sessionize(ts, gap)]
     assert got == expected
     assert store.n_states == len(expected)
@@ -127,7 +127,7 @@ def test_session_store_closes_each_session_once_at_its_final_end(ts, gap, keys, 
         states[0] += 1
         placed += 1
     closed += store.close(10**6)
-    assert store.n_states == 0 and not store.sessions
+    assert store.n_states == 0 and not store.n_keys
     assert sum(states[0] for _, _, _, states in closed) == placed
     per_key: dict[str, list[tuple[int, int]]] = {}
     for start, end, key, _ in closed:
@@ -144,10 +144,10 @@ def test_session_bridging_event_merges_two_sessions():
     store.place("k", 15, 15, may_open=True)[0] += 1
     assert store.n_states == 2
     store.place("k", 7, 7, may_open=True)[0] += 1
-    assert [(f, l, s) for f, l, s in store.sessions["k"]] == [(0, 15, [3])]
+    assert [(f, l, s) for f, l, s in store.sessions_of("k")] == [(0, 15, [3])]
     assert store.close(24) == []
     assert store.close(25) == [(0, 25, "k", [3])]
-    assert store.n_states == 0 and not store.sessions
+    assert store.n_states == 0 and not store.n_keys
 
 
 def test_session_store_refuses_to_open_when_not_allowed():
