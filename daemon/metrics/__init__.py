@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,6 +121,15 @@ class MetricSet:
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         """The states of both inputs together."""
         return [m.merge(x, y) for m, x, y in zip(self.metrics, a, b)]
+
+    def merge_many(self, many: Sequence[list[Any]]) -> list[Any]:
+        """The states of all inputs together; a metric with `merge_many` merges them in one step."""
+        out = []
+        for j, m in enumerate(self.metrics):
+            column = [states[j] for states in many]
+            bulk = getattr(m, "merge_many", None)
+            out.append(bulk(column) if bulk is not None else functools.reduce(m.merge, column))
+        return out
 
     def results(self, states: list[Any]) -> dict[str, Any]:
         """Metric name -> result value."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import datasketches as ds
@@ -22,6 +23,7 @@ import numpy as np
 from daemon.aggconfig import MetricSpec
 
 HLL_LG_K = 16
+SMALL_DISTINCT = 8  # a distinct state keeps up to this many values in a tuple before it becomes an HLL
 KLL_K = 200
 _KLL_BULK_MIN = 16  # below this, per-value update beats building a numpy array
 
@@ -48,58 +50,105 @@ def composite_estimate(sketch: ds.hll_sketch) -> float:
     return ds.hll_sketch.deserialize(bytes(data)).get_estimate()
 
 
+Small = tuple[Any, ...]   # a Distinct state's distinct values while there are few (an HLL after)
+
+
 @dataclass(frozen=True, slots=True)
 class Distinct:
-    """Approximate count of distinct values (HyperLogLog, HLL_8 registers)."""
+    """Approximate count of distinct values (HyperLogLog, HLL_8 registers).
+
+    A state starts as a tuple of its distinct values and becomes an HLL sketch past SMALL_DISTINCT
+    of them: most open sessions and panes see one or two values, and a tuple of them costs ~50
+    bytes where an HLL object costs ~230. Results and dumps build the sketch from the tuple. An HLL
+    answers from the set of values alone (coupon count in its list/set modes, registers and
+    `composite_estimate` after), so the number is the one an HLL fed every event would give,
+    and the dump is an HLL blob as before (a loaded state stays a sketch).
+    """
 
     lg_k: int = HLL_LG_K
+    small: int = SMALL_DISTINCT
     kind = "int64"
 
     @classmethod
     def from_spec(cls, spec: MetricSpec) -> Distinct:
         return cls()
 
-    def empty(self) -> ds.hll_sketch:
-        return ds.hll_sketch(self.lg_k, ds.HLL_8)
+    def empty(self) -> Small:
+        return ()
 
-    def fold(self, state: ds.hll_sketch, values: Sequence[Any]) -> ds.hll_sketch:
-        update = state.update
+    def sketch(self, values: Iterable[Any]) -> ds.hll_sketch:
+        """A new HLL holding `values`."""
+        out = ds.hll_sketch(self.lg_k, ds.HLL_8)
+        update = out.update
+        for v in values:
+            update(v)
+        return out
+
+    def fold(self, state: Small | ds.hll_sketch, values: Sequence[Any]) -> Small | ds.hll_sketch:
+        if type(state) is tuple:
+            # First-seen order, as fold_one keeps it: a dump then never depends on set order.
+            new = tuple(v for v in dict.fromkeys(values) if v is not None and v not in state)
+            if len(state) + len(new) <= self.small:
+                return state + new if new else state
+            return self.sketch(state + new)
         # A set drops repeats (one user, many events) at C speed before the slower update.
+        update = state.update
         for v in set(values):
             if v is not None:
                 update(v)
         return state
 
-    def fold_one(self, state: ds.hll_sketch, value: Any) -> ds.hll_sketch:
-        if value is not None:
-            state.update(value)
+    def fold_one(self, state: Small | ds.hll_sketch, value: Any) -> Small | ds.hll_sketch:
+        if value is None:
+            return state
+        if type(state) is tuple:
+            if value in state:
+                return state
+            return state + (value,) if len(state) < self.small else self.sketch((*state, value))
+        state.update(value)
         return state
 
     def fold_groups(self, states: list[list[Any]], j: int, values: Sequence[Any], lo: list[int],
                     hi: list[int]) -> None:
         """Fold group g, values[lo[g]:hi[g]], into states[g][j] for every g (see MetricSet.fold_groups);
-        a one-event group updates its sketch inline, without a call per group."""
-        fold = self.fold
+        a one-event group into a sketch updates it inline, without a call per group."""
+        fold, fold_one = self.fold, self.fold_one
         for s, a, b in zip(states, lo, hi):
-            if b - a == 1:
-                v = values[a]
-                if v is not None:
-                    s[j].update(v)
-            else:
+            if b - a > 1:
                 s[j] = fold(s[j], values[a:b])
+            elif type(state := s[j]) is tuple:
+                s[j] = fold_one(state, values[a])
+            elif (v := values[a]) is not None:
+                state.update(v)
 
-    def merge(self, a: ds.hll_sketch, b: ds.hll_sketch) -> ds.hll_sketch:
+    def merge(self, a: Small | ds.hll_sketch, b: Small | ds.hll_sketch) -> Small | ds.hll_sketch:
+        return self.merge_many([a, b])
+
+    def merge_many(self, states: Sequence[Small | ds.hll_sketch]) -> Small | ds.hll_sketch:
+        """All states together in one union (a hopping window merges its panes at once)."""
+        sketches = [s for s in states if type(s) is not tuple]
+        values = dict.fromkeys(chain.from_iterable(s for s in states if type(s) is tuple))
+        if not sketches:
+            return tuple(values) if len(values) <= self.small else self.sketch(values)
         union = ds.hll_union(self.lg_k)
-        union.update(a)
-        union.update(b)
+        for s in sketches:
+            union.update(s)
+        for v in values:
+            union.update(v)
         return union.get_result(ds.HLL_8)
 
-    def result(self, state: ds.hll_sketch) -> int:
+    def result(self, state: Small | ds.hll_sketch) -> int:
+        if type(state) is tuple:
+            # A few values keep a new sketch in list mode, whose estimate is order-independent
+            # already: composite_estimate would return this same get_estimate().
+            return int(round(self.sketch(state).get_estimate())) if state else 0
         if state.is_empty():
             return 0
         return int(round(composite_estimate(state)))
 
-    def dump(self, state: ds.hll_sketch) -> bytes:
+    def dump(self, state: Small | ds.hll_sketch) -> bytes:
+        if type(state) is tuple:
+            state = self.sketch(state)
         return bytes(state.serialize_compact())
 
     def load(self, data: bytes) -> ds.hll_sketch:
@@ -139,8 +188,13 @@ class Quantile:
         return state
 
     def merge(self, a: ds.kll_doubles_sketch, b: ds.kll_doubles_sketch) -> ds.kll_doubles_sketch:
-        out = ds.kll_doubles_sketch.deserialize(a.serialize())
-        out.merge(b)
+        return self.merge_many([a, b])
+
+    def merge_many(self, states: Sequence[ds.kll_doubles_sketch]) -> ds.kll_doubles_sketch:
+        """All states together: one copy of the first, the others merged into it."""
+        out = ds.kll_doubles_sketch.deserialize(states[0].serialize())
+        for s in states[1:]:
+            out.merge(s)
         return out
 
     def result(self, state: ds.kll_doubles_sketch) -> float | None:
@@ -184,9 +238,13 @@ class TopK:
         return state
 
     def merge(self, a: ds.frequent_strings_sketch, b: ds.frequent_strings_sketch) -> ds.frequent_strings_sketch:
+        return self.merge_many([a, b])
+
+    def merge_many(self, states: Sequence[ds.frequent_strings_sketch]) -> ds.frequent_strings_sketch:
+        """All states together, merged into one new sketch."""
         out = ds.frequent_strings_sketch(topk_lg_size(self.k))
-        out.merge(a)
-        out.merge(b)
+        for s in states:
+            out.merge(s)
         return out
 
     def result(self, state: ds.frequent_strings_sketch) -> list[dict[str, Any]]:

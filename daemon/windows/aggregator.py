@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -215,7 +216,7 @@ class Aggregator:
         else:
             found = self._close_fixed(before, watermark_ms)
         try:   # plain tuple order equals key_order whenever it does not raise
-            found.sort(key=lambda r: (r[1], r[0], r[2]))
+            found.sort(key=itemgetter(1, 0, 2))
         except TypeError:   # keys mix None/str/numbers at some position
             found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
         name, results = self.config.name, self._metrics.results
@@ -228,7 +229,7 @@ class Aggregator:
         the panes whose last window has ended."""
         fixed = self._fixed
         assert fixed is not None
-        size, slide, merge = fixed.size_ms, fixed.slide_ms, self._metrics.merge
+        size, slide, merge_many = fixed.size_ms, fixed.slide_ms, self._metrics.merge_many
         ends = sorted({e for p in self._panes for e in range(p + slide, p + size + 1, slide)
                        if e <= watermark_ms and (before_ms is None or e > before_ms)})
         found = []
@@ -236,12 +237,17 @@ class Aggregator:
             if size == slide:   # tumbling: the pane is the window
                 found.extend((end - size, end, key, states) for key, states in self._panes[end - size].items())
                 continue
-            parts: dict[tuple[Any, ...], list[Any]] = {}
+            parts: dict[tuple[Any, ...], list[list[Any]]] = {}
             for pane in range(end - size, end, slide):
                 for key, states in self._panes.get(pane, {}).items():
                     have = parts.get(key)
-                    parts[key] = states if have is None else merge(have, states)
-            found.extend((end - size, end, key, states) for key, states in parts.items())
+                    if have is None:
+                        parts[key] = [states]
+                    else:
+                        have.append(states)
+            # All of a window's panes in one merge: one sketch union per window, not one per pane.
+            found.extend((end - size, end, key, panes[0] if len(panes) == 1 else merge_many(panes))
+                         for key, panes in parts.items())
         for pane in [p for p in self._panes if p + size <= watermark_ms]:
             for key in self._panes.pop(pane):
                 self._touched.add((pane, key))

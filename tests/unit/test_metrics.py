@@ -261,3 +261,69 @@ def test_fold_row_equals_folding_one_row_groups(rows):
     ms.fold(whole, list(range(len(rows))), ms.gather(columns, list(range(len(rows)))))
     assert ms.dump(by_row) == ms.dump(by_group)
     assert ms.results(by_row) == ms.results(whole)
+
+
+def _hll_answer(values: list) -> int:
+    """What an HLL fed every value one at a time answers (the pre-tuple Distinct)."""
+    import datasketches as ds
+
+    from daemon.metrics.sketches import composite_estimate
+
+    sketch = ds.hll_sketch(HLL_LG_K, ds.HLL_8)
+    for v in values:
+        if v is not None:
+            sketch.update(v)
+    return 0 if sketch.is_empty() else int(round(composite_estimate(sketch)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.none() | st.integers(0, 40).map(lambda n: f"v{n}"), max_size=60),
+       chunk=st.integers(min_value=1, max_value=12), cut=st.integers(min_value=0, max_value=60))
+def test_distinct_small_tuple_answers_as_an_hll_fed_every_event(values, chunk, cut):
+    """Below and across SMALL_DISTINCT values, the tuple state answers exactly what an HLL updated per
+    event answers, however the values are chunked, merged (pairwise or at once) or dumped and loaded."""
+    from daemon.metrics.sketches import Distinct
+
+    m = Distinct()
+    expected = _hll_answer(values)
+    one_by_one = m.empty()
+    for v in values:
+        one_by_one = m.fold_one(one_by_one, v)
+    a, b = fold_all(m, values[:cut], chunk), fold_all(m, values[cut:], chunk)
+    answers = {m.result(one_by_one), m.result(fold_all(m, values, chunk)), m.result(m.merge(a, b)),
+               m.result(m.merge_many([a, m.empty(), b])), m.result(m.load(m.dump(one_by_one))),
+               m.result(m.merge(m.load(m.dump(a)), b))}
+    assert answers == {expected}
+
+
+def test_distinct_keeps_few_values_as_a_tuple_then_an_hll():
+    """A distinct state is a tuple of first-seen values up to SMALL_DISTINCT, an HLL beyond."""
+    from daemon.metrics.sketches import SMALL_DISTINCT, Distinct
+
+    m = Distinct()
+    state = m.fold(m.empty(), ["b", "a", "b", None])
+    assert state == ("b", "a")
+    state = m.fold(state, [f"x{i}" for i in range(SMALL_DISTINCT)])
+    assert type(state) is not tuple and m.result(state) == SMALL_DISTINCT + 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(groups=st.lists(st.tuples(st.sampled_from(list(EXACT.values()) + ["distinct(price)"]),
+                                 numeric_values(8)), min_size=1, max_size=12))
+def test_fold_groups_equals_fold_per_group(groups):
+    """MetricSet.fold_groups (one call per metric for a batch's groups) leaves the states fold() leaves."""
+    exprs = sorted({e for e, _ in groups})
+    ms = MetricSet([parse_metric(f"m{i}", e) for i, e in enumerate(exprs)])
+    price = [v for _, vals in groups for v in vals]
+    rows = list(range(len(price)))
+    bounds = [0]
+    for _, vals in groups:
+        bounds.append(bounds[-1] + len(vals))
+    keep = [g for g in range(len(groups)) if bounds[g + 1] > bounds[g]]
+    bulk = [ms.empty() for _ in keep]
+    each = [ms.empty() for _ in keep]
+    ms.fold_groups(bulk, [bounds[g] for g in keep], [bounds[g + 1] for g in keep], rows, ms.gather([price], rows))
+    for states, g in zip(each, keep):
+        part = rows[bounds[g]:bounds[g + 1]]
+        ms.fold(states, part, ms.gather([price], part))
+    assert [ms.dump(s) for s in bulk] == [ms.dump(s) for s in each]
