@@ -124,16 +124,28 @@ class MetricSet:
 
     def merge_many(self, many: Sequence[list[Any]]) -> list[Any]:
         """The states of all inputs together; a metric with `merge_many` merges them in one step."""
-        out = []
-        for j, m in enumerate(self.metrics):
-            column = [states[j] for states in many]
-            bulk = getattr(m, "merge_many", None)
-            out.append(bulk(column) if bulk is not None else functools.reduce(m.merge, column))
-        return out
+        return [self._merge_column(m, [states[j] for states in many]) for j, m in enumerate(self.metrics)]
+
+    @staticmethod
+    def _merge_column(m: Any, column: list[Any]) -> Any:
+        bulk = getattr(m, "merge_many", None)
+        return bulk(column) if bulk is not None else functools.reduce(m.merge, column)
 
     def results(self, states: list[Any]) -> dict[str, Any]:
         """Metric name -> result value."""
         return {name: m.result(s) for name, m, s in zip(self.names, self.metrics, states)}
+
+    def results_many(self, many: Sequence[list[Any]]) -> dict[str, Any]:
+        """The results of all inputs merged (a hopping window's panes), without building the merged
+        states where a metric can answer from the parts (`result_many`: count sums, distinct unions once)."""
+        if len(many) == 1:
+            return self.results(many[0])
+        out = {}
+        for j, (name, m) in enumerate(zip(self.names, self.metrics)):
+            column = [states[j] for states in many]
+            bulk = getattr(m, "result_many", None)
+            out[name] = bulk(column) if bulk is not None else m.result(self._merge_column(m, column))
+        return out
 
     def dump(self, states: list[Any]) -> bytes:
         """One blob: an orjson list of blob lengths, a newline, then each metric's dump."""

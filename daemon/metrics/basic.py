@@ -91,6 +91,10 @@ class Count:
     def merge(self, a: int, b: int) -> int:
         return a + b
 
+    def result_many(self, states: list[int]) -> int:
+        """The result of all states merged."""
+        return sum(states)
+
     def result(self, state: int) -> int:
         return state
 

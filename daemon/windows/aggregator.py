@@ -212,30 +212,33 @@ class Aggregator:
             found = self._store.close(watermark_ms)
             self._touched.update(f[2] for f in found)
             if self._bare_keys:
-                found = [(start, end, (key,), states) for start, end, key, states in found]
+                found = [(start, end, (key,), [states]) for start, end, key, states in found]
+            else:
+                found = [(start, end, key, [states]) for start, end, key, states in found]
         else:
             found = self._close_fixed(before, watermark_ms)
         try:   # plain tuple order equals key_order whenever it does not raise
             found.sort(key=itemgetter(1, 0, 2))
         except TypeError:   # keys mix None/str/numbers at some position
             found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
-        name, results = self.config.name, self._metrics.results
+        name, results = self.config.name, self._metrics.results_many
         self._emitted += len(found)
         return [WindowResult(aggregation=name, window_start_ms=start, window_end_ms=end, key=key,
-                             metrics=results(states)) for start, end, key, states in found]
+                             metrics=results(parts)) for start, end, key, parts in found]
 
-    def _close_fixed(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Any, list[Any]]]:
-        """Windows ending in (before_ms, watermark_ms], each merged from its panes; then free
-        the panes whose last window has ended."""
+    def _close_fixed(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Any, list[list[Any]]]]:
+        """Windows ending in (before_ms, watermark_ms], each with the states of its panes (merged
+        only into its results, by `results_many`: one sketch union per window, not one per pane);
+        then free the panes whose last window has ended."""
         fixed = self._fixed
         assert fixed is not None
-        size, slide, merge_many = fixed.size_ms, fixed.slide_ms, self._metrics.merge_many
+        size, slide = fixed.size_ms, fixed.slide_ms
         ends = sorted({e for p in self._panes for e in range(p + slide, p + size + 1, slide)
                        if e <= watermark_ms and (before_ms is None or e > before_ms)})
         found = []
         for end in ends:
             if size == slide:   # tumbling: the pane is the window
-                found.extend((end - size, end, key, states) for key, states in self._panes[end - size].items())
+                found.extend((end - size, end, key, [states]) for key, states in self._panes[end - size].items())
                 continue
             parts: dict[tuple[Any, ...], list[list[Any]]] = {}
             for pane in range(end - size, end, slide):
@@ -245,9 +248,7 @@ class Aggregator:
                         parts[key] = [states]
                     else:
                         have.append(states)
-            # All of a window's panes in one merge: one sketch union per window, not one per pane.
-            found.extend((end - size, end, key, panes[0] if len(panes) == 1 else merge_many(panes))
-                         for key, panes in parts.items())
+            found.extend((end - size, end, key, panes) for key, panes in parts.items())
         for pane in [p for p in self._panes if p + size <= watermark_ms]:
             for key in self._panes.pop(pane):
                 self._touched.add((pane, key))

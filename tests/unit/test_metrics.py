@@ -279,20 +279,21 @@ def _hll_answer(values: list) -> int:
 @settings(max_examples=150, deadline=None)
 @given(values=st.lists(st.none() | st.integers(0, 40).map(lambda n: f"v{n}"), max_size=60),
        chunk=st.integers(min_value=1, max_value=12), cut=st.integers(min_value=0, max_value=60))
-def test_distinct_small_tuple_answers_as_an_hll_fed_every_event(values, chunk, cut):
-    """Below and across SMALL_DISTINCT values, the tuple state answers exactly what an HLL updated per
-    event answers, however the values are chunked, merged (pairwise or at once) or dumped and loaded."""
-    from daemon.metrics.sketches import Distinct
+def test_distinct_is_exact_while_small_then_answers_as_an_hll_fed_every_event(values, chunk, cut):
+    """Up to SMALL_DISTINCT values distinct is the exact count, beyond it what an HLL updated per event
+    answers, however the values are chunked, merged (pairwise or at once) or dumped and loaded."""
+    from daemon.metrics.sketches import SMALL_DISTINCT, Distinct
 
     m = Distinct()
-    expected = _hll_answer(values)
+    exact = len({v for v in values if v is not None})
+    expected = exact if exact <= SMALL_DISTINCT else _hll_answer(values)
     one_by_one = m.empty()
     for v in values:
         one_by_one = m.fold_one(one_by_one, v)
     a, b = fold_all(m, values[:cut], chunk), fold_all(m, values[cut:], chunk)
     answers = {m.result(one_by_one), m.result(fold_all(m, values, chunk)), m.result(m.merge(a, b)),
-               m.result(m.merge_many([a, m.empty(), b])), m.result(m.load(m.dump(one_by_one))),
-               m.result(m.merge(m.load(m.dump(a)), b))}
+               m.result(m.merge_many([a, m.empty(), b])), m.result_many([a, m.empty(), b]),
+               m.result(m.load(m.dump(one_by_one))), m.result(m.merge(m.load(m.dump(a)), b))}
     assert answers == {expected}
 
 
@@ -303,8 +304,26 @@ def test_distinct_keeps_few_values_as_a_tuple_then_an_hll():
     m = Distinct()
     state = m.fold(m.empty(), ["b", "a", "b", None])
     assert state == ("b", "a")
+    assert m.load(m.dump(state)) == ("b", "a") and m.dump(m.empty()) == b"[]"
     state = m.fold(state, [f"x{i}" for i in range(SMALL_DISTINCT)])
     assert type(state) is not tuple and m.result(state) == SMALL_DISTINCT + 2
+    assert m.dump(state)[:1] != b"[" and m.result(m.load(m.dump(state))) == SMALL_DISTINCT + 2
+
+
+def test_distinct_loads_hll_blobs_dumped_before_the_tuple_state():
+    """A state dumped as an HLL blob (every state before the tuple form) loads and answers as before."""
+    import datasketches as ds
+
+    from daemon.metrics.sketches import Distinct
+
+    m = Distinct()
+    for n in (1, 3, 500):
+        old = ds.hll_sketch(HLL_LG_K, ds.HLL_8)
+        for i in range(n):
+            old.update(f"u{i}")
+        state = m.load(bytes(old.serialize_compact()))
+        assert m.result(state) == n
+        assert m.result(m.fold(state, ["u0", "new"])) == n + 1
 
 
 @settings(max_examples=100, deadline=None)
