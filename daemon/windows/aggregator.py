@@ -46,6 +46,16 @@ def key_order(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
     return tuple((0, 0) if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v)) for v in key)
 
 
+def _by_key(states: dict[tuple[Any, ...], Any]) -> list[tuple[tuple[Any, ...], Any]]:
+    """A dict's (key, value) items in key_order."""
+    items = list(states.items())
+    try:   # plain tuple order equals key_order whenever it does not raise
+        items.sort(key=itemgetter(0))
+    except TypeError:   # keys mix None/str/numbers at some position
+        items.sort(key=lambda item: key_order(item[0]))
+    return items
+
+
 def _entry_key(prefix: bytes, identity: list[Any]) -> bytes:
     raw = jsonbytes.dumps(identity)
     if len(raw) > _MAX_KEY_BYTES:
@@ -82,7 +92,8 @@ class Aggregator:
         self._store = (SessionStore(self._session, self._metrics.empty, self._metrics.merge)
                        if self._session is not None else None)
         self._n_fixed = 0
-        self._touched: set[Any] = set()   # (start, key) for fixed windows, store key for sessions
+        self._touched: set[Any] = set()   # session store keys
+        self._touched_panes: dict[int, set[tuple[Any, ...]]] = {}   # fixed windows: pane start -> keys
         self._emitted = self._folded = self._overflowed = self._late = 0
         self._watermark_ms: int | None = None
         self._counters_dumped: tuple[int, ...] | None = None
@@ -108,41 +119,47 @@ class Aggregator:
         return folded
 
     def _add_fixed(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
+        """Find every (pane, key) group's states with list comprehensions, open the missing ones in
+        group order while max_keys allows (as a group-by-group loop would), fold all groups at once."""
         fixed = self._fixed
         assert fixed is not None
         key_columns = [batch.column(f) for f in self.config.group_by]
         g = pane_groups(batch.ts, rows, key_columns, fixed.slide_ms)
-        size, keys, group_rows = fixed.size_ms, g.keys, g.rows.tolist()
-        panes, touched = self._panes, self._touched
-        wm, limit = self._watermark_ms, self._max_states
-        folded = 0
-        fold_states: list[list[Any]] = []
-        fold_lo: list[int] = []
-        fold_hi: list[int] = []
-        for pane, code, lo, hi in zip(g.lead.tolist(), g.key_code.tolist(), g.lo.tolist(), g.hi.tolist()):
-            key = keys[code]
-            if wm is not None and pane + size <= wm:   # every window of this pane was emitted
-                self._late += hi - lo
-                continue
-            per_key = panes.get(pane)
-            states = per_key.get(key) if per_key is not None else None
-            if states is None:
-                if self._n_fixed >= limit:
-                    self._overflowed += hi - lo
-                    if overflow is not None:
-                        overflow.extend(group_rows[lo:hi])
-                    continue
-                states = self._new_pane(pane, key)
-            fold_states.append(states)
-            fold_lo.append(lo)
-            fold_hi.append(hi)
-            touched.add((pane, key))
-            folded += hi - lo
-        if fold_states:
+        wm = self._watermark_ms
+        if wm is not None:   # drop the groups of panes whose every window was emitted
+            late = g.lead + fixed.size_ms <= wm
+            if late.any():
+                self._late += int((g.hi[late] - g.lo[late]).sum())
+                g = g._replace(lo=g.lo[~late], hi=g.hi[~late], key_code=g.key_code[~late], lead=g.lead[~late])
+        group_rows, lo, hi = g.rows.tolist(), g.lo.tolist(), g.hi.tolist()
+        leads, keys = g.lead.tolist(), [g.keys[c] for c in g.key_code.tolist()]
+        no_states: dict[tuple[Any, ...], list[Any]] = {}
+        get_pane = self._panes.get
+        states = [get_pane(p, no_states).get(k) for p, k in zip(leads, keys)]
+        missing = [i for i, s in enumerate(states) if s is None]
+        room = max(0, self._max_states - self._n_fixed)
+        for i in missing[:room]:
+            states[i] = self._new_pane(leads[i], keys[i])
+        if len(missing) > room:
+            lost = missing[room:]
+            self._overflowed += sum(hi[i] - lo[i] for i in lost)
+            if overflow is not None:
+                overflow.extend(r for i in lost for r in group_rows[lo[i]:hi[i]])
+            kept = [i for i, s in enumerate(states) if s is not None]
+            states, leads, keys = [states[i] for i in kept], [leads[i] for i in kept], [keys[i] for i in kept]
+            lo, hi = [lo[i] for i in kept], [hi[i] for i in kept]
+        touched = self._touched_panes
+        for lead, key in zip(leads, keys):   # a batch spans one or two panes: no (pane, key) tuples
+            got = touched.get(lead)
+            if got is None:
+                touched[lead] = {key}
+            else:
+                got.add(key)
+        if states:
             metrics = self._metrics
             values = metrics.gather([batch.column(f) for f in metrics.fields], group_rows)
-            metrics.fold_groups(fold_states, fold_lo, fold_hi, group_rows, values)
-        return folded
+            metrics.fold_groups(states, lo, hi, group_rows, values)
+        return sum(hi) - sum(lo)
 
     def _new_pane(self, start: int, key: tuple[Any, ...]) -> list[Any]:
         states = self._metrics.empty()
@@ -215,12 +232,12 @@ class Aggregator:
                 found = [(start, end, (key,), [states]) for start, end, key, states in found]
             else:
                 found = [(start, end, key, [states]) for start, end, key, states in found]
+            try:   # plain tuple order equals key_order whenever it does not raise
+                found.sort(key=itemgetter(1, 0, 2))
+            except TypeError:   # keys mix None/str/numbers at some position
+                found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
         else:
             found = self._close_fixed(before, watermark_ms)
-        try:   # plain tuple order equals key_order whenever it does not raise
-            found.sort(key=itemgetter(1, 0, 2))
-        except TypeError:   # keys mix None/str/numbers at some position
-            found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
         name, results = self.config.name, self._metrics.results_many
         self._emitted += len(found)
         return [WindowResult(aggregation=name, window_start_ms=start, window_end_ms=end, key=key,
@@ -235,10 +252,10 @@ class Aggregator:
         size, slide = fixed.size_ms, fixed.slide_ms
         ends = sorted({e for p in self._panes for e in range(p + slide, p + size + 1, slide)
                        if e <= watermark_ms and (before_ms is None or e > before_ms)})
-        found = []
+        found = []   # ends ascending, then keys: emission order without a sort key per row
         for end in ends:
             if size == slide:   # tumbling: the pane is the window
-                found.extend((end - size, end, key, [states]) for key, states in self._panes[end - size].items())
+                found.extend((end - size, end, key, [states]) for key, states in _by_key(self._panes[end - size]))
                 continue
             parts: dict[tuple[Any, ...], list[list[Any]]] = {}
             for pane in range(end - size, end, slide):
@@ -248,10 +265,11 @@ class Aggregator:
                         parts[key] = [states]
                     else:
                         have.append(states)
-            found.extend((end - size, end, key, panes) for key, panes in parts.items())
+            found.extend((end - size, end, key, panes) for key, panes in _by_key(parts))
         for pane in [p for p in self._panes if p + size <= watermark_ms]:
-            for key in self._panes.pop(pane):
-                self._touched.add((pane, key))
+            gone = self._panes.pop(pane)
+            self._touched_panes.setdefault(pane, set()).update(gone)
+            for key in gone:
                 self._n_fixed -= 1
                 left = self._key_panes[key] - 1
                 if left:
@@ -282,15 +300,18 @@ class Aggregator:
         out: dict[bytes, bytes | None] = {}
         if self._fixed is not None:
             slide = self._fixed.slide_ms
-            for start, key in self._touched:
-                states = self._panes.get(start, {}).get(key)
-                ident = [start, list(key)]
-                out[_entry_key(b"w", ident)] = None if states is None else (
-                    jsonbytes.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
+            for start, keys in self._touched_panes.items():
+                pane = self._panes.get(start, {})
+                for key in keys:
+                    states = pane.get(key)
+                    ident = [start, list(key)]
+                    out[_entry_key(b"w", ident)] = None if states is None else (
+                        jsonbytes.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
         else:
             for key in self._touched:
                 out[_entry_key(b"s", self._key_list(key))] = self._dump_sessions(key)
         self._touched.clear()
+        self._touched_panes.clear()
         counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
         if counters != self._counters_dumped:
             out[META_KEY] = jsonbytes.dumps({"emitted": self._emitted, "folded": self._folded,
