@@ -92,10 +92,15 @@ class Distinct:
     def fold(self, state: Small | ds.hll_sketch, values: Sequence[Any]) -> Small | ds.hll_sketch:
         if type(state) is tuple:
             # First-seen order, as fold_one keeps it: a dump then never depends on set order.
-            new = tuple(v for v in dict.fromkeys(values) if v is not None and v not in state)
+            new = dict.fromkeys(values)
+            new.pop(None, None)
+            for v in state:
+                new.pop(v, None)
+            if not new:
+                return state
             if len(state) + len(new) <= self.small:
-                return state + new if new else state
-            return self.sketch(state + new)
+                return state + tuple(new)
+            return self.sketch((*state, *new))
         # A set drops repeats (one user, many events) at C speed before the slower update.
         update = state.update
         for v in set(values):
@@ -116,15 +121,17 @@ class Distinct:
     def fold_groups(self, states: list[list[Any]], j: int, values: Sequence[Any], lo: list[int],
                     hi: list[int]) -> None:
         """Fold group g, values[lo[g]:hi[g]], into states[g][j] for every g (see MetricSet.fold_groups);
-        a one-event group into a sketch updates it inline, without a call per group."""
-        fold, fold_one = self.fold, self.fold_one
+        a one-event group is fold_one inline, without a call per group."""
+        fold, small = self.fold, self.small
         for s, a, b in zip(states, lo, hi):
             if b - a > 1:
                 s[j] = fold(s[j], values[a:b])
-            elif type(state := s[j]) is tuple:
-                s[j] = fold_one(state, values[a])
-            elif (v := values[a]) is not None:
+            elif (v := values[a]) is None:
+                continue
+            elif type(state := s[j]) is not tuple:
                 state.update(v)
+            elif v not in state:
+                s[j] = state + (v,) if len(state) < small else self.sketch((*state, v))
 
     def merge(self, a: Small | ds.hll_sketch, b: Small | ds.hll_sketch) -> Small | ds.hll_sketch:
         return self.merge_many([a, b])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -117,8 +118,8 @@ class SessionStore:
         """The common case of a whole batch at once: each eligible run (i) whose key has exactly one
         open session, which the run touches, extends it. Returns the positions of the runs so placed
         and their states; the others go through `place`. Eligible runs must have distinct keys."""
-        get, n = self._slot.get, len(keys)
-        slot = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=n)
+        n = len(keys)
+        slot = np.fromiter(map(self._slot.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
         ok = eligible & (slot >= 0)
         if self._more:
             ok &= ~np.fromiter((k in self._more for k in keys), dtype=bool, count=n)
