@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+SMALL_ROWS = 64   # below this many selected rows, fixed-window grouping uses a dict (see _few_pane_groups)
+
 
 class Groups(NamedTuple):
     """Groups as parallel int64 arrays: group g holds rows[lo[g]:hi[g]] (original row indices), its
@@ -68,6 +70,8 @@ def pane_groups(ts: list[int], rows: list[int] | None, columns: Sequence[list[An
     codes, keys = key_codes(columns, rows, len(ts))
     if not len(t):
         return _no_groups(keys)
+    if len(t) <= SMALL_ROWS:
+        return _few_pane_groups(sel.tolist(), t.tolist(), codes.tolist(), keys, slide_ms)
     panes = t - t % slide_ms
     pane_values, pane_code = np.unique(panes, return_inverse=True)
     combined = codes * len(pane_values) + pane_code
@@ -83,6 +87,20 @@ def pane_groups(ts: list[int], rows: list[int] | None, columns: Sequence[list[An
     ordered = uniq[by_first]
     lead = pane_values[ordered % len(pane_values)]
     return Groups(sel[order], lo, hi, ordered // len(pane_values), lead, lead, keys)
+
+
+def _few_pane_groups(sel: list[int], ts: list[int], codes: list[int], keys: list[Any], slide_ms: int) -> Groups:
+    """pane_groups for a few rows (a filter kept a handful of purchases), where a dict beats numpy's
+    fixed cost per call; the same groups in the same order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for row, t, code in zip(sel, ts, codes):
+        groups.setdefault((t - t % slide_ms, code), []).append(row)
+    sizes = np.fromiter(map(len, groups.values()), dtype=np.int64, count=len(groups))
+    hi = np.cumsum(sizes)
+    lead = np.fromiter((p for p, _ in groups), dtype=np.int64, count=len(groups))
+    key_code = np.fromiter((c for _, c in groups), dtype=np.int64, count=len(groups))
+    rows = np.fromiter((r for g in groups.values() for r in g), dtype=np.int64, count=len(sel))
+    return Groups(rows, hi - sizes, hi, key_code, lead, lead, keys)
 
 
 def session_runs(ts: list[int], rows: list[int] | None, columns: Sequence[list[Any]], gap_ms: int,
