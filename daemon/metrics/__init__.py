@@ -58,10 +58,6 @@ class MetricSet:
                             else tuple(self.fields.index(f) for f in inp) for inp in inputs)
         self._folds = tuple(m.fold for m in self.metrics)
         self._plan = tuple(zip(range(len(self.metrics)), self._folds, self._slots))
-        # One event at a time (most groups of a high-cardinality key hold one event per batch):
-        # a metric's fold_one when it has one, else its fold of a one-value list.
-        self._plan_one = tuple((j, getattr(m, "fold_one", None) or _one_by_fold(m.fold), slot)
-                               for j, m, slot in zip(range(len(self.metrics)), self.metrics, self._slots))
         self._plan_groups = tuple(zip(range(len(self.metrics)), self.metrics, self._slots))
 
     def empty(self) -> list[Any]:
@@ -81,17 +77,6 @@ class MetricSet:
                 states[j] = fold(states[j], values[slot])
             else:
                 states[j] = fold(states[j], list(zip(*(values[s] for s in slot))))
-
-    def fold_row(self, states: list[Any], row: int, columns: Sequence[list[Any]]) -> None:
-        """Fold one event (its row index; columns in `self.fields` order) into `states`, in place;
-        the same states as `fold` of a one-row group, without building per-group lists."""
-        for j, fold_one, slot in self._plan_one:
-            if slot is None:
-                states[j] = fold_one(states[j], row)
-            elif type(slot) is int:
-                states[j] = fold_one(states[j], columns[slot][row])
-            else:
-                states[j] = fold_one(states[j], tuple(columns[s][row] for s in slot))
 
     def fold_groups(self, states: list[list[Any]], lo: list[int], hi: list[int], rows: list[int],
                     values: list[list[Any]]) -> None:
@@ -122,12 +107,9 @@ class MetricSet:
         """The states of both inputs together."""
         return [m.merge(x, y) for m, x, y in zip(self.metrics, a, b)]
 
-    def merge_many(self, many: Sequence[list[Any]]) -> list[Any]:
-        """The states of all inputs together; a metric with `merge_many` merges them in one step."""
-        return [self._merge_column(m, [states[j] for states in many]) for j, m in enumerate(self.metrics)]
-
     @staticmethod
     def _merge_column(m: Any, column: list[Any]) -> Any:
+        """One metric's states merged: by its `merge_many` in one step when it has one."""
         bulk = getattr(m, "merge_many", None)
         return bulk(column) if bulk is not None else functools.reduce(m.merge, column)
 

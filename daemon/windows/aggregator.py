@@ -1,6 +1,7 @@
 """Metric states of one aggregation: add batches, close windows by watermark, checkpoint changes.
 
-Rows are grouped per (key, pane) or per key and session inside each batch; each metric folds a group at once.
+A batch is grouped column-wise (windows/grouping.py) per (pane, key) or per (key, session run);
+states are found per group, and each metric then folds all of the batch's groups in one call.
 """
 
 from __future__ import annotations

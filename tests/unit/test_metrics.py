@@ -246,21 +246,31 @@ _ROW_METRICS = {"n": "count", "s": "sum(price)", "m": "mean(price)", "lo": "min(
 @given(rows=st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
                                st.one_of(st.none(), st.sampled_from("abcdef")),
                                st.sampled_from(["view", "cart", "purchase", "search"]),
-                               st.sampled_from(["s1", "s2", None])), max_size=30))
-def test_fold_row_equals_folding_one_row_groups(rows):
-    """MetricSet.fold_row (the one-event fast path) leaves the same states as fold() of one-row
-    groups, event by event, for every metric kind; and the same results as one fold of them all."""
+                               st.sampled_from(["s1", "s2", None])), max_size=30), data=st.data())
+def test_fold_groups_equals_fold_of_each_group_for_every_metric_kind(rows, data):
+    """MetricSet.fold_groups (a batch's groups, one metric at a time, one-event groups inline) leaves
+    the same states as fold() of each group, for every metric kind; one group gives the results of
+    folding the rows one by one."""
     ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
     cols = {"price": [r[0] for r in rows], "user_id": [r[1] for r in rows], "type": [r[2] for r in rows],
             "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
     columns = [cols[f] for f in ms.fields]
-    by_row, by_group, whole = ms.empty(), ms.empty(), ms.empty()
-    for i in range(len(rows)):
-        ms.fold_row(by_row, i, columns)
-        ms.fold(by_group, [i], ms.gather(columns, [i]))
-    ms.fold(whole, list(range(len(rows))), ms.gather(columns, list(range(len(rows)))))
-    assert ms.dump(by_row) == ms.dump(by_group)
-    assert ms.results(by_row) == ms.results(whole)
+    order = data.draw(st.permutations(range(len(rows))))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(rows) - 1, 1)), max_size=len(rows))))
+    bounds = [0, *(c for c in cuts if c < len(rows)), len(rows)] if rows else [0]
+    lo, hi = bounds[:-1], bounds[1:]
+    bulk = [ms.empty() for _ in lo]
+    ms.fold_groups(bulk, lo, hi, order, ms.gather(columns, order))
+    for states, a, b in zip(bulk, lo, hi):
+        each = ms.empty()
+        ms.fold(each, order[a:b], ms.gather(columns, order[a:b]))
+        assert ms.dump(states) == ms.dump(each)
+    one_by_one, whole, every = ms.empty(), [ms.empty()], list(range(len(rows)))
+    for i in every:
+        ms.fold(one_by_one, [i], ms.gather(columns, [i]))
+    if rows:   # groups are never empty
+        ms.fold_groups(whole, [0], [len(rows)], every, ms.gather(columns, every))
+    assert ms.results(whole[0]) == ms.results(one_by_one)
 
 
 def _hll_answer(values: list) -> int:
