@@ -19,6 +19,7 @@ from daemon import jsonbytes
 
 Partials = tuple[float, ...]
 _MAX_PARTIALS = 64  # a double sum needs at most ~40 non-overlapping partials
+_FEW_VALUES = 64    # fold_groups of fewer values folds every group (no numpy zero test)
 
 
 def exact_partials(values: list[Any]) -> Partials:
@@ -55,6 +56,8 @@ def _present(values: Sequence[Any]) -> list[Any]:
 def _groups_with_nonzero(values: Sequence[Any], lo: list[int], hi: list[int]) -> list[int]:
     """Positions g whose values[lo[g]:hi[g]] hold something other than zeros (None and NaN count
     as something: the exact fold decides about them); every group when values are not all numbers."""
+    if len(values) < _FEW_VALUES:   # numpy's fixed cost would exceed folding every group
+        return list(range(len(lo)))
     try:
         nonzero = np.asarray(values, dtype=np.float64) != 0.0   # None becomes NaN, which is != 0
     except (TypeError, ValueError, OverflowError):
