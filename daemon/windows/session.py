@@ -67,9 +67,10 @@ class SessionStore:
     key and metric states in lists; a key maps to one of its slots, and to a list of the others
     while it has several open sessions (rare: a return after a gap before the old one closed).
 
-    Why slots: per open session this keeps ~60 bytes besides its states (a list per session, a
-    heap tuple and a per-key list cost ~300), and a batch can extend the sessions its runs touch
-    with a few array operations (`extend_touching`) instead of one Python call per run.
+    Why slots: per open session this keeps ~100 bytes besides its states and key (a list per
+    session with its two ints, a heap tuple and a per-key list cost ~350), and a batch can extend
+    the sessions its runs touch with a few array operations (`extend_touching`) instead of one
+    Python call per run. The arrays and lists keep their size when sessions close (slots are reused).
 
     `empty` and `merge` make and combine the metric states; the store never folds values.
     Ends wait in chunks, (ends, slots) arrays sorted by end, in a heap by each chunk's first end:
