@@ -73,6 +73,12 @@ def pane_groups(ts: list[int], rows: list[int] | None, columns: Sequence[list[An
     if len(t) <= SMALL_ROWS:
         return _few_pane_groups(sel.tolist(), t.tolist(), codes.tolist(), keys, slide_ms)
     panes = t - t % slide_ms
+    if panes[0] == panes[-1] and (panes == panes[0]).all():   # the usual batch: one pane
+        order = np.argsort(codes, kind="stable")
+        sizes = np.bincount(codes)   # codes are 0..k-1, in order of first appearance
+        hi = np.cumsum(sizes)
+        lead = np.full(len(sizes), panes[0], dtype=np.int64)
+        return Groups(sel[order], hi - sizes, hi, np.arange(len(sizes), dtype=np.int64), lead, lead, keys)
     pane_values, pane_code = np.unique(panes, return_inverse=True)
     combined = codes * len(pane_values) + pane_code
     uniq, first_row, inverse = np.unique(combined, return_index=True, return_inverse=True)
