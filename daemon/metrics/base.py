@@ -19,6 +19,10 @@ class Metric(Protocol[S]):
     A metric that needs several event fields may set `fields` (a tuple of field names); the
     aggregator then passes a list of tuples. Otherwise it passes the values of the spec's
     field, or, for a field-less metric such as count, a sequence of the group's length.
+
+    Optional, for speed (MetricSet falls back to fold/merge/result): `fold_one(state, value)`,
+    `fold_groups(states, j, values, lo, hi)` (fold values[lo[g]:hi[g]] into states[g][j] for
+    every g, in place), `merge_many(states)` and `result_many(states)` (of all states merged).
     """
 
     kind: Kind

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from daemon.aggconfig import MetricSpec
@@ -18,6 +19,7 @@ from daemon import jsonbytes
 
 Partials = tuple[float, ...]
 _MAX_PARTIALS = 64  # a double sum needs at most ~40 non-overlapping partials
+_FEW_VALUES = 64    # fold_groups of fewer values folds every group (no numpy zero test)
 
 
 def exact_partials(values: list[Any]) -> Partials:
@@ -51,6 +53,19 @@ def _present(values: Sequence[Any]) -> list[Any]:
     return list(values)
 
 
+def _groups_with_nonzero(values: Sequence[Any], lo: list[int], hi: list[int]) -> list[int]:
+    """Positions g whose values[lo[g]:hi[g]] hold something other than zeros (None and NaN count
+    as something: the exact fold decides about them); every group when values are not all numbers."""
+    if len(values) < _FEW_VALUES:   # numpy's fixed cost would exceed folding every group
+        return list(range(len(lo)))
+    try:
+        nonzero = np.asarray(values, dtype=np.float64) != 0.0   # None becomes NaN, which is != 0
+    except (TypeError, ValueError, OverflowError):
+        return list(range(len(lo)))
+    seen = np.concatenate(([0], np.cumsum(nonzero)))
+    return np.flatnonzero(seen[hi] - seen[lo]).tolist()
+
+
 @dataclass(frozen=True, slots=True)
 class Count:
     """Number of events; the state is an int."""
@@ -70,8 +85,18 @@ class Count:
     def fold_one(self, state: int, value: Any) -> int:
         return state + 1
 
+    def fold_groups(self, states: list[list[Any]], j: int, values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+        """Fold group g, values[lo[g]:hi[g]], into states[g][j] for every g (see MetricSet.fold_groups)."""
+        for s, a, b in zip(states, lo, hi):
+            s[j] += b - a
+
     def merge(self, a: int, b: int) -> int:
         return a + b
+
+    def result_many(self, states: list[int]) -> int:
+        """The result of all states merged."""
+        return sum(states)
 
     def result(self, state: int) -> int:
         return state
@@ -107,6 +132,18 @@ class Sum:
         if value is None:
             return state
         return exact_partials([value, *state])
+
+    def fold_groups(self, states: list[list[Any]], j: int, values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+        """Fold group g, values[lo[g]:hi[g]], into states[g][j] for every g (see MetricSet.fold_groups).
+
+        Adding zeros leaves the exact total, hence the partials, as they are, and most events
+        carry no revenue; so only groups with a non-zero (or None or NaN) value are folded.
+        """
+        fold = self.fold
+        for g in _groups_with_nonzero(values, lo, hi):
+            s = states[g]
+            s[j] = fold(s[j], values[lo[g]:hi[g]])
 
     def merge(self, a: Partials, b: Partials) -> Partials:
         return exact_partials([*a, *b]) if a and b else a or b

@@ -1,6 +1,7 @@
 """Metric states of one aggregation: add batches, close windows by watermark, checkpoint changes.
 
-Rows are grouped per (key, pane) or per key and session inside each batch; each metric folds a group at once.
+A batch is grouped column-wise (windows/grouping.py) per (pane, key) or per (key, session run);
+states are found per group, and each metric then folds all of the batch's groups in one call.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import orjson
 
 from daemon.aggconfig import AggregationConfig
@@ -17,6 +20,7 @@ from daemon.events import EventBatch, WindowResult
 from daemon.metrics import MetricSet
 from daemon.windows import build_windower
 from daemon.windows.fixed import Hopping
+from daemon.windows.grouping import pane_groups, session_runs
 from daemon.windows.session import Session, SessionStore
 from daemon.windows.where import compile_where
 from daemon import jsonbytes
@@ -43,6 +47,16 @@ def key_order(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
     return tuple((0, 0) if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v)) for v in key)
 
 
+def _by_key(states: dict[tuple[Any, ...], Any]) -> list[tuple[tuple[Any, ...], Any]]:
+    """A dict's (key, value) items in key_order."""
+    items = list(states.items())
+    try:   # plain tuple order equals key_order whenever it does not raise
+        items.sort(key=itemgetter(0))
+    except TypeError:   # keys mix None/str/numbers at some position
+        items.sort(key=lambda item: key_order(item[0]))
+    return items
+
+
 def _entry_key(prefix: bytes, identity: list[Any]) -> bytes:
     raw = jsonbytes.dumps(identity)
     if len(raw) > _MAX_KEY_BYTES:
@@ -64,6 +78,8 @@ class Aggregator:
         self._session = windower if isinstance(windower, Session) else None
         self._fixed: Hopping | None = windower if isinstance(windower, Hopping) else None
         self._max_states = config.max_keys
+        # Sessions of a one-field group_by are keyed by the bare value (a tuple per open key costs 56 bytes).
+        self._bare_keys = self._session is not None and len(config.group_by) == 1
         self._signature = {"window": [config.window.type, config.window.size_ms, config.window.slide_ms,
                                       config.window.gap_ms],
                            "group_by": list(config.group_by), "metrics": self._metrics.signature()}
@@ -77,7 +93,8 @@ class Aggregator:
         self._store = (SessionStore(self._session, self._metrics.empty, self._metrics.merge)
                        if self._session is not None else None)
         self._n_fixed = 0
-        self._touched: set[Any] = set()   # (start, key) for fixed windows, key for sessions
+        self._touched: set[Any] = set()   # session store keys
+        self._touched_panes: dict[int, set[tuple[Any, ...]]] = {}   # fixed windows: pane start -> keys
         self._emitted = self._folded = self._overflowed = self._late = 0
         self._watermark_ms: int | None = None
         self._counters_dumped: tuple[int, ...] | None = None
@@ -102,58 +119,48 @@ class Aggregator:
         self._folded += folded
         return folded
 
-    def _group(self, batch: EventBatch, rows: list[int] | None, lead: list[Any] | None) -> dict[Any, list[int]]:
-        """Row indices per (lead value, *group key) (or per key when lead is None)."""
-        cols = [batch.column(f) for f in self.config.group_by]
-        if rows is not None:
-            cols = [[c[i] for i in rows] for c in cols]
-        if lead is not None:
-            comp: Iterable[Any] = zip(lead, *cols) if cols else lead
-        elif len(cols) == 1:
-            comp = cols[0]
-        else:
-            comp = zip(*cols) if cols else [()] * (len(rows) if rows is not None else len(batch))
-        groups: dict[Any, list[int]] = {}
-        get = groups.get
-        for i, g in zip(range(len(batch)) if rows is None else rows, comp):
-            lst = get(g)
-            if lst is None:
-                groups[g] = [i]
-            else:
-                lst.append(i)
-        return groups
-
     def _add_fixed(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
+        """Find every (pane, key) group's states with list comprehensions, open the missing ones in
+        group order while max_keys allows (as a group-by-group loop would), fold all groups at once."""
         fixed = self._fixed
         assert fixed is not None
-        ts = batch.ts if rows is None else [batch.ts[i] for i in rows]
-        groups = self._group(batch, rows, fixed.latest_starts(ts))
-        keyed, size = bool(self.config.group_by), fixed.size_ms
-        columns = [batch.column(f) for f in self._metrics.fields]
-        metrics, panes, touched = self._metrics, self._panes, self._touched
-        wm, limit = self._watermark_ms, self._max_states
-        folded = 0
-        for g, idx in groups.items():
-            pane, key = (g[0], g[1:]) if keyed else (g, ())
-            if wm is not None and pane + size <= wm:   # every window of this pane was emitted
-                self._late += len(idx)
-                continue
-            per_key = panes.get(pane)
-            states = per_key.get(key) if per_key is not None else None
-            if states is None:
-                if self._n_fixed >= limit:
-                    self._overflowed += len(idx)
-                    if overflow is not None:
-                        overflow.extend(idx)
-                    continue
-                states = self._new_pane(pane, key)
-            if len(idx) == 1:
-                metrics.fold_row(states, idx[0], columns)
+        key_columns = [batch.column(f) for f in self.config.group_by]
+        g = pane_groups(batch.ts, rows, key_columns, fixed.slide_ms)
+        wm = self._watermark_ms
+        if wm is not None:   # drop the groups of panes whose every window was emitted
+            late = g.lead + fixed.size_ms <= wm
+            if late.any():
+                self._late += int((g.hi[late] - g.lo[late]).sum())
+                g = g._replace(lo=g.lo[~late], hi=g.hi[~late], key_code=g.key_code[~late], lead=g.lead[~late])
+        group_rows, lo, hi = g.rows.tolist(), g.lo.tolist(), g.hi.tolist()
+        leads, keys = g.lead.tolist(), [g.keys[c] for c in g.key_code.tolist()]
+        no_states: dict[tuple[Any, ...], list[Any]] = {}
+        get_pane = self._panes.get
+        states = [get_pane(p, no_states).get(k) for p, k in zip(leads, keys)]
+        missing = [i for i, s in enumerate(states) if s is None]
+        room = max(0, self._max_states - self._n_fixed)
+        for i in missing[:room]:
+            states[i] = self._new_pane(leads[i], keys[i])
+        if len(missing) > room:
+            lost = missing[room:]
+            self._overflowed += sum(hi[i] - lo[i] for i in lost)
+            if overflow is not None:
+                overflow.extend(r for i in lost for r in group_rows[lo[i]:hi[i]])
+            kept = [i for i, s in enumerate(states) if s is not None]
+            states, leads, keys = [states[i] for i in kept], [leads[i] for i in kept], [keys[i] for i in kept]
+            lo, hi = [lo[i] for i in kept], [hi[i] for i in kept]
+        touched = self._touched_panes
+        for lead, key in zip(leads, keys):   # a batch spans one or two panes: no (pane, key) tuples
+            got = touched.get(lead)
+            if got is None:
+                touched[lead] = {key}
             else:
-                metrics.fold(states, idx, metrics.gather(columns, idx))
-            touched.add((pane, key))
-            folded += len(idx)
-        return folded
+                got.add(key)
+        if states:
+            metrics = self._metrics
+            values = metrics.gather([batch.column(f) for f in metrics.fields], group_rows)
+            metrics.fold_groups(states, lo, hi, group_rows, values)
+        return sum(hi) - sum(lo)
 
     def _new_pane(self, start: int, key: tuple[Any, ...]) -> list[Any]:
         states = self._metrics.empty()
@@ -163,40 +170,51 @@ class Aggregator:
         return states
 
     def _add_sessions(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
+        """Place each (key, run) in its session, then fold every run of the batch at once.
+
+        Runs that extend their key's one open session are placed together (`extend_touching`);
+        the rest one by one, in order. The folds wait until every run is placed, except for a key
+        with several runs in the batch: placing its later run may merge the session an earlier run
+        went to into another (a new states list), so such a run is folded as soon as it is placed.
+        """
         store = self._store
         assert store is not None
-        windower, ts = store.windower, batch.ts
-        gap = windower.gap_ms
-        columns = [batch.column(f) for f in self._metrics.fields]
-        single = len(self.config.group_by) == 1
-        metrics, wm, limit = self._metrics, self._watermark_ms, self._max_states
-        folded = 0
-        for g, idx in self._group(batch, rows, None).items():
-            key = (g,) if single else g
-            if len(idx) == 1:
-                t = ts[idx[0]]
-                runs: list[tuple[int, int, int, int]] = [(t, t, 0, 1)]
-            else:
-                idx.sort(key=ts.__getitem__)
-                runs = windower.split([ts[i] for i in idx])
-            for first, last, lo, hi in runs:
-                run = idx if len(runs) == 1 else idx[lo:hi]
-                fresh = wm is None or last + gap > wm
-                states = store.place(key, first, last, may_open=fresh and store.n_states < limit)
-                if states is None:
-                    if fresh:
-                        self._overflowed += len(run)
-                        if overflow is not None:
-                            overflow.extend(run)
-                    else:
-                        self._late += len(run)
-                    continue
-                if len(run) == 1:
-                    metrics.fold_row(states, run[0], columns)
+        gap = store.windower.gap_ms
+        key_columns = [batch.column(f) for f in self.config.group_by]
+        g = session_runs(batch.ts, rows, key_columns, gap, bare=self._bare_keys)
+        keys, wm, limit = g.keys, self._watermark_ms, self._max_states
+        run_keys = [keys[c] for c in g.key_code.tolist()]
+        many = np.bincount(g.key_code)[g.key_code] > 1
+        placed, fold_states = store.extend_touching(run_keys, g.lead, g.last, ~many)
+        group_rows = g.rows.tolist()
+        los, his = g.lo.tolist(), g.hi.tolist()
+        fold_lo, fold_hi = g.lo[placed].tolist(), g.hi[placed].tolist()
+        folded = int((g.hi[placed] - g.lo[placed]).sum())
+        metrics = self._metrics
+        values = metrics.gather([batch.column(f) for f in metrics.fields], group_rows)
+        rest = np.ones(len(run_keys), dtype=bool)
+        rest[placed] = False
+        for r in np.flatnonzero(rest).tolist():
+            key, first, last, lo, hi = run_keys[r], int(g.lead[r]), int(g.last[r]), los[r], his[r]
+            fresh = wm is None or last + gap > wm
+            states = store.place(key, first, last, may_open=fresh and store.n_states < limit)
+            if states is None:
+                if fresh:
+                    self._overflowed += hi - lo
+                    if overflow is not None:
+                        overflow.extend(group_rows[lo:hi])
                 else:
-                    metrics.fold(states, run, metrics.gather(columns, run))
-                folded += len(run)
-            self._touched.add(key)
+                    self._late += hi - lo
+                continue
+            if many[r]:
+                metrics.fold_groups([states], [lo], [hi], group_rows, values)
+            else:
+                fold_states.append(states)
+                fold_lo.append(lo)
+                fold_hi.append(hi)
+            folded += hi - lo
+        metrics.fold_groups(fold_states, fold_lo, fold_hi, group_rows, values)
+        self._touched.update(keys)
         return folded
 
     # -- closing ------------------------------------------------------------------------------
@@ -211,39 +229,48 @@ class Aggregator:
         if self._store is not None:
             found = self._store.close(watermark_ms)
             self._touched.update(f[2] for f in found)
+            if self._bare_keys:
+                found = [(start, end, (key,), [states]) for start, end, key, states in found]
+            else:
+                found = [(start, end, key, [states]) for start, end, key, states in found]
+            try:   # plain tuple order equals key_order whenever it does not raise
+                found.sort(key=itemgetter(1, 0, 2))
+            except TypeError:   # keys mix None/str/numbers at some position
+                found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
         else:
             found = self._close_fixed(before, watermark_ms)
-        try:   # plain tuple order equals key_order whenever it does not raise
-            found.sort(key=lambda r: (r[1], r[0], r[2]))
-        except TypeError:   # keys mix None/str/numbers at some position
-            found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
-        name, results = self.config.name, self._metrics.results
+        name, results = self.config.name, self._metrics.results_many
         self._emitted += len(found)
         return [WindowResult(aggregation=name, window_start_ms=start, window_end_ms=end, key=key,
-                             metrics=results(states)) for start, end, key, states in found]
+                             metrics=results(parts)) for start, end, key, parts in found]
 
-    def _close_fixed(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Any, list[Any]]]:
-        """Windows ending in (before_ms, watermark_ms], each merged from its panes; then free
-        the panes whose last window has ended."""
+    def _close_fixed(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Any, list[list[Any]]]]:
+        """Windows ending in (before_ms, watermark_ms], each with the states of its panes (merged
+        only into its results, by `results_many`: one sketch union per window, not one per pane);
+        then free the panes whose last window has ended."""
         fixed = self._fixed
         assert fixed is not None
-        size, slide, merge = fixed.size_ms, fixed.slide_ms, self._metrics.merge
+        size, slide = fixed.size_ms, fixed.slide_ms
         ends = sorted({e for p in self._panes for e in range(p + slide, p + size + 1, slide)
                        if e <= watermark_ms and (before_ms is None or e > before_ms)})
-        found = []
+        found = []   # ends ascending, then keys: emission order without a sort key per row
         for end in ends:
             if size == slide:   # tumbling: the pane is the window
-                found.extend((end - size, end, key, states) for key, states in self._panes[end - size].items())
+                found.extend((end - size, end, key, [states]) for key, states in _by_key(self._panes[end - size]))
                 continue
-            parts: dict[tuple[Any, ...], list[Any]] = {}
+            parts: dict[tuple[Any, ...], list[list[Any]]] = {}
             for pane in range(end - size, end, slide):
                 for key, states in self._panes.get(pane, {}).items():
                     have = parts.get(key)
-                    parts[key] = states if have is None else merge(have, states)
-            found.extend((end - size, end, key, states) for key, states in parts.items())
+                    if have is None:
+                        parts[key] = [states]
+                    else:
+                        have.append(states)
+            found.extend((end - size, end, key, panes) for key, panes in _by_key(parts))
         for pane in [p for p in self._panes if p + size <= watermark_ms]:
-            for key in self._panes.pop(pane):
-                self._touched.add((pane, key))
+            gone = self._panes.pop(pane)
+            self._touched_panes.setdefault(pane, set()).update(gone)
+            for key in gone:
                 self._n_fixed -= 1
                 left = self._key_panes[key] - 1
                 if left:
@@ -257,7 +284,7 @@ class Aggregator:
     def statistics(self) -> AggregatorStats:
         """A snapshot of the counters."""
         store = self._store
-        keys = len(store.sessions) if store is not None else len(self._key_panes)
+        keys = store.n_keys if store is not None else len(self._key_panes)
         open_windows = store.n_states if store is not None else self._n_fixed
         return AggregatorStats(open_windows=open_windows, emitted_windows=self._emitted,
                                events_folded=self._folded, keys=keys, overflowed=self._overflowed,
@@ -274,15 +301,18 @@ class Aggregator:
         out: dict[bytes, bytes | None] = {}
         if self._fixed is not None:
             slide = self._fixed.slide_ms
-            for start, key in self._touched:
-                states = self._panes.get(start, {}).get(key)
-                ident = [start, list(key)]
-                out[_entry_key(b"w", ident)] = None if states is None else (
-                    jsonbytes.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
+            for start, keys in self._touched_panes.items():
+                pane = self._panes.get(start, {})
+                for key in keys:
+                    states = pane.get(key)
+                    ident = [start, list(key)]
+                    out[_entry_key(b"w", ident)] = None if states is None else (
+                        jsonbytes.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
         else:
             for key in self._touched:
-                out[_entry_key(b"s", list(key))] = self._dump_sessions(key)
+                out[_entry_key(b"s", self._key_list(key))] = self._dump_sessions(key)
         self._touched.clear()
+        self._touched_panes.clear()
         counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
         if counters != self._counters_dumped:
             out[META_KEY] = jsonbytes.dumps({"emitted": self._emitted, "folded": self._folded,
@@ -291,12 +321,16 @@ class Aggregator:
             self._counters_dumped = counters
         return out
 
-    def _dump_sessions(self, key: tuple[Any, ...]) -> bytes | None:
-        sessions = self._store.sessions.get(key)  # type: ignore[union-attr]
+    def _key_list(self, key: Any) -> list[Any]:
+        """A session store key as the key's list of group-by values."""
+        return [key] if self._bare_keys else list(key)
+
+    def _dump_sessions(self, key: Any) -> bytes | None:
+        sessions = self._store.sessions_of(key)  # type: ignore[union-attr]
         if not sessions:
             return None
         blobs = [self._metrics.dump(s[2]) for s in sessions]
-        head = [list(key), [[s[0], s[1], len(b)] for s, b in zip(sessions, blobs)]]
+        head = [self._key_list(key), [[s[0], s[1], len(b)] for s, b in zip(sessions, blobs)]]
         return jsonbytes.dumps(head) + b"\n" + b"".join(blobs)
 
     def restore(self, items: Iterable[tuple[bytes, bytes]]) -> None:
@@ -335,4 +369,5 @@ class Aggregator:
         for first, last, n in spans:
             sessions.append([first, last, self._metrics.load(body[pos:pos + n])])
             pos += n
-        self._store.load(tuple(key_list), sessions)  # type: ignore[union-attr]
+        key = key_list[0] if self._bare_keys else tuple(key_list)
+        self._store.load(key, sessions)  # type: ignore[union-attr]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
+
+import numpy as np
 
 from daemon.aggconfig import WindowSpec
 from daemon.windows.base import Window
@@ -60,99 +63,181 @@ def sessionize(ts_ms: Iterable[int], gap_ms: int) -> list[Window]:
 
 
 class SessionStore:
-    """Open sessions per key, each [first_ms, last_ms, states], and a lazy heap of their ends.
+    """Open sessions of every key, in slots: a slot's first and last ms sit in int64 arrays, its
+    key and metric states in lists; a key maps to one of its slots, and to a list of the others
+    while it has several open sessions (rare: a return after a gap before the old one closed).
+
+    Why slots: per open session this keeps ~100 bytes besides its states and key (a list per
+    session with its two ints, a heap tuple and a per-key list cost ~350), and a batch can extend
+    the sessions its runs touch with a few array operations (`extend_touching`) instead of one
+    Python call per run. The arrays and lists keep their size when sessions close (slots are reused).
 
     `empty` and `merge` make and combine the metric states; the store never folds values.
-    The heap holds one entry per session, pushed when it opens: growing a session does not push
-    (the entry's end is then early, never late), and `close` pushes it again at its real end when
-    it pops an early entry. Entries of sessions merged into another are skipped when popped.
+    Ends wait in chunks, (ends, slots) arrays sorted by end, in a heap by each chunk's first end:
+    a session is enqueued when it opens, not when it grows (its entry's end is then early, never
+    late), and `close` enqueues it again at its real end when it meets an early entry. An entry
+    whose slot was freed (merged or closed) is skipped; one whose slot was reused is judged by the
+    slot's current session, so a session is never emitted twice nor late.
     """
 
     def __init__(self, windower: Session, empty: Callable[[], Any], merge: Callable[[Any, Any], Any]) -> None:
         self.windower = windower
         self._empty, self._merge = empty, merge
-        self.sessions: dict[Any, list[list[Any]]] = {}
+        self._first = np.zeros(1024, dtype=np.int64)
+        self._last = np.zeros(1024, dtype=np.int64)
+        self._keys: list[Any] = []      # per slot (a key may be None)
+        self._states: list[Any] = []    # per slot; None when the slot is free
+        self._free: list[int] = []
+        self._slot: dict[Any, int] = {}          # key -> one of its slots
+        self._more: dict[Any, list[int]] = {}    # key -> its other slots, while it has several
         self.n_states = 0
-        self._ends: list[tuple[int, int, Any, list[Any]]] = []   # (end, seq, key, session)
-        self._seq = 0
+        self._queue: list[tuple[int, int]] = []  # heap of (first end of a chunk, chunk id)
+        self._chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._chunk_seq = 0
+        self._new_slots: list[int] = []          # opened since the last flush
+        self._new_ends: list[int] = []
+
+    @property
+    def n_keys(self) -> int:
+        """Keys with at least one open session."""
+        return len(self._slot)
+
+    def sessions_of(self, key: Any) -> list[tuple[int, int, Any]]:
+        """The key's open sessions as (first_ms, last_ms, states), oldest first."""
+        slots = self._slots_of(key)
+        return sorted(((int(self._first[s]), int(self._last[s]), self._states[s]) for s in slots), key=_first)
+
+    def _slots_of(self, key: Any) -> list[int]:
+        one = self._slot.get(key)
+        if one is None:
+            return []
+        more = self._more.get(key)
+        return [one] if more is None else [one, *more]
+
+    def extend_touching(self, keys: Sequence[Any], first_ms: np.ndarray, last_ms: np.ndarray,
+                        eligible: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+        """The common case of a whole batch at once: each eligible run (i) whose key has exactly one
+        open session, which the run touches, extends it. Returns the positions of the runs so placed
+        and their states; the others go through `place`. Eligible runs must have distinct keys."""
+        n = len(keys)
+        slot = np.fromiter(map(self._slot.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
+        ok = eligible & (slot >= 0)
+        if self._more:
+            ok &= ~np.fromiter((k in self._more for k in keys), dtype=bool, count=n)
+        idx = np.flatnonzero(ok)
+        s = slot[idx]
+        gap, f, l = self.windower.gap_ms, first_ms[idx], last_ms[idx]
+        touch = (f < self._last[s] + gap) & (self._first[s] < l + gap)
+        idx, s, f, l = idx[touch], s[touch], f[touch], l[touch]
+        self._first[s] = np.minimum(self._first[s], f)
+        self._last[s] = np.maximum(self._last[s], l)
+        states = self._states
+        return idx, [states[x] for x in s.tolist()]
 
     def place(self, key: Any, first_ms: int, last_ms: int, *, may_open: bool) -> Any | None:
         """The states of the session that events spanning [first, last] join, extending it and
         merging any sessions they bridge; a new session if none is touched and may_open, else None."""
-        gap = self.windower.gap_ms
-        sessions = self.sessions.get(key)
-        if sessions is not None and len(sessions) == 1:   # the common case: extend the key's one session
-            s = sessions[0]
-            if first_ms < s[1] + gap and s[0] < last_ms + gap:
-                if first_ms < s[0]:
-                    s[0] = first_ms
-                if last_ms > s[1]:
-                    s[1] = last_ms
-                return s[2]
-        if sessions is None:
-            if not may_open:
-                return None
-            target = [first_ms, last_ms, self._empty()]
-            self.sessions[key] = [target]
-            self.n_states += 1
-            self._push(key, target)
-            return target[2]
-        touch = [i for i, s in enumerate(sessions) if first_ms < s[1] + gap and s[0] < last_ms + gap]
+        gap, fa, la = self.windower.gap_ms, self._first, self._last
+        touch = [s for s in self._slots_of(key) if first_ms < la[s] + gap and fa[s] < last_ms + gap]
         if not touch:
-            if not may_open:
-                return None
-            target = [first_ms, last_ms, self._empty()]
-            sessions.append(target)
-            self.n_states += 1
-            if len(sessions) > 1:
-                sessions.sort(key=_first)
-            self._push(key, target)
-            return target[2]
-        target = sessions[touch[0]]
-        for j in reversed(touch[1:]):
-            other = sessions.pop(j)
-            target[2] = self._merge(target[2], other[2])
-            target[1] = max(target[1], other[1])
-            self.n_states -= 1
-        if first_ms < target[0]:
-            target[0] = first_ms
-            if len(sessions) > 1:
-                sessions.sort(key=_first)
-        if last_ms > target[1]:
-            target[1] = last_ms
-        return target[2]
+            return self._open(key, first_ms, last_ms)[1] if may_open else None
+        target = min(touch, key=lambda s: fa[s])
+        for other in touch:
+            if other != target:
+                self._states[target] = self._merge(self._states[target], self._states[other])
+                la[target] = max(la[target], la[other])
+                fa[target] = min(fa[target], fa[other])
+                self._release(other)
+        fa[target] = min(fa[target], first_ms)
+        la[target] = max(la[target], last_ms)
+        return self._states[target]
 
-    def _push(self, key: Any, session: list[Any]) -> None:
-        self._seq += 1
-        heapq.heappush(self._ends, (session[1] + self.windower.gap_ms, self._seq, key, session))
+    def _open(self, key: Any, first_ms: int, last_ms: int, states: Any = None) -> tuple[int, Any]:
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot = len(self._keys)
+            self._keys.append(None)
+            self._states.append(None)
+            if slot >= len(self._first):
+                self._first = np.concatenate((self._first, np.zeros_like(self._first)))
+                self._last = np.concatenate((self._last, np.zeros_like(self._last)))
+        if states is None:
+            states = self._empty()
+        self._keys[slot], self._states[slot] = key, states
+        self._first[slot], self._last[slot] = first_ms, last_ms
+        one = self._slot.get(key)
+        if one is None:
+            self._slot[key] = slot
+        else:
+            self._more.setdefault(key, []).append(slot)
+        self.n_states += 1
+        self._new_slots.append(slot)
+        self._new_ends.append(last_ms + self.windower.gap_ms)
+        return slot, states
+
+    def _release(self, slot: int) -> None:
+        """Free a slot and unmap it from its key."""
+        key = self._keys[slot]
+        more = self._more.get(key)
+        if self._slot[key] == slot:
+            if more is None:
+                del self._slot[key]
+            else:
+                self._slot[key] = more.pop()
+        else:
+            assert more is not None
+            more.remove(slot)
+        if more is not None and not more:
+            del self._more[key]
+        self._keys[slot] = self._states[slot] = None
+        self._free.append(slot)
+        self.n_states -= 1
+
+    def _enqueue(self, ends: np.ndarray, slots: np.ndarray) -> None:
+        if len(ends):
+            order = np.argsort(ends, kind="stable")
+            self._chunk_seq += 1
+            self._chunks[self._chunk_seq] = (ends[order], slots[order])
+            heapq.heappush(self._queue, (int(ends[order[0]]), self._chunk_seq))
+
+    def _flush(self) -> None:
+        if self._new_slots:
+            self._enqueue(np.asarray(self._new_ends, dtype=np.int64), np.asarray(self._new_slots, dtype=np.int64))
+            self._new_slots, self._new_ends = [], []
 
     def close(self, watermark_ms: int) -> list[tuple[int, int, Any, Any]]:
         """Remove and return (start, end, key, states) of every session ending at or before watermark."""
-        gap, found, ends = self.windower.gap_ms, [], self._ends
-        while ends and ends[0][0] <= watermark_ms:
-            _, _, key, session = heapq.heappop(ends)
-            sessions = self.sessions.get(key, ())
-            j = next((j for j, s in enumerate(sessions) if s is session), None)
-            if j is None:
-                continue   # merged into another session, which has its own entry
-            end = session[1] + gap
-            if end > watermark_ms:   # it grew since the entry was pushed
-                self._push(key, session)
-                continue
-            del sessions[j]
-            if not sessions:
-                del self.sessions[key]
-            found.append((session[0], end, key, session[2]))
-        self.n_states -= len(found)
+        self._flush()
+        queue, due = self._queue, []
+        while queue and queue[0][0] <= watermark_ms:
+            _, cid = heapq.heappop(queue)
+            ends, slots = self._chunks.pop(cid)
+            cut = int(np.searchsorted(ends, watermark_ms, side="right"))
+            due.append(slots[:cut])
+            if cut < len(ends):
+                self._chunks[cid] = (ends[cut:], slots[cut:])
+                heapq.heappush(queue, (int(ends[cut]), cid))
+        if not due:
+            return []
+        slots = np.unique(np.concatenate(due))
+        live = np.fromiter((self._states[s] is not None for s in slots.tolist()), dtype=bool, count=len(slots))
+        slots = slots[live]
+        ends = self._last[slots] + self.windower.gap_ms
+        grown = ends > watermark_ms
+        self._enqueue(ends[grown], slots[grown])
+        found = []
+        done = slots[~grown]
+        for slot, first, end in zip(done.tolist(), self._first[done].tolist(), ends[~grown].tolist()):
+            found.append((first, end, self._keys[slot], self._states[slot]))
+            self._release(slot)
         return found
 
     def load(self, key: Any, sessions: list[list[Any]]) -> None:
         """Put back a key's sessions ([first, last, states] each) from a checkpoint."""
-        self.sessions[key] = sorted(sessions, key=_first)
-        self.n_states += len(sessions)
-        for s in sessions:
-            self._push(key, s)
+        for first, last, states in sessions:
+            self._open(key, first, last, states)
 
 
-def _first(session: list[Any]) -> int:
+def _first(session: tuple[int, int, Any]) -> int:
     return session[0]

@@ -246,18 +246,113 @@ _ROW_METRICS = {"n": "count", "s": "sum(price)", "m": "mean(price)", "lo": "min(
 @given(rows=st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
                                st.one_of(st.none(), st.sampled_from("abcdef")),
                                st.sampled_from(["view", "cart", "purchase", "search"]),
-                               st.sampled_from(["s1", "s2", None])), max_size=30))
-def test_fold_row_equals_folding_one_row_groups(rows):
-    """MetricSet.fold_row (the one-event fast path) leaves the same states as fold() of one-row
-    groups, event by event, for every metric kind; and the same results as one fold of them all."""
+                               st.sampled_from(["s1", "s2", None])), max_size=30), data=st.data())
+def test_fold_groups_equals_fold_of_each_group_for_every_metric_kind(rows, data):
+    """MetricSet.fold_groups (a batch's groups, one metric at a time, one-event groups inline) leaves
+    the same states as fold() of each group, for every metric kind; one group gives the results of
+    folding the rows one by one."""
     ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
     cols = {"price": [r[0] for r in rows], "user_id": [r[1] for r in rows], "type": [r[2] for r in rows],
             "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
     columns = [cols[f] for f in ms.fields]
-    by_row, by_group, whole = ms.empty(), ms.empty(), ms.empty()
-    for i in range(len(rows)):
-        ms.fold_row(by_row, i, columns)
-        ms.fold(by_group, [i], ms.gather(columns, [i]))
-    ms.fold(whole, list(range(len(rows))), ms.gather(columns, list(range(len(rows)))))
-    assert ms.dump(by_row) == ms.dump(by_group)
-    assert ms.results(by_row) == ms.results(whole)
+    order = data.draw(st.permutations(range(len(rows))))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(rows) - 1, 1)), max_size=len(rows))))
+    bounds = [0, *(c for c in cuts if c < len(rows)), len(rows)] if rows else [0]
+    lo, hi = bounds[:-1], bounds[1:]
+    bulk = [ms.empty() for _ in lo]
+    ms.fold_groups(bulk, lo, hi, order, ms.gather(columns, order))
+    for states, a, b in zip(bulk, lo, hi):
+        each = ms.empty()
+        ms.fold(each, order[a:b], ms.gather(columns, order[a:b]))
+        assert ms.dump(states) == ms.dump(each)
+    one_by_one, whole, every = ms.empty(), [ms.empty()], list(range(len(rows)))
+    for i in every:
+        ms.fold(one_by_one, [i], ms.gather(columns, [i]))
+    if rows:   # groups are never empty
+        ms.fold_groups(whole, [0], [len(rows)], every, ms.gather(columns, every))
+    assert ms.results(whole[0]) == ms.results(one_by_one)
+
+
+def _hll_answer(values: list) -> int:
+    """What an HLL fed every value one at a time answers (the pre-tuple Distinct)."""
+    import datasketches as ds
+
+    from daemon.metrics.sketches import composite_estimate
+
+    sketch = ds.hll_sketch(HLL_LG_K, ds.HLL_8)
+    for v in values:
+        if v is not None:
+            sketch.update(v)
+    return 0 if sketch.is_empty() else int(round(composite_estimate(sketch)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.none() | st.integers(0, 40).map(lambda n: f"v{n}"), max_size=60),
+       chunk=st.integers(min_value=1, max_value=12), cut=st.integers(min_value=0, max_value=60))
+def test_distinct_is_exact_while_small_then_answers_as_an_hll_fed_every_event(values, chunk, cut):
+    """Up to SMALL_DISTINCT values distinct is the exact count, beyond it what an HLL updated per event
+    answers, however the values are chunked, merged (pairwise or at once) or dumped and loaded."""
+    from daemon.metrics.sketches import SMALL_DISTINCT, Distinct
+
+    m = Distinct()
+    exact = len({v for v in values if v is not None})
+    expected = exact if exact <= SMALL_DISTINCT else _hll_answer(values)
+    one_by_one = m.empty()
+    for v in values:
+        one_by_one = m.fold_one(one_by_one, v)
+    a, b = fold_all(m, values[:cut], chunk), fold_all(m, values[cut:], chunk)
+    answers = {m.result(one_by_one), m.result(fold_all(m, values, chunk)), m.result(m.merge(a, b)),
+               m.result(m.merge_many([a, m.empty(), b])), m.result_many([a, m.empty(), b]),
+               m.result(m.load(m.dump(one_by_one))), m.result(m.merge(m.load(m.dump(a)), b))}
+    assert answers == {expected}
+
+
+def test_distinct_keeps_few_values_as_a_tuple_then_an_hll():
+    """A distinct state is a tuple of first-seen values up to SMALL_DISTINCT, an HLL beyond."""
+    from daemon.metrics.sketches import SMALL_DISTINCT, Distinct
+
+    m = Distinct()
+    state = m.fold(m.empty(), ["b", "a", "b", None])
+    assert state == ("b", "a")
+    assert m.load(m.dump(state)) == ("b", "a") and m.dump(m.empty()) == b"[]"
+    state = m.fold(state, [f"x{i}" for i in range(SMALL_DISTINCT)])
+    assert type(state) is not tuple and m.result(state) == SMALL_DISTINCT + 2
+    assert m.dump(state)[:1] != b"[" and m.result(m.load(m.dump(state))) == SMALL_DISTINCT + 2
+
+
+def test_distinct_loads_hll_blobs_dumped_before_the_tuple_state():
+    """A state dumped as an HLL blob (every state before the tuple form) loads and answers as before."""
+    import datasketches as ds
+
+    from daemon.metrics.sketches import Distinct
+
+    m = Distinct()
+    for n in (1, 3, 500):
+        old = ds.hll_sketch(HLL_LG_K, ds.HLL_8)
+        for i in range(n):
+            old.update(f"u{i}")
+        state = m.load(bytes(old.serialize_compact()))
+        assert m.result(state) == n
+        assert m.result(m.fold(state, ["u0", "new"])) == n + 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(groups=st.lists(st.tuples(st.sampled_from(list(EXACT.values()) + ["distinct(price)"]),
+                                 numeric_values(8)), min_size=1, max_size=12))
+def test_fold_groups_equals_fold_per_group(groups):
+    """MetricSet.fold_groups (one call per metric for a batch's groups) leaves the states fold() leaves."""
+    exprs = sorted({e for e, _ in groups})
+    ms = MetricSet([parse_metric(f"m{i}", e) for i, e in enumerate(exprs)])
+    price = [v for _, vals in groups for v in vals]
+    rows = list(range(len(price)))
+    bounds = [0]
+    for _, vals in groups:
+        bounds.append(bounds[-1] + len(vals))
+    keep = [g for g in range(len(groups)) if bounds[g + 1] > bounds[g]]
+    bulk = [ms.empty() for _ in keep]
+    each = [ms.empty() for _ in keep]
+    ms.fold_groups(bulk, [bounds[g] for g in keep], [bounds[g + 1] for g in keep], rows, ms.gather([price], rows))
+    for states, g in zip(each, keep):
+        part = rows[bounds[g]:bounds[g + 1]]
+        ms.fold(states, part, ms.gather([price], part))
+    assert [ms.dump(s) for s in bulk] == [ms.dump(s) for s in each]

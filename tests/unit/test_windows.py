@@ -100,7 +100,7 @@ def test_session_store_matches_reference_in_any_arrival_order(ts, gap, rng):
     rng.shuffle(order)
     for t in order:
         store.place("k", t, t, may_open=True)[0] += 1
-    got = [(Window(f, l + gap), st_[0]) for f, l, st_ in store.sessions.get("k", [])]
+    got = [(Window(f, l + gap), st_[0]) for f, l, st_ in store.sessions_of("k")]
     expected = [(w, sum(w.contains(t) for t in ts)) for w in sessionize(ts, gap)]
     assert got == expected
     assert store.n_states == len(expected)
@@ -127,7 +127,7 @@ def test_session_store_closes_each_session_once_at_its_final_end(ts, gap, keys, 
         states[0] += 1
         placed += 1
     closed += store.close(10**6)
-    assert store.n_states == 0 and not store.sessions
+    assert store.n_states == 0 and not store.n_keys
     assert sum(states[0] for _, _, _, states in closed) == placed
     per_key: dict[str, list[tuple[int, int]]] = {}
     for start, end, key, _ in closed:
@@ -144,10 +144,10 @@ def test_session_bridging_event_merges_two_sessions():
     store.place("k", 15, 15, may_open=True)[0] += 1
     assert store.n_states == 2
     store.place("k", 7, 7, may_open=True)[0] += 1
-    assert [(f, l, s) for f, l, s in store.sessions["k"]] == [(0, 15, [3])]
+    assert [(f, l, s) for f, l, s in store.sessions_of("k")] == [(0, 15, [3])]
     assert store.close(24) == []
     assert store.close(25) == [(0, 25, "k", [3])]
-    assert store.n_states == 0 and not store.sessions
+    assert store.n_states == 0 and not store.n_keys
 
 
 def test_session_store_refuses_to_open_when_not_allowed():
@@ -178,3 +178,33 @@ def test_where_without_conditions_keeps_everything():
     assert compile_where(())(batch) == [0, 1]
     with pytest.raises(ValueError):
         compile_where((("colour", ("red",)),))
+
+
+@settings(max_examples=150, deadline=None)
+@given(first=st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 300)), max_size=20),
+       runs=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), min_size=4, max_size=4),
+       gap=st.sampled_from((5, 30)))
+def test_extend_touching_equals_placing_each_run(first, runs, gap):
+    """extend_touching (a batch's one-session keys extended with array operations) leaves the same
+    sessions as `place` of each run; the runs it skips are exactly those `place` must decide."""
+    import numpy as np
+
+    bulk, each = _count_store(gap), _count_store(gap)
+    for key, t in sorted(first, key=lambda p: p[1]):
+        for store in (bulk, each):
+            store.place(key, t, t, may_open=True)[0] += 1
+    keys = list("abcd")
+    lo = np.array([f for f, _ in runs], dtype=np.int64)
+    hi = lo + np.array([d for _, d in runs], dtype=np.int64)
+    placed, states = bulk.extend_touching(keys, lo, hi, np.ones(4, dtype=bool))
+    for states_, r in zip(states, placed.tolist()):
+        states_[0] += 1
+    for r in range(4):
+        if r not in placed.tolist():
+            bulk.place(keys[r], int(lo[r]), int(hi[r]), may_open=True)[0] += 1
+        each.place(keys[r], int(lo[r]), int(hi[r]), may_open=True)[0] += 1
+        assert (r in placed.tolist()) <= (len(each.sessions_of(keys[r])) >= 1)
+    for key in keys:
+        assert bulk.sessions_of(key) == each.sessions_of(key)
+    assert bulk.n_states == each.n_states
+    assert sorted(bulk.close(10**6), key=repr) == sorted(each.close(10**6), key=repr)
