@@ -14,7 +14,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -424,10 +424,17 @@ def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:
         doomed = [k for k, _ in txn.scan("dedupe", end=U64.pack(max(0, bound - DEDUPE_BUCKET_MS + 1)))]
         for k in doomed:
             txn.delete("dedupe", k)
-    if not unit.dedupe_add:
+    adds = unit.dedupe_add
+    if not adds:
+        return
+    ids, expiries = zip(*adds)   # columns at C speed: most commits' ids all expire in one minute
+    lo, hi = min(expiries), max(expiries)
+    if lo >= bound and lo // DEDUPE_BUCKET_MS == hi // DEDUPE_BUCKET_MS:
+        txn.put("dedupe", U64.pack(lo // DEDUPE_BUCKET_MS * DEDUPE_BUCKET_MS) + U64.pack(seq),
+                _pack_columns(ids, expiries))
         return
     buckets: dict[int, list[tuple[bytes, int]]] = {}
-    for event_id, expiry_ms in unit.dedupe_add:
+    for event_id, expiry_ms in adds:
         if expiry_ms < bound:   # expired already (the filter forgets it at the same watermark)
             continue
         b = expiry_ms // DEDUPE_BUCKET_MS
@@ -442,10 +449,14 @@ def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:
 
 def pack_ids(items: list[tuple[bytes, int]]) -> bytes:
     """(id, expiry_ms) pairs as u32 n, n × u64 expiry, n × u16 id length, then the ids."""
-    n = len(items)
     ids = [i for i, _ in items]
-    return (U32.pack(n) + struct.pack(f">{n}Q", *(max(0, e) for _, e in items))
-            + struct.pack(f">{n}H", *map(len, ids)) + b"".join(ids))
+    return _pack_columns(ids, [max(0, e) for _, e in items])
+
+
+def _pack_columns(ids: Sequence[bytes], expiries: Sequence[int]) -> bytes:
+    """`pack_ids` of ids and their (non-negative) expiries given as two columns."""
+    n = len(ids)
+    return U32.pack(n) + struct.pack(f">{n}Q", *expiries) + struct.pack(f">{n}H", *map(len, ids)) + b"".join(ids)
 
 
 def unpack_ids(data: bytes) -> list[tuple[bytes, int]]:

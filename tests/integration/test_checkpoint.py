@@ -312,3 +312,19 @@ def test_dedupe_ids_expire_by_whole_minutes_and_restore_exactly(tmp_path):
     cp = Checkpoint.open(_cfg(tmp_path), environ={})
     assert sorted(cp.restore().dedupe) == [(b"c", 130_000)]
     cp.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.integers(0, 400_000)), max_size=30),
+                min_size=1, max_size=5),
+       st.integers(0, 300_000))
+def test_dedupe_commits_restore_every_id_at_or_over_the_bound(tmp_path_factory, commits, bound):
+    """Commits whose ids fall in one expiry minute (one record, written from columns) or in several
+    (one record per minute) restore the same: every id that expires at or after the bound."""
+    cp = Checkpoint.open(_cfg(tmp_path_factory.mktemp("dd")), environ={})
+    cp.commit(CommitUnit(dedupe_expire_before_ms=bound))
+    for adds in commits:
+        cp.commit(CommitUnit(dedupe_add=adds))
+    got = sorted(cp.restore().dedupe)
+    cp.close()
+    assert got == sorted((i, e) for adds in commits for i, e in adds if e >= bound)
