@@ -119,9 +119,16 @@ class Txn:
         return self._txn.delete(key, db=self._dbs[db])
 
     def put_many(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
-        """Put many items in one C call (Cursor.putmulti): the per-commit dedupe ids are thousands."""
+        """Put many items in one C call (Cursor.putmulti)."""
         if items:
             self._txn.cursor(db=self._dbs[db]).putmulti(items)
+
+    def put_new(self, db: str, items: list[tuple[bytes, bytes]]) -> int:
+        """Put the items whose key is absent, in one C call; return how many that was (present keys
+        keep their value)."""
+        if not items:
+            return 0
+        return self._txn.cursor(db=self._dbs[db]).putmulti(items, overwrite=False)[1]
 
     def scan(self, db: str, prefix: bytes = b"", *, start: bytes | None = None, end: bytes | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
@@ -478,18 +485,36 @@ def read_dedupe(txn: Txn) -> list[tuple[bytes, int]]:
 
 
 def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
-    counts: dict[bytes, tuple[str, int]] = {}
+    """Each closed window's row under (aggregation, key hash, window end), its (aggregation, window
+    end, key hash) time index, and a row count per key that trims the oldest past `keep_latest`.
+
+    The rows and index entries go in one C call each (a close can bring ~20k rows); a row is new
+    unless a window was emitted twice (only possible across a config change), and only then are the
+    affected keys counted from the rows themselves."""
+    if not unit.latest:
+        return
+    names: dict[str, bytes] = {}
+    counts: dict[bytes, list[Any]] = {}      # aggregation \x00 key hash -> [aggregation, rows kept]
+    rows: list[tuple[bytes, bytes]] = []
+    times: list[tuple[bytes, bytes]] = []
     for agg, key, end_ms, row in unit.latest:
-        aggb = _name(agg, "aggregation") + b"\x00"
-        base = aggb + _h(key)
-        if base not in counts:
+        aggb = names.get(agg)
+        if aggb is None:
+            aggb = names[agg] = _name(agg, "aggregation") + b"\x00"
+        h = _h(key)
+        base, end = aggb + h, U64.pack(end_ms)
+        c = counts.get(base)
+        if c is None:
             v = txn.get("latest_count", base)
-            counts[base] = (agg, 0 if v is None else U32.unpack(v)[0])
-        end = U64.pack(end_ms)
-        if txn.get("latest", base + end) is None:
-            counts[base] = (agg, counts[base][1] + 1)
-        txn.put("latest", base + end, row)
-        txn.put("latest_time", aggb + end + base[-16:], b"")
+            c = counts[base] = [agg, 0 if v is None else U32.unpack(v)[0]]
+        c[1] += 1
+        rows.append((base + end, row))
+        times.append((aggb + end + h, b""))
+    if txn.put_new("latest", rows) != len(rows):
+        txn.put_many("latest", rows)       # the newer row wins
+        for base, c in counts.items():
+            c[1] = sum(1 for _ in txn.scan("latest", base))
+    txn.put_many("latest_time", times)
     for base, (agg, n) in counts.items():
         keep = unit.keep_latest.get(agg, DEFAULT_KEEP_LATEST)
         if n > keep:

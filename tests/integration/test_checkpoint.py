@@ -328,3 +328,24 @@ def test_dedupe_commits_restore_every_id_at_or_over_the_bound(tmp_path_factory, 
     got = sorted(cp.restore().dedupe)
     cp.close()
     assert got == sorted((i, e) for adds in commits for i, e in adds if e >= bound)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from([b'["a"]', b'["b"]', b'["c"]']), st.integers(1, 12)),
+                         max_size=8), min_size=1, max_size=8),
+       st.integers(1, 4))
+def test_latest_matches_a_model_with_repeated_windows(tmp_path_factory, commits, keep):
+    """Per key the newest `keep` window ends survive, a window written again keeps its newest row,
+    and the per-key count stays exact, whatever mix of new and repeated windows each commit brings."""
+    cp = Checkpoint.open(_cfg(tmp_path_factory.mktemp("latest")), environ={})
+    model: dict[bytes, dict[int, bytes]] = {}
+    for n, windows in enumerate(commits):
+        latest = [("sales", key, end, b"%s@%d#%d" % (key, end, n)) for key, end in dict.fromkeys(windows)]
+        cp.commit(CommitUnit(latest=latest, keep_latest={"sales": keep}))
+        for _, key, end, row in latest:
+            model.setdefault(key, {})[end] = row
+        for key, rows in model.items():
+            model[key] = dict(sorted(rows.items())[-keep:])
+    for key, rows in model.items():
+        assert cp.latest_windows("sales", key, 100) == [rows[e] for e in sorted(rows, reverse=True)]
+    cp.close()
