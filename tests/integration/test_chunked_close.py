@@ -89,19 +89,25 @@ def test_a_jump_past_thousands_of_sessions_commits_them_in_bounded_chunks(daemon
     assert_every_session_once(tmp_path / "data", users)
 
 
-def test_sigkill_in_the_middle_of_a_chunked_close_loses_and_repeats_no_row(daemon_factory: DaemonFactory, tmp_path):
-    """Killed after the first chunks of a 5000-session close were committed, the restart emits the rest, each once."""
+@pytest.mark.parametrize("state_interval", ["300ms", "1h"])
+def test_sigkill_in_the_middle_of_a_chunked_close_loses_and_repeats_no_row(daemon_factory: DaemonFactory, tmp_path,
+                                                                           state_interval):
+    """Killed after the first chunks of a 5000-session close were committed, the restart emits the rest, each
+    once: restored from a full state write (300ms) or by replaying the logged chunk closes (1h: no state write)."""
     users, bound = 5000, 50
     data_dir, env = tmp_path / "data", {"STOREPULSE_CLOSE_CHUNK_ROWS": str(bound)}
-    d = daemon_factory.start(CONFIG, data_dir=data_dir, env=env)
+    body = CONFIG.replace('state_interval = "300ms"', f'state_interval = "{state_interval}"')
+    d = daemon_factory.start(body, data_dir=data_dir, env=env)
     feed_sessions(d, users)
     wait_until(lambda: sum(committed_windows(d)) > 0, timeout=30, interval=0.01, what="the first chunk committed")
     d.kill()
     before = sum(committed_windows(d))
-    print("committed before the kill:", before)
     assert 0 < before < users, f"the kill did not land mid-close: {before} of {users} rows committed"
-    d2 = daemon_factory.start(CONFIG, data_dir=data_dir, env=env)
+    d2 = daemon_factory.start(body, data_dir=data_dir, env=env)
     wait_until(lambda: all_closed(d2), timeout=60, what="every session closed after the restart")
+    if state_interval == "1h":
+        replayed = [e for e in d2.log_events() if e.get("event") == "fold_log_replayed"]
+        assert replayed and replayed[0]["steps"] > 1, replayed
     assert d2.stop() == 0, d2.log()[-3000:]
     assert max(committed_windows(d2)) <= bound
     assert_every_session_once(data_dir, users)
