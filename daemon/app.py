@@ -22,7 +22,7 @@ from daemon.clock import Clock, SystemClock
 from daemon.config import Config, load_config
 from daemon.errors import ConfigErrors, StoreError
 from daemon.pipeline.queue import BoundedQueue, Wakeup
-from daemon.pipeline.runner import Runner
+from daemon.pipeline.runner import CLOSE_CHUNK_ROWS, Runner
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.validate import Validator
 from daemon.replica.feed import ReplicaFeed
@@ -55,6 +55,8 @@ class Daemon:
         self.shutdown = anyio.Event()
         # Injected failures for tests (STOREPULSE_FAULT=wedge_commit,...); empty in production.
         self.faults = frozenset(f for f in os.environ.get("STOREPULSE_FAULT", "").split(",") if f)
+        # For tests only (undocumented): a small bound makes a chunked close out of a few thousand rows.
+        self.close_chunk_rows = int(os.environ.get("STOREPULSE_CLOSE_CHUNK_ROWS", "0")) or CLOSE_CHUNK_ROWS
         self.wakeup = Wakeup()
         self.cpu = CpuLane()   # decoding, folding and commit building take turns in one worker thread
         self.queues: dict[str, BoundedQueue] = {}
@@ -84,7 +86,8 @@ class Daemon:
         self.parts = StateParts(cfg)
         self.checkpoint = checkpoint
         self.runner = Runner(cfg, checkpoint, self.parts, self.queues, self.wakeup, clock,
-                             log.bind(component="runner"), faults=self.faults, cpu=self.cpu)
+                             log.bind(component="runner"), faults=self.faults, cpu=self.cpu,
+                             close_chunk_rows=self.close_chunk_rows)
         self.alerts = AlertSender(log.bind(component="alerts"))
         self.runner.alerts = self.alerts
         recs = cfg.recommendations

@@ -9,7 +9,9 @@ again) and each watermark the windows were closed at, in order, ~150 bytes per e
 Restore = the last written state + every logged step replayed through the same pure code
 (`StateParts.observe`, `StateParts.close`). Folding is deterministic (event time decides decay,
 expiry and closing), so the replayed state equals the one the crashed process held at its last
-commit. What those closes emitted was committed already and is discarded on replay.
+commit. What those closes emitted was committed already and is discarded on replay. A large close
+runs in chunks (Runner.advance), each its own CLOSE step committed with its rows, so a replay stops
+exactly where the committed chunks did and the restarted runner closes the rest.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 FOLD_EVENTS = 4096        # events taken from the queues for one fold in the worker thread
 COMMIT_RETRY_S = 5.0
 EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
+CLOSE_CHUNK_ROWS = 50_000  # the most window rows one commit carries (unless one window end alone has more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class PipelineStats:
     pending_acks: int
     commit_failed: str
     pending_work: bool      # uncommitted changes, queued deliveries or a commit in flight
+    closed_through_ms: int  # windows ending at or before this are emitted; < watermark_ms mid chunked close
 
 
 @dataclass(slots=True)
@@ -71,7 +73,7 @@ class Runner:
 
     def __init__(self, cfg: Config, checkpoint: Checkpoint, parts: StateParts, queues: dict[str, BoundedQueue],
                  wakeup: Wakeup, clock: Clock, log: Any, faults: frozenset[str] = frozenset(),
-                 cpu: CpuLane | None = None) -> None:
+                 cpu: CpuLane | None = None, close_chunk_rows: int = CLOSE_CHUNK_ROWS) -> None:
         self.cfg = cfg
         self.checkpoint = checkpoint
         self.parts = parts
@@ -107,6 +109,9 @@ class Runner:
         self._replica_batches: list[EventBatch] = []
         self._replica_frames: list[bytes] = []
         self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url
+        self.close_chunk_rows = close_chunk_rows
+        self._closed_ms = NO_WATERMARK   # the watermark of the last close (see `advance`)
+        self.closing = False             # a chunked close is under way: fold and commit again at once
 
     # ---- state ---------------------------------------------------------------------------
     def restore(self) -> dict[str, bytes]:
@@ -190,20 +195,39 @@ class Runner:
         self._reasons[Reason.LATE.value] += len(late)
 
     def advance(self) -> None:
-        """Move the watermark and close every window it passed."""
+        """Move the watermark and close the windows it passed, at most `close_chunk_rows` of them.
+
+        A jump past more windows than that closes in chunks, one per fold, at intermediate
+        watermarks (`StateParts.close_point`), each committed before the next is emitted (`run`),
+        so memory holds one chunk and the early rows are readable early. Each chunk's close is a
+        step of the fold log like any other, so a replay repeats it. The pipeline's watermark
+        (lateness, /stats `watermark_ms`) is the target from the start; `closed_through_ms`
+        trails it until the last chunk.
+        """
         now_mono = self.clock.monotonic()
         for name, q in self.queues.items():
             if q.depth:   # a backlog is not silence: a source with queued events is never idle
                 self.watermarks.touch(name, now_mono)
-        wm = self.watermarks.advance(self.clock.now_ms(), now_mono)
+        target = self.watermarks.advance(self.clock.now_ms(), now_mono)
+        pending = sum(len(r) for r in self._pending.windows.values())
+        point = self.parts.close_point(target, self.close_chunk_rows - pending)
+        self.closing = point.watermark_ms != target
+        if pending and pending + point.rows > self.close_chunk_rows:
+            # The uncommitted rows and this chunk would overflow one commit: `run` commits first.
+            self.closing = True
+        else:
+            self._close(point.watermark_ms)
+        self.dedupe.expire(target)
+
+    def _close(self, wm: int) -> None:
         closed, anomalies = self.parts.close(wm)
         self.fold_log.close(wm)
+        self._closed_ms = max(self._closed_ms, wm)
         if closed or anomalies:
             for name, results in closed.items():
                 self._pending.windows.setdefault(name, []).extend(results)
             self._pending.anomalies.extend(anomalies)
             self._pending.dirty = True
-        self.dedupe.expire(wm)
 
     # ---- the loop ----------------------------------------------------------------------
     def next_delivery(self) -> Delivery | None:
@@ -314,13 +338,19 @@ class Runner:
         interval = self.cfg.storage.commit_interval_s
         while True:
             deliveries = self.take_deliveries()
-            if not deliveries and stop.is_set():
+            if not deliveries and stop.is_set() and not self.closing:
                 break
             await self.fold_off_loop(deliveries)
+            if self.closing and self._pending.windows:
+                await self.commit()   # a chunk is durable (and readable) before the next is emitted
+                continue
             await self._maybe_commit(interval)
-            if not deliveries:
+            if not deliveries and not self.closing:
                 await self.wakeup.wait(min(interval, 0.05) if self._pending.dirty else interval)
         await self.fold_off_loop([])
+        while self.closing:   # the last fold may have started a chunked close: finish it, chunk by chunk
+            await self.commit()
+            await self.fold_off_loop([])
         await self.commit(flush_all=True)
 
     async def _maybe_commit(self, interval_s: float) -> None:
@@ -444,7 +474,8 @@ class Runner:
             rejected_by_reason=dict(self._reasons), process_seconds=self._process_s, commits=self._commits,
             last_commit_ms=round((self.clock.monotonic() - self._last_commit_mono) * 1000),
             pending_acks=len(self._pending.acks), commit_failed=self._commit_failed,
-            pending_work=self._pending.dirty or self._committing or self.queued() > 0,
+            pending_work=self._pending.dirty or self._committing or self.queued() > 0 or self.closing,
+            closed_through_ms=self._closed_ms,
         )
 
 

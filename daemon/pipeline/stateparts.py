@@ -20,6 +20,7 @@ from daemon.events import Anomaly, EventBatch, WindowResult
 from daemon.metrics import build_metric
 from daemon.stores.schemas import window_schema
 from daemon.windows.aggregator import Aggregator
+from daemon.windows.closing import ClosePoint, close_point
 
 
 @dataclass(slots=True)
@@ -89,6 +90,12 @@ class StateParts:
             part.aggregator.add(batch)
         if self.recommender is not None:
             self.recommender.observe(batch)
+
+    def close_point(self, target_ms: int, max_rows: int) -> ClosePoint:
+        """The watermark <= target_ms to close at next so that at most ~max_rows rows are emitted
+        over all aggregations (target_ms itself when they fit; see windows/closing.py)."""
+        ends = [e for part in self.aggregations.values() if len(e := part.aggregator.due_ends(target_ms))]
+        return close_point(ends, target_ms, max_rows)
 
     def close(self, watermark_ms: int) -> tuple[dict[str, list[WindowResult]], list[Anomaly]]:
         closed: dict[str, list[WindowResult]] = {}

@@ -61,6 +61,7 @@ def collect_stats(ctx: WebContext) -> dict[str, Any]:
         },
         "pipeline": {
             "watermark_ms": pipe.watermark_ms,
+            "closed_through_ms": pipe.closed_through_ms,   # trails watermark_ms during a chunked close
             "idle_sources": list(wm.idle_sources),
             "batches": pipe.batches,
             "events_processed": pipe.events_in,

@@ -244,6 +244,32 @@ class Aggregator:
         return [WindowResult(aggregation=name, window_start_ms=start, window_end_ms=end, key=key,
                              metrics=results(parts)) for start, end, key, parts in found]
 
+    def due_ends(self, watermark_ms: int) -> np.ndarray:
+        """One window end per row `close(watermark_ms)` would emit at most (unsorted; an upper
+        bound: hopping windows count a key once per pane, sessions count stale queue entries).
+
+        Cheap next to the close itself; the runner uses it to cut a large close into chunks."""
+        before = self._watermark_ms
+        if before is not None and watermark_ms <= before:
+            return np.zeros(0, dtype=np.int64)
+        if self._store is not None:
+            pieces = self._store.due_ends(watermark_ms)
+            ends = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+            # Only ends after the last close count: closing at one of them must make progress.
+            return ends if before is None else ends[ends > before]
+        fixed = self._fixed
+        assert fixed is not None
+        size, slide = fixed.size_ms, fixed.slide_ms
+        rows: dict[int, int] = {}
+        for pane, keys in self._panes.items():
+            if pane + slide > watermark_ms:
+                continue   # its first window ends after the watermark
+            for end in range(pane + slide, pane + size + 1, slide):
+                if end <= watermark_ms and (before is None or end > before):
+                    rows[end] = rows.get(end, 0) + len(keys)
+        return np.repeat(np.fromiter(rows, dtype=np.int64, count=len(rows)),
+                         np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))
+
     def _close_fixed(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Any, list[list[Any]]]]:
         """Windows ending in (before_ms, watermark_ms], each with the states of its panes (merged
         only into its results, by `results_many`: one sketch union per window, not one per pane);

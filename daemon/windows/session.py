@@ -206,6 +206,26 @@ class SessionStore:
             self._enqueue(np.asarray(self._new_ends, dtype=np.int64), np.asarray(self._new_slots, dtype=np.int64))
             self._new_slots, self._new_ends = [], []
 
+    def due_ends(self, watermark_ms: int) -> list[np.ndarray]:
+        """The queued ends at or before the watermark, in pieces (views, not copies).
+
+        Each session `close(watermark_ms)` would emit has at least one of them (an entry is early,
+        never late), so their count bounds its rows from above; stale and early entries only make
+        the bound loose. Walks only the heap nodes that are due (a node is due only if its parent is).
+        """
+        queue, out = self._queue, []
+        stack = [0] if queue else []
+        while stack:
+            i = stack.pop()
+            if i < len(queue) and queue[i][0] <= watermark_ms:
+                ends = self._chunks[queue[i][1]][0]
+                out.append(ends[:int(np.searchsorted(ends, watermark_ms, side="right"))])
+                stack += (2 * i + 1, 2 * i + 2)
+        if self._new_ends:
+            new = np.asarray(self._new_ends, dtype=np.int64)
+            out.append(new[new <= watermark_ms])
+        return out
+
     def close(self, watermark_ms: int) -> list[tuple[int, int, Any, Any]]:
         """Remove and return (start, end, key, states) of every session ending at or before watermark."""
         self._flush()
