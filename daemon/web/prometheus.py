@@ -59,6 +59,7 @@ SCALARS = (
     Fig("events.late", "storepulse_events_late_total", COUNTER, "Events older than the watermark when they arrived (dead-lettered)."),
     Fig("events.dropped", "storepulse_events_dropped_total", COUNTER, "Events dropped by full queues (overflow policy)."),
     Fig("pipeline.watermark_ms", "storepulse_watermark_seconds", GAUGE, "Pipeline watermark as a Unix time in seconds.", MS),
+    Fig("pipeline.closed_through_ms", "storepulse_closed_through_seconds", GAUGE, "Windows ending at or before this Unix time in seconds are emitted (trails the watermark during a chunked close).", MS),
     Fig("pipeline.batches", "storepulse_pipeline_batches_total", COUNTER, "Event batches processed by the pipeline."),
     Fig("pipeline.events_processed", "storepulse_pipeline_events_processed_total", COUNTER, "Events processed by the pipeline, late and duplicate ones included."),
     Fig("pipeline.process_seconds", "storepulse_pipeline_process_seconds_total", COUNTER, "Seconds the pipeline spent folding events."),
@@ -177,7 +178,7 @@ def stats_families(stats: Mapping[str, Any], reader: _Reader | None = None) -> l
         out.append(InfoMetricFamily("storepulse_build", "StorePulse build.", value={"version": str(version)}))
     for fig in SCALARS:
         value = r.get(fig.key)
-        if fig.key == "pipeline.watermark_ms" and value == NO_WATERMARK:
+        if fig.key in ("pipeline.watermark_ms", "pipeline.closed_through_ms") and value == NO_WATERMARK:
             value = None    # no event yet: no sample rather than a sentinel
         family = _family(fig)
         number = _number(value, fig.scale)

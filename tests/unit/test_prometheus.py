@@ -24,7 +24,7 @@ def sample_stats() -> dict[str, Any]:
         "uptime_s": 12.5,
         "events": {"received": 130, "accepted": 126, "rejected": 4, "rejected_by_reason": {"late": 1, "bad_type": 3},
                    "duplicate": 2, "late": 1, "dropped": 5},
-        "pipeline": {"watermark_ms": 1_714_521_600_000, "idle_sources": ["webhook"], "batches": 14,
+        "pipeline": {"watermark_ms": 1_714_521_600_000, "closed_through_ms": 1_714_521_590_000, "idle_sources": ["webhook"], "batches": 14,
                      "events_processed": 129, "process_seconds": 0.0125,
                      "dedupe": {"ids": 126, "duplicates": 2, "evicted": 0}},
         "sources": {
@@ -99,6 +99,7 @@ def test_milliseconds_become_seconds() -> None:
     m = scrape(sample_stats())
     assert value(m, "storepulse_event_loop_lag_seconds") == pytest.approx(0.0125)
     assert value(m, "storepulse_watermark_seconds") == pytest.approx(1_714_521_600.0)
+    assert value(m, "storepulse_closed_through_seconds") == pytest.approx(1_714_521_590.0)
     assert value(m, "storepulse_source_lag_seconds", source="orders") == pytest.approx(1.5)
     assert value(m, "storepulse_store_last_commit_duration_seconds") == pytest.approx(0.0025)
     assert value(m, "storepulse_lmdb_last_write_duration_seconds") == pytest.approx(0.00075)
@@ -144,10 +145,11 @@ def test_every_reject_reason_has_a_series_from_the_start() -> None:
 def test_missing_values_have_no_sample() -> None:
     """No watermark yet and an unknown source lag give no sample instead of a sentinel."""
     stats = sample_stats()
-    stats["pipeline"]["watermark_ms"] = NO_WATERMARK
+    stats["pipeline"]["watermark_ms"] = stats["pipeline"]["closed_through_ms"] = NO_WATERMARK
     stats["aggregations"]["sales"]["watermark_ms"] = NO_WATERMARK
     m = scrape(stats)
     assert m["storepulse_watermark_seconds"].samples == []
+    assert m["storepulse_closed_through_seconds"].samples == []
     assert m["storepulse_aggregation_watermark_seconds"].samples == []
     with pytest.raises(KeyError):
         value(m, "storepulse_source_lag_seconds", source="webhook")
