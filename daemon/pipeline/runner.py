@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 FOLD_EVENTS = 4096        # events taken from the queues for one fold in the worker thread
 COMMIT_RETRY_S = 5.0
+SLOW_COMMIT_S = 1.5       # the "slow_commit" fault (tests): every commit takes this much longer
 EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
 CLOSE_CHUNK_ROWS = 50_000  # the most window rows one commit carries (unless one window end alone has more)
 
@@ -365,17 +366,24 @@ class Runner:
     async def commit(self, *, flush_all: bool = False) -> None:
         """One durable commit of everything since the last one, then the Arrow flush it allows."""
         self._committing = True     # read by statistics().pending_work: a hung commit is pending work
+        started = self.clock.monotonic()
         try:
             await self._commit(flush_all=flush_all)
             if self._state_next:
                 await self._commit(flush_all=False)   # the full state write the rows went ahead of
         finally:
             self._committing = False
+            # No source could deliver while the runner committed (queues full, ingest clients waiting
+            # for their durable ack): that time is not silence, or a long state write would make a
+            # busy source look idle and the watermark jump past everything it still has to send.
+            self.watermarks.pause(started, self.clock.monotonic())
 
     async def _commit(self, *, flush_all: bool) -> None:
         if "wedge_commit" in self._faults:
             self.log.warning("fault_injected", fault="wedge_commit")
             await anyio.sleep_forever()
+        if "slow_commit" in self._faults:
+            await anyio.sleep(SLOW_COMMIT_S)
         t0 = time.perf_counter()
         async with self.state_lock:
             # Building the unit (serialising changed state) and writing it run in the CPU lane too:

@@ -59,6 +59,16 @@ class Watermarks:
         if mark is not None:
             mark.last_active_mono = now_mono
 
+    def pause(self, started_mono: float, ended_mono: float) -> None:
+        """The pipeline took nothing from its sources between the two times (a commit): sources
+        that were not idle when it started have their silence counted without that span."""
+        span = ended_mono - started_mono
+        if span <= 0:
+            return
+        for mark in self._marks.values():
+            if started_mono - mark.last_active_mono < self.idle_timeout_s:
+                mark.last_active_mono += span
+
     def advance(self, now_ms: int, now_mono: float) -> int:
         """Recompute and return the pipeline watermark (monotonic)."""
         candidate: int | None = None

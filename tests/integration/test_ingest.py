@@ -183,3 +183,34 @@ def test_big_bodies_in_every_layout_are_decoded_alike(daemon_factory):
     answers = [json.loads(http_post(d.url + "/ingest", body)[1]) for body in (multiline, compact, ndjson)]
     assert answers == [{"accepted": 300, "rejected": 0}, {"accepted": 300, "rejected": 0},
                        {"accepted": 299, "rejected": 1}]
+
+
+SLOW = """
+[http]
+listen = "127.0.0.1:{port}"
+
+[storage]
+data_dir = "{data}"
+commit_interval = "50ms"
+
+[pipeline]
+allowed_lateness = "5s"
+idle_timeout = "1s"
+
+[sources.webhook]
+type = "ingest"
+ack = "durable"
+"""
+
+
+def test_a_commit_longer_than_idle_timeout_does_not_make_the_source_idle(daemon_factory):
+    """A durable-ack client cannot send while the commit it waits for runs: with commits slower than
+    idle_timeout (the slow_commit fault: 1.5 s), its next body must not be judged late because the
+    source looked silent meanwhile (the watermark would jump to the wall clock)."""
+    d = daemon_factory.start(SLOW, env={"STOREPULSE_FAULT": "slow_commit"})
+    past = int(time.time() * 1000) - 600_000
+    for k in range(3):
+        body = orjson.dumps([event(k * 100 + i, past + k * 100 + i + 1000) for i in range(100)])
+        assert http_post(d.url + "/ingest", body)[0] == 202
+    stats = d.get_json("/stats")
+    assert stats["events"]["late"] == 0 and stats["events"]["accepted"] == 300, stats["events"]

@@ -66,3 +66,18 @@ def test_touched_source_stays_active():
     w.touch("b", 11.5)
     w.observe("a", 120_000, 11.5)
     assert w.advance(0, 12.0) == 45_000
+
+
+def test_a_pause_is_not_silence_but_an_idle_source_stays_idle():
+    """Time the pipeline spent not consuming (a long commit) does not count toward idle_timeout for a
+    source that was active when it began; a source already idle then stays idle."""
+    w = marks()
+    w.observe("a", 50_000, 1.0)
+    w.observe("b", 100_000, 8.0)
+    assert w.advance(0, 12.0) == 95_000            # a is idle (11 s), b is not (4 s)
+    w.pause(12.0, 18.0)                            # a 6 s commit
+    assert w.statistics(19.0).idle_sources == ("a",)   # b: 11 s since its events, 5 s of them listening
+    w.observe("b", 110_000, 19.0)
+    assert w.advance(0, 19.0) == 105_000
+    assert w.statistics(28.0).idle_sources == ("a",)
+    assert w.statistics(29.0).idle_sources == ("a", "b")
