@@ -1,7 +1,8 @@
 """Metric states of one aggregation: add batches, close windows by watermark, checkpoint changes.
 
 A batch is grouped column-wise (windows/grouping.py) per (pane, key) or per (key, session run);
-states are found per group, and each metric then folds all of the batch's groups in one call.
+states are found per group in the aggregation's store (windows/panes.py for tumbling and hopping,
+windows/session.py for sessions), and each metric then folds all of the batch's groups in one call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from daemon.metrics import MetricSet
 from daemon.windows import build_windower
 from daemon.windows.fixed import Hopping
 from daemon.windows.grouping import pane_groups, session_runs
+from daemon.windows.panes import PaneStore, key_order
 from daemon.windows.session import Session, SessionStore
 from daemon.windows.where import compile_where
 from daemon import jsonbytes
@@ -40,21 +42,6 @@ class AggregatorStats:
     overflowed: int        # events not folded because max_keys open states were reached
     late: int              # events whose windows had all closed already (the caller should prevent it)
     watermark_ms: int | None
-
-
-def key_order(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
-    """A sort key for group keys mixing None, numbers and strings."""
-    return tuple((0, 0) if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v)) for v in key)
-
-
-def _by_key(states: dict[tuple[Any, ...], Any]) -> list[tuple[tuple[Any, ...], Any]]:
-    """A dict's (key, value) items in key_order."""
-    items = list(states.items())
-    try:   # plain tuple order equals key_order whenever it does not raise
-        items.sort(key=itemgetter(0))
-    except TypeError:   # keys mix None/str/numbers at some position
-        items.sort(key=lambda item: key_order(item[0]))
-    return items
 
 
 def _entry_key(prefix: bytes, identity: list[Any]) -> bytes:
@@ -86,15 +73,12 @@ class Aggregator:
         self._reset()
 
     def _reset(self) -> None:
-        # Fixed windows keep one state per (key, pane): a pane is [p, p + slide), a window merges
-        # size/slide panes when it closes (tumbling: pane = window), so an event is folded once.
-        self._panes: dict[int, dict[tuple[Any, ...], list[Any]]] = {}  # pane start -> key -> states
-        self._key_panes: dict[tuple[Any, ...], int] = {}              # key -> open panes
+        # Tumbling and hopping windows keep one state per (pane, key) (windows/panes.py), sessions
+        # one per session (windows/session.py); exactly one of the two stores exists.
+        self._panes = PaneStore(self._fixed, self._metrics.empty) if self._fixed is not None else None
         self._store = (SessionStore(self._session, self._metrics.empty, self._metrics.merge)
                        if self._session is not None else None)
-        self._n_fixed = 0
         self._touched: set[Any] = set()   # session store keys
-        self._touched_panes: dict[int, set[tuple[Any, ...]]] = {}   # fixed windows: pane start -> keys
         self._emitted = self._folded = self._overflowed = self._late = 0
         self._watermark_ms: int | None = None
         self._counters_dumped: tuple[int, ...] | None = None
@@ -134,13 +118,13 @@ class Aggregator:
                 g = g._replace(lo=g.lo[~late], hi=g.hi[~late], key_code=g.key_code[~late], lead=g.lead[~late])
         group_rows, lo, hi = g.rows.tolist(), g.lo.tolist(), g.hi.tolist()
         leads, keys = g.lead.tolist(), [g.keys[c] for c in g.key_code.tolist()]
-        no_states: dict[tuple[Any, ...], list[Any]] = {}
-        get_pane = self._panes.get
-        states = [get_pane(p, no_states).get(k) for p, k in zip(leads, keys)]
+        panes = self._panes
+        assert panes is not None
+        states = panes.find(leads, keys)
         missing = [i for i, s in enumerate(states) if s is None]
-        room = max(0, self._max_states - self._n_fixed)
+        room = max(0, self._max_states - panes.n_states)
         for i in missing[:room]:
-            states[i] = self._new_pane(leads[i], keys[i])
+            states[i] = panes.open(leads[i], keys[i])
         if len(missing) > room:
             lost = missing[room:]
             self._overflowed += sum(hi[i] - lo[i] for i in lost)
@@ -149,25 +133,12 @@ class Aggregator:
             kept = [i for i, s in enumerate(states) if s is not None]
             states, leads, keys = [states[i] for i in kept], [leads[i] for i in kept], [keys[i] for i in kept]
             lo, hi = [lo[i] for i in kept], [hi[i] for i in kept]
-        touched = self._touched_panes
-        for lead, key in zip(leads, keys):   # a batch spans one or two panes: no (pane, key) tuples
-            got = touched.get(lead)
-            if got is None:
-                touched[lead] = {key}
-            else:
-                got.add(key)
+        panes.touch(leads, keys)
         if states:
             metrics = self._metrics
             values = metrics.gather([batch.column(f) for f in metrics.fields], group_rows)
             metrics.fold_groups(states, lo, hi, group_rows, values)
         return sum(hi) - sum(lo)
-
-    def _new_pane(self, start: int, key: tuple[Any, ...]) -> list[Any]:
-        states = self._metrics.empty()
-        self._panes.setdefault(start, {})[key] = states
-        self._key_panes[key] = self._key_panes.get(key, 0) + 1
-        self._n_fixed += 1
-        return states
 
     def _add_sessions(self, batch: EventBatch, rows: list[int] | None, overflow: list[int] | None) -> int:
         """Place each (key, run) in its session, then fold every run of the batch at once.
@@ -238,7 +209,8 @@ class Aggregator:
             except TypeError:   # keys mix None/str/numbers at some position
                 found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
         else:
-            found = self._close_fixed(before, watermark_ms)
+            assert self._panes is not None
+            found = self._panes.close(before, watermark_ms)
         name, results = self.config.name, self._metrics.results_many
         self._emitted += len(found)
         return [WindowResult(aggregation=name, window_start_ms=start, window_end_ms=end, key=key,
@@ -257,61 +229,16 @@ class Aggregator:
             ends = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
             # Only ends after the last close count: closing at one of them must make progress.
             return ends if before is None else ends[ends > before]
-        fixed = self._fixed
-        assert fixed is not None
-        size, slide = fixed.size_ms, fixed.slide_ms
-        rows: dict[int, int] = {}
-        for pane, keys in self._panes.items():
-            if pane + slide > watermark_ms:
-                continue   # its first window ends after the watermark
-            for end in range(pane + slide, pane + size + 1, slide):
-                if end <= watermark_ms and (before is None or end > before):
-                    rows[end] = rows.get(end, 0) + len(keys)
-        return np.repeat(np.fromiter(rows, dtype=np.int64, count=len(rows)),
-                         np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))
-
-    def _close_fixed(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Any, list[list[Any]]]]:
-        """Windows ending in (before_ms, watermark_ms], each with the states of its panes (merged
-        only into its results, by `results_many`: one sketch union per window, not one per pane);
-        then free the panes whose last window has ended."""
-        fixed = self._fixed
-        assert fixed is not None
-        size, slide = fixed.size_ms, fixed.slide_ms
-        ends = sorted({e for p in self._panes for e in range(p + slide, p + size + 1, slide)
-                       if e <= watermark_ms and (before_ms is None or e > before_ms)})
-        found = []   # ends ascending, then keys: emission order without a sort key per row
-        for end in ends:
-            if size == slide:   # tumbling: the pane is the window
-                found.extend((end - size, end, key, [states]) for key, states in _by_key(self._panes[end - size]))
-                continue
-            parts: dict[tuple[Any, ...], list[list[Any]]] = {}
-            for pane in range(end - size, end, slide):
-                for key, states in self._panes.get(pane, {}).items():
-                    have = parts.get(key)
-                    if have is None:
-                        parts[key] = [states]
-                    else:
-                        have.append(states)
-            found.extend((end - size, end, key, panes) for key, panes in _by_key(parts))
-        for pane in [p for p in self._panes if p + size <= watermark_ms]:
-            gone = self._panes.pop(pane)
-            self._touched_panes.setdefault(pane, set()).update(gone)
-            for key in gone:
-                self._n_fixed -= 1
-                left = self._key_panes[key] - 1
-                if left:
-                    self._key_panes[key] = left
-                else:
-                    del self._key_panes[key]
-        return found
+        assert self._panes is not None
+        return self._panes.due_ends(before, watermark_ms)
 
     # -- observing and checkpointing ----------------------------------------------------------
 
     def statistics(self) -> AggregatorStats:
         """A snapshot of the counters."""
-        store = self._store
-        keys = store.n_keys if store is not None else len(self._key_panes)
-        open_windows = store.n_states if store is not None else self._n_fixed
+        store: PaneStore | SessionStore | None = self._store if self._store is not None else self._panes
+        assert store is not None
+        keys, open_windows = store.n_keys, store.n_states
         return AggregatorStats(open_windows=open_windows, emitted_windows=self._emitted,
                                events_folded=self._folded, keys=keys, overflowed=self._overflowed,
                                late=self._late, watermark_ms=self._watermark_ms)
@@ -325,12 +252,11 @@ class Aggregator:
         prefix + b"#" + blake2b-160. Values carry their own identity. b"m" holds the counters.
         """
         out: dict[bytes, bytes | None] = {}
-        if self._fixed is not None:
-            slide = self._fixed.slide_ms
-            for start, keys in self._touched_panes.items():
-                pane = self._panes.get(start, {})
+        if self._panes is not None:
+            slide = self._panes.windower.slide_ms
+            for start, keys in self._panes.take_touched().items():
                 for key in keys:
-                    states = pane.get(key)
+                    states = self._panes.get(start, key)
                     ident = [start, list(key)]
                     out[_entry_key(b"w", ident)] = None if states is None else (
                         jsonbytes.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
@@ -338,7 +264,6 @@ class Aggregator:
             for key in self._touched:
                 out[_entry_key(b"s", self._key_list(key))] = self._dump_sessions(key)
         self._touched.clear()
-        self._touched_panes.clear()
         counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
         if counters != self._counters_dumped:
             out[META_KEY] = jsonbytes.dumps({"emitted": self._emitted, "folded": self._folded,
@@ -373,10 +298,7 @@ class Aggregator:
             head, _, body = v.partition(b"\n")
             if k[:1] == b"w":
                 start, _end, key_list = orjson.loads(head)
-                key = tuple(key_list)
-                self._panes.setdefault(start, {})[key] = self._metrics.load(body)
-                self._key_panes[key] = self._key_panes.get(key, 0) + 1
-                self._n_fixed += 1
+                self._panes.open(start, tuple(key_list), self._metrics.load(body))  # type: ignore[union-attr]
             elif k[:1] == b"s":
                 self._restore_sessions(head, body)
 

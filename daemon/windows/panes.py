@@ -1,0 +1,133 @@
+"""Open states of tumbling and hopping windows: one per (pane, key), merged per window at close (pure).
+
+A pane is [start, start + slide); a window merges size/slide consecutive panes when it closes
+(tumbling: the pane is the window), so an event is folded once however many windows hold it.
+The store keeps the states and what changed; the aggregator decides what to fold and when to close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from daemon.windows.fixed import Hopping
+
+Key = tuple[Any, ...]
+
+
+def key_order(key: Key) -> tuple[tuple[int, Any], ...]:
+    """A sort key for group keys mixing None, numbers and strings."""
+    return tuple((0, 0) if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v)) for v in key)
+
+
+def by_key(states: dict[Key, Any]) -> list[tuple[Key, Any]]:
+    """A dict's (key, value) items in key_order."""
+    items = list(states.items())
+    try:   # plain tuple order equals key_order whenever it does not raise
+        items.sort(key=itemgetter(0))
+    except TypeError:   # keys mix None/str/numbers at some position
+        items.sort(key=lambda item: key_order(item[0]))
+    return items
+
+
+class PaneStore:
+    """The (pane, key) states of one tumbling or hopping aggregation; `empty` makes a pane's states."""
+
+    def __init__(self, windower: Hopping, empty: Callable[[], Any]) -> None:
+        self.windower = windower
+        self._empty = empty
+        self._panes: dict[int, dict[Key, Any]] = {}   # pane start -> key -> states
+        self._key_panes: dict[Key, int] = {}           # key -> open panes
+        self._touched: dict[int, set[Key]] = {}        # changed since `take_touched`: pane start -> keys
+        self.n_states = 0
+
+    @property
+    def n_keys(self) -> int:
+        """Keys with at least one open pane."""
+        return len(self._key_panes)
+
+    def find(self, starts: Sequence[int], keys: Sequence[Key]) -> list[Any]:
+        """The states of each (pane start, key), None where there are none yet."""
+        none: dict[Key, Any] = {}
+        get_pane = self._panes.get
+        return [get_pane(p, none).get(k) for p, k in zip(starts, keys)]
+
+    def get(self, start: int, key: Key) -> Any:
+        return self._panes.get(start, {}).get(key)
+
+    def open(self, start: int, key: Key, states: Any = None) -> Any:
+        """New states for (pane start, key) (fresh ones, or `states` when restoring)."""
+        states = self._empty() if states is None else states
+        self._panes.setdefault(start, {})[key] = states
+        self._key_panes[key] = self._key_panes.get(key, 0) + 1
+        self.n_states += 1
+        return states
+
+    def touch(self, starts: Sequence[int], keys: Sequence[Key]) -> None:
+        """Mark (pane start, key) pairs changed (a batch spans one or two panes: no pair tuples)."""
+        touched = self._touched
+        for start, key in zip(starts, keys):
+            got = touched.get(start)
+            if got is None:
+                touched[start] = {key}
+            else:
+                got.add(key)
+
+    def take_touched(self) -> dict[int, set[Key]]:
+        """Pane start -> keys changed (or freed) since the last call."""
+        touched, self._touched = self._touched, {}
+        return touched
+
+    def _ends(self, pane: int) -> range:
+        size, slide = self.windower.size_ms, self.windower.slide_ms
+        return range(pane + slide, pane + size + 1, slide)
+
+    def due_ends(self, before_ms: int | None, watermark_ms: int) -> np.ndarray:
+        """One window end per row `close(before_ms, watermark_ms)` would emit at most (unsorted; an
+        upper bound: a hopping window counts a key once per pane)."""
+        slide = self.windower.slide_ms
+        rows: dict[int, int] = {}
+        for pane, keys in self._panes.items():
+            if pane + slide > watermark_ms:
+                continue   # its first window ends after the watermark
+            for end in self._ends(pane):
+                if end <= watermark_ms and (before_ms is None or end > before_ms):
+                    rows[end] = rows.get(end, 0) + len(keys)
+        return np.repeat(np.fromiter(rows, dtype=np.int64, count=len(rows)),
+                         np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))
+
+    def close(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Key, list[Any]]]:
+        """Windows ending in (before_ms, watermark_ms] as (start, end, key, states of its panes), by end
+        then key_order (the states are merged only into results, by the caller: one sketch union per
+        window, not one per pane); then free the panes whose last window has ended."""
+        size, slide = self.windower.size_ms, self.windower.slide_ms
+        ends = sorted({e for p in self._panes for e in self._ends(p)
+                       if e <= watermark_ms and (before_ms is None or e > before_ms)})
+        found = []   # ends ascending, then keys: emission order without a sort key per row
+        for end in ends:
+            if size == slide:   # tumbling: the pane is the window
+                found.extend((end - size, end, key, [states]) for key, states in by_key(self._panes[end - size]))
+                continue
+            parts: dict[Key, list[Any]] = {}
+            for pane in range(end - size, end, slide):
+                for key, states in self._panes.get(pane, {}).items():
+                    have = parts.get(key)
+                    if have is None:
+                        parts[key] = [states]
+                    else:
+                        have.append(states)
+            found.extend((end - size, end, key, panes) for key, panes in by_key(parts))
+        for pane in [p for p in self._panes if p + size <= watermark_ms]:
+            gone = self._panes.pop(pane)
+            self._touched.setdefault(pane, set()).update(gone)
+            for key in gone:
+                self.n_states -= 1
+                left = self._key_panes[key] - 1
+                if left:
+                    self._key_panes[key] = left
+                else:
+                    del self._key_panes[key]
+        return found
