@@ -8,11 +8,12 @@ import anyio
 import orjson
 from aiohttp import web
 
-from daemon.errors import QueueFull
 from daemon.pipeline.queue import Delivery
 from daemon.sources.base import SourceContext, SourceStats
 from daemon.sources.common import CommonSourceSettings
 from daemon.tomlreader import TableReader
+
+FULL_WAIT_S = 1.0   # the most a POST waits for room in a full queue before its 429
 
 ACK_MODES = ("accepted", "durable")
 
@@ -65,14 +66,17 @@ class IngestSource:
         except web.HTTPRequestEntityTooLarge:
             return _too_large(request.client_max_size)
         queue = ctx.queue
-        if self.cfg.common.queue.overflow == "block" and queue.depth >= queue.capacity:
-            return _busy()
         decoded = await ctx.decode_off_loop(body)
         acked = anyio.Event() if self.cfg.ack == "durable" else None
         delivery = Delivery(batch=decoded.batch, rejected=decoded.rejected, received_ms=ctx.clock.now_ms(), acked=acked)
-        try:
-            queue.put_nowait(delivery)
-        except QueueFull:
+        # A full queue (overflow = "block") is waited on for up to FULL_WAIT_S before the 429: the
+        # bodies waiting get the room as it frees, instead of losing it, retry after retry, to
+        # clients fresh from their 202 (such a body fell behind the watermark and was dead-lettered late).
+        queued = False
+        with anyio.move_on_after(min(FULL_WAIT_S, self.cfg.ack_timeout_s)):
+            await queue.put(delivery)
+            queued = True
+        if not queued:
             ctx.health.accepted -= len(decoded.batch)
             ctx.health.rejected -= len(decoded.rejected)
             ctx.health.received -= decoded.total

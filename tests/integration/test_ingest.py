@@ -214,3 +214,16 @@ def test_a_commit_longer_than_idle_timeout_does_not_make_the_source_idle(daemon_
         assert http_post(d.url + "/ingest", body)[0] == 202
     stats = d.get_json("/stats")
     assert stats["events"]["late"] == 0 and stats["events"]["accepted"] == 300, stats["events"]
+
+
+def test_a_full_queue_makes_posts_wait_their_turn_not_fail(daemon_factory):
+    """With room for one body at a time, 20 concurrent POSTs all get 202: a POST finding the queue full
+    waits (up to 1 s) for the room the runner frees instead of answering 429 at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    d = start(daemon_factory, capacity=100)
+    now = int(time.time() * 1000)
+    bodies = [orjson.dumps([event(k * 100 + i, now) for i in range(100)]) for k in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(lambda b: http_post(d.url + "/ingest", b)[0], bodies))
+    assert statuses == [202] * 20
+    wait_until(lambda: d.get_json("/stats")["events"]["accepted"] == 2000, what="all 2000 events accepted")
