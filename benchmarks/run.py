@@ -79,22 +79,42 @@ class DaemonProc:
                                       cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.popen.pid
 
+    def family(self) -> list[int]:
+        """The daemon and its children (the recommendations process, daemon/replica/)."""
+        pids = [self.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.pid:
+                    pids.append(int(stat.parent.name))
+        return pids
+
     def cpu_s(self) -> float:
-        """utime + stime of every thread so far."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """utime + stime of every thread of the daemon and of its running children so far."""
+        total = 0.0
+        for pid in self.family():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                if pid == self.pid:
+                    return float("nan")
+                continue
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return total
 
     def memory(self) -> dict[str, int]:
-        """VmHWM (peak RSS), VmRSS, RssAnon (heap) and RssFile (mapped files: LMDB, libraries) in bytes."""
-        out = {}
-        with contextlib.suppress(OSError):   # the process is gone: report what was read
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
-                    k, v = line.split(":")
-                    out[k] = int(v.split()[0]) * 1024
+        """VmHWM (peak RSS), VmRSS, RssAnon (heap) and RssFile (mapped files: LMDB, libraries) in
+        bytes, summed over the daemon and its recommendations process (`recs_*`: that process's
+        share). The sum of the two peaks bounds the peak of the sum from above."""
+        out: dict[str, int] = {}
+        for i, pid in enumerate(self.family()):
+            with contextlib.suppress(OSError):   # the process is gone: report what was read
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith(("VmHWM:", "VmRSS:", "RssAnon:", "RssFile:")):
+                        k, v = line.split(":")
+                        n = int(v.split()[0]) * 1024
+                        out[k] = out.get(k, 0) + n
+                        if i:
+                            out["recs_" + k] = out.get("recs_" + k, 0) + n
         return out
 
     async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
@@ -361,6 +381,8 @@ def _figures(run: Run, final: dict[str, Any], first: float, last_fed: float, don
         "daemon_cpu_s": round(cpu_s, 2),
         "peak_rss_mib": round(mem.get("VmHWM", 0) / 2**20, 1),
         "rss_at_end_mib": round(mem.get("VmRSS", 0) / 2**20, 1),
+        "recs_process_peak_rss_mib": round(mem.get("recs_VmHWM", 0) / 2**20, 1),
+        "recs_process_peak_rss_while_open_mib": round(max((s.mem.get("recs_VmRSS", 0) for s in run.samples), default=0) / 2**20, 1),
         "peak_rss_anon_mib": round(max((s.mem.get("RssAnon", 0) for s in run.samples), default=0) / 2**20, 1),
         "peak_rss_file_mib": round(max((s.mem.get("RssFile", 0) for s in run.samples), default=0) / 2**20, 1),
         "peak_open_states": peak_states,

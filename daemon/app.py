@@ -91,11 +91,11 @@ class Daemon:
         self.alerts = AlertSender(log.bind(component="alerts"))
         self.runner.alerts = self.alerts
         recs = cfg.recommendations
-        if recs is not None and recs.listen_port:
+        if recs is not None:   # the recommender runs in its own process (daemon/replica/)
             token = load_token(cfg.http.token_file) if cfg.http.token_file else None
             settings = ReplicaSettings(recs, token, cfg.http.max_connections, cfg.http.idle_timeout_s)
             self.runner.replica = ReplicaFeed(settings, log.bind(component="replica_feed"),
-                                              snapshot=self.runner.replica_snapshot, lock=self.runner.state_lock)
+                                              sync=self.runner.sync_recommender)
         try:
             positions = self.runner.restore()
         except StoreError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import orjson
 import structlog
@@ -11,8 +12,9 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(level: str = "info") -> None:
-    """Configure structlog once for the process (only cli.py calls this)."""
+def configure_logging(level: str = "info", stream: Any = None) -> None:
+    """Configure structlog once for the process (cli.py; the recommendations process logs to stderr,
+    its stdout carries frames to the daemon)."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -22,7 +24,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
+        logger_factory=structlog.BytesLoggerFactory((stream or sys.stdout).buffer),
         cache_logger_on_first_use=True,
     )
     # aiohttp prints plain-text tracebacks for requests over the header limits; those are the

@@ -31,36 +31,43 @@ class Foldable(Protocol):
 
 
 class FoldLog:
-    """The steps folded since the last `take` (in memory until a commit writes them)."""
+    """The steps folded since the last `take` (in memory until a commit writes them).
+
+    Each step is kept as its JSON bytes, dumped when it is folded (in the CPU lane, one C call of one
+    fold's size): the same bytes go to the recommendations process (daemon/replica/) and, at the
+    next commit, into the log entry.
+    """
 
     def __init__(self) -> None:
-        self._steps: list[list[Any]] = []
+        self._steps: list[bytes] = []
         self._last_close: int | None = None
         self.events = 0
 
-    def observe(self, batch: EventBatch) -> None:
-        self._steps.append([OBSERVE, batch.source, *batch.columns()])
+    def observe(self, batch: EventBatch) -> bytes:
+        """Log one observed batch; return the step's bytes."""
+        step = orjson.dumps([OBSERVE, batch.source, *batch.columns()])
+        self._steps.append(step)
         self.events += len(batch)
+        return step
 
     def close(self, watermark_ms: int) -> None:
         # Closing again at the same watermark changes nothing (every part ignores it), so it is not logged.
         if watermark_ms != self._last_close:
-            self._steps.append([CLOSE, watermark_ms])
+            self._steps.append(orjson.dumps([CLOSE, watermark_ms]))
             self._last_close = watermark_ms
+
+    def peek(self) -> bytes | None:
+        """The steps logged since the last `take`, as `take` would return them, without taking them."""
+        if not self._steps:
+            return None
+        # One join of the pieces and separators copies the blob once (b"[" + ... + b"]" did thrice).
+        return b"".join([b"[", b",".join(self._steps), b"]"])
 
     def take(self) -> bytes | None:
         """The logged steps as one blob (None when there are none), and an empty log."""
-        steps, self._steps, self.events = self._steps, [], 0
-        if not steps:
-            return None
-        # One dumps per step, not one for the whole list: each C call holds the GIL for at most
-        # one fold's worth of events (~1 ms), not a commit's (several ms of stalled event loop).
-        # One join of the pieces and separators copies the blob once (b"[" + ... + b"]" did thrice).
-        parts = [b"["]
-        for step in steps:
-            parts += (orjson.dumps(step), b",")
-        parts[-1] = b"]"
-        return b"".join(parts)
+        blob = self.peek()
+        self._steps, self.events = [], 0
+        return blob
 
     def clear(self) -> None:
         """Forget the steps: a full state write covers them."""

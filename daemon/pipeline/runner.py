@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ COMMIT_RETRY_S = 5.0
 SLOW_COMMIT_S = 1.5       # the "slow_commit" fault (tests): every commit takes this much longer
 EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
 CLOSE_CHUNK_ROWS = 50_000  # the most window rows one commit carries (unless one window end alone has more)
+FINAL_ANSWER_WAIT_S = 5.0  # at shutdown, for the recommendations process's answer to the last cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class _Pending:
     acks: list[anyio.Event] = field(default_factory=list)
     events: list[EventBatch] = field(default_factory=list)
     events_received_ms: list[int] = field(default_factory=list)
+    cuts: tuple[int, int] = (0, 0)   # (state, recommender) cut of the unit built from this, once committed
     rejected: list[Rejected] = field(default_factory=list)
     windows: dict[str, list[WindowResult]] = field(default_factory=dict)
     anomalies: list[Anomaly] = field(default_factory=list)
@@ -106,9 +109,17 @@ class Runner:
         # thread): a reload changes the parts and queues only between the two.
         self.state_lock = anyio.Lock()
         self._faults = faults     # injected failures for tests, e.g. {"wedge_commit"}
-        self.replica: ReplicaFeed | None = None   # set by the app when [recommendations] listen is set
-        self._replica_batches: list[EventBatch] = []
+        # The recommendations process (daemon/replica/), set by the app when [recommendations] is on.
+        self.replica: ReplicaFeed | None = None
+        self._replica_steps: list[bytes] = []    # fold steps for it, framed by `fold`
         self._replica_frames: list[bytes] = []
+        # Cuts (commit seqs): the stored state of the parts covers the fold-log entries up to
+        # `_state_cut`, the recommender's (written from its CHANGES answers) those up to `_recs_cut`.
+        # Entries up to the lower of the two are deleted (see _build_unit).
+        self._state_cut = self._recs_cut = 0
+        # Held from building a commit's unit until it is written: the recommender's sync reads the
+        # store and the fold log with no commit half done.
+        self.commit_lock = anyio.Lock()
         self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url
         self.close_chunk_rows = close_chunk_rows
         self._closed_ms = NO_WATERMARK   # the watermark of the last close (see `advance`)
@@ -125,17 +136,21 @@ class Runner:
         self.parts.restore(restored.state)
         for problem in self.parts.dropped_on_restore:
             self.log.warning("aggregation_state_dropped", reason=problem)
-        if restored.fold_log:
+        # A data_dir from before the cuts existed holds only entries after its state: cuts 0.
+        cuts = orjson.loads(restored.meta["cuts"]) if "cuts" in restored.meta else {}
+        self._state_cut, self._recs_cut = int(cuts.get("state", 0)), int(cuts.get("recs", 0))
+        entries = [(seq, blob) for seq, blob in restored.fold_log if seq > self._state_cut]
+        if entries:
             t0 = time.perf_counter()
             steps = events = 0
-            for i, blob in enumerate(restored.fold_log):
+            for i, (seq, blob) in enumerate(entries):
                 try:
                     n_steps, n_events = replay(blob, self.parts)
                 except (ValueError, TypeError, KeyError, IndexError) as exc:
-                    raise StoreError(f"fold log entry {i + 1} of {len(restored.fold_log)} cannot be replayed: "
+                    raise StoreError(f"fold log entry {i + 1} of {len(entries)} (commit {seq}) cannot be replayed: "
                                      f"{type(exc).__name__}: {exc}") from exc
                 steps, events = steps + n_steps, events + n_events
-            self.log.info("fold_log_replayed", commits=len(restored.fold_log), steps=steps, events=events,
+            self.log.info("fold_log_replayed", commits=len(entries), steps=steps, events=events,
                           ms=round((time.perf_counter() - t0) * 1000, 1))
         self.positions = dict(restored.positions)
         self.log.info("state_restored", commit_seq=restored.commit_seq, watermark_ms=self.watermarks.value,
@@ -268,13 +283,13 @@ class Runner:
         self._observe_accepted()
         self._process_s += time.perf_counter() - t0
         self.advance()
-        if self._replica_batches:
+        if self._replica_steps:
             # Sent by fold_off_loop, in this order (daemon/replica/feed.py), with the read clock
             # GET /recommendations uses after this fold.
-            batches, self._replica_batches = self._replica_batches, []
+            steps, self._replica_steps = self._replica_steps, []
             wm = self.watermarks
             now_ms = None if wm.value == NO_WATERMARK else wm.value_or_now(0)
-            self._replica_frames.extend(replica_protocol.observe_frames(batches, now_ms))
+            self._replica_frames.extend(replica_protocol.observe_frame(step, now_ms) for step in steps)
 
     def _observe_accepted(self) -> None:
         batches, self._to_observe = self._to_observe, []
@@ -286,9 +301,9 @@ class Runner:
             for b in batches:
                 batch.extend(b)
         self.parts.observe(batch)
-        self.fold_log.observe(batch)
+        step = self.fold_log.observe(batch)
         if self.replica is not None and self.replica.live:
-            self._replica_batches.append(batch)   # framed by `fold` once the watermark has moved
+            self._replica_steps.append(step)   # framed by `fold` once the watermark has moved
 
     async def fold_off_loop(self, deliveries: list[Delivery]) -> None:
         """`fold` in a worker thread, so the event loop keeps answering HTTP meanwhile.
@@ -301,20 +316,32 @@ class Runner:
         """
         async with self.state_lock:   # a reload waits for a fold boundary
             await self.cpu.run(self.fold, deliveries)
-            # Still under the lock: the replica gets folds in order, after the snapshot it was sent.
+            # Still under the lock: the process gets folds in order, after the state it was synced to.
             frames, self._replica_frames = self._replica_frames, []
             if self.replica is not None:
                 for frame in frames:
                     self.replica.send(frame)
+        if self.replica is not None:
+            await self.replica.room()   # back-pressure: a process behind by its whole outbox slows the folds
 
-    async def replica_snapshot(self) -> bytes:
-        """The recommender's state for a (re)starting replica; call with `state_lock` held.
+    async def sync_recommender(self, begin: Callable[[list[bytes]], None]) -> None:
+        """Bring a (re)starting recommendations process to the current state: `begin` gets the stored
+        records, the committed fold-log entries after their cut and the steps folded since the last
+        commit, under both locks (no fold and no commit half done), and every fold after it is sent."""
+        async with self.commit_lock, self.state_lock:
+            frames = await self.cpu.run(self._recommender_sync_frames)
+            self._replica_steps.clear()
+            self._replica_frames.clear()
+            begin(frames)
 
-        Frames of folds the snapshot already covers are dropped, so the replica never gets them twice."""
-        self._replica_batches.clear()
-        self._replica_frames.clear()
-        assert self.parts.recommender is not None
-        return await self.cpu.run(self.parts.recommender.snapshot)
+    def _recommender_sync_frames(self) -> list[bytes]:
+        frames = list(replica_protocol.records_frames(self.checkpoint.scan("recs")))
+        frames += [replica_protocol.frame(replica_protocol.LOG, blob)
+                   for blob in self.checkpoint.fold_log_after(self._recs_cut)]
+        pending = self.fold_log.peek()
+        if pending is not None:
+            frames.append(replica_protocol.frame(replica_protocol.LOG, pending))
+        return frames
 
     @property
     def _alert_urls(self) -> dict[str, str]:
@@ -353,6 +380,11 @@ class Runner:
             await self.commit()
             await self.fold_off_loop([])
         await self.commit(flush_all=True)
+        replica = self.replica
+        if replica is not None and replica.live and self._recs_cut < self._state_cut:
+            # Store the recommender's answer to the last cut too, so the next start replays nothing.
+            if await replica.wait_answer(self._state_cut, FINAL_ANSWER_WAIT_S):
+                await self.commit()
 
     async def _maybe_commit(self, interval_s: float) -> None:
         """Commit once `commit_interval` has passed, or sooner (EARLY_COMMIT_S) when windows have
@@ -388,21 +420,26 @@ class Runner:
         if "slow_commit" in self._faults:
             await anyio.sleep(SLOW_COMMIT_S)
         t0 = time.perf_counter()
-        async with self.state_lock:
-            # Building the unit (serialising changed state) and writing it run in the CPU lane too:
-            # the runner waits here, and HTTP handlers only read the parts meanwhile. The pending
-            # work and the fold log are taken together, under the lock, so they always match.
-            unit, p = await self.cpu.run(self._build_unit, flush_all)
-        while True:
-            try:
-                seq = await self.cpu.run(self.checkpoint.commit, unit)
-                break
-            except StoreError as exc:
-                # Never drop what is not committed: the runner waits (queues fill, sources feel
-                # back-pressure, /readyz says why) and retries the same unit.
-                self._commit_failed = f"{type(exc).__name__}: {exc}"
-                self.log.error("commit_failed", error=self._commit_failed, retry_in_s=COMMIT_RETRY_S)
-                await anyio.sleep(COMMIT_RETRY_S)
+        async with self.commit_lock:
+            async with self.state_lock:
+                # Building the unit (serialising changed state) and writing it run in the CPU lane too:
+                # the runner waits here, and HTTP handlers only read the parts meanwhile. The pending
+                # work and the fold log are taken together, under the lock, so they always match.
+                unit, p = await self.cpu.run(self._build_unit, flush_all)
+                if unit.state_complete and self.replica is not None:
+                    # After this unit's last fold step, before the next fold's (we hold the state lock).
+                    self.replica.send(replica_protocol.cut_frame(p.cuts[0]))
+            while True:
+                try:
+                    seq = await self.cpu.run(self.checkpoint.commit, unit)
+                    break
+                except StoreError as exc:
+                    # Never drop what is not committed: the runner waits (queues fill, sources feel
+                    # back-pressure, /readyz says why) and retries the same unit.
+                    self._commit_failed = f"{type(exc).__name__}: {exc}"
+                    self.log.error("commit_failed", error=self._commit_failed, retry_in_s=COMMIT_RETRY_S)
+                    await anyio.sleep(COMMIT_RETRY_S)
+            self._state_cut, self._recs_cut = p.cuts
         if self._commit_failed:
             self.log.warning("commit_recovered", after_error=self._commit_failed)
         self._commit_failed = ""
@@ -431,8 +468,14 @@ class Runner:
 
     def _build_unit(self, flush_all: bool) -> tuple[CommitUnit, _Pending]:
         """This commit's unit and the pending work it covers. Every `state_interval` (and at the
-        last commit, and after a reload) it carries every state change since the last full write
-        and empties the fold log; in between, the fold steps (pipeline/foldlog.py)."""
+        last commit, and after a reload) it carries every state change since the last full write;
+        the other commits carry the fold steps (pipeline/foldlog.py).
+
+        With the recommendations process, every commit logs its fold steps (the process needs them
+        until it has answered a later cut), and the recommender's state is written from its CHANGES
+        answers, with its own cut. The fold log keeps the entries after the lower of the two cuts.
+        """
+        seq = self.checkpoint.next_seq
         p, self._pending = self._pending, _Pending()
         full_state = flush_all or self.state_due or self._state_next or (
             self.clock.monotonic() - self._last_state_mono >= self.cfg.storage.state_interval_s)
@@ -443,10 +486,27 @@ class Runner:
             full_state, self._state_next = False, True
         if full_state:
             self.state_due = self._state_next = False
-            state, fold_log = self.parts.take_changes(), None
-            self.fold_log.clear()
+            state = self.parts.take_changes()
+            if self.replica is None:
+                fold_log = None
+                self.fold_log.clear()
+            else:
+                fold_log = self.fold_log.take()
         else:
             state, fold_log = {}, self.fold_log.take()
+        state_cut = seq if full_state else self._state_cut
+        recs_cut = state_cut
+        if self.replica is not None:
+            recs_cut = self._recs_cut
+            changes: dict[bytes, bytes | None] = {}
+            for cut, payload in self.replica.take_changes():
+                if cut > recs_cut:   # answers come in cut order; an older one is already stored
+                    changes.update(replica_protocol.unpack_records(replica_protocol.read_changes(payload)[1]))
+                    recs_cut = cut
+            if changes:
+                state["recs"] = changes
+        p.cuts = (state_cut, recs_cut)
+        drop_through = min(state_cut, recs_cut)
         dedupe_add, expire_before = self.dedupe.take_changes()
         rows: dict[str, Any] = {}
         latest: list[tuple[str, bytes, int, bytes]] = []
@@ -466,11 +526,13 @@ class Runner:
         unit = CommitUnit(
             state=state,
             fold_log=fold_log,
+            fold_log_drop_through=drop_through if drop_through > min(self._state_cut, self._recs_cut) else None,
             state_complete=full_state,
             positions=p.positions,
             dedupe_add=dedupe_add,
             dedupe_expire_before_ms=expire_before,
-            meta={"watermarks": jsonbytes.dumps(self.watermarks.snapshot())},
+            meta={"watermarks": jsonbytes.dumps(self.watermarks.snapshot()),
+                  "cuts": orjson.dumps({"state": state_cut, "recs": recs_cut})},
             rows=rows,
             latest=latest,
             keep_latest={a.name: a.keep_latest for a in self.cfg.aggregations},

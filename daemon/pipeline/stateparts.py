@@ -1,7 +1,8 @@
-"""The stateful parts the runner feeds: aggregations with their moving averages and detectors, analysers.
+"""The stateful parts the runner folds: aggregations with their moving averages and anomaly detectors.
 
 Each part hands its changed state to the checkpoint under its own namespace
-(`agg:<name>`, `ma:<name>`, `anomaly:<name>`, `recs` with its trending) and is restored from it.
+(`agg:<name>`, `ma:<name>`, `anomaly:<name>`) and is restored from it. The recommender (with its
+trending) is folded in its own process, daemon/replica/; its state is the `recs` namespace.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Any
 from daemon.aggconfig import AggregationConfig
 from daemon.analyzers.anomaly import AnomalyDetector
 from daemon.analyzers.moving_average import MovingAverages
-from daemon.analyzers.recommend import Recommender
-from daemon.analyzers.trending import Trending
 from daemon.config import Config
 from daemon.events import Anomaly, EventBatch, WindowResult
 from daemon.metrics import build_metric
@@ -55,18 +54,9 @@ class StateParts:
 
     def __init__(self, cfg: Config) -> None:
         self.aggregations: dict[str, AggregationPart] = {a.name: AggregationPart.build(a) for a in cfg.aggregations}
-        rc = cfg.recommendations
-        self.recommender = Recommender(rc) if rc is not None else None
         self._deletes: dict[str, dict[bytes, bytes | None]] = {}   # namespaces of removed aggregations
         self._emitted: set[str] = set()
         self.dropped_on_restore: list[str] = []   # aggregations whose stored state no longer fits the config
-
-    @property
-    def trending(self) -> Trending | None:
-        """The recommender's trending (its fallback), which GET /trending reads. Looked up on every
-        use: restoring the recommender replaces its Trending, and a reference kept from before the
-        restore would be frozen empty (it was, until the replica's comparison test caught it)."""
-        return self.recommender.trending if self.recommender is not None else None
 
     def namespaces(self, name: str) -> list[str]:
         """The checkpoint namespaces holding an aggregation's state."""
@@ -88,8 +78,6 @@ class StateParts:
     def observe(self, batch: EventBatch) -> None:
         for part in self.aggregations.values():
             part.aggregator.add(batch)
-        if self.recommender is not None:
-            self.recommender.observe(batch)
 
     def close_point(self, target_ms: int, max_rows: int) -> ClosePoint:
         """The watermark <= target_ms to close at next so that at most ~max_rows rows are emitted
@@ -127,8 +115,6 @@ class StateParts:
             if part.detector is not None:
                 out[f"anomaly:{name}"] = {b"state": part.detector.snapshot()}
         self._emitted.clear()
-        if self.recommender is not None:
-            out["recs"] = _changes(self.recommender)
         return {ns: ch for ns, ch in out.items() if ch}
 
     def restore(self, state: dict[str, Iterable[tuple[bytes, bytes]]]) -> None:
@@ -148,8 +134,6 @@ class StateParts:
                 _restore(part.averages, items)
             elif kind == "anomaly" and part is not None and part.detector is not None:
                 part.detector.restore(dict(items)[b"state"])
-            elif kind == "recs" and self.recommender is not None:
-                _restore(self.recommender, items)
 
     def statistics(self) -> dict[str, Any]:
         return {name: part.aggregator.statistics() for name, part in self.aggregations.items()}

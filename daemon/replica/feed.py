@@ -1,12 +1,14 @@
-"""The daemon's side of the replica: start `python -m daemon.replica`, keep it in step, restart it.
+"""The daemon's side of the recommendations process: start `python -m daemon.replica`, keep it in
+step, read its answers, forward reads to it, restart it.
 
-In step: under the runner's state lock (no fold in flight) the feed sends CONFIG and a SNAPSHOT of
-the recommender, and from then on the runner hands it one OBSERVE frame per fold (`send`), in fold
-order. Frames wait in a bounded outbox; a replica that falls MAX_BEHIND_BYTES behind (stuck,
-stopped) is killed and started again from a fresh snapshot, so it never slows the daemon and
-never serves from a gap. A replica that exits is started again with jittered backoff.
-The daemon's own recommender stays the durable one (state, fold log, restore); the replica is a
-read copy that a restart rebuilds.
+In step: under the runner's commit and state locks (no fold and no commit in flight) the runner
+hands `begin` the frames that bring a new process to its state (pipeline/runner.py,
+Runner.sync_recommender): the stored records, the fold-log entries after their cut and the steps
+folded since the last commit. From then on every fold sends its OBSERVE frame, in fold order, and
+every full state write a CUT. Frames wait in a bounded outbox: a fold finding it over
+`max_outbox_bytes` waits for room (`room`), so a slow process slows the daemon (back-pressure, as
+a slow disk would) instead of losing its place; one that makes no progress for STUCK_S is killed.
+A process that exits is started again with jittered backoff and synced again from the store.
 """
 
 from __future__ import annotations
@@ -20,16 +22,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anyio
+import orjson
 from anyio.abc import Process
 
 from daemon.replica import protocol
 from daemon.replica.protocol import ReplicaSettings
 from daemon.sources.backoff import Backoff
 
-MAX_BEHIND_BYTES = 256 * 2**20
-STOP_TIMEOUT_S = 3.0
-HEALTHY_AFTER_S = 10.0     # a replica that ran this long resets the restart backoff
+MAX_OUTBOX_BYTES = 64 * 2**20
+STUCK_S = 30.0            # a process that takes none of a full outbox for this long is killed
+STOP_TIMEOUT_S = 5.0      # to fold what it was sent and exit after its stdin closed
+HEALTHY_AFTER_S = 10.0    # a process that ran this long resets the restart backoff
+READ_TIMEOUT_S = 5.0      # a forwarded read
+READ_BYTES = 1 << 20
+
+Begin = Callable[[list[bytes]], None]
 
 
 @dataclass(slots=True)
@@ -41,116 +50,219 @@ class ReplicaStats:
     resyncs: int
     frames_sent: int
     outbox_bytes: int
+    answers: int            # CHANGES frames received
+    waits: int              # folds that waited for room in the outbox
 
 
 class ReplicaFeed:
-    """Runs the replica process for the daemon's lifetime (`run` is a task of the daemon)."""
+    """Runs the recommendations process for the daemon's lifetime (`run` is a task of the daemon)."""
 
     def __init__(self, settings: ReplicaSettings, log: Any,
-                 snapshot: Callable[[], Awaitable[bytes]], lock: anyio.Lock,
-                 command: list[str] | None = None, max_behind_bytes: int = MAX_BEHIND_BYTES) -> None:
+                 sync: Callable[[Begin], Awaitable[None]],
+                 command: list[str] | None = None, max_outbox_bytes: int = MAX_OUTBOX_BYTES,
+                 stuck_s: float = STUCK_S) -> None:
         self.settings = settings
         self.cfg = settings.recommendations
         self.log = log
-        self._snapshot = snapshot       # the recommender's state, taken in the CPU lane
-        self._lock = lock               # the runner's state lock: held, no fold is in flight
+        self._sync = sync               # Runner.sync_recommender: calls `begin` under its locks
         self._command = command or [sys.executable, "-m", "daemon.replica"]
-        self._max_behind = max_behind_bytes
+        self._max_outbox = max_outbox_bytes
+        self._stuck_s = stuck_s
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
         self._wake = anyio.Event()
+        self._drained = anyio.Event()
         self._proc: Process | None = None
-        self.live = False               # frames are wanted (a replica is running and synced)
-        self._starts = self._resyncs = self._frames = 0
+        self.live = False               # frames are wanted (a process is running and synced)
+        self.queued = 0                 # frames queued for the running process after its config
+        self.port: int | None = None    # where the running process answers reads (its READY frame)
+        self._ready = anyio.Event()     # set by READY, replaced when a process ends
+        self.changes: list[tuple[int, bytes]] = []   # CHANGES answers not yet taken by the runner
+        self._answered = anyio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        self._starts = self._resyncs = self._frames = self._answers = self._waits = 0
 
     @property
     def listen(self) -> str:
-        return f"{self.cfg.listen_host}:{self.cfg.listen_port}"
+        return f"{self.cfg.listen_host}:{self.cfg.listen_port}" if self.cfg.listen_port else ""
 
+    # ---- the runner's side --------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        """Queue one frame (never blocks: a replica too far behind is restarted instead)."""
+        """Queue one frame (never blocks; the runner awaits `room` after a fold's frames)."""
         if not self.live:
             return
         self._out.append(data)
         self._out_bytes += len(data)
         self._frames += 1
-        if self._out_bytes > self._max_behind:
-            self.log.warning("replica_behind", outbox_bytes=self._out_bytes, action="restart from a snapshot")
-            self._resyncs += 1
-            self._drop_outbox()
-            if self._proc is not None:
-                self._proc.kill()
+        self.queued += 1
         self._wake.set()
+
+    async def room(self) -> None:
+        """Wait while the outbox is over its bound; kill a process that takes nothing for STUCK_S."""
+        if self._out_bytes <= self._max_outbox or not self.live:
+            return
+        self._waits += 1
+        while self.live and self._out_bytes > self._max_outbox:
+            before = self._out_bytes
+            self._drained = anyio.Event()
+            with anyio.move_on_after(self._stuck_s):
+                await self._drained.wait()
+                continue
+            if self._out_bytes >= before and self.live:
+                self.log.warning("replica_stuck", outbox_bytes=self._out_bytes, stuck_s=self._stuck_s,
+                                 action="restart and sync from the store")
+                self._resyncs += 1
+                self._drop_outbox()
+                if self._proc is not None:
+                    self._proc.kill()
+
+    def take_changes(self) -> list[tuple[int, bytes]]:
+        out, self.changes = self.changes, []
+        return out
+
+    async def wait_answer(self, seq: int, timeout_s: float) -> bool:
+        """Wait until the answer to CUT `seq` has arrived (for the last commit at shutdown)."""
+        with anyio.move_on_after(timeout_s):
+            while self.live and not any(s >= seq for s, _ in self.changes):
+                self._answered = anyio.Event()
+                await self._answered.wait()
+        return any(s >= seq for s, _ in self.changes)
 
     def statistics(self) -> ReplicaStats:
         proc = self._proc
         return ReplicaStats(listen=self.listen, running=proc is not None and proc.returncode is None,
                             pid=proc.pid if proc is not None else None, starts=self._starts,
-                            resyncs=self._resyncs, frames_sent=self._frames, outbox_bytes=self._out_bytes)
+                            resyncs=self._resyncs, frames_sent=self._frames, outbox_bytes=self._out_bytes,
+                            answers=self._answers, waits=self._waits)
 
+    # ---- reads ----------------------------------------------------------------------------------
+    async def get(self, path_qs: str) -> tuple[int, bytes]:
+        """Forward a GET to the process; (status, body). A read while the process syncs waits for
+        it (READ_TIMEOUT_S at most, then 503). The read sees every fold sent before it (`seen`)."""
+        with anyio.move_on_after(READ_TIMEOUT_S):
+            await self._ready.wait()
+        port, http, seen = self.port, self._http, self.queued
+        if port is None or http is None or not self.live:
+            return 503, b'{"error":"the recommendations process is starting; retry"}'
+        headers = {"Authorization": f"Bearer {self.settings.token.decode()}"} if self.settings.token else {}
+        try:
+            async with http.get(f"http://127.0.0.1:{port}{path_qs}&seen={seen}", headers=headers) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return 503, orjson.dumps({"error": f"the recommendations process did not answer: {type(exc).__name__}"})
+
+    # ---- the process ------------------------------------------------------------------------------
     def _drop_outbox(self) -> None:
         self.live = False
         self._out.clear()
         self._out_bytes = 0
+        self._drained.set()
+        self._answered.set()
+
+    def _begin(self, frames: list[bytes]) -> None:
+        """Called by the runner's sync under its locks: these frames, then every fold from now on."""
+        self._out.clear()
+        self._out.append(protocol.config_frame(self.settings))
+        self._out.extend(frames)
+        self._out.append(protocol.frame(protocol.SYNCED))
+        self.queued = len(frames) + 1
+        self._out_bytes = sum(map(len, self._out))
+        self.changes = []     # answers of a previous process: the new one starts from the stored state
+        self.live = True
+        self._wake.set()
 
     async def run(self) -> None:
         backoff, rng = Backoff(base_s=0.5, cap_s=30.0), random.Random()
-        try:
-            while True:
-                started = anyio.current_time()
-                try:
-                    code: int | str | None = await self._run_once()
-                except OSError as exc:   # could not start it (no such interpreter, out of fds or memory)
-                    code = f"not started: {exc}"
-                ran_s = anyio.current_time() - started
-                if ran_s >= HEALTHY_AFTER_S:
-                    backoff = backoff.reset()
-                delay, backoff = backoff.next(rng)
-                self.log.warning("replica_exited", code=code, ran_s=round(ran_s, 1), restart_in_s=round(delay, 2))
-                await anyio.sleep(delay)
-        finally:
-            self._drop_outbox()
+        timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=64)) as http:
+            self._http = http
+            try:
+                while True:
+                    started = anyio.current_time()
+                    try:
+                        code: int | str | None = await self._run_once()
+                    except OSError as exc:   # could not start it (no such interpreter, out of fds or memory)
+                        code = f"not started: {exc}"
+                    ran_s = anyio.current_time() - started
+                    if ran_s >= HEALTHY_AFTER_S:
+                        backoff = backoff.reset()
+                    delay, backoff = backoff.next(rng)
+                    self.log.warning("replica_exited", code=code, ran_s=round(ran_s, 1), restart_in_s=round(delay, 2))
+                    await anyio.sleep(delay)
+            finally:
+                self._drop_outbox()
+                self._http = None
 
     async def _run_once(self) -> int | None:
-        proc = await anyio.open_process(self._command, stdin=subprocess.PIPE, stdout=None, stderr=None)
+        proc = await anyio.open_process(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
         self._proc = proc
         self._starts += 1
+        self.port = None
         try:
-            async with self._lock:
-                snap = await self._snapshot()
-                self._drop_outbox()
-                self._out.append(protocol.config_frame(self.settings))
-                self._out.append(protocol.frame(protocol.SNAPSHOT, snap))
-                self._out_bytes = sum(map(len, self._out))
-                self.live = True
-            self.log.info("replica_syncing", pid=proc.pid, listen=self.listen, snapshot_bytes=len(snap))
+            await self._sync(self._begin)
+            self.log.info("replica_syncing", pid=proc.pid, listen=self.listen, sync_bytes=self._out_bytes)
             async with anyio.create_task_group() as tg:
                 async def pump() -> None:
                     await self._pump(proc)
                     tg.cancel_scope.cancel()
+
+                async def answers() -> None:
+                    await self._read_answers(proc)
+                    tg.cancel_scope.cancel()
                 tg.start_soon(pump)
+                tg.start_soon(answers)
                 await proc.wait()
                 tg.cancel_scope.cancel()
         finally:
             self._drop_outbox()
+            self.port = None
+            self._ready = anyio.Event()
             with anyio.CancelScope(shield=True):
                 await self._stop(proc)
-        return proc.returncode   # after _stop: a replica whose stdin broke has exited (or was killed) by now
+        return proc.returncode   # after _stop: a process whose stdin broke has exited (or was killed) by now
 
     async def _pump(self, proc: Process) -> None:
-        """Write queued frames to the replica's stdin until it breaks."""
+        """Write queued frames to the process's stdin until it breaks."""
         assert proc.stdin is not None
         while True:
             while self._out:
                 data = self._out.popleft()
-                self._out_bytes -= len(data)
                 try:
                     await proc.stdin.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return
+                self._out_bytes -= len(data)
+                if self._out_bytes <= self._max_outbox:
+                    self._drained.set()
             self._wake = anyio.Event()
             if not self._out:
                 await self._wake.wait()
+
+    async def _read_answers(self, proc: Process) -> None:
+        """READY and CHANGES frames from the process's stdout until it ends."""
+        assert proc.stdout is not None
+        reader = protocol.FrameReader()
+        while True:
+            try:
+                data = await proc.stdout.receive(READ_BYTES)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            try:
+                frames = reader.feed(data)
+            except protocol.ProtocolError as exc:
+                self.log.error("replica_bad_output", error=str(exc), action="restart")
+                proc.kill()
+                return
+            for kind, payload in frames:
+                if kind == protocol.READY:
+                    self.port = int(orjson.loads(payload)["port"])
+                    self._ready.set()
+                elif kind == protocol.CHANGES:
+                    seq, _ = protocol.read_changes(payload)
+                    if self.live:
+                        self.changes.append((seq, payload))
+                        self._answers += 1
+                        self._answered.set()
 
     async def _stop(self, proc: Process) -> None:
         """Close its stdin (it exits at EOF); kill it if it does not within STOP_TIMEOUT_S."""
@@ -159,6 +271,11 @@ class ReplicaFeed:
                 if proc.stdin is not None:
                     with contextlib.suppress(anyio.BrokenResourceError, OSError):   # it is gone already
                         await proc.stdin.aclose()
+                if proc.stdout is not None:   # keep reading: a process blocked on a full stdout never exits
+                    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError,
+                                             anyio.ClosedResourceError, OSError):
+                        while await proc.stdout.receive(READ_BYTES):
+                            pass
                 await proc.wait()
             if proc.returncode is None:
                 proc.kill()

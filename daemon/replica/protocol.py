@@ -1,10 +1,18 @@
-"""Frames the daemon writes to its replica's stdin: u32 payload length, one kind byte, the payload.
+"""Frames between the daemon and its recommendations process: u32 payload length, one kind byte, payload.
 
-CONFIG (first, once): the replica's settings as JSON (ReplicaSettings: recommendations config, token,
-HTTP bounds).
-SNAPSHOT: `Recommender.snapshot()` bytes; the replica replaces its state with it.
-OBSERVE: one folded batch of accepted events and the read clock after it, as JSON
-`[now_ms | null, source, *columns]` (columns in `events.FIELDS` order, like the fold log's steps).
+Daemon → process (its stdin), in this order:
+  CONFIG (once, first): the settings as JSON (ReplicaSettings).
+  RECORDS*: chunks of the stored `recs` records (`pack_records`), then RESTORE: build the
+    recommender from them (the state at the stored cut).
+  LOG*: fold-log entries committed after that cut, then the steps folded since the last commit
+    (pipeline/foldlog.py blobs); the process folds their OBSERVE steps.
+  SYNCED: the process now holds the daemon's state; it answers reads from here on.
+  then, live: OBSERVE (u64 read clock + one fold step, the very bytes the fold log holds) per fold,
+    and CUT (u64 commit seq) after each commit that wrote the daemon's full state.
+Process → daemon (its stdout):
+  READY (JSON {"port": n}): synced and listening; the daemon forwards reads there.
+  CHANGES (u64 seq + `pack_records`): the records changed since its last CHANGES, answering CUT seq:
+    its state equals the stored one plus these once every step up to commit seq is folded.
 Pure: no I/O here, so the parser is tested byte by byte.
 """
 
@@ -12,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -21,18 +30,23 @@ import orjson
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
 
-CONFIG, SNAPSHOT, OBSERVE = b"C", b"S", b"O"
-KINDS = frozenset({CONFIG, SNAPSHOT, OBSERVE})
+CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT = b"C", b"R", b"S", b"L", b"Y", b"O", b"K"
+READY, CHANGES = b"P", b"A"
+KINDS = frozenset({CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT, READY, CHANGES})
 HEADER = struct.Struct(">Ic")
-FRAME_EVENTS = 16         # events per OBSERVE frame (~0.1 ms of folding in the replica)
-MAX_FRAME_BYTES = 2**31   # a snapshot of a very large state still fits; anything bigger is corruption
+U64 = struct.Struct(">Q")
+NO_CLOCK = 2**64 - 1      # OBSERVE before the first watermark: the process reads its own clock
+FRAME_EVENTS = 16         # events folded between two turns of the process's event loop (read latency)
+MAX_FRAME_BYTES = 2**31   # anything bigger is corruption
+RECORDS_CHUNK_BYTES = 8 << 20
+_DELETED = 0xFFFFFFFF
 
 
 class ProtocolError(ValueError):
-    """The byte stream is not a sequence of frames (the replica exits: its parent is broken)."""
+    """The byte stream is not a sequence of frames (the reader exits or restarts its peer)."""
 
 
-def frame(kind: bytes, payload: bytes) -> bytes:
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
     if kind not in KINDS:
         raise ValueError(f"unknown frame kind {kind!r}")
     return HEADER.pack(len(payload), kind) + payload
@@ -40,10 +54,10 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaSettings:
-    """What the replica needs from the daemon's config (sent in the CONFIG frame, never on argv)."""
+    """What the process needs from the daemon's config (sent in the CONFIG frame, never on argv)."""
 
     recommendations: RecommendationsConfig
-    token: bytes | None = None              # http.token_file's token: the replica requires it too
+    token: bytes | None = None              # http.token_file's token: the process requires it too
     max_connections: int = 2048             # http.max_connections
     idle_timeout_s: float = 30.0            # http.idle_timeout
 
@@ -62,27 +76,97 @@ def read_config(payload: bytes) -> ReplicaSettings:
                            int(body["max_connections"]), float(body["idle_timeout_s"]))
 
 
-def observe_frame(batch: EventBatch, now_ms: int | None) -> bytes:
-    return frame(OBSERVE, orjson.dumps([now_ms, batch.source, *batch.columns()]))
+# ---- records: key → value (None deletes), the `recs` namespace of the daemon's state ---------------
+
+def pack_records(records: dict[bytes, bytes | None] | Iterable[tuple[bytes, bytes | None]]) -> bytes:
+    """u32 n, n × u32 key length, n × u32 value length (0xFFFFFFFF: deleted), the keys, the values."""
+    items = list(records.items()) if isinstance(records, dict) else list(records)
+    keys = [k for k, _ in items]
+    values = [v for _, v in items]
+    n = len(items)
+    head = struct.pack(f">I{n}I{n}I", n, *map(len, keys), *(_DELETED if v is None else len(v) for v in values))
+    return b"".join([head, *keys, *(v for v in values if v is not None)])
 
 
-def observe_frames(batches: Iterable[EventBatch], now_ms: int | None, max_events: int = FRAME_EVENTS) -> list[bytes]:
-    """OBSERVE frames of at most `max_events` events each: the replica decodes and folds one frame
-    between two reads, so a frame's size bounds how long a read can wait there."""
-    out = []
-    for batch in batches:
-        for start in range(0, len(batch), max_events):
-            part = batch if len(batch) <= max_events else batch.slice(start, start + max_events)
-            out.append(observe_frame(part, now_ms))
-    return out
-
-
-def read_observe(payload: bytes) -> tuple[int | None, EventBatch]:
-    step: list[Any] = orjson.loads(payload)
+def unpack_records(data: bytes) -> dict[bytes, bytes | None]:
     try:
-        return step[0], EventBatch.from_columns(step[1], step[2:])
-    except ValueError:
-        raise ProtocolError("an observe frame without its full, equal-length columns") from None
+        (n,) = struct.unpack_from(">I", data)
+        lengths = struct.unpack_from(f">{2 * n}I", data, 4)
+    except struct.error:
+        raise ProtocolError("a records payload shorter than its header") from None
+    klens, vlens = lengths[:n], lengths[n:]
+    pos = 4 + 8 * n
+    kends = list(accumulate(klens, initial=pos))
+    vends = list(accumulate((0 if v == _DELETED else v for v in vlens), initial=kends[-1]))
+    if vends[-1] != len(data):
+        raise ProtocolError(f"a records payload of {len(data)} bytes, its header says {vends[-1]}")
+    return {data[kends[i]:kends[i + 1]]: (None if vlens[i] == _DELETED else data[vends[i]:vends[i + 1]])
+            for i in range(n)}
+
+
+def records_frames(items: Iterable[tuple[bytes, bytes]], chunk_bytes: int = RECORDS_CHUNK_BYTES) -> Iterator[bytes]:
+    """RECORDS frames of about `chunk_bytes` each, then the RESTORE frame."""
+    chunk: list[tuple[bytes, bytes]] = []
+    size = 0
+    for k, v in items:
+        chunk.append((k, v))
+        size += len(k) + len(v) + 8
+        if size >= chunk_bytes:
+            yield frame(RECORDS, pack_records(chunk))
+            chunk, size = [], 0
+    if chunk:
+        yield frame(RECORDS, pack_records(chunk))
+    yield frame(RESTORE)
+
+
+def changes_frame(seq: int, records: dict[bytes, bytes | None]) -> bytes:
+    return frame(CHANGES, U64.pack(seq) + pack_records(records))
+
+
+def read_changes(payload: bytes) -> tuple[int, bytes]:
+    """(commit seq, the packed records, still packed: the daemon unpacks them where it writes them)."""
+    if len(payload) < U64.size:
+        raise ProtocolError("a changes frame without its commit seq")
+    return U64.unpack_from(payload)[0], payload[U64.size:]
+
+
+# ---- fold steps -------------------------------------------------------------------------------------
+
+def observe_frame(step: bytes, now_ms: int | None) -> bytes:
+    """One fold step (pipeline/foldlog.py's JSON `[0, source, *columns]`) and the read clock after it."""
+    return frame(OBSERVE, U64.pack(NO_CLOCK if now_ms is None else now_ms) + step)
+
+
+def read_observe(payload: bytes) -> tuple[int | None, bytes]:
+    if len(payload) < U64.size:
+        raise ProtocolError("an observe frame without its clock")
+    now = U64.unpack_from(payload)[0]
+    return (None if now == NO_CLOCK else now), payload[U64.size:]
+
+
+def cut_frame(seq: int) -> bytes:
+    return frame(CUT, U64.pack(seq))
+
+
+def read_cut(payload: bytes) -> int:
+    if len(payload) != U64.size:
+        raise ProtocolError(f"a cut frame of {len(payload)} bytes")
+    return U64.unpack(payload)[0]
+
+
+def step_batches(step: list[Any], max_events: int = FRAME_EVENTS) -> list[EventBatch]:
+    """The events of one OBSERVE step (decoded JSON) as batches of at most `max_events`.
+
+    Live and replayed steps are cut the same way, so a restarted process folds exactly what the
+    one before it folded (the recommender's user expiry runs at the end of each batch)."""
+    try:
+        batch = EventBatch.from_columns(step[1], step[2:])
+    except (ValueError, IndexError, TypeError):
+        raise ProtocolError("an observe step without its full, equal-length columns") from None
+    n = len(batch)
+    if n <= max_events:
+        return [batch] if n else []
+    return [batch.slice(i, i + max_events) for i in range(0, n, max_events)]
 
 
 class FrameReader:

@@ -1,34 +1,42 @@
-"""The replica process: a copy of the daemon's recommender that answers reads on its own address.
+"""The recommendations process: the daemon's recommender, on the second core, answering reads.
 
-Why a process: under the GIL, a read served by the daemon waits for the thread that folds events
-(benchmarks/README.md measured p99 ~10 ms at full ingest however the switch interval and the GC
-were tuned). Here one thread folds and serves, taking turns: frames are small (protocol.FRAME_EVENTS)
-and the event loop answers requests between two, so a read waits for at most one frame's fold.
+Why a process: the recommender was a third of the daemon's CPU per event, and under the GIL a read
+served by the daemon waits for the thread that folds events. Here one thread folds and serves,
+taking turns: a fold step is cut into small batches (protocol.FRAME_EVENTS) and the event loop
+answers requests between two, so a read waits for at most one small batch.
 
-Input: frames on stdin (protocol.py) from daemon/replica/feed.py. The replica holds no state of
-its own on disk: it starts from the SNAPSHOT the daemon sends and follows the daemon's folds.
+Input: frames on stdin from daemon/replica/feed.py (protocol.py): the stored records, the fold-log
+steps after them, then every fold live, and a CUT after each full state write of the daemon, which
+this process answers on stdout with the records changed since its previous answer. The daemon
+writes those into its LMDB: it stays the only writer of state, and the recommender's state is
+exactly "through commit seq S" like every other part's (see pipeline/runner.py, Runner._build_unit).
 End of stdin (the daemon stopped or died) ends the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import orjson
 from aiohttp import web
 
 from daemon.analyzers.recommend import Recommender
 from daemon.log import configure_logging, get_logger
+from daemon.pipeline import foldlog
 from daemon.replica import protocol
 from daemon.web.app import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from daemon.web.auth import auth_middleware
 from daemon.web.limits import LimitedTCPSite
 from daemon.web.queries import int_param, json_response, recommendations_answer, trending_answer
+from daemon.web.stats import rss_bytes
 
 READ_BYTES = 1 << 20
 
@@ -77,64 +85,145 @@ class Collector:
 
 
 class Replica:
-    """The recommender copy plus what it has applied; `apply` is the only writer."""
+    """The recommender plus what it has applied; `apply` is the only writer."""
 
-    def __init__(self, recommender: Recommender, collector: Collector) -> None:
+    def __init__(self, recommender: Recommender, collector: Collector, answer: Callable[[bytes], Awaitable[None]],
+                 port: int = 0) -> None:
         self.recommender = recommender
         self.collector = collector
+        self._answer = answer              # writes a frame to the daemon
+        self._records: dict[bytes, bytes | None] = {}   # RECORDS received, until RESTORE
+        self.port = port                   # where reads are answered (READY tells the daemon)
         self.synced = False
         self.now_ms: int | None = None     # the daemon's read clock after the last applied fold
-        self.frames = self.events = self.snapshots = 0
+        self.frames = self.events = self.snapshots = self.replayed = self.cuts = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []   # reads waiting for a frame count
 
     def read_now_ms(self) -> int:
         return self.now_ms if self.now_ms is not None else int(time.time() * 1000)
 
+    async def caught_up(self, frames: int, timeout_s: float) -> None:
+        """Wait until `frames` frames (after the config) are applied, or `timeout_s`.
+
+        The daemon forwards a read with the number of frames it has queued for this process: what
+        it acknowledged before the read is then folded here before the answer (read your writes)."""
+        if self.frames >= frames:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((frames, fut))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            if not fut.done():
+                fut.cancel()
+
     async def apply(self, kind: bytes, payload: bytes) -> None:
+        await self._apply(kind, payload)
         self.frames += 1
-        if kind == protocol.SNAPSHOT:
-            self.recommender.restore(payload)
+        if self._waiters:
+            waiting = []
+            for n, fut in self._waiters:
+                if fut.done():
+                    continue
+                if self.frames >= n:
+                    fut.set_result(None)
+                else:
+                    waiting.append((n, fut))
+            self._waiters = waiting
+
+    async def _apply(self, kind: bytes, payload: bytes) -> None:
+        if kind == protocol.OBSERVE:
+            now_ms, step = protocol.read_observe(payload)
+            await self._fold(orjson.loads(step), turns=True)
+            if now_ms is not None:
+                self.now_ms = now_ms
+        elif kind == protocol.CUT:
+            seq = protocol.read_cut(payload)
+            await self._answer(protocol.changes_frame(seq, self.recommender.take_changes()))
+            self.cuts += 1
+        elif kind == protocol.LOG:
+            for step in orjson.loads(payload):
+                self.replayed += await self._fold(step, turns=False)
+        elif kind == protocol.RECORDS:
+            self._records.update(protocol.unpack_records(payload))
+        elif kind == protocol.RESTORE:
+            records, self._records = self._records, {}
+            self.recommender.restore_items((k, v) for k, v in records.items() if v is not None)
+            del records
             self.collector.collect()
-            self.synced = True
             self.snapshots += 1
-        elif kind == protocol.OBSERVE:
-            now_ms, batch = protocol.read_observe(payload)
-            self.recommender.observe(batch)   # frames are small (protocol.FRAME_EVENTS)
-            self.events += len(batch)
-            self.now_ms = now_ms
-            # Three turns of the loop: the first reads a waiting request, the second starts its
-            # handler task, the third lets it answer (with one turn, 2-3 frames went first).
-            for _ in range(3):
-                await asyncio.sleep(0)
-            self.collector.frame_done()
+        elif kind == protocol.SYNCED:
+            self.synced = True
+            await self._answer(protocol.frame(protocol.READY, orjson.dumps({"port": self.port})))
         else:
             raise protocol.ProtocolError(f"unexpected frame {kind!r} after the config")
+
+    async def _fold(self, step: list, *, turns: bool) -> int:
+        """Fold one step's events (CLOSE steps are the windows', not ours); return how many."""
+        if not step or step[0] != foldlog.OBSERVE:
+            return 0
+        n = 0
+        for batch in protocol.step_batches(step):
+            self.recommender.observe(batch)
+            n += len(batch)
+            if turns:
+                # Three turns of the loop: the first reads a waiting request, the second starts its
+                # handler task, the third lets it answer (with one turn, 2-3 batches went first).
+                for _ in range(3):
+                    await asyncio.sleep(0)
+            self.collector.frame_done()
+        self.events += n
+        return n
 
 
 RECS = web.AppKey("replica", Replica)
 
 
+READ_WAIT_S = 2.0   # the most a forwarded read waits for the frames it should see (then answers anyway)
+
+
+async def _read_state(request: web.Request, rep: Replica) -> None:
+    """`seen`: frames the daemon had queued when it forwarded the read; they are applied first."""
+    seen = int_param(request, "seen", 0, 2**62) if request.query.get("seen") not in (None, "", "0") else 0
+    if seen:
+        await rep.caught_up(seen, READ_WAIT_S)
+
+
+def _read_clock(request: web.Request, rep: Replica) -> int:
+    """`at` (the daemon passes its own read clock when it forwards a request), else the clock of the
+    last fold."""
+    return int_param(request, "at", rep.read_now_ms(), 2**62)
+
+
 async def recommendations(request: web.Request) -> web.Response:
     rep = request.app[RECS]
     if not rep.synced:
-        return json_response({"error": "the replica has not received the daemon's state yet"}, 503)
+        return json_response({"error": "the recommendations process has not received its state yet"}, 503)
     k = int_param(request, "k", 10, 1000)
-    return json_response(recommendations_answer(rep.recommender, request.match_info["user_id"], k, rep.read_now_ms()))
+    await _read_state(request, rep)
+    return json_response(recommendations_answer(rep.recommender, request.match_info["user_id"], k,
+                                                _read_clock(request, rep)))
 
 
 async def trending(request: web.Request) -> web.Response:
     rep = request.app[RECS]
     if not rep.synced:
-        return json_response({"error": "the replica has not received the daemon's state yet"}, 503)
+        return json_response({"error": "the recommendations process has not received its state yet"}, 503)
     k = int_param(request, "k", 10, 1000)
+    await _read_state(request, rep)
     return json_response(trending_answer(rep.recommender.trending, request.query.get("category") or None, k,
-                                         rep.read_now_ms()))
+                                         _read_clock(request, rep)))
 
 
 async def healthz(request: web.Request) -> web.Response:
     rep = request.app[RECS]
+    st = rep.recommender.statistics() if "recommender" in request.query else None
     return json_response({"status": "ok" if rep.synced else "syncing", "frames": rep.frames,
-                          "events": rep.events, "snapshots": rep.snapshots,
-                          "gc_collections": rep.collector.collections})
+                          "events": rep.events, "replayed_events": rep.replayed, "snapshots": rep.snapshots,
+                          "cuts": rep.cuts, "gc_collections": rep.collector.collections,
+                          "rss_bytes": rss_bytes(), **({"recommender": dataclasses.asdict(st)} if st else {})})
 
 
 def build_app(rep: Replica, token: bytes | None) -> web.Application:
@@ -156,12 +245,24 @@ async def _read_frames(reader: asyncio.StreamReader, frames: protocol.FrameReade
             await rep.apply(kind, payload)
 
 
+async def _open_answers(loop: asyncio.AbstractEventLoop) -> Callable[[bytes], Awaitable[None]]:
+    """A writer of frames to stdout (the daemon reads them), waiting while the pipe is full."""
+    transport, proto = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
+    writer = asyncio.StreamWriter(transport, proto, None, loop)
+
+    async def answer(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+    return answer
+
+
 async def serve(config_payload: bytes, log: Any) -> int:
     settings = protocol.read_config(config_payload)
     cfg = settings.recommendations
     collector = Collector()
-    rep = Replica(Recommender(cfg), collector)
     loop = asyncio.get_running_loop()
+    answer = await _open_answers(loop)
+    rep = Replica(Recommender(cfg), collector, answer)
     reader = asyncio.StreamReader(limit=READ_BYTES)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     # The daemon's own HTTP bounds (web/app.py): idle and header-phase timeout, line and header
@@ -170,14 +271,18 @@ async def serve(config_payload: bytes, log: Any) -> int:
                            shutdown_timeout=1.0, keepalive_timeout=settings.idle_timeout_s,
                            max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES, max_headers=MAX_HEADERS)
     await runner.setup()
+    # Without `listen` the process still serves the daemon's forwarded reads, on a loopback port of
+    # the kernel's choosing that it reports in its READY frame.
+    host, port = (cfg.listen_host, cfg.listen_port) if cfg.listen_port else ("127.0.0.1", 0)
+    site = LimitedTCPSite(runner, host, port, max_connections=settings.max_connections, backlog=512)
     try:
-        await LimitedTCPSite(runner, cfg.listen_host, cfg.listen_port, max_connections=settings.max_connections,
-                             backlog=512).start()
+        await site.start()
     except OSError as exc:
-        log.error("replica_listen_failed", listen=f"{cfg.listen_host}:{cfg.listen_port}", error=str(exc))
+        log.error("replica_listen_failed", listen=f"{host}:{port}", error=str(exc))
         await runner.cleanup()
         return 1
-    log.info("replica_started", listen=f"{cfg.listen_host}:{cfg.listen_port}")
+    rep.port = site.bound_port()
+    log.info("replica_started", listen=f"{host}:{rep.port}")
     frames = protocol.FrameReader()
     bad_input: list[str] = []
 
@@ -187,6 +292,8 @@ async def serve(config_payload: bytes, log: Any) -> int:
             await _read_frames(reader, frames, rep)
         except protocol.ProtocolError as exc:
             bad_input.append(str(exc))
+        except (BrokenPipeError, ConnectionResetError):
+            pass   # the daemon is gone: nobody to answer
 
     try:
         async with anyio.create_task_group() as tg:
@@ -228,7 +335,7 @@ def main() -> int:
     # act on: it closes our stdin when it stops, and end of stdin ends this process.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging("info")
+    configure_logging("info", stream=sys.stderr)
     log = get_logger(component="replica")
     try:
         config_payload = _read_config_frame()

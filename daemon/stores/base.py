@@ -32,8 +32,10 @@ class CommitUnit:
     latest: (aggregation, key, window_end_ms, row json) for GET /windows; at most
       keep_latest[aggregation] (default 1000) are kept per (aggregation, key).
     anomalies: (ts_ms, anomaly json) for GET /anomalies; the newest keep_anomalies are kept.
-    fold_log: the fold steps since the previous commit (pipeline/foldlog.py), kept until a commit
-      with `state_complete` (then every logged step is in `state` and the log is emptied).
+    fold_log: the fold steps since the previous commit (pipeline/foldlog.py), stored under this
+      commit's seq; fold_log_drop_through deletes the stored entries of commits up to that seq
+      (every part's stored state covers them).
+    state_complete: this unit carries every state change since the last such unit.
     """
 
     state: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
@@ -47,6 +49,7 @@ class CommitUnit:
     anomalies: list[tuple[int, bytes]] = field(default_factory=list)
     keep_anomalies: int = DEFAULT_KEEP_ANOMALIES
     fold_log: bytes | None = None
+    fold_log_drop_through: int | None = None
     state_complete: bool = False
 
 
@@ -59,7 +62,7 @@ class Restored:
     positions: Mapping[str, bytes]
     state: Mapping[str, list[tuple[bytes, bytes]]]   # namespace → [(key, value)] in key order
     dedupe: list[tuple[bytes, int]]                   # (event id, expiry_ms)
-    fold_log: Sequence[bytes] = ()                    # steps folded after `state` was written, oldest first
+    fold_log: Sequence[tuple[int, bytes]] = ()        # (commit seq, steps folded in it), oldest first
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -128,8 +128,18 @@ class Checkpoint:
                 positions={k.decode(): v for k, v in txn.scan("positions")},
                 state=state,
                 dedupe=layout.read_dedupe(txn),
-                fold_log=[bytes(v) for _, v in txn.scan("foldlog")],
+                fold_log=[(layout.U64.unpack(k)[0], bytes(v)) for k, v in txn.scan("foldlog")],
             )
+
+    @property
+    def next_seq(self) -> int:
+        """The commit seq the next successful `commit` gets (commits are the runner's, one at a time)."""
+        return self._seq + 1
+
+    def fold_log_after(self, seq: int) -> list[bytes]:
+        """The stored fold-log entries of the commits after `seq`, oldest first."""
+        with self._db.reading() as txn:
+            return [bytes(v) for _, v in txn.scan("foldlog", start=layout.U64.pack(seq + 1))]
 
     def commit(self, unit: CommitUnit) -> int:
         """Write `unit` in one LMDB transaction; return its commit seq. Rows wait in the outbox."""

@@ -412,10 +412,11 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
         txn.put("outbox", outbox_prefix(table) + U64.pack(seq), U64.pack(n) + value)
     _apply_latest(txn, unit)
     _apply_anomalies(txn, unit, seq)
-    if unit.state_complete:
-        for k in [k for k, _ in txn.scan("foldlog")]:
+    drop = unit.fold_log_drop_through
+    if drop is not None:
+        for k in [k for k, _ in txn.scan("foldlog", end=U64.pack(drop + 1))]:
             txn.delete("foldlog", k)
-    if unit.fold_log is not None:
+    if unit.fold_log is not None and (drop is None or seq > drop):
         txn.put("foldlog", U64.pack(seq), unit.fold_log)
     txn.put("sys", SEQ_KEY, U64.pack(seq))
 

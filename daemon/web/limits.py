@@ -52,3 +52,8 @@ class LimitedTCPSite(web.TCPSite):
 
         self._server = await asyncio.get_running_loop().create_server(
             protocol, host, port, backlog=backlog, reuse_address=reuse_address)
+
+    def bound_port(self) -> int:
+        """The port listened on (the kernel's choice when the site was given port 0)."""
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])

@@ -1,7 +1,8 @@
-"""/windows, /anomalies, /recommendations, /trending: reads of LMDB and of the analysers."""
+"""/windows, /anomalies: reads of LMDB; /recommendations, /trending: forwarded to the recommendations process."""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -9,7 +10,7 @@ from aiohttp import web
 
 from daemon.analyzers.recommend import Recommender
 from daemon.analyzers.trending import Trending
-from daemon.web.context import CONTEXT
+from daemon.web.context import CONTEXT, WebContext
 
 MAX_LIMIT = 10_000
 
@@ -90,20 +91,30 @@ def trending_answer(tr: Trending, category: str | None, k: int, now_ms: int) -> 
 
 
 async def recommendations(request: web.Request) -> web.Response:
+    """Answered by the recommendations process (daemon/replica/), at the daemon's read clock."""
     ctx = request.app[CONTEXT]
-    rec = ctx.parts.recommender
-    if rec is None:
+    if ctx.runner.replica is None:
         return json_response({"error": "recommendations are not enabled ([recommendations] in the config)"}, 404)
     k = int_param(request, "k", 10, 1000)
-    now_ms = ctx.runner.watermarks.value_or_now(ctx.clock.now_ms())
-    return json_response(recommendations_answer(rec, request.match_info["user_id"], k, now_ms))
+    user = urllib.parse.quote(request.match_info["user_id"], safe="")
+    return await _forward(ctx, f"/recommendations/{user}", {"k": k})
 
 
 async def trending(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    tr = ctx.parts.trending
-    if tr is None:
+    if ctx.runner.replica is None:
         return json_response({"error": "trending needs [recommendations] in the config"}, 404)
     k = int_param(request, "k", 10, 1000)
-    now_ms = ctx.runner.watermarks.value_or_now(ctx.clock.now_ms())
-    return json_response(trending_answer(tr, request.query.get("category") or None, k, now_ms))
+    query: dict[str, object] = {"k": k}
+    if request.query.get("category"):
+        query["category"] = request.query["category"]
+    return await _forward(ctx, "/trending", query)
+
+
+async def _forward(ctx: WebContext, path: str, query: dict[str, object]) -> web.Response:
+    # The daemon's read clock, as the recommender in this process used to read at: the watermark
+    # (event time), or the wall clock before the first event.
+    query["at"] = max(1, ctx.runner.watermarks.value_or_now(ctx.clock.now_ms()))
+    assert ctx.runner.replica is not None
+    status, body = await ctx.runner.replica.get(path + "?" + urllib.parse.urlencode(query))
+    return web.Response(body=body, status=status, content_type="application/json")

@@ -74,6 +74,12 @@ def same_answers(d_url: str, r_url: str, users: list[str], categories: list[str]
     return True
 
 
+def replica_daemon_restart(d):
+    again = d.extra["factory"].start(d.extra["config_path"].read_text(), raw_config=True, port=d.port)
+    again.extra["replica_url"] = d.extra["replica_url"]
+    return again
+
+
 @pytest.fixture
 def replica_daemon(daemon_factory, tmp_path: Path):
     token_file = tmp_path / "token"
@@ -83,6 +89,7 @@ def replica_daemon(daemon_factory, tmp_path: Path):
     body = CONFIG.format(port=port, replica_port=replica_port, token_file=token_file, data=tmp_path / "data")
     d = daemon_factory.start(body, port=port, raw_config=True)
     d.extra["replica_url"] = f"http://127.0.0.1:{replica_port}"
+    d.extra["factory"] = daemon_factory
     return d
 
 
@@ -94,37 +101,67 @@ def feed(d, seed: int, n: int) -> list[dict]:
     return events
 
 
-def test_replica_answers_like_the_daemon_and_is_restarted_from_a_snapshot(replica_daemon):
+def settled(d, r_url: str) -> bool:
+    """Everything accepted is folded and sent, and the process has folded what it was sent."""
+    st = get(d.url + "/stats")
+    if st["pipeline"]["pending_work"] if "pending_work" in st["pipeline"] else False:
+        return False
+    if st["replica"]["outbox_bytes"] or not st["replica"]["running"]:
+        return False
+    first = get(r_url + "/healthz")
+    time.sleep(0.3)
+    second = get(r_url + "/healthz")
+    return first["status"] == "ok" and first["frames"] == second["frames"]
+
+
+def answers(r_url: str, users: list[str], categories: list[str], at: int) -> dict[str, list]:
+    paths = [f"/recommendations/{u}?k=10" for u in users]
+    paths += ["/trending?k=10"] + [f"/trending?category={c}&k=5" for c in categories]
+    return {p: get(f"{r_url}{p}&at={at}")["items"] for p in paths}
+
+
+def test_the_process_answers_for_the_daemon_and_a_kill_9_of_it_loses_nothing(replica_daemon):
     d, r_url = replica_daemon, replica_daemon.extra["replica_url"]
-    wait_until(lambda: get(r_url + "/healthz")["status"] == "ok", 20, what="replica synced")
+    wait_until(lambda: get(r_url + "/healthz")["status"] == "ok", 20, what="process synced")
     assert http_get(r_url + "/recommendations/u1")[0] == 401          # the daemon's token guards it too
     assert http_get(r_url + "/healthz")[0] == 200                    # like the daemon's, open
 
     events = feed(d, seed=3, n=8000)
     users = sorted({e["user_id"] for e in events if e["type"] == "view"})[:40]
     categories = sorted({e["category"] for e in events if e.get("category")})[:3]
-    wait_until(lambda: get(r_url + "/healthz")["events"] >= get(d.url + "/stats")["events"]["accepted"], 20,
-               what="replica caught up")
-    assert sum(1 for u in users if get(r_url + f"/recommendations/{u}?k=10")["items"]) >= 30
-    assert same_answers(d.url, r_url, users, categories)
+    wait_until(lambda: settled(d, r_url), 20, what="process caught up")
+    at = max(e["ts"] for e in events)
+    before = answers(r_url, users, categories, at)
+    assert sum(1 for u in users if before[f"/recommendations/{u}?k=10"]) >= 30
+    assert same_answers(d.url, r_url, users, categories)             # the daemon's port forwards to it
     assert unexported_figures(get(d.url + "/stats")) == []          # every replica figure is in /metrics
     status, metrics = http_get(d.url + "/metrics", headers=AUTH)
     assert status == 200 and b"storepulse_replica_running 1.0" in metrics
 
-    # Killed: the daemon logs it, starts a new one from a snapshot of its own state, which then
-    # follows new events again.
+    # Killed: the daemon logs it and starts a new one from the stored records and the fold log
+    # after them; it holds exactly what the killed one held (same answers at the same clock)...
     first = get(d.url + "/stats")["replica"]
     os.kill(first["pid"], signal.SIGKILL)
-    wait_until(lambda: get(d.url + "/stats")["replica"]["starts"] == 2, 30, what="replica restarted")
-    wait_until(lambda: get(r_url + "/healthz")["status"] == "ok", 20, what="new replica synced")
+    wait_until(lambda: get(d.url + "/stats")["replica"]["starts"] == 2, 30, what="process restarted")
+    wait_until(lambda: get(r_url + "/healthz")["status"] == "ok", 20, what="new process synced")
     assert get(r_url + "/healthz")["snapshots"] == 1
     assert any(e.get("event") == "replica_exited" and e.get("code") == -9 for e in d.log_events())
-    feed(d, seed=4, n=3000)
-    wait_until(lambda: same_answers(d.url, r_url, users, categories), 20, what="restarted replica in step")
+    assert answers(r_url, users, categories, at) == before
+    # ... and follows new events again.
+    more = feed(d, seed=4, n=3000)
+    wait_until(lambda: settled(d, r_url), 20, what="restarted process caught up")
+    assert answers(r_url, users, categories, at) != before
+    assert same_answers(d.url, r_url, users, categories)
 
     pid = get(d.url + "/stats")["replica"]["pid"]
     assert d.stop() == 0
-    wait_until(lambda: not alive(pid), 10, what="replica gone after the daemon stopped")
+    wait_until(lambda: not alive(pid), 10, what="process gone after the daemon stopped")
+    # The daemon stored the answer to its last cut before it stopped: a restart replays nothing.
+    again = replica_daemon_restart(d)
+    wait_until(lambda: get(again.extra["replica_url"] + "/healthz")["status"] == "ok", 20, what="synced after restart")
+    health = get(again.extra["replica_url"] + "/healthz")
+    assert health["replayed_events"] == 0 and health["snapshots"] == 1
+    assert len(more) == 3000
 
 
 def test_replica_exits_when_the_daemon_is_killed(replica_daemon):

@@ -1,6 +1,7 @@
-"""ReplicaFeed's bounds, with stand-in replica processes: one that never reads its stdin (stuck) and
-one that exits at once. The daemon must never wait for either: a stuck replica is killed once its
-outbox passes the bound and started again from a new snapshot; an exiting one is restarted with backoff."""
+"""ReplicaFeed's bounds, with stand-in processes: one that never reads its stdin (stuck) and one
+that exits at once. A fold finding the outbox over its bound waits (back-pressure), but not for a
+stuck process: that one is killed after `stuck_s` and started again, synced again; an exiting one
+is restarted with backoff."""
 
 from __future__ import annotations
 
@@ -51,38 +52,39 @@ def gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
 
 
-async def test_a_stuck_replica_is_killed_at_the_bound_and_restarted_from_a_new_snapshot(tmp_path):
-    log, lock, snapshots = RecordingLog(), anyio.Lock(), []
+def syncer(syncs: list[int]):
+    async def sync(begin) -> None:
+        syncs.append(len(syncs))
+        begin([b"state"])
+    return sync
 
-    async def snapshot() -> bytes:
-        snapshots.append(len(snapshots))
-        return b"state"
 
-    feed = ReplicaFeed(CFG, log, snapshot=snapshot, lock=lock,
-                       command=stand_in(tmp_path, "time.sleep(60)"), max_behind_bytes=1 << 20)
+async def test_a_stuck_process_holds_the_folds_back_then_is_killed_and_synced_again(tmp_path):
+    log, syncs = RecordingLog(), []
+    feed = ReplicaFeed(CFG, log, sync=syncer(syncs), command=stand_in(tmp_path, "time.sleep(60)"),
+                       max_outbox_bytes=1 << 20, stuck_s=1.0)
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await wait_for(lambda: feed.live and len(pids(tmp_path)) == 1)
         first = pids(tmp_path)[0]
         for _ in range(40):                        # 2.5 MiB: the pipe takes ~64 KiB, the outbox the rest
             feed.send(b"x" * 65536)
-            await anyio.sleep(0)
-        assert feed.statistics().resyncs == 1
+        t0 = anyio.current_time()
+        with anyio.fail_after(10):
+            await feed.room()                      # waits ~stuck_s, then the process is killed
+        assert anyio.current_time() - t0 >= 0.9
+        assert feed.statistics().resyncs == 1 and feed.statistics().waits == 1
         await wait_for(lambda: feed.statistics().starts == 2 and feed.live)
-        assert len(snapshots) == 2 and gone(first)
-        assert log.events("replica_behind") and log.events("replica_exited")
+        assert len(syncs) == 2 and gone(first)
+        assert log.events("replica_stuck") and log.events("replica_exited")
         assert feed.statistics().outbox_bytes < 1 << 20
         tg.cancel_scope.cancel()
-    assert all(gone(p) for p in pids(tmp_path))    # the feed's end stops its replica
+    assert all(gone(p) for p in pids(tmp_path))    # the feed's end stops its process
 
 
-async def test_a_replica_that_exits_is_started_again_with_backoff(tmp_path):
-    log, lock = RecordingLog(), anyio.Lock()
-
-    async def snapshot() -> bytes:
-        return b"state"
-
-    feed = ReplicaFeed(CFG, log, snapshot=snapshot, lock=lock, command=stand_in(tmp_path, "sys.exit(3)"))
+async def test_a_process_that_exits_is_started_again_with_backoff(tmp_path):
+    log = RecordingLog()
+    feed = ReplicaFeed(CFG, log, sync=syncer([]), command=stand_in(tmp_path, "sys.exit(3)"))
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await wait_for(lambda: len(log.events("replica_exited")) >= 3)
@@ -93,15 +95,13 @@ async def test_a_replica_that_exits_is_started_again_with_backoff(tmp_path):
     assert not feed.live and len(pids(tmp_path)) >= 3
 
 
-async def test_a_replica_that_cannot_start_is_retried_not_fatal(tmp_path):
-    log, lock = RecordingLog(), anyio.Lock()
-
-    async def snapshot() -> bytes:
-        return b"state"
-
-    feed = ReplicaFeed(CFG, log, snapshot=snapshot, lock=lock, command=[str(tmp_path / "no-such-python")])
+async def test_a_process_that_cannot_start_is_retried_not_fatal(tmp_path):
+    log = RecordingLog()
+    feed = ReplicaFeed(CFG, log, sync=syncer([]), command=[str(tmp_path / "no-such-python")])
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed.run)
         await wait_for(lambda: len(log.events("replica_exited")) >= 2)
         tg.cancel_scope.cancel()
     assert all(str(e["code"]).startswith("not started: ") for e in log.events("replica_exited"))
+    status, body = await feed.get("/trending")      # reads say so instead of hanging
+    assert status == 503 and b"starting" in body

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.config import RecommendationsConfig
 from daemon.events import FIELDS
+from daemon.pipeline.foldlog import FoldLog
 from daemon.replica import protocol
 from tests.strategies import event_batches
 
@@ -36,19 +38,18 @@ def test_a_corrupt_header_is_an_error_not_a_guess():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(event_batches(max_size=120), max_size=4), st.integers(min_value=1, max_value=100),
+@given(event_batches(max_size=120), st.integers(min_value=1, max_value=100),
        st.one_of(st.none(), st.integers(min_value=0, max_value=2**53)))
-def test_observe_frames_split_batches_and_keep_every_event_in_order(batches, max_events, now_ms):
-    out = protocol.observe_frames(batches, now_ms, max_events=max_events)
-    decoded = []
-    for data in out:
-        (kind, payload), = protocol.FrameReader().feed(data)
-        assert kind == protocol.OBSERVE
-        got_now, batch = protocol.read_observe(payload)
-        assert got_now == now_ms and 0 < len(batch) <= max_events
-        decoded.append(batch)
+def test_an_observe_frame_carries_the_fold_step_and_the_clock_and_is_cut_in_order(batch, max_events, now_ms):
+    step = FoldLog().observe(batch)
+    (kind, payload), = protocol.FrameReader().feed(protocol.observe_frame(step, now_ms))
+    assert kind == protocol.OBSERVE
+    got_now, got_step = protocol.read_observe(payload)
+    assert got_now == now_ms and got_step == step
+    pieces = protocol.step_batches(orjson.loads(got_step), max_events)
+    assert all(0 < len(b) <= max_events for b in pieces)
     for name in FIELDS:
-        assert [v for b in decoded for v in b.column(name)] == [v for b in batches for v in b.column(name)]
+        assert [v for b in pieces for v in b.column(name)] == batch.column(name)
 
 
 def test_config_frame_round_trip_carries_the_token_and_bounds():
@@ -59,9 +60,9 @@ def test_config_frame_round_trip_carries_the_token_and_bounds():
     assert protocol.read_config(payload) == settings
 
 
-def test_an_observe_frame_with_ragged_columns_is_refused():
+def test_an_observe_step_with_ragged_columns_is_refused():
     with pytest.raises(protocol.ProtocolError):
-        protocol.read_observe(b'[null, "s", ["a"], [1, 2], [], [], [], [], [], [], [], []]')
+        protocol.step_batches(orjson.loads(b'[0, "s", ["a"], [1, 2], [], [], [], [], [], [], [], []]'))
 
 
 def test_the_replica_process_exits_2_on_a_corrupt_stream_and_says_why():
@@ -78,5 +79,5 @@ def test_the_replica_process_exits_2_on_a_corrupt_stream_and_says_why():
     p = subprocess.run([sys.executable, "-m", "daemon.replica"], input=data, capture_output=True, timeout=30,
                        cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == 2, p.stderr.decode()[-2000:]
-    assert b'"event":"replica_bad_input"' in p.stdout and b"bad frame header" in p.stdout
+    assert b'"event":"replica_bad_input"' in p.stderr and b"bad frame header" in p.stderr   # stdout carries frames
     assert b"Traceback" not in p.stderr
