@@ -325,6 +325,10 @@ async def measure(run: Run, args: argparse.Namespace) -> dict[str, Any]:
             done_t = float("nan") if abort else max(watcher.seen.values(), default=float("nan"))
             result.update(_figures(run, final, first, last_fed, done_t, cpu_end - cpu_at_start, mem,
                                    peak_states, time.process_time() - bench_cpu0))
+            if run.samples:   # the daemon's own share (its /stats) and the recommendations process's
+                own = final["process"]["cpu_seconds"] - run.samples[0].stats["process"]["cpu_seconds"]
+                result["daemon_own_cpu_s"] = round(own, 2)
+                result["recs_process_cpu_s"] = round(max(0.0, result["daemon_cpu_s"] - own), 2)
             result["latency"] = close_latencies(watcher.seen, run.feeds, feeders, run.samples)
             result.update(backlog(feeders, run.samples, run.expected / max(last_fed - first, 1e-9)))
         for f, feed in zip(feeders, run.feeds):
