@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -94,8 +95,12 @@ class Daemon:
         if recs is not None:   # the recommender runs in its own process (daemon/replica/)
             token = load_token(cfg.http.token_file) if cfg.http.token_file else None
             settings = ReplicaSettings(recs, token, cfg.http.max_connections, cfg.http.idle_timeout_s)
+            # Test faults: a process that exits at once; a small fold-log bound (replica/compact.py).
+            command = [sys.executable, "-c", "raise SystemExit(3)"] if "recs_process_fails" in self.faults else None
             self.runner.replica = ReplicaFeed(settings, log.bind(component="replica_feed"),
-                                              sync=self.runner.sync_recommender)
+                                              sync=self.runner.sync_recommender, command=command)
+            if os.environ.get("STOREPULSE_RECS_LOG_MAX_BYTES"):
+                self.runner.recs_log_max_bytes = int(os.environ["STOREPULSE_RECS_LOG_MAX_BYTES"])
         try:
             positions = self.runner.restore()
         except StoreError as exc:

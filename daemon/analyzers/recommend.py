@@ -303,13 +303,21 @@ class Recommender:
 
         Keys: b"i:<item>", b"u:<user>", b"r#" (meta) and the trending records (b"t...").
         """
-        out: dict[bytes, bytes | None] = {key: None for key in self._deleted}
-        out.update(self.records(self._dirty_items, self._dirty_users))
-        out.update(self.trending.take_changes())
+        deleted, items, users, trending = self.take_dirty()
+        out: dict[bytes, bytes | None] = dict.fromkeys(deleted)
+        out.update(self.records(items, users))
+        out.update(trending)
+        return out
+
+    def take_dirty(self) -> tuple[set[bytes], list[str], list[str], dict[bytes, bytes | None]]:
+        """What `take_changes` would write, with the item and user records still to be made:
+        (deleted keys, changed items, changed users, trending's records). `records` of the items and
+        users, made before the next `observe`, completes it (in slices, with reads answered between)."""
+        deleted, items, users = self._deleted, list(self._dirty_items), list(self._dirty_users)
+        self._deleted = set()
         self._dirty_items.clear()
         self._dirty_users.clear()
-        self._deleted.clear()
-        return out
+        return deleted, items, users, self.trending.take_changes()
 
     def records(self, items: Iterable[str], users: Iterable[str]) -> dict[bytes, bytes | None]:
         """The records of these items and users plus the meta record; changes nothing."""

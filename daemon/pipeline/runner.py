@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from daemon.pipeline.queue import BoundedQueue, Delivery, Wakeup
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.watermark import NO_WATERMARK, Watermarks
 from daemon.replica import protocol as replica_protocol
+from daemon.replica.compact import RECS_LOG_MAX_BYTES, fold_log_into_records
 from daemon.runtime.cpu import CpuLane
 from daemon.stores.checkpoint import Checkpoint, CommitUnit
 from daemon.stores import schemas
@@ -117,6 +118,9 @@ class Runner:
         # `_state_cut`, the recommender's (written from its CHANGES answers) those up to `_recs_cut`.
         # Entries up to the lower of the two are deleted (see _build_unit).
         self._state_cut = self._recs_cut = 0
+        self._recs_log: deque[tuple[int, int]] = deque()   # (seq, bytes) of stored entries after _recs_cut
+        self.recs_log_max_bytes = RECS_LOG_MAX_BYTES
+        self.recs_compactions = 0
         # Held from building a commit's unit until it is written: the recommender's sync reads the
         # store and the fold log with no commit half done.
         self.commit_lock = anyio.Lock()
@@ -139,6 +143,7 @@ class Runner:
         # A data_dir from before the cuts existed holds only entries after its state: cuts 0.
         cuts = orjson.loads(restored.meta["cuts"]) if "cuts" in restored.meta else {}
         self._state_cut, self._recs_cut = int(cuts.get("state", 0)), int(cuts.get("recs", 0))
+        self._recs_log = deque((seq, len(blob)) for seq, blob in restored.fold_log if seq > self._recs_cut)
         entries = [(seq, blob) for seq, blob in restored.fold_log if seq > self._state_cut]
         if entries:
             t0 = time.perf_counter()
@@ -440,6 +445,10 @@ class Runner:
                     self.log.error("commit_failed", error=self._commit_failed, retry_in_s=COMMIT_RETRY_S)
                     await anyio.sleep(COMMIT_RETRY_S)
             self._state_cut, self._recs_cut = p.cuts
+            if unit.fold_log is not None and self.replica is not None:
+                self._recs_log.append((seq, len(unit.fold_log)))
+            while self._recs_log and self._recs_log[0][0] <= self._recs_cut:
+                self._recs_log.popleft()
         if self._commit_failed:
             self.log.warning("commit_recovered", after_error=self._commit_failed)
         self._commit_failed = ""
@@ -503,6 +512,9 @@ class Runner:
                 if cut > recs_cut:   # answers come in cut order; an older one is already stored
                     changes.update(replica_protocol.unpack_records(replica_protocol.read_changes(payload)[1]))
                     recs_cut = cut
+            if (not self.replica.live and self._recs_log
+                    and sum(n for _, n in self._recs_log) > self.recs_log_max_bytes):
+                changes, recs_cut = self._compact_recommender()
             if changes:
                 state["recs"] = changes
         p.cuts = (state_cut, recs_cut)
@@ -539,6 +551,26 @@ class Runner:
             anomalies=[(a.window_end_ms, anomaly_json(a)) for a in p.anomalies],
         )
         return unit, p
+
+    def _compact_recommender(self) -> tuple[dict[bytes, bytes | None], int]:
+        """No recommendations process has answered a cut while the log grew past its bound: fold the
+        stored entries into the stored records here (replica/compact.py). Returns (changes, cut)."""
+        assert self.cfg.recommendations is not None
+        t0 = time.perf_counter()
+        cut = self._recs_log[-1][0]
+        logged = sum(n for _, n in self._recs_log)
+        blobs = self.checkpoint.fold_log_after(self._recs_cut)
+        changes, events = fold_log_into_records(self.cfg.recommendations, self.checkpoint.scan("recs"), blobs)
+        self.recs_compactions += 1
+        self.log.warning("recommender_compacted", reason="no recommendations process answered while the fold log grew",
+                         log_bytes=logged, entries=len(blobs), events=events, records=len(changes), through_seq=cut,
+                         ms=round((time.perf_counter() - t0) * 1000, 1))
+        return changes, cut
+
+    def recommender_log(self) -> dict[str, int]:
+        """The fold log kept for the recommender (bytes and entries after its cut), its compactions."""
+        return {"log_bytes": sum(n for _, n in self._recs_log), "log_entries": len(self._recs_log),
+                "recs_cut": self._recs_cut, "compactions": self.recs_compactions}
 
     def statistics(self) -> PipelineStats:
         return PipelineStats(

@@ -44,6 +44,7 @@ Begin = Callable[[list[bytes]], None]
 @dataclass(slots=True)
 class ReplicaStats:
     listen: str
+    port: int | None        # where it answers reads (loopback; `listen`'s port when that is set)
     running: bool
     pid: int | None
     starts: int
@@ -130,7 +131,7 @@ class ReplicaFeed:
 
     def statistics(self) -> ReplicaStats:
         proc = self._proc
-        return ReplicaStats(listen=self.listen, running=proc is not None and proc.returncode is None,
+        return ReplicaStats(listen=self.listen, port=self.port, running=proc is not None and proc.returncode is None,
                             pid=proc.pid if proc is not None else None, starts=self._starts,
                             resyncs=self._resyncs, frames_sent=self._frames, outbox_bytes=self._out_bytes,
                             answers=self._answers, waits=self._waits)

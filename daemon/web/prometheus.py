@@ -37,6 +37,8 @@ NOT_EXPORTED = (
     "process.time_ms",          # the wall clock at the snapshot; Prometheus stamps its own
     "replica.listen",           # configuration, not a figure
     "replica.pid",              # changes at every restart; storepulse_replica_starts_total counts them
+    "replica.recs_cut",         # a commit seq, an identifier
+    "replica.port",             # an address
 )
 
 
@@ -96,6 +98,9 @@ SCALARS = (
     Fig("replica.outbox_bytes", "storepulse_replica_outbox_bytes", GAUGE, "Bytes waiting to be written to the recommendations process."),
     Fig("replica.answers", "storepulse_replica_answers_total", COUNTER, "State changes received from the recommendations process (one per full state write)."),
     Fig("replica.waits", "storepulse_replica_outbox_waits_total", COUNTER, "Folds that waited for room in the recommendations process's outbox (back-pressure)."),
+    Fig("replica.log_bytes", "storepulse_recommender_log_bytes", GAUGE, "Fold-log bytes kept for the recommendations process (after its last stored cut)."),
+    Fig("replica.log_entries", "storepulse_recommender_log_entries", GAUGE, "Fold-log entries kept for the recommendations process."),
+    Fig("replica.compactions", "storepulse_recommender_compactions_total", COUNTER, "Times the daemon folded the kept log into the recommender's stored state itself (no process answered)."),
     Fig("process.rss_bytes", "storepulse_process_resident_memory_bytes", GAUGE, "Resident set size in bytes."),
     Fig("process.max_rss_bytes", "storepulse_process_max_resident_memory_bytes", GAUGE, "Peak resident set size in bytes."),
     Fig("process.cpu_seconds", "storepulse_process_cpu_seconds_total", COUNTER, "User and system CPU time in seconds."),

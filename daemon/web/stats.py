@@ -73,7 +73,8 @@ def collect_stats(ctx: WebContext) -> dict[str, Any]:
         "aggregations": aggs,
         "store": _plain(ctx.checkpoint.statistics()),
         "alerts": _plain(ctx.runner.alerts.statistics()) if ctx.runner.alerts is not None else {},
-        "replica": _plain(ctx.runner.replica.statistics()) if ctx.runner.replica is not None else {},
+        "replica": ({**_plain(ctx.runner.replica.statistics()), **_plain(ctx.runner.recommender_log())}
+                    if ctx.runner.replica is not None else {}),
         "http": {
             "max_connections": ctx.cfg.http.max_connections,
             "open_connections": ctx.health.listener.open_connections if ctx.health.listener is not None else 0,

@@ -27,7 +27,7 @@ START_MS = 1_700_000_000_000
 class NoCollector:
     """The process's GC schedule is beside the point here (and would turn the test process's GC off)."""
 
-    def frame_done(self) -> None:
+    def folded(self, events: int) -> None:
         pass
 
     def collect(self) -> None:
