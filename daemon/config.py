@@ -127,8 +127,8 @@ class RecommendationsConfig:
     user_ttl_s: float = 7 * 86400.0
     max_users: int = 1_000_000
     max_items: int = 1_000_000
-    # A replica process serving GET /recommendations and /trending on its own address (daemon/replica/):
-    # reads there never wait for the GIL of the process that folds. Port 0 = no replica.
+    # The recommender runs in its own process (daemon/replica/); with `listen` it also answers
+    # GET /recommendations and /trending on that address (else only the daemon's port forwards there).
     listen_host: str = ""
     listen_port: int = 0
 
@@ -136,7 +136,7 @@ class RecommendationsConfig:
     def from_toml(cls, r: TableReader) -> RecommendationsConfig:
         host, port = _listen(r, "listen", "") if r.has("listen") else ("", 0)
         if r.has("listen") and host and port == 0:
-            r.error("listen", "needs a port between 1 and 65535 (leave the key out for no replica)")
+            r.error("listen", "needs a port between 1 and 65535 (leave the key out to read through the daemon's port only)")
         cfg = cls(
             listen_host=host,
             listen_port=port,
@@ -185,7 +185,7 @@ def parse_config(data: dict[str, object], path: str = "") -> Config:
         if recommendations.listen_port and not is_loopback_host(recommendations.listen_host) and not http.token_file:
             rr.error("listen", f"a non-loopback address ({recommendations.listen_host}) needs http.token_file")
         if (recommendations.listen_host, recommendations.listen_port) == (http.host, http.port):
-            rr.error("listen", f"is http.listen too ({http.host}:{http.port}); the replica needs its own port")
+            rr.error("listen", f"is http.listen too ({http.host}:{http.port}); the recommendations process needs its own port")
     aggregations = _read_aggregations(top, errors)
     top.finish()
     if errors:

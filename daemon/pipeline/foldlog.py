@@ -12,6 +12,11 @@ expiry and closing), so the replayed state equals the one the crashed process he
 commit. What those closes emitted was committed already and is discarded on replay. A large close
 runs in chunks (Runner.advance), each its own CLOSE step committed with its rows, so a replay stops
 exactly where the committed chunks did and the restarted runner closes the rest.
+
+Two cuts: the recommender is folded in its own process (daemon/replica/), whose state is stored
+from its answers with a cut of its own. Each entry is kept under its commit seq until both the
+parts' state (`state` cut) and the recommender's (`recs` cut) cover it; a restart replays the
+entries after the state cut into the parts and sends those after the recs cut to the process.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ worker that is at most one switch interval (cli.py sets 0.5 ms), with several it
 CPU-bound work takes turns in this one lane instead of running in parallel threads.
 
 The lane's threads also run at a lower OS priority (nice +LANE_NICE): bulk folding yields the cores to
-what serves requests, the event loop and the recommendations replica process (daemon/replica/). On 2
+what serves requests, the event loop and the recommendations process (daemon/replica/). On 2
 cores shared with the benchmark's clients that took the replica's /recommendations p99 from ~5.5 to
 ~4.4 ms without lowering the ingest rate (benchmarks/README.md). Where the OS refuses (a seccomp
 filter without setpriority) the lane simply runs at the process's priority.

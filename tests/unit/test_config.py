@@ -72,7 +72,7 @@ def test_non_loopback_listen_needs_a_token():
 def test_recommendations_listen_is_host_port_and_off_loopback_needs_the_token():
     cfg = parse_config({"recommendations": {"listen": "127.0.0.1:8788"}})
     assert (cfg.recommendations.listen_host, cfg.recommendations.listen_port) == ("127.0.0.1", 8788)
-    assert parse_config({"recommendations": {}}).recommendations.listen_port == 0   # no replica
+    assert parse_config({"recommendations": {}}).recommendations.listen_port == 0   # read through the daemon's port only
     with pytest.raises(ConfigErrors) as e:
         parse_config({"recommendations": {"listen": "8788"}})
     assert [str(x) for x in e.value.errors] == ['recommendations.listen: expected host:port like "127.0.0.1:8787", got \'8788\'']
@@ -82,9 +82,9 @@ def test_recommendations_listen_is_host_port_and_off_loopback_needs_the_token():
     cfg = parse_config({"http": {"token_file": "/run/token"}, "recommendations": {"listen": "0.0.0.0:8788"}})
     assert cfg.recommendations.listen_host == "0.0.0.0"
     assert _problems({"recommendations": {"listen": "127.0.0.1:0"}}) == [
-        "recommendations.listen: needs a port between 1 and 65535 (leave the key out for no replica)"]
+        "recommendations.listen: needs a port between 1 and 65535 (leave the key out to read through the daemon's port only)"]
     assert _problems({"recommendations": {"listen": "127.0.0.1:8787"}}) == [
-        "recommendations.listen: is http.listen too (127.0.0.1:8787); the replica needs its own port"]
+        "recommendations.listen: is http.listen too (127.0.0.1:8787); the recommendations process needs its own port"]
 
 
 def test_check_config_three_mistakes_three_lines(tmp_path):
