@@ -25,6 +25,7 @@ state_interval = "200ms"
 [pipeline]
 allowed_lateness = "0s"
 max_future_skew = "1h"
+idle_timeout = "1h"          # on a loaded machine 10 s can pass before the stop: the 40th second stays open
 
 [sources.webhook]
 type = "ingest"
