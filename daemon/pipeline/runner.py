@@ -306,9 +306,9 @@ class Runner:
             for b in batches:
                 batch.extend(b)
         self.parts.observe(batch)
-        step = self.fold_log.observe(batch)
+        steps = self.fold_log.observe(batch)
         if self.replica is not None and self.replica.live:
-            self._replica_steps.append(step)   # framed by `fold` once the watermark has moved
+            self._replica_steps += steps   # framed by `fold` once the watermark has moved
 
     async def fold_off_loop(self, deliveries: list[Delivery]) -> None:
         """`fold` in a worker thread, so the event loop keeps answering HTTP meanwhile.

@@ -16,7 +16,7 @@ import orjson
 
 from daemon.analyzers.recommend import Recommender
 from daemon.config import RecommendationsConfig
-from daemon.pipeline.foldlog import OBSERVE
+from daemon.pipeline.foldlog import MORE, OBSERVE
 from daemon.replica.protocol import step_batches
 
 RECS_LOG_MAX_BYTES = 256 * 2**20
@@ -30,7 +30,7 @@ def fold_log_into_records(cfg: RecommendationsConfig, records: Iterable[tuple[by
     events = 0
     for blob in blobs:
         for step in orjson.loads(blob):
-            if step and step[0] == OBSERVE:
+            if step and step[0] in (OBSERVE, MORE):
                 for batch in step_batches(step):
                     rec.observe(batch)
                     events += len(batch)

@@ -29,6 +29,7 @@ import orjson
 
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
+from daemon.pipeline import foldlog
 
 CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT = b"C", b"R", b"S", b"L", b"Y", b"O", b"K"
 READY, CHANGES = b"P", b"A"
@@ -36,7 +37,7 @@ KINDS = frozenset({CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT, READY, C
 HEADER = struct.Struct(">Ic")
 U64 = struct.Struct(">Q")
 NO_CLOCK = 2**64 - 1      # OBSERVE before the first watermark: the process reads its own clock
-FRAME_EVENTS = 16         # events folded between two turns of the process's event loop (read latency)
+FRAME_EVENTS = 16         # events per recommender batch in the process (reads are answered between two)
 MAX_FRAME_BYTES = 2**31   # anything bigger is corruption
 RECORDS_CHUNK_BYTES = 8 << 20
 _DELETED = 0xFFFFFFFF
@@ -154,19 +155,23 @@ def read_cut(payload: bytes) -> int:
     return U64.unpack(payload)[0]
 
 
-def step_batches(step: list[Any], max_events: int = FRAME_EVENTS) -> list[EventBatch]:
-    """The events of one OBSERVE step (decoded JSON) as batches of at most `max_events`.
+def step_batches(step: list[Any], max_events: int = FRAME_EVENTS) -> Iterator[EventBatch]:
+    """The events of one OBSERVE or MORE step (decoded JSON; pipeline/foldlog.py) as batches of at
+    most `max_events`, made as they are taken (slicing a whole piece at once is ~0.25 ms).
 
     Live and replayed steps are cut the same way, so a restarted process folds exactly what the
     one before it folded (the recommender's user expiry runs at the end of each batch)."""
     try:
-        batch = EventBatch.from_columns(step[1], step[2:])
-    except (ValueError, IndexError, TypeError):
+        batch = foldlog.step_batch(step)
+    except ValueError:
         raise ProtocolError("an observe step without its full, equal-length columns") from None
     n = len(batch)
     if n <= max_events:
-        return [batch] if n else []
-    return [batch.slice(i, i + max_events) for i in range(0, n, max_events)]
+        if n:
+            yield batch
+        return
+    for i in range(0, n, max_events):
+        yield batch.slice(i, i + max_events)
 
 
 class FrameReader:

@@ -182,7 +182,7 @@ class Replica:
 
     async def _fold(self, step: list, *, turns: bool) -> int:
         """Fold one step's events (CLOSE steps are the windows', not ours); return how many."""
-        if not step or step[0] != foldlog.OBSERVE:
+        if not step or step[0] not in (foldlog.OBSERVE, foldlog.MORE):
             return 0
         n = 0
         for batch in protocol.step_batches(step):

@@ -41,12 +41,12 @@ def test_a_corrupt_header_is_an_error_not_a_guess():
 @given(event_batches(max_size=120), st.integers(min_value=1, max_value=100),
        st.one_of(st.none(), st.integers(min_value=0, max_value=2**53)))
 def test_an_observe_frame_carries_the_fold_step_and_the_clock_and_is_cut_in_order(batch, max_events, now_ms):
-    step = FoldLog().observe(batch)
+    (step,) = FoldLog().observe(batch)
     (kind, payload), = protocol.FrameReader().feed(protocol.observe_frame(step, now_ms))
     assert kind == protocol.OBSERVE
     got_now, got_step = protocol.read_observe(payload)
     assert got_now == now_ms and got_step == step
-    pieces = protocol.step_batches(orjson.loads(got_step), max_events)
+    pieces = list(protocol.step_batches(orjson.loads(got_step), max_events))
     assert all(0 < len(b) <= max_events for b in pieces)
     for name in FIELDS:
         assert [v for b in pieces for v in b.column(name)] == batch.column(name)
@@ -62,7 +62,7 @@ def test_config_frame_round_trip_carries_the_token_and_bounds():
 
 def test_an_observe_step_with_ragged_columns_is_refused():
     with pytest.raises(protocol.ProtocolError):
-        protocol.step_batches(orjson.loads(b'[0, "s", ["a"], [1, 2], [], [], [], [], [], [], [], []]'))
+        list(protocol.step_batches(orjson.loads(b'[0, "s", ["a"], [1, 2], [], [], [], [], [], [], [], []]')))
 
 
 def test_the_replica_process_exits_2_on_a_corrupt_stream_and_says_why():
@@ -81,3 +81,35 @@ def test_the_replica_process_exits_2_on_a_corrupt_stream_and_says_why():
     assert p.returncode == 2, p.stderr.decode()[-2000:]
     assert b'"event":"replica_bad_input"' in p.stderr and b"bad frame header" in p.stderr   # stdout carries frames
     assert b"Traceback" not in p.stderr
+
+
+def test_a_big_fold_is_logged_in_pieces_that_replay_as_one_batch_and_cut_like_the_whole():
+    """A 3000-event fold: three pieces (1024, 1024, 952). Replay folds them as the one batch that was
+    folded live; the process cuts the pieces into the same 16-event batches as the whole step."""
+    from daemon.pipeline.foldlog import MORE, OBSERVE, PIECE_EVENTS, replay
+    from daemon.pipeline.validate import Validator
+    from daemon.storefront.generator import Generator
+
+    assert PIECE_EVENTS % protocol.FRAME_EVENTS == 0
+    batch = Validator("s").decode_items(Generator(seed=1, start_ms=10**12, rate=50).next_batch(3000), 10**13).batch
+    log = FoldLog()
+    steps = log.observe(batch)
+    log.close(5)
+    assert [orjson.loads(s)[0] for s in steps] == [OBSERVE, MORE, MORE]
+
+    class Seen:
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def observe(self, b) -> None:
+            self.calls.append(("observe", b.columns()))
+
+        def close(self, wm: int) -> None:
+            self.calls.append(("close", wm))
+
+    seen = Seen()
+    assert replay(log.take(), seen) == (4, 3000)
+    assert seen.calls == [("observe", batch.columns()), ("close", 5)]
+    cut = [b.columns() for s in steps for b in protocol.step_batches(orjson.loads(s))]
+    whole = [batch.slice(i, i + protocol.FRAME_EVENTS).columns() for i in range(0, 3000, protocol.FRAME_EVENTS)]
+    assert cut == whole

@@ -82,8 +82,7 @@ def test_stored_changes_plus_replayed_log_equal_the_process_that_folded_everythi
     entries: dict[int, bytes] = {}    # committed fold-log entries by commit seq
     waiting: list[tuple[int, bytes]] = []
     for i, batch in enumerate(stream[:crash_after], start=1):
-        step = log.observe(batch)
-        apply(a, [protocol.observe_frame(step, batch.ts[-1])])
+        apply(a, [protocol.observe_frame(step, batch.ts[-1]) for step in log.observe(batch)])
         if i in commits or i in state_writes:
             seq += 1
             for cut, payload in waiting:          # answers received: written by this commit
@@ -115,9 +114,9 @@ def test_stored_changes_plus_replayed_log_equal_the_process_that_folded_everythi
     assert everything(b) == everything(a)
 
     for batch in stream[crash_after:n_folds + 2]:     # both go on with the same folds
-        step = FoldLog().observe(batch)
-        apply(a, [protocol.observe_frame(step, batch.ts[-1])])
-        apply(b, [protocol.observe_frame(step, batch.ts[-1])])
+        frames = [protocol.observe_frame(step, batch.ts[-1]) for step in FoldLog().observe(batch)]
+        apply(a, frames)
+        apply(b, frames)
     assert everything(b) == everything(a)
     now = stream[n_folds + 1].ts[-1]
     users = sorted(a.recommender._users)[:20]
