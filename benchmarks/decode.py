@@ -50,15 +50,15 @@ def load_old(rev: str) -> dict[str, types.ModuleType]:
 
 def workloads(pages: int) -> tuple[dict[str, list[bytes]], int]:
     """Wire units as the benchmark feeder cuts them: http_poll pages of 1000, websocket frames of 100
-    (with seq), ingest bodies of 1000 (JSON array; and with one bad event each) and NDJSON bodies of 1000;
-    and a `now_ms` after them."""
+    (with seq), ingest bodies of 1000 (JSON array; and with one bad event each), NDJSON bodies of 1000 and
+    bodies of one event (a webhook's); and a `now_ms` after them."""
     gen = Generator(11, start_ms=START_MS, rate=2000.0)
     lines: list[bytes] = []
     for _ in range(pages):
         lines += encode_ndjson(gen.next_batch(1000)).rstrip(b"\n").split(b"\n")
     now_ms = START_MS + 3_600_000 + len(lines)
     units: dict[str, list[bytes]] = {"http_poll": [], "websocket": [], "ingest": [], "ingest_ndjson": [],
-                                     "ingest_1_bad": []}
+                                     "ingest_1_bad": [], "ingest_single": lines[:2000]}
     for k in range(0, len(lines), 1000):
         part = lines[k:k + 1000]
         units["http_poll"].append(b'{"events":[' + b",".join(part) + b'],"next_cursor":"' + str(k).encode() + b'"}')

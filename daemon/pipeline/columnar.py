@@ -131,6 +131,8 @@ def _ident_column(col: list[Any], etype: list[str], kinds: set[str], may_lack: f
     if _all_str(col):
         return col if _lengths_within(col, 1, MAX_ID_CHARS) else None
     types = set(map(type, col))
+    if types == _INT:   # a shop with numeric ids
+        return list(map(str, col)) if -_I64_LIMIT < min(col) and max(col) < _I64_LIMIT else None
     if not types <= _IDENT_OR_NONE:
         return None
     if _NONE in types and not _none_only_where(col, etype, kinds, may_lack):
@@ -176,7 +178,7 @@ def _price_column(col: list[Any], etype: list[str], kinds: set[str]) -> list[flo
     if not (0 <= min(numbers) and max(numbers) <= MAX_PRICE) or math.isnan(sum(numbers)):
         return None
     if int in types:
-        return [None if v is None else float(v) for v in col]
+        return [None if v is None else float(v) for v in col] if _NONE in types else list(map(float, col))
     return col
 
 

@@ -204,3 +204,18 @@ def test_one_bad_event_sends_only_its_neighbours_event_by_event():
     d = v.decode_items(items, NOW_MS)
     assert len(d.batch) == 699 and [r.reason for r in d.rejected] == ["bad_value"]
     assert items[400] in seen and len(seen) < 2 * FAST_PATH_MIN_EVENTS
+
+
+_I64 = st.integers(min_value=-(2**63) + 1, max_value=2**63 - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(_I64, st.integers(min_value=0, max_value=10**12)), min_size=FAST_PATH_MIN_EVENTS, max_size=80),
+       st.sampled_from((None, 2**63, -(2**63), -1, 10**12 + 1)), st.integers(min_value=0, max_value=79))
+def test_numeric_ids_and_integer_prices_match_the_per_event_path(values, odd, where):
+    """A shop sending int user/item ids and int prices gets str ids and float prices, as event by event."""
+    items = [dict(BASE_EVENTS[i], user_id=uid, item_id=uid // 7, price=price) for i, (uid, price) in enumerate(values)]
+    if odd is not None:   # one id or price out of range
+        items[where % len(items)]["user_id" if abs(odd) >= 2**63 else "price"] = odd
+    v = Validator("src", max_future_skew_ms=SKEW_MS)
+    assert same(v.decode_items(items, NOW_MS), exact(v, items))
