@@ -219,7 +219,7 @@ def _revenue(etype: list[str], kinds: set[str], price: list[Any], quantity: list
 
 def _max_seq(items: list[dict], seq_field: str) -> int | None:
     """The largest int seq (bools and other types are not seqs; None when there is none)."""
-    seqs = list(map(_get, items, repeat(seq_field)))
+    seqs = _column(items, seq_field)
     if set(map(type, seqs)) == _INT:
         return max(seqs)
     return max(compress(seqs, map(is_, map(type, seqs), repeat(int))), default=None)
