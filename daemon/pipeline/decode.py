@@ -45,6 +45,31 @@ def iter_unparsed(payload: bytes, exc: orjson.JSONDecodeError, source: str, now_
     yield from _iter_lines(payload, source, now_ms)
 
 
+def split_lines(payload: bytes, source: str, now_ms: int) -> tuple[list[object], list[bytes | None]]:
+    """The NDJSON lines of a payload as parallel lists: each value (or a Rejected where a line is not
+    JSON) and its raw bytes (None for a Rejected and for the elements of a line holding an array).
+
+    The same items, in the same order, as `_iter_lines` yields; but a payload of object lines (the
+    usual one) is parsed in one C-level pass, without a generator step and a tuple per line.
+    """
+    lines = [line for line in map(bytes.strip, payload.split(b"\n")) if line]
+    try:
+        values = list(map(orjson.loads, lines))
+    except orjson.JSONDecodeError:
+        values = None   # a line is not JSON: the loop below says which
+    if values is not None and list not in set(map(type, values)):
+        return values, lines   # type: ignore[return-value]
+    values, raws = [], []
+    for part in _iter_lines(payload, source, now_ms):
+        if type(part) is Rejected:
+            values.append(part)
+            raws.append(None)
+        else:
+            values.append(part[0])
+            raws.append(part[1])
+    return values, raws
+
+
 def _iter_lines(payload: bytes, source: str, now_ms: int) -> Iterator[Item | Rejected]:
     for line in payload.split(b"\n"):
         line = line.strip()
