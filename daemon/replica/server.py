@@ -69,6 +69,7 @@ class Collector:
         self._events = 0
         self._last = time.monotonic()
         self.collections = 0
+        self.seconds = self.max_pause_s = 0.0
 
     def folded(self, events: int) -> None:
         self._events += events
@@ -76,8 +77,12 @@ class Collector:
             self.collect()
 
     def collect(self) -> None:
+        t0 = time.perf_counter()
         gc.collect()
         gc.freeze()
+        pause = time.perf_counter() - t0
+        self.seconds += pause
+        self.max_pause_s = max(self.max_pause_s, pause)
         self._events = 0
         self._last = time.monotonic()
         self.collections += 1
@@ -247,6 +252,8 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok" if rep.synced else "syncing", "frames": rep.frames,
                           "events": rep.events, "replayed_events": rep.replayed, "snapshots": rep.snapshots,
                           "cuts": rep.cuts, "gc_collections": rep.collector.collections,
+                          "gc_seconds": round(rep.collector.seconds, 6),
+                          "gc_max_pause_ms": round(rep.collector.max_pause_s * 1000, 3),
                           "rss_bytes": rss_bytes(), **({"recommender": dataclasses.asdict(st)} if st else {})})
 
 
@@ -329,7 +336,10 @@ async def serve(config_payload: bytes, log: Any) -> int:
     if bad_input:
         log.error("replica_bad_input", error=bad_input[0])
         return 2
-    log.info("replica_stopped", frames=rep.frames, events=rep.events)
+    log.info("replica_stopped", frames=rep.frames, events=rep.events, cuts=rep.cuts,
+             gc_collections=collector.collections, gc_seconds=round(collector.seconds, 3),
+             gc_max_pause_ms=round(collector.max_pause_s * 1000, 2),
+             cpu_seconds=round(time.process_time(), 2))
     return 0
 
 
