@@ -42,7 +42,7 @@ READ_BYTES = 1 << 20
 # Folding lets the event loop answer reads at least this often. Three turns after every batch of 16
 # events cost ~1 µs per event with the sockets open; a read now waits at most this plus one batch.
 TURN_EVERY_S = 0.0005
-RECORDS_SLICE = 1000      # item and user records made between two turns when answering a CUT (~2 ms)
+RECORDS_SLICE = 250       # item and user records made between two turns when answering a CUT (~0.5 ms)
 
 
 class Collector:
@@ -58,10 +58,12 @@ class Collector:
     folded and at least every EVERY_S seconds when events are rare (request handling makes
     cycles too). Measured in process over 600k events (collection every N events: pause p50 /
     max, share of the CPU): 800: 0.33 / 1.6 ms, 8.9%; 4,000: 1.6 / 2.8 ms, 8.1%; 16,000:
-    3.2 / 5.3 ms, 4.5%; 64,000: 8.5 / 11.6 ms, 2.8%.
+    3.2 / 5.3 ms, 4.5%; 64,000: 8.5 / 11.6 ms, 2.8%. Under contention for the 2 cores (the
+    daemon, the feeders) the pauses stretch several times (8,000: 16 ms on average in a 1M-event
+    benchmark run), and a read that arrives during one waits: 2,000 keeps them short.
     """
 
-    EVERY_EVENTS = 8_000
+    EVERY_EVENTS = 2_000
     EVERY_S = 1.0
 
     def __init__(self) -> None:
