@@ -349,3 +349,22 @@ def test_latest_matches_a_model_with_repeated_windows(tmp_path_factory, commits,
     for key, rows in model.items():
         assert cp.latest_windows("sales", key, 100) == [rows[e] for e in sorted(rows, reverse=True)]
     cp.close()
+
+
+def test_fold_log_entries_are_kept_under_their_commit_and_dropped_through_a_cut(tmp_path):
+    """Every commit's fold steps are stored under its seq; `fold_log_drop_through` deletes the entries
+    up to a seq (both cuts cover them) and keeps the rest, including the new one."""
+    cp = Checkpoint.open(StorageConfig(data_dir=str(tmp_path / "data")), environ={})
+    for i in range(1, 6):
+        assert cp.next_seq == i
+        assert cp.commit(CommitUnit(fold_log=f"[{i}]".encode())) == i
+    assert cp.fold_log_after(0) == [b"[1]", b"[2]", b"[3]", b"[4]", b"[5]"]
+    assert cp.fold_log_after(3) == [b"[4]", b"[5]"]
+    cp.commit(CommitUnit(fold_log=b"[6]", fold_log_drop_through=4))
+    assert cp.fold_log_after(0) == [b"[5]", b"[6]"]
+    cp.commit(CommitUnit(fold_log=b"[7]", fold_log_drop_through=7))   # covered at once: not kept
+    assert cp.fold_log_after(0) == []
+    cp.close()
+    again = Checkpoint.open(StorageConfig(data_dir=str(tmp_path / "data")), environ={})
+    assert list(again.restore().fold_log) == [] and again.next_seq == 8
+    again.close()
