@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -329,24 +329,34 @@ class Runner:
         if self.replica is not None:
             await self.replica.room()   # back-pressure: a process behind by its whole outbox slows the folds
 
-    async def sync_recommender(self, begin: Callable[[list[bytes]], None]) -> None:
-        """Bring a (re)starting recommendations process to the current state: `begin` gets the stored
-        records, the committed fold-log entries after their cut and the steps folded since the last
-        commit, under both locks (no fold and no commit half done), and every fold after it is sent."""
+    async def sync_recommender(self, begin: Callable[[Iterator[bytes]], None]) -> None:
+        """Bring a (re)starting recommendations process to the current state: `begin` gets the frames
+        of the stored records, the committed fold-log entries after their cut and the steps folded
+        since the last commit, fixed under both locks (no fold and no commit half done), and every
+        fold after it is sent. The frames are read from the store lazily, as the pipe takes them: the
+        recommender's stored records stay as they are until this process answers its first cut,
+        which comes after all of them."""
         async with self.commit_lock, self.state_lock:
-            frames = await self.cpu.run(self._recommender_sync_frames)
+            cut, upto = self._recs_cut, self.checkpoint.next_seq - 1
+            pending = self.fold_log.peek()
             self._replica_steps.clear()
             self._replica_frames.clear()
-            begin(frames)
+            begin(self._recommender_sync_frames(cut, upto, pending))
 
-    def _recommender_sync_frames(self) -> list[bytes]:
-        frames = list(replica_protocol.records_frames(self.checkpoint.scan("recs")))
-        frames += [replica_protocol.frame(replica_protocol.LOG, blob)
-                   for blob in self.checkpoint.fold_log_after(self._recs_cut)]
-        pending = self.fold_log.peek()
+    def _recommender_sync_frames(self, cut: int, upto: int, pending: bytes | None) -> Iterator[bytes]:
+        after: bytes | None = None
+        while True:
+            items, after = self.checkpoint.scan_chunk("recs", after, replica_protocol.RECORDS_CHUNK_BYTES)
+            if items:
+                yield replica_protocol.frame(replica_protocol.RECORDS, replica_protocol.pack_records(items))
+            if after is None:
+                break
+        yield replica_protocol.frame(replica_protocol.RESTORE)
+        while entries := self.checkpoint.fold_log_after(cut, upto, max_entries=64):
+            for cut, blob in entries:
+                yield replica_protocol.frame(replica_protocol.LOG, blob)
         if pending is not None:
-            frames.append(replica_protocol.frame(replica_protocol.LOG, pending))
-        return frames
+            yield replica_protocol.frame(replica_protocol.LOG, pending)
 
     @property
     def _alert_urls(self) -> dict[str, str]:
@@ -559,7 +569,7 @@ class Runner:
         t0 = time.perf_counter()
         cut = self._recs_log[-1][0]
         logged = sum(n for _, n in self._recs_log)
-        blobs = self.checkpoint.fold_log_after(self._recs_cut)
+        blobs = [blob for _, blob in self.checkpoint.fold_log_after(self._recs_cut)]
         changes, events = fold_log_into_records(self.cfg.recommendations, self.checkpoint.scan("recs"), blobs)
         self.recs_compactions += 1
         self.log.warning("recommender_compacted", reason="no recommendations process answered while the fold log grew",

@@ -4,8 +4,9 @@ step, read its answers, forward reads to it, restart it.
 In step: under the runner's commit and state locks (no fold and no commit in flight) the runner
 hands `begin` the frames that bring a new process to its state (pipeline/runner.py,
 Runner.sync_recommender): the stored records, the fold-log entries after their cut and the steps
-folded since the last commit. From then on every fold sends its OBSERVE frame, in fold order, and
-every full state write a CUT. Frames wait in a bounded outbox: a fold finding it over
+folded since the last commit, as an iterator the pump reads in a worker thread as the pipe takes
+them (a large state is never all in memory). From then on every fold sends its OBSERVE frame, in
+fold order, and every full state write a CUT. Frames wait in a bounded outbox: a fold finding it over
 `max_outbox_bytes` waits for room (`room`), so a slow process slows the daemon (back-pressure, as
 a slow disk would) instead of losing its place; one that makes no progress for STUCK_S is killed.
 A process that exits is started again with jittered backoff and synced again from the store.
@@ -18,7 +19,7 @@ import random
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ HEALTHY_AFTER_S = 10.0    # a process that ran this long resets the restart back
 READ_TIMEOUT_S = 5.0      # a forwarded read
 READ_BYTES = 1 << 20
 
-Begin = Callable[[list[bytes]], None]
+Begin = Callable[[Iterator[bytes]], None]
 
 
 @dataclass(slots=True)
@@ -70,6 +71,7 @@ class ReplicaFeed:
         self._max_outbox = max_outbox_bytes
         self._stuck_s = stuck_s
         self._out: deque[bytes] = deque()
+        self._sync_frames: Iterator[bytes] | None = None   # read lazily by the pump, before `_out`
         self._out_bytes = 0
         self._wake = anyio.Event()
         self._drained = anyio.Event()
@@ -81,7 +83,8 @@ class ReplicaFeed:
         self.changes: list[tuple[int, bytes]] = []   # CHANGES answers not yet taken by the runner
         self._answered = anyio.Event()
         self._http: aiohttp.ClientSession | None = None
-        self._starts = self._resyncs = self._frames = self._answers = self._waits = 0
+        self._starts = self._resyncs = self._frames = self._answers = self._waits = self._synced_bytes = 0
+        self._written = 0                # bytes the processes took from their pipes, all told
 
     @property
     def listen(self) -> str:
@@ -104,12 +107,12 @@ class ReplicaFeed:
             return
         self._waits += 1
         while self.live and self._out_bytes > self._max_outbox:
-            before = self._out_bytes
+            before = self._written     # progress: bytes the process took (a long sync counts)
             self._drained = anyio.Event()
             with anyio.move_on_after(self._stuck_s):
                 await self._drained.wait()
                 continue
-            if self._out_bytes >= before and self.live:
+            if self._written == before and self.live:
                 self.log.warning("replica_stuck", outbox_bytes=self._out_bytes, stuck_s=self._stuck_s,
                                  action="restart and sync from the store")
                 self._resyncs += 1
@@ -155,19 +158,19 @@ class ReplicaFeed:
     # ---- the process ------------------------------------------------------------------------------
     def _drop_outbox(self) -> None:
         self.live = False
+        self._sync_frames = None
         self._out.clear()
         self._out_bytes = 0
         self._drained.set()
         self._answered.set()
 
-    def _begin(self, frames: list[bytes]) -> None:
-        """Called by the runner's sync under its locks: these frames, then every fold from now on."""
+    def _begin(self, frames: Iterator[bytes]) -> None:
+        """Called by the runner's sync under its locks: `frames` (made lazily, in a worker thread, as
+        the pipe takes them: the stored records can be GBs), then every fold from now on."""
         self._out.clear()
-        self._out.append(protocol.config_frame(self.settings))
-        self._out.extend(frames)
-        self._out.append(protocol.frame(protocol.SYNCED))
-        self.queued = len(frames) + 1
-        self._out_bytes = sum(map(len, self._out))
+        self._out_bytes = 0
+        self._sync_frames = frames
+        self.queued = 0
         self.changes = []     # answers of a previous process: the new one starts from the stored state
         self.live = True
         self._wake.set()
@@ -200,8 +203,9 @@ class ReplicaFeed:
         self._starts += 1
         self.port = None
         try:
+            self._synced_bytes = 0
             await self._sync(self._begin)
-            self.log.info("replica_syncing", pid=proc.pid, listen=self.listen, sync_bytes=self._out_bytes)
+            self.log.info("replica_syncing", pid=proc.pid, listen=self.listen)
             async with anyio.create_task_group() as tg:
                 async def pump() -> None:
                     await self._pump(proc)
@@ -223,8 +227,22 @@ class ReplicaFeed:
         return proc.returncode   # after _stop: a process whose stdin broke has exited (or was killed) by now
 
     async def _pump(self, proc: Process) -> None:
-        """Write queued frames to the process's stdin until it breaks."""
+        """Write the config, the sync frames and then the queued frames to the process's stdin until it breaks."""
         assert proc.stdin is not None
+        try:
+            await proc.stdin.send(protocol.config_frame(self.settings))
+            while (frames := self._sync_frames) is not None:
+                data = await anyio.to_thread.run_sync(next, frames, None)
+                if data is None:
+                    self._sync_frames = None
+                    data = protocol.frame(protocol.SYNCED)
+                self.queued += 1
+                self._synced_bytes += len(data)
+                await proc.stdin.send(data)
+                self._written += len(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return
+        self.log.info("replica_synced", pid=proc.pid, sync_bytes=self._synced_bytes)
         while True:
             while self._out:
                 data = self._out.popleft()
@@ -232,6 +250,7 @@ class ReplicaFeed:
                     await proc.stdin.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return
+                self._written += len(data)
                 self._out_bytes -= len(data)
                 if self._out_bytes <= self._max_outbox:
                     self._drained.set()

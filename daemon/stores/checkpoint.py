@@ -136,10 +136,23 @@ class Checkpoint:
         """The commit seq the next successful `commit` gets (commits are the runner's, one at a time)."""
         return self._seq + 1
 
-    def fold_log_after(self, seq: int) -> list[bytes]:
-        """The stored fold-log entries of the commits after `seq`, oldest first."""
+    def fold_log_after(self, seq: int, upto: int | None = None, max_entries: int | None = None) -> list[tuple[int, bytes]]:
+        """(seq, entry) of the stored fold-log entries of the commits after `seq` (up to `upto`, at
+        most `max_entries`), oldest first."""
+        end = layout.U64.pack(upto + 1) if upto is not None else None
+        out: list[tuple[int, bytes]] = []
         with self._db.reading() as txn:
-            return [bytes(v) for _, v in txn.scan("foldlog", start=layout.U64.pack(seq + 1))]
+            for k, v in txn.scan("foldlog", start=layout.U64.pack(seq + 1), end=end):
+                out.append((layout.U64.unpack(k)[0], bytes(v)))
+                if max_entries is not None and len(out) >= max_entries:
+                    break
+        return out
+
+    def scan_chunk(self, namespace: str, after: bytes | None, max_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Committed (key, value) pairs of a namespace in key order, from just after key `after` (None:
+        the start) until about `max_bytes`; and the key to pass next (None: that was the last chunk)."""
+        with self._db.reading() as txn:
+            return layout.scan_state_chunk(txn, namespace, after, max_bytes)
 
     def commit(self, unit: CommitUnit) -> int:
         """Write `unit` in one LMDB transaction; return its commit seq. Rows wait in the outbox."""

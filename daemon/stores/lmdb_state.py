@@ -374,6 +374,25 @@ def scan_state(txn: Txn, namespace: str, prefix: bytes = b"") -> list[tuple[byte
     return out
 
 
+def scan_state_chunk(txn: Txn, namespace: str, after: bytes | None,
+                     max_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """One chunk of `scan_state` (see Checkpoint.scan_chunk); over-long keys come with the last chunk."""
+    ns = _name(namespace, "namespace")
+    prefix = ns + b"\x00"
+    out: list[tuple[bytes, bytes]] = []
+    size = 0
+    # the least key above prefix + after is prefix + after + b"\x00"
+    for k, v in txn.scan("state", prefix, start=None if after is None else prefix + after + b"\x00"):
+        out.append((k[len(prefix):], v))
+        size += len(k) + len(v)
+        if size >= max_bytes:
+            return out, out[-1][0]
+    for k, v in txn.scan("state", ns + b"\x01"):     # rare over-long keys
+        _, key, value = decode_state(k, v)
+        out.append((key, value))
+    return out, None
+
+
 def outbox_prefix(table: str) -> bytes:
     return _name(table, "table") + b"\x00"
 

@@ -358,13 +358,31 @@ def test_fold_log_entries_are_kept_under_their_commit_and_dropped_through_a_cut(
     for i in range(1, 6):
         assert cp.next_seq == i
         assert cp.commit(CommitUnit(fold_log=f"[{i}]".encode())) == i
-    assert cp.fold_log_after(0) == [b"[1]", b"[2]", b"[3]", b"[4]", b"[5]"]
-    assert cp.fold_log_after(3) == [b"[4]", b"[5]"]
+    assert [b for _, b in cp.fold_log_after(0)] == [b"[1]", b"[2]", b"[3]", b"[4]", b"[5]"]
+    assert cp.fold_log_after(3) == [(4, b"[4]"), (5, b"[5]")]
+    assert cp.fold_log_after(1, upto=3) == [(2, b"[2]"), (3, b"[3]")]
+    assert cp.fold_log_after(1, max_entries=1) == [(2, b"[2]")]
     cp.commit(CommitUnit(fold_log=b"[6]", fold_log_drop_through=4))
-    assert cp.fold_log_after(0) == [b"[5]", b"[6]"]
+    assert [b for _, b in cp.fold_log_after(0)] == [b"[5]", b"[6]"]
     cp.commit(CommitUnit(fold_log=b"[7]", fold_log_drop_through=7))   # covered at once: not kept
     assert cp.fold_log_after(0) == []
     cp.close()
     again = Checkpoint.open(StorageConfig(data_dir=str(tmp_path / "data")), environ={})
     assert list(again.restore().fold_log) == [] and again.next_seq == 8
     again.close()
+
+
+def test_a_namespace_is_read_in_chunks_that_join_to_the_whole(tmp_path):
+    cp = Checkpoint.open(StorageConfig(data_dir=str(tmp_path / "data")), environ={})
+    records = {f"u:{i:05d}".encode(): b"v" * (i % 50) for i in range(3000)}
+    records[b"k" * 600] = b"long key"                         # stored under its hash
+    cp.commit(CommitUnit(state={"recs": records, "agg:x": {b"u:00001": b"other"}}))
+    got, after, chunks = [], None, 0
+    while True:
+        items, after = cp.scan_chunk("recs", after, 4096)
+        got += items
+        chunks += 1
+        if after is None:
+            break
+    assert chunks > 10 and dict(got) == records and len(got) == len(records)
+    cp.close()

@@ -14,6 +14,7 @@ import pytest
 
 from daemon.config import RecommendationsConfig
 from daemon.replica.feed import ReplicaFeed
+from daemon.replica import protocol
 from daemon.replica.protocol import ReplicaSettings
 from tests.integration.servers import RecordingLog
 
@@ -55,7 +56,7 @@ def gone(pid: int) -> bool:
 def syncer(syncs: list[int]):
     async def sync(begin) -> None:
         syncs.append(len(syncs))
-        begin([b"state"])
+        begin(iter([protocol.frame(protocol.RESTORE)]))
     return sync
 
 
