@@ -356,3 +356,23 @@ def test_fold_groups_equals_fold_per_group(groups):
         part = rows[bounds[g]:bounds[g + 1]]
         ms.fold(states, part, ms.gather([price], part))
     assert [ms.dump(s) for s in bulk] == [ms.dump(s) for s in each]
+
+
+def test_distinct_tuples_hold_one_copy_of_each_string_value():
+    """Equal strings from different events (fresh objects each) are kept as one interned object, by
+    every fold path and by load; the state still equals the values'."""
+    from daemon.metrics.sketches import Distinct
+
+    m = Distinct()
+    fresh = ["".join(["user-", str(i)]) for i in (7, 8)]   # built at run time: not interned yet
+    states = [m.fold(m.empty(), list(fresh)), m.fold_one(m.fold_one(m.empty(), fresh[0]), fresh[1]),
+              m.load(m.dump(tuple(fresh)))]
+    holder = [[m.empty()]]
+    for value in fresh:   # one-event groups: the inline path
+        m.fold_groups(holder, 0, [value], [0], [1])
+    states.append(holder[0][0])
+    again = ["".join(["user-", str(i)]) for i in (7, 8)]
+    for state in states:
+        assert state == tuple(fresh)
+        assert all(a is b for a, b in zip(state, m.fold(m.empty(), again)))
+    assert m.fold(m.empty(), [1.5, 2]) == (1.5, 2)   # other values are kept as given

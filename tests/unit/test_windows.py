@@ -208,3 +208,19 @@ def test_extend_touching_equals_placing_each_run(first, runs, gap):
         assert bulk.sessions_of(key) == each.sessions_of(key)
     assert bulk.n_states == each.n_states
     assert sorted(bulk.close(10**6), key=repr) == sorted(each.close(10**6), key=repr)
+
+
+
+def test_pane_keys_are_interned():
+    """A pane opened with a fresh str key keeps one interned copy of it, shared with every other
+    pane and state keeping that value; lookups by an equal fresh key still find it."""
+    from daemon.windows.fixed import Hopping
+    from daemon.windows.panes import PaneStore
+
+    store = PaneStore(Hopping(120, 60), lambda: [0])
+    a, b = ("".join(["item-", str(7)]),), ("".join(["item-", str(7)]),)
+    store.open(0, a)
+    store.open(60, b)
+    kept = [k for pane in store._panes.values() for k in pane]
+    assert kept == [a, a] and kept[0][0] is kept[1][0]
+    assert store.find([0, 60], [b, a]) == [[0], [0]]
