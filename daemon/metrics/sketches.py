@@ -134,6 +134,20 @@ class Distinct:
             elif v not in state:
                 s[j] = state + (shared(v),) if len(state) < small else self.sketch((*state, v))
 
+    def fold_column(self, column: list[Any], slots: list[int], values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+        """Fold group g into column[slots[g]] for every g (see MetricSet.fold_slots); as fold_groups."""
+        fold, small = self.fold, self.small
+        for s, a, b in zip(slots, lo, hi):
+            if b - a > 1:
+                column[s] = fold(column[s], values[a:b])
+            elif (v := values[a]) is None:
+                continue
+            elif type(state := column[s]) is not tuple:
+                state.update(v)
+            elif v not in state:
+                column[s] = state + (shared(v),) if len(state) < small else self.sketch((*state, v))
+
     def merge(self, a: Small | ds.hll_sketch, b: Small | ds.hll_sketch) -> Small | ds.hll_sketch:
         return self.merge_many([a, b])
 
