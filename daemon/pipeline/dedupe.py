@@ -207,6 +207,8 @@ class DedupeFilter:
             self._drop_bucket(b)
         if old:
             self._expired_before = limit * _BUCKET_MS
+            if 16 * self._ids < len(self._table) > _MIN_CELLS:   # a burst has expired: give its memory back
+                self._rebuild(self._ids)
 
     def _evict(self) -> None:
         while self._ids > self.max_ids and self._buckets:

@@ -170,3 +170,15 @@ def test_restore_of_ids_stored_before_the_hash_table():
     d.restore([("é-1".encode(), 3_600_001), (b"plain", 3_600_002), (memoryview(b"view"), 3_600_003)])
     assert d.statistics().ids == 3
     assert d.keep(["é-1", "plain", "view", "new"], [1, 2, 3, 4], range(4)) == [3]
+
+
+def test_table_shrinks_once_a_burst_expires():
+    """After most ids expire the table is rebuilt smaller, and still knows the ids that remain."""
+    d = DedupeFilter(ttl_ms=60_000, max_ids=10**6)
+    burst = [f"b{i}" for i in range(20_000)]
+    d.keep(burst, [0] * len(burst), range(len(burst)))
+    d.keep(["late"], [600_000], [0])
+    big = d._table.nbytes
+    d.expire(120_000)
+    assert d.statistics().ids == 1 and d._table.nbytes * 16 <= big
+    assert d.keep(["late", "b1"], [600_001, 600_001], range(2)) == [1]
