@@ -103,6 +103,25 @@ class MetricSet:
             else:
                 _fold_each_group(metric, states, j, vals, lo, hi)
 
+    def fold_slots(self, columns: list[list[Any]], slots: list[int], lo: list[int], hi: list[int],
+                   rows: list[int], values: list[list[Any]]) -> None:
+        """`fold_groups` for states kept in columns (windows/session.py): group g is folded into
+        columns[j][slots[g]] for each metric j, by the metric's `fold_column` when it has one."""
+        if not slots:
+            return
+        for j, metric, slot in self._plan_groups:
+            if slot is None:
+                vals: list[Any] = rows
+            elif type(slot) is int:
+                vals = values[slot]
+            else:
+                vals = list(zip(*(values[s] for s in slot)))
+            bulk = getattr(metric, "fold_column", None)
+            if bulk is not None:
+                bulk(columns[j], slots, vals, lo, hi)
+            else:
+                _fold_each_slot(metric, columns[j], slots, vals, lo, hi)
+
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         """The states of both inputs together."""
         return [m.merge(x, y) for m, x, y in zip(self.metrics, a, b)]
@@ -159,6 +178,15 @@ def _fold_each_group(metric: Any, states: list[list[Any]], j: int, values: Seque
     fold_one = getattr(metric, "fold_one", None) or _one_by_fold(fold)
     for s, a, b in zip(states, lo, hi):
         s[j] = fold_one(s[j], values[a]) if b - a == 1 else fold(s[j], values[a:b])
+
+
+def _fold_each_slot(metric: Any, column: list[Any], slots: list[int], values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+    """The generic `fold_column`: one fold per group into column[slots[g]]."""
+    fold = metric.fold
+    fold_one = getattr(metric, "fold_one", None) or _one_by_fold(fold)
+    for s, a, b in zip(slots, lo, hi):
+        column[s] = fold_one(column[s], values[a]) if b - a == 1 else fold(column[s], values[a:b])
 
 
 def _one_by_fold(fold: Any) -> Any:

@@ -22,7 +22,9 @@ class Metric(Protocol[S]):
 
     Optional, for speed (MetricSet falls back to fold/merge/result): `fold_one(state, value)`,
     `fold_groups(states, j, values, lo, hi)` (fold values[lo[g]:hi[g]] into states[g][j] for
-    every g, in place), `merge_many(states)` and `result_many(states)` (of all states merged).
+    every g, in place), `fold_column(column, slots, values, lo, hi)` (the same into column[slots[g]],
+    for stores that keep one list per metric), `merge_many(states)` and `result_many(states)`
+    (of all states merged).
     """
 
     kind: Kind

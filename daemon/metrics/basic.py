@@ -91,6 +91,12 @@ class Count:
         for s, a, b in zip(states, lo, hi):
             s[j] += b - a
 
+    def fold_column(self, column: list[Any], slots: list[int], values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+        """Fold group g into column[slots[g]] for every g (see MetricSet.fold_slots)."""
+        for s, a, b in zip(slots, lo, hi):
+            column[s] += b - a
+
     def merge(self, a: int, b: int) -> int:
         return a + b
 
@@ -144,6 +150,14 @@ class Sum:
         for g in _groups_with_nonzero(values, lo, hi):
             s = states[g]
             s[j] = fold(s[j], values[lo[g]:hi[g]])
+
+    def fold_column(self, column: list[Any], slots: list[int], values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+        """Fold group g into column[slots[g]] for every g (see MetricSet.fold_slots); zeros as in fold_groups."""
+        fold = self.fold
+        for g in _groups_with_nonzero(values, lo, hi):
+            s = slots[g]
+            column[s] = fold(column[s], values[lo[g]:hi[g]])
 
     def merge(self, a: Partials, b: Partials) -> Partials:
         return exact_partials([*a, *b]) if a and b else a or b

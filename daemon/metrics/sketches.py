@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from daemon.aggconfig import MetricSpec
+from daemon.metrics.sharing import shared
 from daemon import jsonbytes
 
 HLL_LG_K = 16
@@ -99,7 +100,7 @@ class Distinct:
             if not new:
                 return state
             if len(state) + len(new) <= self.small:
-                return state + tuple(new)
+                return state + tuple(map(shared, new))
             return self.sketch((*state, *new))
         # A set drops repeats (one user, many events) at C speed before the slower update.
         update = state.update
@@ -114,7 +115,7 @@ class Distinct:
         if type(state) is tuple:
             if value in state:
                 return state
-            return state + (value,) if len(state) < self.small else self.sketch((*state, value))
+            return state + (shared(value),) if len(state) < self.small else self.sketch((*state, value))
         state.update(value)
         return state
 
@@ -131,7 +132,21 @@ class Distinct:
             elif type(state := s[j]) is not tuple:
                 state.update(v)
             elif v not in state:
-                s[j] = state + (v,) if len(state) < small else self.sketch((*state, v))
+                s[j] = state + (shared(v),) if len(state) < small else self.sketch((*state, v))
+
+    def fold_column(self, column: list[Any], slots: list[int], values: Sequence[Any], lo: list[int],
+                    hi: list[int]) -> None:
+        """Fold group g into column[slots[g]] for every g (see MetricSet.fold_slots); as fold_groups."""
+        fold, small = self.fold, self.small
+        for s, a, b in zip(slots, lo, hi):
+            if b - a > 1:
+                column[s] = fold(column[s], values[a:b])
+            elif (v := values[a]) is None:
+                continue
+            elif type(state := column[s]) is not tuple:
+                state.update(v)
+            elif v not in state:
+                column[s] = state + (shared(v),) if len(state) < small else self.sketch((*state, v))
 
     def merge(self, a: Small | ds.hll_sketch, b: Small | ds.hll_sketch) -> Small | ds.hll_sketch:
         return self.merge_many([a, b])
@@ -170,7 +185,7 @@ class Distinct:
 
     def load(self, data: bytes) -> Small | ds.hll_sketch:
         if data[:1] == b"[":   # an HLL blob starts with its preamble length (2, 3 or 10)
-            return tuple(orjson.loads(data))
+            return tuple(map(shared, orjson.loads(data)))
         sketch = ds.hll_sketch.deserialize(data)
         if sketch.tgt_type != ds.HLL_8:
             union = ds.hll_union(self.lg_k)

@@ -146,7 +146,7 @@ class Aggregator:
         Runs that extend their key's one open session are placed together (`extend_touching`);
         the rest one by one, in order. The folds wait until every run is placed, except for a key
         with several runs in the batch: placing its later run may merge the session an earlier run
-        went to into another (a new states list), so such a run is folded as soon as it is placed.
+        went to into another (freeing its slot), so such a run is folded as soon as it is placed.
         """
         store = self._store
         assert store is not None
@@ -156,7 +156,8 @@ class Aggregator:
         keys, wm, limit = g.keys, self._watermark_ms, self._max_states
         run_keys = [keys[c] for c in g.key_code.tolist()]
         many = np.bincount(g.key_code)[g.key_code] > 1
-        placed, fold_states = store.extend_touching(run_keys, g.lead, g.last, ~many)
+        placed, placed_slots = store.extend_touching(run_keys, g.lead, g.last, ~many)
+        fold_slots = placed_slots.tolist()
         group_rows = g.rows.tolist()
         los, his = g.lo.tolist(), g.hi.tolist()
         fold_lo, fold_hi = g.lo[placed].tolist(), g.hi[placed].tolist()
@@ -168,8 +169,8 @@ class Aggregator:
         for r in np.flatnonzero(rest).tolist():
             key, first, last, lo, hi = run_keys[r], int(g.lead[r]), int(g.last[r]), los[r], his[r]
             fresh = wm is None or last + gap > wm
-            states = store.place(key, first, last, may_open=fresh and store.n_states < limit)
-            if states is None:
+            slot = store.place(key, first, last, may_open=fresh and store.n_states < limit)
+            if slot is None:
                 if fresh:
                     self._overflowed += hi - lo
                     if overflow is not None:
@@ -178,13 +179,13 @@ class Aggregator:
                     self._late += hi - lo
                 continue
             if many[r]:
-                metrics.fold_groups([states], [lo], [hi], group_rows, values)
+                metrics.fold_slots(store.columns, [slot], [lo], [hi], group_rows, values)
             else:
-                fold_states.append(states)
+                fold_slots.append(slot)
                 fold_lo.append(lo)
                 fold_hi.append(hi)
             folded += hi - lo
-        metrics.fold_groups(fold_states, fold_lo, fold_hi, group_rows, values)
+        metrics.fold_slots(store.columns, fold_slots, fold_lo, fold_hi, group_rows, values)
         self._touched.update(keys)
         return folded
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.metrics.sharing import shared_key
 from daemon.windows.fixed import Hopping
 
 Key = tuple[Any, ...]
@@ -61,6 +62,7 @@ class PaneStore:
     def open(self, start: int, key: Key, states: Any = None) -> Any:
         """New states for (pane start, key) (fresh ones, or `states` when restoring)."""
         states = self._empty() if states is None else states
+        key = shared_key(key)   # one copy of the value for all its panes and other states (metrics/sharing.py)
         self._panes.setdefault(start, {})[key] = states
         self._key_panes[key] = self._key_panes.get(key, 0) + 1
         self.n_states += 1

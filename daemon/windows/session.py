@@ -64,29 +64,34 @@ def sessionize(ts_ms: Iterable[int], gap_ms: int) -> list[Window]:
 
 class SessionStore:
     """Open sessions of every key, in slots: a slot's first and last ms sit in int64 arrays, its
-    key and metric states in lists; a key maps to one of its slots, and to a list of the others
-    while it has several open sessions (rare: a return after a gap before the old one closed).
+    key in a list and its metric states in one list per metric (`columns`: metric j of slot s is
+    columns[j][s]); a key maps to one of its slots, and to a list of the others while it has
+    several open sessions (rare: a return after a gap before the old one closed).
 
-    Why slots: per open session this keeps ~100 bytes besides its states and key (a list per
-    session with its two ints, a heap tuple and a per-key list cost ~350), and a batch can extend
-    the sessions its runs touch with a few array operations (`extend_touching`) instead of one
-    Python call per run. The arrays and lists keep their size when sessions close (slots are reused).
+    Why slots and columns: per open session this keeps ~100 bytes besides its states and key (a
+    list per session with its two ints, a heap tuple and a per-key list cost ~350), a batch can
+    extend the sessions its runs touch with a few array operations (`extend_touching`) instead of
+    one Python call per run, and metrics fold into their column (`MetricSet.fold_slots`): a list
+    of states per session cost 88 bytes more than its 8-byte cells in the columns. The arrays and
+    lists keep their size when sessions close (slots are reused).
 
-    `empty` and `merge` make and combine the metric states; the store never folds values.
-    Ends wait in chunks, (ends, slots) arrays sorted by end, in a heap by each chunk's first end:
-    a session is enqueued when it opens, not when it grows (its entry's end is then early, never
-    late), and `close` enqueues it again at its real end when it meets an early entry. An entry
-    whose slot was freed (merged or closed) is skipped; one whose slot was reused is judged by the
-    slot's current session, so a session is never emitted twice nor late.
+    `empty` and `merge` make and combine the metric states (lists, one state per metric); the
+    store never folds values. Ends wait in chunks, (ends, slots) arrays sorted by end, in a heap
+    by each chunk's first end: a session is enqueued when it opens, not when it grows (its entry's
+    end is then early, never late), and `close` enqueues it again at its real end when it meets an
+    early entry. An entry whose slot was freed (merged or closed) is skipped; one whose slot was
+    reused is judged by the slot's current session, so a session is never emitted twice nor late.
     """
 
-    def __init__(self, windower: Session, empty: Callable[[], Any], merge: Callable[[Any, Any], Any]) -> None:
+    def __init__(self, windower: Session, empty: Callable[[], list[Any]],
+                 merge: Callable[[list[Any], list[Any]], list[Any]]) -> None:
         self.windower = windower
         self._empty, self._merge = empty, merge
         self._first = np.zeros(1024, dtype=np.int64)
         self._last = np.zeros(1024, dtype=np.int64)
-        self._keys: list[Any] = []      # per slot (a key may be None)
-        self._states: list[Any] = []    # per slot; None when the slot is free
+        self._used = np.zeros(1024, dtype=bool)
+        self._keys: list[Any] = []      # per slot (a key may be None; so may a free slot's)
+        self.columns: list[list[Any]] = [[] for _ in empty()]   # per metric, per slot; None when free
         self._free: list[int] = []
         self._slot: dict[Any, int] = {}          # key -> one of its slots
         self._more: dict[Any, list[int]] = {}    # key -> its other slots, while it has several
@@ -102,10 +107,18 @@ class SessionStore:
         """Keys with at least one open session."""
         return len(self._slot)
 
-    def sessions_of(self, key: Any) -> list[tuple[int, int, Any]]:
+    def states(self, slot: int) -> list[Any]:
+        """The metric states of a slot, as a new list (its cells in the columns)."""
+        return [c[slot] for c in self.columns]
+
+    def _put(self, slot: int, states: list[Any]) -> None:
+        for c, state in zip(self.columns, states):
+            c[slot] = state
+
+    def sessions_of(self, key: Any) -> list[tuple[int, int, list[Any]]]:
         """The key's open sessions as (first_ms, last_ms, states), oldest first."""
         slots = self._slots_of(key)
-        return sorted(((int(self._first[s]), int(self._last[s]), self._states[s]) for s in slots), key=_first)
+        return sorted(((int(self._first[s]), int(self._last[s]), self.states(s)) for s in slots), key=_first)
 
     def _slots_of(self, key: Any) -> list[int]:
         one = self._slot.get(key)
@@ -115,10 +128,10 @@ class SessionStore:
         return [one] if more is None else [one, *more]
 
     def extend_touching(self, keys: Sequence[Any], first_ms: np.ndarray, last_ms: np.ndarray,
-                        eligible: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+                        eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The common case of a whole batch at once: each eligible run (i) whose key has exactly one
         open session, which the run touches, extends it. Returns the positions of the runs so placed
-        and their states; the others go through `place`. Eligible runs must have distinct keys."""
+        and their slots; the others go through `place`. Eligible runs must have distinct keys."""
         n = len(keys)
         slot = np.fromiter(map(self._slot.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
         ok = eligible & (slot >= 0)
@@ -131,40 +144,41 @@ class SessionStore:
         idx, s, f, l = idx[touch], s[touch], f[touch], l[touch]
         self._first[s] = np.minimum(self._first[s], f)
         self._last[s] = np.maximum(self._last[s], l)
-        states = self._states
-        return idx, [states[x] for x in s.tolist()]
+        return idx, s
 
-    def place(self, key: Any, first_ms: int, last_ms: int, *, may_open: bool) -> Any | None:
-        """The states of the session that events spanning [first, last] join, extending it and
+    def place(self, key: Any, first_ms: int, last_ms: int, *, may_open: bool) -> int | None:
+        """The slot of the session that events spanning [first, last] join, extending it and
         merging any sessions they bridge; a new session if none is touched and may_open, else None."""
         gap, fa, la = self.windower.gap_ms, self._first, self._last
         touch = [s for s in self._slots_of(key) if first_ms < la[s] + gap and fa[s] < last_ms + gap]
         if not touch:
-            return self._open(key, first_ms, last_ms)[1] if may_open else None
+            return self._open(key, first_ms, last_ms) if may_open else None
         target = min(touch, key=lambda s: fa[s])
         for other in touch:
             if other != target:
-                self._states[target] = self._merge(self._states[target], self._states[other])
+                self._put(target, self._merge(self.states(target), self.states(other)))
                 la[target] = max(la[target], la[other])
                 fa[target] = min(fa[target], fa[other])
                 self._release(other)
         fa[target] = min(fa[target], first_ms)
         la[target] = max(la[target], last_ms)
-        return self._states[target]
+        return target
 
-    def _open(self, key: Any, first_ms: int, last_ms: int, states: Any = None) -> tuple[int, Any]:
+    def _open(self, key: Any, first_ms: int, last_ms: int, states: list[Any] | None = None) -> int:
         if self._free:
             slot = self._free.pop()
         else:
             slot = len(self._keys)
             self._keys.append(None)
-            self._states.append(None)
+            for c in self.columns:
+                c.append(None)
             if slot >= len(self._first):
                 self._first = np.concatenate((self._first, np.zeros_like(self._first)))
                 self._last = np.concatenate((self._last, np.zeros_like(self._last)))
-        if states is None:
-            states = self._empty()
-        self._keys[slot], self._states[slot] = key, states
+                self._used = np.concatenate((self._used, np.zeros_like(self._used)))
+        self._put(slot, self._empty() if states is None else states)
+        self._keys[slot] = key
+        self._used[slot] = True
         self._first[slot], self._last[slot] = first_ms, last_ms
         one = self._slot.get(key)
         if one is None:
@@ -174,10 +188,10 @@ class SessionStore:
         self.n_states += 1
         self._new_slots.append(slot)
         self._new_ends.append(last_ms + self.windower.gap_ms)
-        return slot, states
+        return slot
 
     def _release(self, slot: int) -> None:
-        """Free a slot and unmap it from its key."""
+        """Free a slot (dropping its states) and unmap it from its key."""
         key = self._keys[slot]
         more = self._more.get(key)
         if self._slot[key] == slot:
@@ -190,7 +204,10 @@ class SessionStore:
             more.remove(slot)
         if more is not None and not more:
             del self._more[key]
-        self._keys[slot] = self._states[slot] = None
+        self._keys[slot] = None
+        for c in self.columns:
+            c[slot] = None
+        self._used[slot] = False
         self._free.append(slot)
         self.n_states -= 1
 
@@ -226,7 +243,7 @@ class SessionStore:
             out.append(new[new <= watermark_ms])
         return out
 
-    def close(self, watermark_ms: int) -> list[tuple[int, int, Any, Any]]:
+    def close(self, watermark_ms: int) -> list[tuple[int, int, Any, list[Any]]]:
         """Remove and return (start, end, key, states) of every session ending at or before watermark."""
         self._flush()
         queue, due = self._queue, []
@@ -241,15 +258,14 @@ class SessionStore:
         if not due:
             return []
         slots = np.unique(np.concatenate(due))
-        live = np.fromiter((self._states[s] is not None for s in slots.tolist()), dtype=bool, count=len(slots))
-        slots = slots[live]
+        slots = slots[self._used[slots]]
         ends = self._last[slots] + self.windower.gap_ms
         grown = ends > watermark_ms
         self._enqueue(ends[grown], slots[grown])
         found = []
         done = slots[~grown]
         for slot, first, end in zip(done.tolist(), self._first[done].tolist(), ends[~grown].tolist()):
-            found.append((first, end, self._keys[slot], self._states[slot]))
+            found.append((first, end, self._keys[slot], self.states(slot)))
             self._release(slot)
         return found
 

@@ -111,3 +111,74 @@ def test_batch_filter_equals_the_per_id_reference(steps, ttl_ms, max_ids):
         else:
             assert d.take_changes() == ref.take_changes()
         assert d.statistics() == DedupeStats(len(ref.expiry), ref.duplicates, ref.evicted)
+
+
+_big_steps = st.lists(st.one_of(
+    st.tuples(st.just("keep"), st.lists(st.tuples(st.integers(0, 400).map(lambda n: f"id-{n}"),
+                                                   st.integers(0, 400_000)), max_size=150), st.booleans()),
+    st.tuples(st.just("expire"), st.integers(0, 600_000)),
+    st.tuples(st.just("take"),),
+    st.tuples(st.just("restart"),),
+), max_size=25)
+
+
+@given(_big_steps, st.sampled_from((60_000, 90_000)), st.sampled_from((50, 300, 10_000)),
+       st.sampled_from((0, 64, 10**9)))
+def test_hash_table_equals_the_per_id_reference_on_any_path(steps, ttl_ms, max_ids, numpy_min):
+    """The hashed table (probed with numpy for batches of any size, or id by id; rebuilt as it grows,
+    after forgetting, and from take_changes after a restart) keeps exactly what the per-id filter keeps."""
+    import daemon.pipeline.dedupe as dedupe
+
+    saved = dedupe._NUMPY_MIN
+    dedupe._NUMPY_MIN = numpy_min
+    try:
+        d, ref = DedupeFilter(ttl_ms, max_ids), _PerIdFilter(ttl_ms, max_ids)
+        stored: dict[bytes, int] = {}
+        for step in steps:
+            if step[0] == "keep":
+                rows, skip_odd = step[1], step[2]
+                ids, ts = [r[0] for r in rows], [r[1] for r in rows]
+                candidates = [i for i in range(len(rows)) if not (skip_odd and i % 2)]
+                assert d.keep(ids, ts, candidates) == ref.keep(ids, ts, candidates)
+            elif step[0] == "expire":
+                d.expire(step[1])
+                ref.expire(step[1])
+            elif step[0] == "take":
+                got = d.take_changes()
+                assert got == ref.take_changes()
+                stored.update(got[0])
+                if got[1] is not None:   # the checkpoint drops what expired
+                    stored = {k: v for k, v in stored.items() if v >= got[1]}
+            else:   # a restart from what the checkpoint holds
+                got = d.take_changes()
+                assert got == ref.take_changes()
+                stored.update(got[0])
+                d = DedupeFilter(ttl_ms, max_ids)
+                d.restore(stored.items())
+                ref = _PerIdFilter(ttl_ms, max_ids)
+                for eid, expiry in stored.items():
+                    ref.expiry[eid.decode()] = expiry
+                    ref.buckets.setdefault(expiry // 60_000, []).append(eid.decode())
+            assert d.statistics() == DedupeStats(len(ref.expiry), ref.duplicates, ref.evicted)
+    finally:
+        dedupe._NUMPY_MIN = saved
+
+
+def test_restore_of_ids_stored_before_the_hash_table():
+    """Ids stored as (UTF-8 bytes, expiry) by the set-based filter, non-ASCII too, restore and are recognised."""
+    d = DedupeFilter(ttl_ms=3_600_000, max_ids=100)
+    d.restore([("é-1".encode(), 3_600_001), (b"plain", 3_600_002), (memoryview(b"view"), 3_600_003)])
+    assert d.statistics().ids == 3
+    assert d.keep(["é-1", "plain", "view", "new"], [1, 2, 3, 4], range(4)) == [3]
+
+
+def test_table_shrinks_once_a_burst_expires():
+    """After most ids expire the table is rebuilt smaller, and still knows the ids that remain."""
+    d = DedupeFilter(ttl_ms=60_000, max_ids=10**6)
+    burst = [f"b{i}" for i in range(20_000)]
+    d.keep(burst, [0] * len(burst), range(len(burst)))
+    d.keep(["late"], [600_000], [0])
+    big = d._table.nbytes
+    d.expire(120_000)
+    assert d.statistics().ids == 1 and d._table.nbytes * 16 <= big
+    assert d.keep(["late", "b1"], [600_001, 600_001], range(2)) == [1]

@@ -273,6 +273,38 @@ def test_fold_groups_equals_fold_of_each_group_for_every_metric_kind(rows, data)
     assert ms.results(whole[0]) == ms.results(one_by_one)
 
 
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
+                               st.one_of(st.none(), st.sampled_from("abcdefghijk")),
+                               st.sampled_from(["view", "cart", "purchase", "search"]),
+                               st.sampled_from(["s1", "s2", None])), max_size=40), data=st.data())
+def test_fold_slots_equals_fold_groups_for_every_metric_kind(rows, data):
+    """MetricSet.fold_slots (states in one list per metric, groups at any slots, over states that
+    already hold values) leaves the same states as fold_groups over lists of states."""
+    ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
+    cols = {"price": [r[0] for r in rows], "user_id": [r[1] for r in rows], "type": [r[2] for r in rows],
+            "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
+    columns = [cols[f] for f in ms.fields]
+    order = data.draw(st.permutations(range(len(rows))))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(rows) - 1, 1)), max_size=len(rows))))
+    bounds = [0, *(c for c in cuts if c < len(rows)), len(rows)] if rows else [0]
+    lo, hi = bounds[:-1], bounds[1:]
+    slots = data.draw(st.permutations(range(len(lo) + 2)))[:len(lo)]
+    values = ms.gather(columns, order)
+    lists = [ms.empty() for _ in lo]
+    store = [[None] * (len(lo) + 2) for _ in ms.metrics]
+    for states, s in zip(lists, slots):   # the same non-empty start in both, built the same way
+        twin = ms.empty()
+        for start in (states, twin):
+            ms.fold(start, order[:3], ms.gather(columns, order[:3]))
+        for j, state in enumerate(twin):
+            store[j][s] = state
+    ms.fold_groups(lists, lo, hi, order, values)
+    ms.fold_slots(store, slots, lo, hi, order, values)
+    for states, s in zip(lists, slots):
+        assert ms.dump([column[s] for column in store]) == ms.dump(states)
+
 def _hll_answer(values: list) -> int:
     """What an HLL fed every value one at a time answers (the pre-tuple Distinct)."""
     import datasketches as ds
@@ -356,3 +388,23 @@ def test_fold_groups_equals_fold_per_group(groups):
         part = rows[bounds[g]:bounds[g + 1]]
         ms.fold(states, part, ms.gather([price], part))
     assert [ms.dump(s) for s in bulk] == [ms.dump(s) for s in each]
+
+
+def test_distinct_tuples_hold_one_copy_of_each_string_value():
+    """Equal strings from different events (fresh objects each) are kept as one interned object, by
+    every fold path and by load; the state still equals the values'."""
+    from daemon.metrics.sketches import Distinct
+
+    m = Distinct()
+    fresh = ["".join(["user-", str(i)]) for i in (7, 8)]   # built at run time: not interned yet
+    states = [m.fold(m.empty(), list(fresh)), m.fold_one(m.fold_one(m.empty(), fresh[0]), fresh[1]),
+              m.load(m.dump(tuple(fresh)))]
+    holder = [[m.empty()]]
+    for value in fresh:   # one-event groups: the inline path
+        m.fold_groups(holder, 0, [value], [0], [1])
+    states.append(holder[0][0])
+    again = ["".join(["user-", str(i)]) for i in (7, 8)]
+    for state in states:
+        assert state == tuple(fresh)
+        assert all(a is b for a, b in zip(state, m.fold(m.empty(), again)))
+    assert m.fold(m.empty(), [1.5, 2]) == (1.5, 2)   # other values are kept as given

@@ -89,6 +89,12 @@ def _count_store(gap: int) -> SessionStore:
     return SessionStore(Session(gap), lambda: [0], lambda a, b: [a[0] + b[0]])
 
 
+def _bump(store: SessionStore, slot: int | None) -> None:
+    """Count one event in the session at `slot` (the store keeps states in columns)."""
+    assert slot is not None
+    store.columns[0][slot] += 1
+
+
 @settings(max_examples=200, deadline=None)
 @given(ts=st.lists(timestamps(span_ms=300_000), max_size=40), gap=st.sampled_from((1_000, 30_000)),
        rng=st.randoms(use_true_random=False))
@@ -99,7 +105,7 @@ def test_session_store_matches_reference_in_any_arrival_order(ts, gap, rng):
     order = list(ts)
     rng.shuffle(order)
     for t in order:
-        store.place("k", t, t, may_open=True)[0] += 1
+        _bump(store, store.place("k", t, t, may_open=True))
     got = [(Window(f, l + gap), st_[0]) for f, l, st_ in store.sessions_of("k")]
     expected = [(w, sum(w.contains(t) for t in ts)) for w in sessionize(ts, gap)]
     assert got == expected
@@ -122,9 +128,7 @@ def test_session_store_closes_each_session_once_at_its_final_end(ts, gap, keys, 
             assert all(end <= mark for _, end, _, _ in now), "closed before the watermark passed its end"
             closed += now
             mark = next(marks, None)
-        states = store.place(key, t, t, may_open=True)
-        assert states is not None
-        states[0] += 1
+        _bump(store, store.place(key, t, t, may_open=True))
         placed += 1
     closed += store.close(10**6)
     assert store.n_states == 0 and not store.n_keys
@@ -140,10 +144,10 @@ def test_session_store_closes_each_session_once_at_its_final_end(ts, gap, keys, 
 def test_session_bridging_event_merges_two_sessions():
     """An event within gap of two sessions merges them into one."""
     store = _count_store(10)
-    store.place("k", 0, 0, may_open=True)[0] += 1
-    store.place("k", 15, 15, may_open=True)[0] += 1
+    _bump(store, store.place("k", 0, 0, may_open=True))
+    _bump(store, store.place("k", 15, 15, may_open=True))
     assert store.n_states == 2
-    store.place("k", 7, 7, may_open=True)[0] += 1
+    _bump(store, store.place("k", 7, 7, may_open=True))
     assert [(f, l, s) for f, l, s in store.sessions_of("k")] == [(0, 15, [3])]
     assert store.close(24) == []
     assert store.close(25) == [(0, 25, "k", [3])]
@@ -155,7 +159,8 @@ def test_session_store_refuses_to_open_when_not_allowed():
     store = _count_store(10)
     assert store.place("k", 0, 0, may_open=False) is None
     store.place("k", 0, 0, may_open=True)
-    assert store.place("k", 5, 5, may_open=False) == [0]
+    slot = store.place("k", 5, 5, may_open=False)
+    assert slot is not None and store.states(slot) == [0]
     assert store.place("k", 100, 100, may_open=False) is None
 
 
@@ -192,19 +197,35 @@ def test_extend_touching_equals_placing_each_run(first, runs, gap):
     bulk, each = _count_store(gap), _count_store(gap)
     for key, t in sorted(first, key=lambda p: p[1]):
         for store in (bulk, each):
-            store.place(key, t, t, may_open=True)[0] += 1
+            _bump(store, store.place(key, t, t, may_open=True))
     keys = list("abcd")
     lo = np.array([f for f, _ in runs], dtype=np.int64)
     hi = lo + np.array([d for _, d in runs], dtype=np.int64)
-    placed, states = bulk.extend_touching(keys, lo, hi, np.ones(4, dtype=bool))
-    for states_, r in zip(states, placed.tolist()):
-        states_[0] += 1
+    placed, slots = bulk.extend_touching(keys, lo, hi, np.ones(4, dtype=bool))
+    for slot in slots.tolist():
+        _bump(bulk, slot)
     for r in range(4):
         if r not in placed.tolist():
-            bulk.place(keys[r], int(lo[r]), int(hi[r]), may_open=True)[0] += 1
-        each.place(keys[r], int(lo[r]), int(hi[r]), may_open=True)[0] += 1
+            _bump(bulk, bulk.place(keys[r], int(lo[r]), int(hi[r]), may_open=True))
+        _bump(each, each.place(keys[r], int(lo[r]), int(hi[r]), may_open=True))
         assert (r in placed.tolist()) <= (len(each.sessions_of(keys[r])) >= 1)
     for key in keys:
         assert bulk.sessions_of(key) == each.sessions_of(key)
     assert bulk.n_states == each.n_states
     assert sorted(bulk.close(10**6), key=repr) == sorted(each.close(10**6), key=repr)
+
+
+
+def test_pane_keys_are_interned():
+    """A pane opened with a fresh str key keeps one interned copy of it, shared with every other
+    pane and state keeping that value; lookups by an equal fresh key still find it."""
+    from daemon.windows.fixed import Hopping
+    from daemon.windows.panes import PaneStore
+
+    store = PaneStore(Hopping(120, 60), lambda: [0])
+    a, b = ("".join(["item-", str(7)]),), ("".join(["item-", str(7)]),)
+    store.open(0, a)
+    store.open(60, b)
+    kept = [k for pane in store._panes.values() for k in pane]
+    assert kept == [a, a] and kept[0][0] is kept[1][0]
+    assert store.find([0, 60], [b, a]) == [[0], [0]]
