@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from daemon.analyzers.recommend import TYPE_WEIGHTS
+from daemon.analyzers.recommend import TYPE_WEIGHTS, Recommender
 from daemon.storefront.generator import Generator
 from daemon.web.prometheus import unexported_figures
 from tests.conftest import free_port, http_get, http_post, wait_until
@@ -275,4 +275,34 @@ def test_kill_9_of_the_daemon_while_events_flow_counts_every_event_once(daemon_f
             d.kill()
     wait_until(lambda: recommender_events(d) == folded_by_recommender(events), 30,
                what=f"every event counted once (STOREPULSE_CRASH_SEED={seed})")
+    assert d.stop() == 0
+
+
+def test_a_data_dir_from_before_the_process_is_picked_up_whole(daemon_factory, tmp_path):
+    """A data_dir written when the daemon folded the recommender itself: its records stored with the
+    state and fold-log entries after them, no cuts. The process starts from the records and replays
+    every entry: it has counted the events of both, once."""
+    from daemon.config import RecommendationsConfig, StorageConfig
+    from daemon.pipeline.foldlog import FoldLog
+    from daemon.pipeline.validate import Validator
+    from daemon.stores.checkpoint import Checkpoint, CommitUnit
+
+    start = int(time.time() * 1000) - 10 * 60_000
+    gen = Generator(seed=31, start_ms=start, rate=50)
+    first, second = gen.next_batch(3000), gen.next_batch(2000)
+    decode = Validator("webhook").decode_items
+    rec = Recommender(RecommendationsConfig(half_life_s=3600.0))
+    rec.observe(decode(first, start + 10**7).batch)
+    cp = Checkpoint.open(StorageConfig(data_dir=str(tmp_path / "data")), environ={})
+    cp.commit(CommitUnit(state={"recs": rec.take_changes()}, state_complete=True))
+    log = FoldLog()
+    log.observe(decode(second, start + 10**7).batch)
+    cp.commit(CommitUnit(fold_log=log.take()))
+    cp.close()
+
+    d = daemon_factory.start(PLAIN.format(data=tmp_path / "data"))
+    wait_until(lambda: d.get_json("/stats")["replica"].get("port") is not None, 20, what="process ready")
+    wait_until(lambda: recommender_events(d) == folded_by_recommender(first + second), 20,
+               what="the stored records and the logged events, once each")
+    assert d.get_json(f"/recommendations/{second[-1]['user_id']}?k=5")["items"]
     assert d.stop() == 0
