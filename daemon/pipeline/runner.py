@@ -440,7 +440,10 @@ class Runner:
                 # Building the unit (serialising changed state) and writing it run in the CPU lane too:
                 # the runner waits here, and HTTP handlers only read the parts meanwhile. The pending
                 # work and the fold log are taken together, under the lock, so they always match.
-                unit, p = await self.cpu.run(self._build_unit, flush_all)
+                # The process's answers are taken here, on the event loop that appends them, not in
+                # the worker thread: an answer appended to the list just taken would be lost.
+                answers = self.replica.take_changes() if self.replica is not None else []
+                unit, p = await self.cpu.run(self._build_unit, flush_all, answers)
                 if unit.state_complete and self.replica is not None:
                     # After this unit's last fold step, before the next fold's (we hold the state lock).
                     self.replica.send(replica_protocol.cut_frame(p.cuts[0]))
@@ -485,7 +488,7 @@ class Runner:
                        events=sum(len(b) for b in p.events), windows=sum(len(w) for w in p.windows.values()),
                        state=unit.state_complete)
 
-    def _build_unit(self, flush_all: bool) -> tuple[CommitUnit, _Pending]:
+    def _build_unit(self, flush_all: bool, answers: list[tuple[int, bytes]] | None = None) -> tuple[CommitUnit, _Pending]:
         """This commit's unit and the pending work it covers. Every `state_interval` (and at the
         last commit, and after a reload) it carries every state change since the last full write;
         the other commits carry the fold steps (pipeline/foldlog.py).
@@ -518,7 +521,7 @@ class Runner:
         if self.replica is not None:
             recs_cut = self._recs_cut
             changes: dict[bytes, bytes | None] = {}
-            for cut, payload in self.replica.take_changes():
+            for cut, payload in answers or ():
                 if cut > recs_cut:   # answers come in cut order; an older one is already stored
                     changes.update(replica_protocol.unpack_records(replica_protocol.read_changes(payload)[1]))
                     recs_cut = cut
