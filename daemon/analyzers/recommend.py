@@ -80,8 +80,9 @@ class Recommender:
 
     # -- updates --------------------------------------------------------------------------------
 
-    def observe(self, batch: EventBatch) -> None:
-        """Fold a batch in (event time decides decay, recency and expiry).
+    def observe(self, batch: EventBatch, *, trending: bool = True) -> None:
+        """Fold a batch in (event time decides decay, recency and expiry); trending=False leaves the
+        trending part to the caller (the recommendations process folds it per larger piece).
 
         The per-event work is written out in this one loop with locals: it is the hottest code
         of the daemon with recommendations on (a function call per event and per link cost ~30%).
@@ -97,7 +98,8 @@ class Recommender:
         one object keys the counts, links and users' entries, and a same-session entry's session string
         is reused. That took ~20% off the state on generator streams (~55 bytes per link and entry).
         """
-        self.trending.observe(batch)
+        if trending:
+            self.trending.observe(batch)
         weights, hl = self.weights, self.half_life_ms
         count, cats_of, users, nbrs = self._count, self._cat, self._users, self._nbrs
         dirty_items, dirty_users = self._dirty_items, self._dirty_users

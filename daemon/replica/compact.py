@@ -17,7 +17,7 @@ import orjson
 from daemon.analyzers.recommend import Recommender
 from daemon.config import RecommendationsConfig
 from daemon.pipeline.foldlog import MORE, OBSERVE
-from daemon.replica.protocol import step_batches
+from daemon.replica.protocol import cut, step_piece
 
 RECS_LOG_MAX_BYTES = 256 * 2**20
 
@@ -30,8 +30,10 @@ def fold_log_into_records(cfg: RecommendationsConfig, records: Iterable[tuple[by
     events = 0
     for blob in blobs:
         for step in orjson.loads(blob):
-            if step and step[0] in (OBSERVE, MORE):
-                for batch in step_batches(step):
-                    rec.observe(batch)
+            if step and step[0] in (OBSERVE, MORE):   # as replica/server.py Replica._fold does
+                piece = step_piece(step)
+                rec.trending.observe(piece)
+                for batch in cut(piece):
+                    rec.observe(batch, trending=False)
                     events += len(batch)
     return rec.take_changes(), events

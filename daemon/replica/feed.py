@@ -142,9 +142,11 @@ class ReplicaFeed:
     # ---- reads ----------------------------------------------------------------------------------
     async def get(self, path_qs: str) -> tuple[int, bytes]:
         """Forward a GET to the process; (status, body). A read while the process syncs waits for
-        it (READ_TIMEOUT_S at most, then 503). The read sees every fold sent before it (`seen`)."""
-        with anyio.move_on_after(READ_TIMEOUT_S):
-            await self._ready.wait()
+        it (READ_TIMEOUT_S at most, then 503); with no process running (it is being restarted) it
+        is 503 at once. The read sees every fold sent before it (`seen`)."""
+        if self._proc is not None:
+            with anyio.move_on_after(READ_TIMEOUT_S):
+                await self._ready.wait()
         port, http, seen = self.port, self._http, self.queued
         if port is None or http is None or not self.live:
             return 503, b'{"error":"the recommendations process is starting; retry"}'
@@ -221,6 +223,7 @@ class ReplicaFeed:
         finally:
             self._drop_outbox()
             self.port = None
+            self._ready.set()              # reads waiting for this process: it is gone (503)
             self._ready = anyio.Event()
             with anyio.CancelScope(shield=True):
                 await self._stop(proc)

@@ -192,8 +192,12 @@ class Replica:
         if not step or step[0] not in (foldlog.OBSERVE, foldlog.MORE):
             return 0
         n = 0
-        for batch in protocol.step_batches(step):
-            self.recommender.observe(batch)
+        piece = protocol.step_piece(step)
+        # Trending per piece (<= 1,024 events), the recommender per small batch: trending's work
+        # per call is per category, 0.74 -> 0.35 µs per event this way (measured in process).
+        self.recommender.trending.observe(piece)
+        for batch in protocol.cut(piece):
+            self.recommender.observe(batch, trending=False)
             n += len(batch)
             self.collector.folded(len(batch))
             if turns and (now := time.perf_counter()) - self._turned >= TURN_EVERY_S:
