@@ -80,7 +80,13 @@ class Collector:
 
     def collect(self) -> None:
         t0 = time.perf_counter()
-        gc.collect()
+        # Generation 0 holds everything made since the last freeze (nothing is promoted while the
+        # automatic collector is off, and freeze empties the older generations), so collecting it
+        # finds the same garbage as a full collection, at ~1/5 of the cost: a full one also clears
+        # the interpreter's free lists and more (in process, every 2,000 events: pause p50 0.61 ->
+        # 0.13 ms, GC 7.0 -> 1.6% of the CPU; in 1M-event benchmark runs GC 1.0-1.2 -> 0.2 s, the
+        # longest pause 15-16 -> 2.4-3.9 ms, the process's CPU the same within noise).
+        gc.collect(0)
         gc.freeze()
         pause = time.perf_counter() - t0
         self.seconds += pause
