@@ -91,12 +91,7 @@ class MetricSet:
         if not states:
             return
         for j, metric, slot in self._plan_groups:
-            if slot is None:
-                vals: list[Any] = rows
-            elif type(slot) is int:
-                vals = values[slot]
-            else:
-                vals = list(zip(*(values[s] for s in slot)))
+            vals = _slot_values(slot, rows, values)
             bulk = getattr(metric, "fold_groups", None)
             if bulk is not None:
                 bulk(states, j, vals, lo, hi)
@@ -110,12 +105,7 @@ class MetricSet:
         if not slots:
             return
         for j, metric, slot in self._plan_groups:
-            if slot is None:
-                vals: list[Any] = rows
-            elif type(slot) is int:
-                vals = values[slot]
-            else:
-                vals = list(zip(*(values[s] for s in slot)))
+            vals = _slot_values(slot, rows, values)
             bulk = getattr(metric, "fold_column", None)
             if bulk is not None:
                 bulk(columns[j], slots, vals, lo, hi)
@@ -169,6 +159,16 @@ class MetricSet:
     def signature(self) -> list[list[Any]]:
         """What a stored state depends on: each metric's name, func, field, q and k."""
         return [[s.name, s.func, s.field, s.q, s.k, list(s.steps)] for s in self.specs]
+
+
+def _slot_values(slot: Any, rows: list[int], values: list[list[Any]]) -> list[Any]:
+    """A metric's input column for fold_groups/fold_slots: the row numbers (slot None), one gathered
+    column (an int) or tuples of several (a tuple of ints)."""
+    if slot is None:
+        return rows
+    if type(slot) is int:
+        return values[slot]
+    return list(zip(*(values[s] for s in slot)))
 
 
 def _fold_each_group(metric: Any, states: list[list[Any]], j: int, values: Sequence[Any], lo: list[int],
