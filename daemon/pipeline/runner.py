@@ -352,8 +352,9 @@ class Runner:
             if after is None:
                 break
         yield replica_protocol.frame(replica_protocol.RESTORE)
-        while entries := self.checkpoint.fold_log_after(cut, upto, max_entries=64):
-            for cut, blob in entries:
+        read_through = cut
+        while entries := self.checkpoint.fold_log_after(read_through, upto, max_entries=64):
+            for read_through, blob in entries:
                 yield replica_protocol.frame(replica_protocol.LOG, blob)
         if pending is not None:
             yield replica_protocol.frame(replica_protocol.LOG, pending)
