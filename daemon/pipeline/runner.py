@@ -344,20 +344,22 @@ class Runner:
             begin(self._recommender_sync_frames(cut, upto, pending))
 
     def _recommender_sync_frames(self, cut: int, upto: int, pending: bytes | None) -> Iterator[bytes]:
-        after: bytes | None = None
-        while True:
-            items, after = self.checkpoint.scan_chunk("recs", after, replica_protocol.RECORDS_CHUNK_BYTES)
-            if items:
-                yield replica_protocol.frame(replica_protocol.RECORDS, replica_protocol.pack_records(items))
-            if after is None:
-                break
-        yield replica_protocol.frame(replica_protocol.RESTORE)
+        yield from replica_protocol.records_frames(self._stored_recommender())
         read_through = cut
         while entries := self.checkpoint.fold_log_after(read_through, upto, max_entries=64):
             for read_through, blob in entries:
                 yield replica_protocol.frame(replica_protocol.LOG, blob)
         if pending is not None:
             yield replica_protocol.frame(replica_protocol.LOG, pending)
+
+    def _stored_recommender(self) -> Iterator[tuple[bytes, bytes]]:
+        """The stored `recs` records, read in chunks (each in its own short read transaction)."""
+        after: bytes | None = None
+        while True:
+            items, after = self.checkpoint.scan_chunk("recs", after, replica_protocol.RECORDS_CHUNK_BYTES)
+            yield from items
+            if after is None:
+                return
 
     @property
     def _alert_urls(self) -> dict[str, str]:

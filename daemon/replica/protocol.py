@@ -178,11 +178,6 @@ def cut(batch: EventBatch, max_events: int = FRAME_EVENTS) -> Iterator[EventBatc
         yield batch.slice(i, i + max_events)
 
 
-def step_batches(step: list[Any], max_events: int = FRAME_EVENTS) -> Iterator[EventBatch]:
-    """`cut(step_piece(step))`."""
-    return cut(step_piece(step), max_events)
-
-
 class FrameReader:
     """Incremental parser: `feed` bytes as they arrive, get the complete frames so far."""
 

@@ -16,6 +16,7 @@ End of stdin (the daemon stopped or died) ends the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import signal
@@ -132,9 +133,8 @@ class Replica:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((frames, fut))
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fut), timeout_s)
         finally:
             if not fut.done():
                 fut.cancel()

@@ -46,7 +46,7 @@ def test_an_observe_frame_carries_the_fold_step_and_the_clock_and_is_cut_in_orde
     assert kind == protocol.OBSERVE
     got_now, got_step = protocol.read_observe(payload)
     assert got_now == now_ms and got_step == step
-    pieces = list(protocol.step_batches(orjson.loads(got_step), max_events))
+    pieces = list(protocol.cut(protocol.step_piece(orjson.loads(got_step)), max_events))
     assert all(0 < len(b) <= max_events for b in pieces)
     for name in FIELDS:
         assert [v for b in pieces for v in b.column(name)] == batch.column(name)
@@ -62,7 +62,7 @@ def test_config_frame_round_trip_carries_the_token_and_bounds():
 
 def test_an_observe_step_with_ragged_columns_is_refused():
     with pytest.raises(protocol.ProtocolError):
-        list(protocol.step_batches(orjson.loads(b'[0, "s", ["a"], [1, 2], [], [], [], [], [], [], [], []]')))
+        list(protocol.cut(protocol.step_piece(orjson.loads(b'[0, "s", ["a"], [1, 2], [], [], [], [], [], [], [], []]'))))
 
 
 def test_the_replica_process_exits_2_on_a_corrupt_stream_and_says_why():
@@ -110,6 +110,6 @@ def test_a_big_fold_is_logged_in_pieces_that_replay_as_one_batch_and_cut_like_th
     seen = Seen()
     assert replay(log.take(), seen) == (4, 3000)
     assert seen.calls == [("observe", batch.columns()), ("close", 5)]
-    cut = [b.columns() for s in steps for b in protocol.step_batches(orjson.loads(s))]
+    cut = [b.columns() for s in steps for b in protocol.cut(protocol.step_piece(orjson.loads(s)))]
     whole = [batch.slice(i, i + protocol.FRAME_EVENTS).columns() for i in range(0, 3000, protocol.FRAME_EVENTS)]
     assert cut == whole
