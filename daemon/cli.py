@@ -41,11 +41,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    if cfg is None:
-        return 1
-    configure_logging(cfg.log_level)
+def tune_interpreter() -> None:
+    """The daemon's GIL switch interval and GC thresholds (benchmarks/lane.py runs with them too)."""
     # Folding, decoding and commits run in worker threads; a short GIL switch interval lets the event
     # loop answer HTTP within ~0.5 ms meanwhile instead of waiting out CPython's default 5 ms slices.
     sys.setswitchinterval(0.0005)
@@ -55,6 +52,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # its pause stays ~15 ms (with (50_000, 50, 1000) it reached 2.5M objects and 250-280 ms pauses;
     # same total GC time, measured with the benchmark's /stats process.gc_* figures).
     gc.set_threshold(20_000, 5, 1000)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    configure_logging(cfg.log_level)
+    tune_interpreter()
     import anyio
 
     from daemon.app import Daemon

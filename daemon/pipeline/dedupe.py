@@ -218,13 +218,13 @@ class DedupeFilter:
 
     # -- checkpoint -----------------------------------------------------------------------------
 
-    def take_changes(self) -> tuple[list[tuple[bytes, int]], int | None]:
-        """Ids added since the last call and the expiry bound below which stored ids can go."""
-        ttl = self.ttl_ms
-        added = list(zip(map(str.encode, self._added_ids), map(ttl.__add__, self._added_ts)))
+    def take_changes(self) -> tuple[list[str], np.ndarray, int | None]:
+        """Ids added since the last call, their expiry times (ms, int64) and the expiry bound below
+        which stored ids can go. Columns, not (id, expiry) pairs: the store packs them as they are."""
+        ids, expiry_ms = self._added_ids, np.asarray(self._added_ts, dtype=np.int64) + self.ttl_ms
         before = self._expired_before
         self._added_ids, self._added_ts, self._expired_before = [], [], None
-        return added, before
+        return ids, expiry_ms, before
 
     def restore(self, items: Iterable[tuple[bytes, int]]) -> None:
         """Add the ids a checkpoint holds ((UTF-8 bytes, expiry) pairs, as take_changes gave them)."""

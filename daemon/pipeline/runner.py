@@ -535,7 +535,7 @@ class Runner:
                 state["recs"] = changes
         p.cuts = (state_cut, recs_cut)
         drop_through = min(state_cut, recs_cut)
-        dedupe_add, expire_before = self.dedupe.take_changes()
+        dedupe_ids, dedupe_expiry_ms, expire_before = self.dedupe.take_changes()
         rows: dict[str, Any] = {}
         latest: list[tuple[str, bytes, int, bytes]] = []
         for name, results in p.windows.items():
@@ -557,7 +557,8 @@ class Runner:
             fold_log_drop_through=drop_through if drop_through > min(self._state_cut, self._recs_cut) else None,
             state_complete=full_state,
             positions=p.positions,
-            dedupe_add=dedupe_add,
+            dedupe_ids=dedupe_ids,
+            dedupe_expiry_ms=dedupe_expiry_ms,
             dedupe_expire_before_ms=expire_before,
             meta={"watermarks": jsonbytes.dumps(self.watermarks.snapshot()),
                   "cuts": orjson.dumps({"state": state_cut, "recs": recs_cut})},

@@ -25,7 +25,9 @@ class CommitUnit:
 
     state: namespace ("agg:sales", "ma:sales", "analyzer:recs") → key → value (None deletes).
     positions: source name → opaque resume position (poll cursor + ETag, websocket seq).
-    dedupe_add: (event id, expiry_ms); dedupe_expire_before_ms drops ids that expire before it.
+    dedupe_ids, dedupe_expiry_ms: the event ids to remember (str or UTF-8 bytes) and when each expires,
+      as two columns (a commit adds ~16k at 80k events/s: no tuple per id); dedupe_expire_before_ms
+      drops ids that expire before it.
     meta: small named values (e.g. the watermark).
     rows: Arrow table name ("windows/<agg>", "events", "deadletter", "anomalies") → rows for
       the outbox; they reach the Arrow files at the next flush of that table.
@@ -40,7 +42,8 @@ class CommitUnit:
 
     state: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
     positions: dict[str, bytes] = field(default_factory=dict)
-    dedupe_add: list[tuple[bytes, int]] = field(default_factory=list)
+    dedupe_ids: Sequence[str | bytes] = ()
+    dedupe_expiry_ms: Sequence[int] = ()
     dedupe_expire_before_ms: int | None = None
     meta: dict[str, bytes] = field(default_factory=dict)
     rows: dict[str, pa.RecordBatch | pa.Table] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
+import numpy as np
 
 from daemon.errors import StoreError, StoreFull, StoreLocked, map_exceptions
 from daemon.stores.base import DEFAULT_KEEP_LATEST, CommitUnit, LmdbStats
@@ -416,12 +417,20 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
     """Every write of one commit (runs inside one write transaction; may be rerun after a grow)."""
     for ns, items in unit.state.items():
         nsb = _name(ns, "namespace")
-        for key, value in items.items():
-            lk, hashed = _state_key(nsb, key)
-            if value is None:
-                txn.delete("state", lk)
-            else:
-                txn.put("state", lk, U32.pack(len(key)) + key + value if hashed else value)
+        # The usual record (a value under a key short enough to inline) goes in one C call per
+        # namespace (a full state write has ~10^5); deletes and hashed keys one by one.
+        prefix, room = nsb + b"\x00", _MAX_INLINE_KEY - len(nsb) - 1
+        puts = [(prefix + key, value) for key, value in items.items() if value is not None and len(key) <= room]
+        if len(puts) < len(items):
+            for key, value in items.items():
+                if value is not None and len(key) <= room:
+                    continue
+                lk, hashed = _state_key(nsb, key)
+                if value is None:
+                    txn.delete("state", lk)
+                else:
+                    txn.put("state", lk, U32.pack(len(key)) + key + value if hashed else value)
+        txn.put_many("state", puts)
     for name, pos in unit.positions.items():
         txn.put("positions", _name(name, "source"), pos)
     for name, value in unit.meta.items():
@@ -451,39 +460,44 @@ def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:
         doomed = [k for k, _ in txn.scan("dedupe", end=U64.pack(max(0, bound - DEDUPE_BUCKET_MS + 1)))]
         for k in doomed:
             txn.delete("dedupe", k)
-    adds = unit.dedupe_add
-    if not adds:
+    ids = unit.dedupe_ids
+    if not len(ids):
         return
-    ids, expiries = zip(*adds)   # columns at C speed: most commits' ids all expire in one minute
-    lo, hi = min(expiries), max(expiries)
-    if lo >= bound and lo // DEDUPE_BUCKET_MS == hi // DEDUPE_BUCKET_MS:
-        txn.put("dedupe", U64.pack(lo // DEDUPE_BUCKET_MS * DEDUPE_BUCKET_MS) + U64.pack(seq),
-                _pack_columns(ids, expiries))
+    expiries = np.asarray(unit.dedupe_expiry_ms, dtype=np.int64)
+    minute = expiries // DEDUPE_BUCKET_MS
+    lo = int(expiries.min())
+    if lo >= bound and minute[0] == minute.min() == minute.max():   # the usual commit: one record
+        txn.put("dedupe", U64.pack(int(minute[0]) * DEDUPE_BUCKET_MS) + U64.pack(seq), _pack_columns(ids, expiries))
         return
-    buckets: dict[int, list[tuple[bytes, int]]] = {}
-    for event_id, expiry_ms in adds:
-        if expiry_ms < bound:   # expired already (the filter forgets it at the same watermark)
-            continue
-        b = expiry_ms // DEDUPE_BUCKET_MS
-        lst = buckets.get(b)
-        if lst is None:
-            buckets[b] = [(event_id, expiry_ms)]
-        else:
-            lst.append((event_id, expiry_ms))
-    for b, items in buckets.items():
-        txn.put("dedupe", U64.pack(b * DEDUPE_BUCKET_MS) + U64.pack(seq), pack_ids(items))
+    live = expiries >= bound   # the others expired already (the filter forgets them at the same watermark)
+    for b in np.unique(minute[live]).tolist():
+        at = np.flatnonzero(live & (minute == b))
+        txn.put("dedupe", U64.pack(b * DEDUPE_BUCKET_MS) + U64.pack(seq),
+                _pack_columns([ids[i] for i in at.tolist()], expiries[at]))
 
 
 def pack_ids(items: list[tuple[bytes, int]]) -> bytes:
     """(id, expiry_ms) pairs as u32 n, n × u64 expiry, n × u16 id length, then the ids."""
-    ids = [i for i, _ in items]
-    return _pack_columns(ids, [max(0, e) for _, e in items])
+    return _pack_columns([i for i, _ in items], [e for _, e in items])
 
 
-def _pack_columns(ids: Sequence[bytes], expiries: Sequence[int]) -> bytes:
-    """`pack_ids` of ids and their (non-negative) expiries given as two columns."""
+def _pack_columns(ids: Sequence[str | bytes], expiries: Sequence[int] | np.ndarray) -> bytes:
+    """`pack_ids` of ids (all str, or all UTF-8 bytes) and their expiries given as two columns
+    (a negative expiry is stored as 0). All-ASCII str ids (the usual) are encoded in one call."""
     n = len(ids)
-    return U32.pack(n) + struct.pack(f">{n}Q", *expiries) + struct.pack(f">{n}H", *map(len, ids)) + b"".join(ids)
+    if n and type(ids[0]) is str:
+        joined = "".join(ids)   # type: ignore[arg-type]
+        if joined.isascii():
+            body, lengths = joined.encode("ascii"), np.fromiter(map(len, ids), dtype=np.int64, count=n)
+        else:
+            raw = [i.encode() for i in ids]   # type: ignore[union-attr]
+            body, lengths = b"".join(raw), np.fromiter(map(len, raw), dtype=np.int64, count=n)
+    else:
+        body, lengths = b"".join(ids), np.fromiter(map(len, ids), dtype=np.int64, count=n)   # type: ignore[arg-type]
+    if n and int(lengths.max()) > 0xFFFF:
+        raise ValueError(f"an event id of {int(lengths.max())} bytes (at most 65,535 fit a dedupe record)")
+    exp = np.maximum(np.asarray(expiries, dtype=np.int64).reshape(n), 0)
+    return U32.pack(n) + exp.astype(">u8").tobytes() + lengths.astype(">u2").tobytes() + body
 
 
 def unpack_ids(data: bytes) -> list[tuple[bytes, int]]:

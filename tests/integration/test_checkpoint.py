@@ -54,7 +54,7 @@ def _unit(i: int) -> CommitUnit:
     return CommitUnit(
         state={"agg:t": {b"k%d" % i: b"v%d" % i}},
         positions={"shop": b"cursor-%d" % i},
-        dedupe_add=[(b"e%d" % i, 1_000 + i)],
+        dedupe_ids=[b"e%d" % i], dedupe_expiry_ms=[1_000 + i],
         meta={"watermark": b"%d" % i},
         rows={"events": _events(i)},
     )
@@ -81,7 +81,8 @@ def test_commit_restore_round_trip(tmp_path):
     long_key, long_id = b"x" * 2000, ("é" * 128).encode()    # both beyond LMDB's 511-byte keys
     assert cp.commit(CommitUnit(state={"agg:a": {b"k1": b"1", b"k2": b"2", long_key: b"L"}, "ma:a": {b"m": b"3"}},
                                 positions={"orders": b"c1"}, meta={"watermark": b"100"},
-                                dedupe_add=[(b"id1", 500), (b"id2", 900), (long_id, 950)])) == 1
+                                dedupe_ids=[b"id1", b"id2", long_id],
+                                dedupe_expiry_ms=[500, 900, 950])) == 1
     assert cp.commit(CommitUnit(state={"agg:a": {b"k1": None}}, positions={"orders": b"c2"},
                                 dedupe_expire_before_ms=600)) == 2
     assert cp.get("agg:a", long_key) == b"L" and cp.get("agg:a", b"k1") is None
@@ -302,8 +303,8 @@ def test_dedupe_record_packing_round_trips(items):
 def test_dedupe_ids_expire_by_whole_minutes_and_restore_exactly(tmp_path):
     """Records of minutes wholly before the bound are deleted; restore drops the rest below it."""
     cp = Checkpoint.open(_cfg(tmp_path), environ={})
-    cp.commit(CommitUnit(dedupe_add=[(b"a", 10_000), (b"b", 70_000), (b"c", 130_000)]))
-    cp.commit(CommitUnit(dedupe_add=[(b"d", 65_000)], dedupe_expire_before_ms=120_000))
+    cp.commit(CommitUnit(dedupe_ids=[b"a", b"b", b"c"], dedupe_expiry_ms=[10_000, 70_000, 130_000]))
+    cp.commit(CommitUnit(dedupe_ids=[b"d"], dedupe_expiry_ms=[65_000], dedupe_expire_before_ms=120_000))
     with cp._db.reading() as txn:
         starts = sorted({layout.U64.unpack_from(k)[0] for k, _ in txn.scan("dedupe")})
     assert starts == [120_000]          # minutes [0, 60s) and [60s, 120s) are gone whole
@@ -324,7 +325,7 @@ def test_dedupe_commits_restore_every_id_at_or_over_the_bound(tmp_path_factory, 
     cp = Checkpoint.open(_cfg(tmp_path_factory.mktemp("dd")), environ={})
     cp.commit(CommitUnit(dedupe_expire_before_ms=bound))
     for adds in commits:
-        cp.commit(CommitUnit(dedupe_add=adds))
+        cp.commit(CommitUnit(dedupe_ids=[i for i, _ in adds], dedupe_expiry_ms=[e for _, e in adds]))
     got = sorted(cp.restore().dedupe)
     cp.close()
     assert got == sorted((i, e) for adds in commits for i, e in adds if e >= bound)
