@@ -77,6 +77,9 @@ def runner(validate: types.ModuleType, http_poll: types.ModuleType, kind: str, n
     """bytes -> (accepted, rejected) counts, as the source of `kind` decodes a unit."""
     if kind == "http_poll":
         v = validate.Validator("orders")
+        if hasattr(http_poll, "decode_page"):   # one call, as HttpPollSource decodes a page
+            pages = v.page_decoder("events", "next_cursor")
+            return lambda body: _counts(http_poll.decode_page(body, v, pages, "events", "next_cursor", now_ms)[0])
 
         def poll(body: bytes) -> int:
             page = http_poll.parse_page(body, "events", "next_cursor")

@@ -99,6 +99,16 @@ def _run(events: int, seed: int) -> dict[str, float]:
             recs = _Recommendations(Recommender(cfg.recommendations), protocol)
             runner.replica = recs   # type: ignore[assignment]
             validator = Validator(cfg.sources[0].name)
+            try:   # as HttpPollSource decodes a page
+                from daemon.sources.http_poll import decode_page
+                page_decoder = validator.page_decoder("events", "next_cursor")
+
+                def decode(body: bytes, now_ms: int) -> tuple[Any, str | None]:
+                    return decode_page(body, validator, page_decoder, "events", "next_cursor", now_ms)
+            except ImportError:   # a revision from before decode_page
+                def decode(body: bytes, now_ms: int) -> tuple[Any, str | None]:
+                    page = parse_page(body, "events", "next_cursor")
+                    return validator.decode_items(page.items, now_ms), page.next_cursor
             spent = {"decode": 0.0, "fold": 0.0, "build": 0.0, "commit": 0.0, "flush": 0.0, "recs process": 0.0}
             cpu = time.thread_time
             since_commit = since_flush = 0
@@ -108,9 +118,8 @@ def _run(events: int, seed: int) -> dict[str, float]:
                 t0 = cpu()
                 deliveries = []
                 for body in pages[i:i + FOLD_PAGES]:
-                    page = parse_page(body, "events", "next_cursor")
-                    d = validator.decode_items(page.items, clock.now_ms())
-                    deliveries.append(Delivery(d.batch, d.rejected, position=(page.next_cursor or "").encode(), received_ms=clock.now_ms()))
+                    d, cursor = decode(body, clock.now_ms())
+                    deliveries.append(Delivery(d.batch, d.rejected, position=(cursor or "").encode(), received_ms=clock.now_ms()))
                 t1 = cpu()
                 runner.fold(deliveries)
                 t2 = cpu()

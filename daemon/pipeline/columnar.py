@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import is_, is_not, itemgetter, mul
 from typing import Any
@@ -34,9 +35,25 @@ _NUMBER_OR_NONE = frozenset((float, int, _NONE))
 _INT_OR_NONE = frozenset((int, _NONE))
 _TS_TYPES = frozenset((int, str))
 _I64_LIMIT = 2**63
+_U64_LIMIT = 2**64
 _SEARCH = frozenset(("search",))
 _NOTHING: frozenset[str] = frozenset()
 _get = dict.get
+
+
+FIELDS_REQUIRED = frozenset(("event_id", "ts", "type", "user_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """A payload's n events as columns, by canonical field name. `required(f)` may raise KeyError or
+    TypeError (an item lacks it, or is not an object); `optional(f)` has None where an item lacks
+    it; `seq()` is the seq field's column (None: the source has no seq field)."""
+
+    n: int
+    required: Callable[[str], list[Any]]
+    optional: Callable[[str], list[Any]]
+    seq: Callable[[], list[Any]] | None = None
 
 
 def validate_columns(items: list[Any], source: str, names: Mapping[str, str], seq_field: str,
@@ -46,44 +63,63 @@ def validate_columns(items: list[Any], source: str, names: Mapping[str, str], se
     `names` maps each canonical field to its name in the feed; `newest_ts_ms` is now + max_future_skew;
     `parse_ts_ms` is the exact path's ts parser, used only for a column holding RFC 3339 strings.
     """
-    if not items:
+    return check_columns(dict_columns(items, names, seq_field), source, newest_ts_ms, parse_ts_ms)
+
+
+def dict_columns(items: list[Any], names: Mapping[str, str], seq_field: str = "") -> Columns:
+    """The columns of decoded JSON values (dicts, as orjson makes them; anything else fails `required`).
+
+    A required field is read with itemgetter: KeyError when it is missing, TypeError when an item is
+    not a dict; either way the exact path has something to reject."""
+    def required(field: str) -> list[Any]:
+        return list(map(itemgetter(names[field]), items))
+
+    def optional(field: str) -> list[Any]:
+        return _column(items, names[field])
+
+    return Columns(len(items), required, optional, (lambda: _column(items, seq_field)) if seq_field else None)
+
+
+def check_columns(cols: Columns, source: str, newest_ts_ms: int,
+                  parse_ts_ms: Callable[[object], int]) -> tuple[EventBatch, int | None] | None:
+    """validate_columns on columns however they were read (pipeline/structdecode.py reads them from
+    msgspec structs, where a missing required field holds a value every check here refuses)."""
+    if not cols.n:
         return None
     try:
-        # A required field is read with itemgetter: KeyError when it is missing, TypeError when an
-        # item is not a dict; either way the exact path has something to reject.
-        event_id = list(map(itemgetter(names["event_id"]), items))
+        event_id = cols.required("event_id")
         if not _ids_ok(event_id):
             return None
-        etype = list(map(itemgetter(names["type"]), items))
+        etype = cols.required("type")
         kinds = set(etype)   # only a str equals a str: "a subset of _TYPES" is the type check too
         if not kinds <= _TYPES:
             return None
-        ts = _ts_column(list(map(itemgetter(names["ts"]), items)), newest_ts_ms, parse_ts_ms)
+        ts = _ts_column(cols.required("ts"), newest_ts_ms, parse_ts_ms)
         if ts is None:
             return None
-        user_id = list(map(itemgetter(names["user_id"]), items))
+        user_id = cols.required("user_id")
     except (KeyError, TypeError):
         return None
     user_id = _ident_column(user_id, etype, kinds, _NOTHING)
     if user_id is None:
         return None
-    item_id = _ident_column(_column(items, names["item_id"]), etype, kinds, _SEARCH)
+    item_id = _ident_column(cols.optional("item_id"), etype, kinds, _SEARCH)
     if item_id is None:
         return None
-    session_id = _column(items, names["session_id"])
-    category = _column(items, names["category"])
+    session_id = cols.optional("session_id")
+    category = cols.optional("category")
     if not (_text_ok(session_id) and _text_ok(category)):
         return None
-    price = _price_column(_column(items, names["price"]), etype, kinds)
+    price = _price_column(cols.optional("price"), etype, kinds)
     if price is None:
         return None
-    quantity = _quantity_column(items, names["quantity"])
+    quantity = _quantity_column(cols.optional("quantity"))
     if quantity is None:
         return None
     batch = EventBatch(source, event_id=event_id, ts=ts, type=etype, user_id=user_id, session_id=session_id,
                        item_id=item_id, category=category, price=price, quantity=quantity,
                        revenue=_revenue(etype, kinds, price, quantity))
-    return batch, (_max_seq(items, seq_field) if seq_field else None)
+    return batch, (_max_seq(cols.seq()) if cols.seq is not None else None)
 
 
 def _column(items: list[dict], key: str) -> list[Any]:
@@ -182,11 +218,8 @@ def _price_column(col: list[Any], etype: list[str], kinds: set[str]) -> list[flo
     return col
 
 
-def _quantity_column(items: list[dict], key: str) -> list[int] | None:
-    try:
-        col = list(map(itemgetter(key), items))
-    except KeyError:
-        col = list(map(_get, items, repeat(key), repeat(1)))
+def _quantity_column(col: list[Any]) -> list[int] | None:
+    """The column with a missing or null quantity as 1, or None when a quantity is not valid."""
     types = set(map(type, col))
     if not types <= _INT_OR_NONE:
         return None
@@ -217,9 +250,9 @@ def _revenue(etype: list[str], kinds: set[str], price: list[Any], quantity: list
     return revenue
 
 
-def _max_seq(items: list[dict], seq_field: str) -> int | None:
-    """The largest int seq (bools and other types are not seqs; None when there is none)."""
-    seqs = _column(items, seq_field)
-    if set(map(type, seqs)) == _INT:
+def _max_seq(seqs: list[Any]) -> int | None:
+    """The largest int seq (bools and other types are not seqs; None when there is none). An int
+    beyond 64 bits is not one either: orjson makes it a float, msgspec an int (pipeline/structdecode.py)."""
+    if set(map(type, seqs)) == _INT and max(seqs) < _U64_LIMIT and min(seqs) >= -_I64_LIMIT:
         return max(seqs)
-    return max(compress(seqs, map(is_, map(type, seqs), repeat(int))), default=None)
+    return max((s for s in seqs if type(s) is int and -_I64_LIMIT <= s < _U64_LIMIT), default=None)

@@ -17,13 +17,15 @@ from daemon.events import (
     EVENT_TYPES, MAX_ID_CHARS, MAX_PRICE, MAX_QUANTITY, MAX_TEXT_CHARS, MAX_TS_MS, PRICED_TYPES, RAW_LIMIT_BYTES,
     EventBatch, Reason, Rejected,
 )
-from daemon.pipeline.columnar import validate_columns
+from daemon.pipeline.columnar import Columns, check_columns, validate_columns
+from daemon.pipeline.structdecode import StructDecoder
 from daemon.pipeline.decode import iter_unparsed, raw_bytes, split_lines
 
 _TYPES = frozenset(EVENT_TYPES)
 _NEEDS_PRICE = frozenset(PRICED_TYPES)
 FAST_PATH_MIN_EVENTS = 32   # see Validator._fast
 CHUNK_EVENTS = 128          # see Validator._decode_values
+STRUCT_SKIP = 15            # see Validator.try_columns
 
 
 @dataclass(slots=True)
@@ -105,9 +107,45 @@ class Validator:
         self._k = names
         self.seq_field = seq_field
         self.max_future_skew_ms = max_future_skew_ms
+        self._structs = StructDecoder(names, seq_field)
+        self._struct_skips = 0   # payloads left to decode the orjson way after the column way missed
+
+    def page_decoder(self, events_field: str, cursor_field: str) -> StructDecoder:
+        """A decoder of this source's pages `{events_field: [...], cursor_field: ...}` into columns
+        for `decode_columns` (sources/http_poll.py)."""
+        return StructDecoder(self._k, self.seq_field, events_field, cursor_field)
+
+    def decode_columns(self, cols: Columns | None, now_ms: int) -> Decoded | None:
+        """The column-wise result for columns msgspec made (pipeline/structdecode.py) when they are
+        many and all valid, else None: the caller then decodes the payload the orjson way."""
+        if cols is None or cols.n < FAST_PATH_MIN_EVENTS:
+            return None
+        fast = check_columns(cols, self.source, now_ms + self.max_future_skew_ms, parse_ts_ms)
+        return None if fast is None else Decoded(fast[0], max_seq=fast[1])
+
+    def try_columns(self) -> bool:
+        """Whether to decode the next payload the column way first. After a miss (a payload with
+        something to reject, or not an array of objects) the next STRUCT_SKIP go the orjson way only:
+        a feed that is bad throughout parses each payload once, not twice (a body of 1,000 with one bad
+        event costs ~1.2 us/event the orjson way, ~1.5 decoded both ways)."""
+        if self._struct_skips:
+            self._struct_skips -= 1
+            return False
+        return True
+
+    def missed_columns(self) -> None:
+        self._struct_skips = STRUCT_SKIP
 
     def decode(self, payload: bytes, now_ms: int) -> Decoded:
-        """Decode and validate one payload; never raises for bad input."""
+        """Decode and validate one payload; never raises for bad input.
+
+        A JSON array of many events, all valid (the usual ingest body or websocket frame), is decoded
+        straight into columns (pipeline/structdecode.py); anything else the orjson way below."""
+        if payload[:1] == b"[" and len(payload) >= FAST_PATH_MIN_EVENTS * 16 and self.try_columns():
+            fast = self.decode_columns(self._structs.array(payload), now_ms)
+            if fast is not None:
+                return fast
+            self.missed_columns()
         try:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:

@@ -76,24 +76,20 @@ class SourceContext:
 
     def decode(self, payload: bytes) -> Decoded:
         """Decode and validate one payload and count it in the source's health."""
-        return self._count(self.validator.decode(payload, self.clock.now_ms()))
+        return self.count(self.validator.decode(payload, self.clock.now_ms()))
 
     async def decode_off_loop(self, payload: bytes) -> Decoded:
         """decode() in a worker thread: a large body (an ingest POST, a poll page) does not hold the
         event loop, and every other request, for milliseconds."""
         now_ms = self.clock.now_ms()
-        return self._count(await self.run_off_loop(self.validator.decode, payload, now_ms))
-
-    async def decode_items_off_loop(self, items: list[object]) -> Decoded:
-        """Validate already-parsed JSON values (a page's events list) in a worker thread and count them."""
-        now_ms = self.clock.now_ms()
-        return self._count(await self.run_off_loop(self.validator.decode_items, items, now_ms))
+        return self.count(await self.run_off_loop(self.validator.decode, payload, now_ms))
 
     async def run_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) in the daemon's CPU lane (a worker thread; see runtime/cpu.py)."""
         return await self.cpu.run(fn, *args)
 
-    def _count(self, decoded: Decoded) -> Decoded:
+    def count(self, decoded: Decoded) -> Decoded:
+        """Count a decoded payload in the source's health; returns it."""
         h = self.health
         h.requests += 1
         h.received += decoded.total

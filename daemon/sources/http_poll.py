@@ -16,7 +16,8 @@ import orjson
 from yarl import URL
 
 from daemon.errors import FetchError, FetchTimeout, SourceError, map_exceptions
-from daemon.pipeline.validate import Decoded
+from daemon.pipeline.structdecode import StructDecoder
+from daemon.pipeline.validate import Decoded, Validator
 from daemon.sources.backoff import MAX_RETRY_AFTER_S, Backoff, parse_retry_after
 from daemon.sources.base import SourceContext, SourceStats
 from daemon.sources.common import CommonSourceSettings, check_url
@@ -117,10 +118,34 @@ def parse_page(body: bytes, events_field: str, cursor_field: str) -> Page:
         events = []
     elif not isinstance(events, list):
         raise FetchError(f"page field {events_field!r} is {type(events).__name__}, not an array")
-    cursor = value.get(cursor_field) if cursor_field else None
-    if isinstance(cursor, bool) or not isinstance(cursor, (str, int)):
-        cursor = None
-    return Page(events, None, None if cursor is None else str(cursor))
+    return Page(events, None, page_cursor(value.get(cursor_field) if cursor_field else None))
+
+
+def decode_page(body: bytes, validator: Validator, pages: StructDecoder, events_field: str, cursor_field: str,
+                now_ms: int) -> tuple[Decoded, str | None]:
+    """A page's events, validated, and its next cursor, in one call (one trip to the CPU lane);
+    FetchError when the body is not a page. A page of many events, all valid, is decoded straight
+    into columns (`pages`, from validator.page_decoder: 0.93 -> ~0.6 us per event); any other goes
+    through parse_page and the validator, which say what is wrong."""
+    if validator.try_columns():
+        fast = pages.page(body)
+        if fast is not None:
+            decoded = validator.decode_columns(fast[0], now_ms)
+            if decoded is not None:
+                return decoded, page_cursor(fast[1])
+        validator.missed_columns()
+    page = parse_page(body, events_field, cursor_field)
+    if page.payload is not None:
+        return validator.decode(page.payload, now_ms), page.next_cursor
+    # The parsed list goes to the validator as it is (no orjson dumps+loads round trip).
+    return validator.decode_items(page.items, now_ms), page.next_cursor
+
+
+def page_cursor(value: object) -> str | None:
+    """A page's next cursor from its cursor field's value: a string or an integer, else none."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return str(value)
 
 
 def encode_position(cursor: str | None, etag: str | None) -> bytes:
@@ -159,6 +184,7 @@ class HttpPollSource:
         self._backoff = Backoff(base_s=cfg.min_backoff_s, cap_s=cfg.max_backoff_s,
                                 max_retry_after_s=cfg.max_retry_after_s)
         self._idle_s = cfg.min_interval_s
+        self._pages = ctx.validator.page_decoder(cfg.events_field, cfg.cursor_field)
 
     def statistics(self) -> SourceStats:
         return self._ctx.health.snapshot(self._ctx.clock.now_ms())
@@ -199,28 +225,25 @@ class HttpPollSource:
                     body, etag = await resp.read(), resp.headers.get("ETag")
                 else:
                     raise self._status_error(status, resp.headers.get("Retry-After"))
-        # Parsing and validating a page (~1 ms per 1000 events) runs off the event loop.
-        page = None if body is None else await ctx.run_off_loop(parse_page, body, cfg.events_field, cfg.cursor_field)
+        # Parsing and validating a page (~0.6 ms per 1000 events) runs off the event loop.
+        got = None if body is None else await ctx.run_off_loop(self._decode_body, body, ctx.clock.now_ms())
         health = ctx.health
         health.state, health.connected = "polling", True
         self._backoff = self._backoff.reset()
-        if page is None:
+        if got is None:
             health.requests += 1
             return self._idle_delay(0, status)
-        decoded = await self._decode(page)
-        cursor = self._cursor if page.next_cursor is None else page.next_cursor
+        decoded, next_cursor = ctx.count(got[0]), got[1]
+        cursor = self._cursor if next_cursor is None else next_cursor
         if decoded.total or (cursor, etag) != (self._cursor, self._etag):
             # the cursor moves only once the runner has the page (at-least-once, never a gap)
             await ctx.deliver(decoded, encode_position(cursor, etag))
         self._cursor, self._etag = cursor, etag
         return self._idle_delay(decoded.total, status)
 
-    async def _decode(self, page: Page) -> Decoded:
-        if page.payload is not None:
-            return await self._ctx.decode_off_loop(page.payload)
-        # Feeding the parsed list to the validator skips an orjson dumps+loads round trip
-        # (measured: 650 vs 910 us for a 500-event page).
-        return await self._ctx.decode_items_off_loop(page.items)
+    def _decode_body(self, body: bytes, now_ms: int) -> tuple[Decoded, str | None]:
+        cfg = self._cfg
+        return decode_page(body, self._ctx.validator, self._pages, cfg.events_field, cfg.cursor_field, now_ms)
 
     def _idle_delay(self, events: int, status: int) -> float:
         """Adaptive interval: a full page polls at once, a partial one after min_interval,

@@ -219,3 +219,67 @@ def test_numeric_ids_and_integer_prices_match_the_per_event_path(values, odd, wh
         items[where % len(items)]["user_id" if abs(odd) >= 2**63 else "price"] = odd
     v = Validator("src", max_future_skew_ms=SKEW_MS)
     assert same(v.decode_items(items, NOW_MS), exact(v, items))
+
+
+def _json_or_none(value: object) -> bytes | None:
+    try:
+        return json.dumps(value, allow_nan=False).encode()
+    except ValueError:   # NaN or infinity: not JSON
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(raw_events(RENAMES), max_size=6), st.sampled_from(("", "seq")),
+       st.sampled_from((None, 2**64, -(2**63) - 1, 10**30)))
+def test_msgspec_columns_accept_exactly_what_the_per_event_path_accepts(items, seq_field, huge):
+    """Decoded straight into columns (pipeline/structdecode.py), an array gives the per-event path's
+    batch and seq whenever nothing in it is rejected, and nothing otherwise (the caller then decodes it
+    the orjson way). With renames, and with a seq or an unread field beyond 64 bits (orjson makes
+    those floats, msgspec ints)."""
+    items = many(items)
+    if huge is not None and items and isinstance(items[0], dict):
+        items = [dict(items[0], seq=huge, extra=huge), *items[1:]]
+    payload = _json_or_none(items)
+    if payload is None:
+        return
+    v = Validator("src", renames=RENAMES, seq_field=seq_field, max_future_skew_ms=SKEW_MS)
+    expected = exact_payload(v, payload)
+    got = v.decode_columns(v._structs.array(payload), NOW_MS)
+    assert (got is not None) == bool(items and not expected.rejected)
+    if got is not None:
+        assert same(got, expected)
+    assert same(v.decode(payload, NOW_MS), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(raw_events(), max_size=6),
+       st.sampled_from(({"next_cursor": "c1"}, {"next_cursor": 7}, {"next_cursor": None}, {"next_cursor": True},
+                        {"next_cursor": {"x": 1}}, {})),
+       st.sampled_from(("list", "null", "missing", "object", "bare array")))
+def test_pages_decode_as_parse_page_and_the_validator_would(items, cursor, form):
+    """http_poll's one-call decode_page (msgspec columns when it can) gives what parse_page followed by
+    the validator gives: the same events, dead letters, seq and cursor, or the same FetchError."""
+    from daemon.errors import FetchError
+    from daemon.sources.http_poll import decode_page, parse_page
+
+    items = many(items)
+    page: object = {"list": {"events": items}, "null": {"events": None}, "missing": {"other": items},
+                    "object": {"events": {"a": 1}}, "bare array": items}[form]
+    if isinstance(page, dict):
+        page = {**page, **cursor}
+    body = _json_or_none(page)
+    if body is None:
+        return
+    v = Validator("src", seq_field="seq", max_future_skew_ms=SKEW_MS)
+    try:
+        ref = parse_page(body, "events", "next_cursor")
+    except FetchError as exc:
+        try:
+            decode_page(body, v, v.page_decoder("events", "next_cursor"), "events", "next_cursor", NOW_MS)
+        except FetchError as got:
+            assert str(got) == str(exc)
+            return
+        raise AssertionError("decode_page accepted what parse_page refuses")
+    expected = v.decode_items(ref.items, NOW_MS) if ref.payload is None else v.decode(ref.payload, NOW_MS)
+    got, next_cursor = decode_page(body, v, v.page_decoder("events", "next_cursor"), "events", "next_cursor", NOW_MS)
+    assert same(got, expected) and next_cursor == ref.next_cursor
