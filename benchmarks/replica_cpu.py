@@ -74,6 +74,8 @@ def work(frames_path: str) -> None:
     from daemon.config import RecommendationsConfig
     from daemon.replica import protocol, server
 
+    import daemon
+    assert Path(daemon.__file__).resolve().is_relative_to(Path.cwd().resolve()), daemon.__file__
     data = Path(frames_path).read_bytes()
     answers = hashlib.sha256()
     frames: list[bytes] = []
