@@ -4,13 +4,16 @@
 
 Storefront events (the benchmark's shop, benchmarks/feeder.py) are validated into batches of FOLD_EVENTS as the
 daemon folds them, logged as fold steps (pipeline/foldlog.py) and framed as the daemon sends them (an OBSERVE frame
-per step, a CUT every --cut-every events: the daemon's full state write every 5 s at ~80k events/s is ~400k).
+per step, a CUT every --cut-every events: the daemon writes its full state every 5 s, ~400k events at ~80k/s;
+the default is half that, so that a run answers two cuts before the last).
 Each round runs one worker process per side, in alternating order, on the same frame stream: the worker feeds
 the frames to the real `Replica` (its event loop, frame reader and collector) in 1 MiB reads, as the process's
-stdin loop does, and times the parts. The other revision's `daemon` package comes from `git archive`. Both
-sides must answer the cuts with the same bytes and end with the same records (checked; the run fails if not).
-Prints medians (and least) over the rounds, in µs per event: `decode + loop` is the total CPU less the timed
-parts (frame parsing, JSON, batch building, cutting, the loop's turns).
+stdin loop does, and times the parts in CPU time of its thread (other agents share the 2 cores: wall time would
+count their turns too). The other revision's `daemon` package comes from `git archive`. Both sides must answer
+the cuts with the same records and end with the same records (checked, order-free; the run fails if not).
+Prints medians (and least) over the rounds, in µs per event: `observe + batching` is the fold of the steps less
+trending and GC (Recommender.observe, cutting pieces into 16-event batches, the loop's turns); `decode` is the
+total less the fold and the cut answers (frame parsing, JSON, building the batches of the steps).
 """
 
 from __future__ import annotations
