@@ -193,9 +193,9 @@ def reference_observe(rec: Recommender, batch: EventBatch) -> None:
         u = rec._users.pop(user_id, None) or _User(ts)
         rec._users[user_id] = u
         u.last_ms = max(u.last_ms, ts)
-        if not u.dirty:   # the changed users are the last _dirty_users of _users (Recommender.__init__)
+        if not u.dirty:   # the changed users are the last _dirty_user_count of _users (Recommender.__init__)
             u.dirty = True
-            rec._dirty_users += 1
+            rec._dirty_user_count += 1
         if session is not None:
             earlier = [(other, e[1]) for other, e in reversed(u.recent.items()) if e[2] == session and other != item]
             for other, w_other in earlier[:rec.max_pairs]:
