@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
+from itertools import islice
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -44,10 +45,11 @@ class RecommenderStats:
 
 
 class _User:
-    __slots__ = ("last_ms", "recent", "bought", "cats")
+    __slots__ = ("last_ms", "recent", "bought", "cats", "dirty")
 
     def __init__(self, last_ms: int) -> None:
         self.last_ms = last_ms
+        self.dirty = False    # changed since the last take_dirty (Recommender._dirty_user_count)
         self.recent: dict[str, tuple[int, float, str | None]] = {}   # item -> (ts_ms, weight, session), oldest first
         self.bought: dict[str, int] | None = None   # item -> ts_ms of the latest purchase; None: none yet (most users)
         self.cats: dict[str, float] = {}         # category -> forward-decayed weight
@@ -73,7 +75,10 @@ class Recommender:
         self._ref_ms: float | None = None
         self._events = self._dropped = 0
         self._dirty_items: set[str] = set()
-        self._dirty_users: set[str] = set()
+        # The users changed since the last take_dirty are the last _dirty_user_count of `_users`: observe
+        # moves a user it touches to the end and marks it (`_User.dirty`), so a set of their ids (a probe
+        # and a string compare per event, ~5% of observe) is not needed.
+        self._dirty_user_count = 0
         self._deleted: set[bytes] = set()
         self._names: dict[str, str] = {}        # item -> the one str object every structure keys it by
         self._cat_names: dict[str, str] = {}    # the same for categories (cleared past _MAX_CAT_NAMES)
@@ -102,7 +107,7 @@ class Recommender:
             self.trending.observe(batch)
         weights, hl = self.weights, self.half_life_ms
         count, cats_of, users, nbrs = self._count, self._cat, self._users, self._nbrs
-        dirty_items, dirty_users = self._dirty_items, self._dirty_users
+        dirty_items, dirty_user_count = self._dirty_items, self._dirty_user_count
         cfg = self.cfg
         limit, max_pairs, max_recent, max_items = (2 * cfg.neighbours_per_item, self.max_pairs,
                                                    cfg.recent_items_per_user, cfg.max_items)
@@ -124,8 +129,9 @@ class Recommender:
             if g is None:
                 if ref is None or (ts - ref) / hl > _REBASE_HALF_LIVES:
                     growth_by_ts.clear()
+                    self._dirty_user_count = dirty_user_count   # a rebase marks every user
                     g = self._growth(ts)
-                    ref = self._ref_ms
+                    ref, dirty_user_count = self._ref_ms, self._dirty_user_count
                 else:
                     g = 2.0 ** ((ts - ref) / hl)
                 growth_by_ts[ts] = g
@@ -139,7 +145,9 @@ class Recommender:
             users[user_id] = u          # re-inserted: the dict's order is idleness order
             if ts > u.last_ms:
                 u.last_ms = ts
-            dirty_users.add(user_id)
+            if not u.dirty:
+                u.dirty = True
+                dirty_user_count += 1
             recent = u.recent
             if session is not None:
                 paired = 0
@@ -186,6 +194,7 @@ class Recommender:
             if len(count) > max_items:
                 self._drop_item(next(iter(count)))
         self._events += events
+        self._dirty_user_count = dirty_user_count
         if len(cat_names) > _MAX_CAT_NAMES:
             cat_names.clear()
         if batch.ts:
@@ -214,8 +223,9 @@ class Recommender:
             for u in self._users.values():
                 for c in u.cats:
                     u.cats[c] *= f
+                u.dirty = True
             self._dirty_items.update(self._count)
-            self._dirty_users.update(self._users)
+            self._dirty_user_count = len(self._users)
             self._ref_ms, e = float(ts_ms), 0.0
         return 2.0 ** e
 
@@ -226,9 +236,9 @@ class Recommender:
             uid = next(iter(users))
             if users[uid].last_ms >= now_ms - ttl_ms and len(users) <= self.cfg.max_users:
                 break
-            del users[uid]
+            if users.pop(uid).dirty:
+                self._dirty_user_count -= 1
             self._dropped += 1
-            self._dirty_users.discard(uid)
             self._deleted.add(b"u:" + uid.encode())
 
     def _drop_item(self, item: str) -> None:
@@ -315,10 +325,14 @@ class Recommender:
         """What `take_changes` would write, with the item and user records still to be made:
         (deleted keys, changed items, changed users, trending's records). `records` of the items and
         users, made before the next `observe`, completes it (in slices, with reads answered between)."""
-        deleted, items, users = self._deleted, list(self._dirty_items), list(self._dirty_users)
+        deleted, items = self._deleted, list(self._dirty_items)
+        users = []
+        for uid, u in islice(reversed(self._users.items()), self._dirty_user_count):   # the changed: last
+            u.dirty = False
+            users.append(uid)
         self._deleted = set()
         self._dirty_items.clear()
-        self._dirty_users.clear()
+        self._dirty_user_count = 0
         return deleted, items, users, self.trending.take_changes()
 
     def records(self, items: Iterable[str], users: Iterable[str]) -> dict[bytes, bytes | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -128,12 +129,15 @@ class Trending:
         self._ref_ms = float(ts_ms)
 
     def _settle(self, cat: str | None) -> None:
-        """After scores of `cat` grew: drop its cached head, mark it dirty, prune it at twice max_items."""
+        """After scores of `cat` grew: drop its cached head, mark it dirty, prune it at twice max_items.
+
+        sorted(..., reverse=True)[:n] is what heapq.nlargest(n, ...) is documented to equal (ties in the
+        same order); with a C key function it is cheaper here (2,001 entries: n is half of them)."""
         self._heads.pop(cat, None)
         self._dirty.add(cat)
         scores = self._scores[cat]
         if len(scores) > 2 * self.max_items:
-            self._scores[cat] = dict(heapq.nlargest(self.max_items, scores.items(), key=lambda kv: kv[1]))
+            self._scores[cat] = dict(sorted(scores.items(), key=itemgetter(1), reverse=True)[:self.max_items])
 
     # -- queries --------------------------------------------------------------------------------
 

@@ -193,7 +193,9 @@ def reference_observe(rec: Recommender, batch: EventBatch) -> None:
         u = rec._users.pop(user_id, None) or _User(ts)
         rec._users[user_id] = u
         u.last_ms = max(u.last_ms, ts)
-        rec._dirty_users.add(user_id)
+        if not u.dirty:   # the changed users are the last _dirty_user_count of _users (Recommender.__init__)
+            u.dirty = True
+            rec._dirty_user_count += 1
         if session is not None:
             earlier = [(other, e[1]) for other, e in reversed(u.recent.items()) if e[2] == session and other != item]
             for other, w_other in earlier[:rec.max_pairs]:
@@ -270,6 +272,26 @@ def test_observe_equals_the_per_event_reference(cfg, batches):
     copy.restore(rec.snapshot())
     assert sorted(orjson.loads(copy.snapshot())) == sorted(orjson.loads(rec.snapshot()))
     assert copy._names.keys() == copy._count.keys()
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=SMALL_CONFIGS,
+       batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=6),
+       takes=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_take_dirty_names_exactly_the_users_touched_since_the_last_take(cfg, batches, takes):
+    """take_dirty's users are those an event touched since the previous take and still kept (all after a rebase)."""
+    rec = Recommender(cfg)
+    touched: set[str] = set()
+    for b, take in zip(batches, takes):
+        ref = rec._ref_ms
+        rec.observe(b)
+        touched.update(u for u, t, i in zip(b.user_id, b.type, b.item_id) if rec.weights.get(t) and i is not None)
+        if ref is not None and rec._ref_ms != ref:   # a rebase rewrote every user's categories
+            touched.update(rec._users)
+        if take:
+            users = rec.take_dirty()[2]
+            assert len(users) == len(set(users)) and set(users) == touched & rec._users.keys()
+            touched = set()
 
 
 def fresh(name: str) -> str:
