@@ -59,7 +59,6 @@ class EventBatch:
 
     `ts` holds epoch milliseconds; `user_id` and `item_id` are normalised to str;
     `revenue` is price * quantity for purchases, else 0.0.
-    `raw` keeps each event's bytes only when the archive needs them (else empty).
     """
 
     source: str
