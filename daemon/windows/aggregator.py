@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate, chain
 from operator import itemgetter
 from typing import Any
 
@@ -202,20 +203,20 @@ class Aggregator:
             found = self._store.close(watermark_ms)
             self._touched.update(f[2] for f in found)
             if self._bare_keys:
-                found = [(start, end, (key,), [states]) for start, end, key, states in found]
-            else:
-                found = [(start, end, key, [states]) for start, end, key, states in found]
+                found = [(start, end, (key,), states) for start, end, key, states in found]
             try:   # plain tuple order equals key_order whenever it does not raise
                 found.sort(key=itemgetter(1, 0, 2))
             except TypeError:   # keys mix None/str/numbers at some position
                 found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
+            metrics = self._metrics.results_rows([f[3] for f in found])
         else:
             assert self._panes is not None
             found = self._panes.close(before, watermark_ms)
-        name, results = self.config.name, self._metrics.results_many
+            parts = [f[3] for f in found]
+            metrics = self._metrics.results_rows(list(chain.from_iterable(parts)), [0, *accumulate(map(len, parts))])
+        name = self.config.name
         self._emitted += len(found)
-        return [WindowResult(aggregation=name, window_start_ms=start, window_end_ms=end, key=key,
-                             metrics=results(parts)) for start, end, key, parts in found]
+        return [WindowResult(name, start, end, key, values) for (start, end, key, _), values in zip(found, metrics)]
 
     def due_ends(self, watermark_ms: int) -> np.ndarray:
         """One window end per row `close(watermark_ms)` would emit at most (unsorted; an upper
