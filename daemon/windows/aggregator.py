@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import accumulate, chain
 from operator import itemgetter
 from typing import Any
 
@@ -199,6 +198,7 @@ class Aggregator:
         if before is not None and watermark_ms <= before:
             return []
         self._watermark_ms = watermark_ms
+        name = self.config.name
         if self._store is not None:
             found = self._store.close(watermark_ms)
             self._touched.update(f[2] for f in found)
@@ -209,14 +209,14 @@ class Aggregator:
             except TypeError:   # keys mix None/str/numbers at some position
                 found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
             metrics = self._metrics.results_rows([f[3] for f in found])
+            out = [WindowResult(name, start, end, key, values) for (start, end, key, _), values in zip(found, metrics)]
         else:
             assert self._panes is not None
-            found = self._panes.close(before, watermark_ms)
-            parts = [f[3] for f in found]
-            metrics = self._metrics.results_rows(list(chain.from_iterable(parts)), [0, *accumulate(map(len, parts))])
-        name = self.config.name
-        self._emitted += len(found)
-        return [WindowResult(name, start, end, key, values) for (start, end, key, _), values in zip(found, metrics)]
+            windows, states, bounds = self._panes.close(before, watermark_ms)
+            metrics = self._metrics.results_rows(states, bounds)
+            out = [WindowResult(name, start, end, key, values) for (start, end, key), values in zip(windows, metrics)]
+        self._emitted += len(out)
+        return out
 
     def due_ends(self, watermark_ms: int) -> np.ndarray:
         """One window end per row `close(watermark_ms)` would emit at most (unsorted; an upper
