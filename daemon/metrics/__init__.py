@@ -145,7 +145,8 @@ class MetricSet:
 
         The same dicts as a call per row, worked out metric by metric over a column of all rows' states
         (a close emits tens of thousands of rows at once): no dispatch per row and metric, and a metric
-        with `results_of(column, bounds)` answers every row in one call."""
+        with `results_of(column, bounds)` (several states per row) or `results_each(column)` (one)
+        answers every row in one call."""
         names, metrics = self.names, self.metrics
         rows = len(states) if bounds is None else len(bounds) - 1
         if not metrics or not rows:
@@ -156,7 +157,8 @@ class MetricSet:
         for j, m in enumerate(metrics):
             column = list(map(itemgetter(j), states))
             if bounds is None:
-                columns.append(list(map(m.result, column)))
+                each = getattr(m, "results_each", None)
+                columns.append(each(column) if each is not None else list(map(m.result, column)))
                 continue
             bulk = getattr(m, "results_of", None)
             if bulk is not None:

@@ -111,6 +111,10 @@ class Count:
     def result(self, state: int) -> int:
         return state
 
+    def results_each(self, states: list[int]) -> list[int]:
+        """`result` of each state."""
+        return states
+
     def dump(self, state: int) -> bytes:
         return jsonbytes.dumps(state)
 
@@ -168,6 +172,10 @@ class Sum:
 
     def result(self, state: Partials) -> float:
         return math.fsum(state)
+
+    def results_each(self, states: list[Partials]) -> list[float]:
+        """`result` of each state."""
+        return list(map(math.fsum, states))
 
     def dump(self, state: Partials) -> bytes:
         return jsonbytes.dumps(state)

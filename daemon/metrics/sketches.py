@@ -194,6 +194,11 @@ class Distinct:
             out.append(n if n <= small else result(self.sketch(values)))
         return out
 
+    def results_each(self, states: list[Small | ds.hll_sketch]) -> list[int]:
+        """`result` of each state."""
+        result = self.result
+        return [len(s) if type(s) is tuple else result(s) for s in states]
+
     def result(self, state: Small | ds.hll_sketch) -> int:
         if type(state) is tuple:
             return len(state)

@@ -204,14 +204,18 @@ class Aggregator:
             if not found:
                 return []
             self._touched.update(f[2] for f in found)
-            if self._bare_keys:
-                found = [(start, end, (key,), states) for start, end, key, states in found]
+            bare = self._bare_keys   # a bare value sorts as its 1-tuple would: it becomes one below
             try:   # plain tuple order equals key_order whenever it does not raise
                 found.sort(key=itemgetter(1, 0, 2))
             except TypeError:   # keys mix None/str/numbers at some position
-                found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
+                found.sort(key=lambda r: (r[1], r[0], key_order((r[2],) if bare else r[2])))
             metrics = self._metrics.results_rows([f[3] for f in found])
-            out = [WindowResult(name, start, end, key, values) for (start, end, key, _), values in zip(found, metrics)]
+            if bare:
+                out = [WindowResult(name, start, end, (key,), values)
+                       for (start, end, key, _), values in zip(found, metrics)]
+            else:
+                out = [WindowResult(name, start, end, key, values)
+                       for (start, end, key, _), values in zip(found, metrics)]
         else:
             assert self._panes is not None
             windows, states, bounds = self._panes.close(before, watermark_ms)
