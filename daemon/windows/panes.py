@@ -112,7 +112,8 @@ class PaneStore:
         return np.repeat(np.fromiter(rows, dtype=np.int64, count=len(rows)),
                          np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))
 
-    def close(self, before_ms: int | None, watermark_ms: int) -> tuple[list[tuple[int, int, Key]], list[Any], list[int]]:
+    def close(self, before_ms: int | None,
+              watermark_ms: int) -> tuple[list[tuple[int, int, Key]], list[Any], list[int]]:
         """Windows ending in (before_ms, watermark_ms] as (start, end, key), by end then key_order, with
         the states of their panes: window w's are states[bounds[w]:bounds[w + 1]], oldest pane first
         (the states are merged only into results, by the caller: one sketch union per window, not one
@@ -126,7 +127,7 @@ class PaneStore:
         for end in ends:
             start = end - size
             panes = [pane for pane in map(self._panes.get, range(start, end, slide)) if pane]
-            if len(panes) == 1:   # tumbling, or a key set from one pane only
+            if len(panes) == 1:   # tumbling, or a window with one pane open
                 items = by_key(panes[0])
                 keys = list(map(itemgetter(0), items))
                 states += map(itemgetter(1), items)

@@ -267,7 +267,8 @@ class SessionStore:
         free = done.tolist()
         keys = list(map(self._keys.__getitem__, free))
         # Column by column, not a list per slot: a close may free tens of thousands of sessions.
-        states = list(zip(*(list(map(c.__getitem__, free)) for c in self.columns))) if self.columns else [()] * len(free)
+        states = (list(zip(*(list(map(c.__getitem__, free)) for c in self.columns))) if self.columns
+                  else [()] * len(free))
         found = list(zip(self._first[done].tolist(), ends[~grown].tolist(), keys, states))
         if self._more:   # some key has several sessions: unmap them one by one
             for slot in free:
