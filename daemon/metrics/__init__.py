@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -137,6 +138,46 @@ class MetricSet:
             bulk = getattr(m, "result_many", None)
             out[name] = bulk(column) if bulk is not None else m.result(self._merge_column(m, column))
         return out
+
+    def results_rows(self, states: Sequence[list[Any]], bounds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """The results of many closed windows at once: row r is `results(states[r])`, or with `bounds`,
+        `results_many(states[bounds[r]:bounds[r + 1]])` (a hopping window's panes).
+
+        The same dicts as a call per row, worked out metric by metric over a column of all rows' states
+        (a close emits tens of thousands of rows at once): no dispatch per row and metric, and a metric
+        with `results_of(column, bounds)` (several states per row) or `results_each(column)` (one)
+        answers every row in one call."""
+        names, metrics = self.names, self.metrics
+        rows = len(states) if bounds is None else len(bounds) - 1
+        if not metrics or not rows:
+            return [{} for _ in range(rows)]
+        if bounds is not None and len(states) == rows:
+            bounds = None   # one part per row (tumbling windows)
+        columns = []
+        for j, m in enumerate(metrics):
+            column = list(map(itemgetter(j), states))
+            if bounds is None:
+                each = getattr(m, "results_each", None)
+                columns.append(each(column) if each is not None else list(map(m.result, column)))
+                continue
+            bulk = getattr(m, "results_of", None)
+            if bulk is not None:
+                columns.append(bulk(column, bounds))
+            else:
+                columns.append([m.result(column[a]) if b - a == 1 else self._result_of(m, column[a:b])
+                                for a, b in zip(bounds, bounds[1:])])
+        # Filled column by column too: a third of the time of dict(zip(names, row)) per row.
+        first = names[0]
+        out = [{first: v} for v in columns[0]]
+        for name, column in zip(names[1:], columns[1:]):
+            for row, v in zip(out, column):
+                row[name] = v
+        return out
+
+    def _result_of(self, m: Any, states: list[Any]) -> Any:
+        """One metric's result of several states merged, as `results_many` answers it."""
+        bulk = getattr(m, "result_many", None)
+        return bulk(states) if bulk is not None else m.result(self._merge_column(m, states))
 
     def dump(self, states: list[Any]) -> bytes:
         """One blob: an orjson list of blob lengths, a newline, then each metric's dump."""

@@ -104,8 +104,16 @@ class Count:
         """The result of all states merged."""
         return sum(states)
 
+    def results_of(self, states: list[int], bounds: Sequence[int]) -> list[int]:
+        """`result_many(states[bounds[r]:bounds[r + 1]])` for every row r (one numpy pass)."""
+        return np.add.reduceat(np.asarray(states, dtype=np.int64), np.asarray(bounds[:-1], dtype=np.int64)).tolist()
+
     def result(self, state: int) -> int:
         return state
+
+    def results_each(self, states: list[int]) -> list[int]:
+        """`result` of each state."""
+        return states
 
     def dump(self, state: int) -> bytes:
         return jsonbytes.dumps(state)
@@ -164,6 +172,10 @@ class Sum:
 
     def result(self, state: Partials) -> float:
         return math.fsum(state)
+
+    def results_each(self, states: list[Partials]) -> list[float]:
+        """`result` of each state."""
+        return list(map(math.fsum, states))
 
     def dump(self, state: Partials) -> bytes:
         return jsonbytes.dumps(state)

@@ -171,6 +171,34 @@ class Distinct:
             return len(values) if len(values) <= self.small else self.result(self.sketch(values))
         return self.result(self.merge_many(states))
 
+    def results_of(self, states: list[Small | ds.hll_sketch], bounds: Sequence[int]) -> list[int]:
+        """`result_many(states[bounds[r]:bounds[r + 1]])` for every row r (a closed window's panes).
+
+        A row of tuples is counted by one set union in C; past `small` values its sketch is built from
+        that set, in set order (the estimate depends only on the set of values). A row with an HLL
+        is merged as `result_many` merges it. (The union's own estimate is not the same number: its
+        kxq sums are rebuilt only by `get_result`.)"""
+        union, small, result, out = set().union, self.small, self.result, []
+        for a, b in zip(bounds, bounds[1:]):
+            if b - a == 1:
+                state = states[a]
+                out.append(len(state) if type(state) is tuple else result(state))
+                continue
+            part = states[a:b]
+            try:
+                values = union(*part)
+            except TypeError:   # an HLL among them (it is not iterable)
+                out.append(result(self.merge_many(part)))
+                continue
+            n = len(values)
+            out.append(n if n <= small else result(self.sketch(values)))
+        return out
+
+    def results_each(self, states: list[Small | ds.hll_sketch]) -> list[int]:
+        """`result` of each state."""
+        result = self.result
+        return [len(s) if type(s) is tuple else result(s) for s in states]
+
     def result(self, state: Small | ds.hll_sketch) -> int:
         if type(state) is tuple:
             return len(state)

@@ -198,24 +198,33 @@ class Aggregator:
         if before is not None and watermark_ms <= before:
             return []
         self._watermark_ms = watermark_ms
+        name = self.config.name
         if self._store is not None:
             found = self._store.close(watermark_ms)
+            if not found:
+                return []
             self._touched.update(f[2] for f in found)
-            if self._bare_keys:
-                found = [(start, end, (key,), [states]) for start, end, key, states in found]
-            else:
-                found = [(start, end, key, [states]) for start, end, key, states in found]
+            bare = self._bare_keys   # a bare value sorts as its 1-tuple would: it becomes one below
             try:   # plain tuple order equals key_order whenever it does not raise
                 found.sort(key=itemgetter(1, 0, 2))
             except TypeError:   # keys mix None/str/numbers at some position
-                found.sort(key=lambda r: (r[1], r[0], key_order(r[2])))
+                found.sort(key=lambda r: (r[1], r[0], key_order((r[2],) if bare else r[2])))
+            metrics = self._metrics.results_rows([f[3] for f in found])
+            if bare:
+                out = [WindowResult(name, start, end, (key,), values)
+                       for (start, end, key, _), values in zip(found, metrics)]
+            else:
+                out = [WindowResult(name, start, end, key, values)
+                       for (start, end, key, _), values in zip(found, metrics)]
         else:
             assert self._panes is not None
-            found = self._panes.close(before, watermark_ms)
-        name, results = self.config.name, self._metrics.results_many
-        self._emitted += len(found)
-        return [WindowResult(aggregation=name, window_start_ms=start, window_end_ms=end, key=key,
-                             metrics=results(parts)) for start, end, key, parts in found]
+            windows, states, bounds = self._panes.close(before, watermark_ms)
+            if not windows:   # most closes (one per fold) pass no window end
+                return []
+            metrics = self._metrics.results_rows(states, bounds)
+            out = [WindowResult(name, start, end, key, values) for (start, end, key), values in zip(windows, metrics)]
+        self._emitted += len(out)
+        return out
 
     def due_ends(self, watermark_ms: int) -> np.ndarray:
         """One window end per row `close(watermark_ms)` would emit at most (unsorted; an upper

@@ -7,7 +7,8 @@ The store keeps the states and what changed; the aggregator decides what to fold
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -22,6 +23,16 @@ Key = tuple[Any, ...]
 def key_order(key: Key) -> tuple[tuple[int, Any], ...]:
     """A sort key for group keys mixing None, numbers and strings."""
     return tuple((0, 0) if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v)) for v in key)
+
+
+def sorted_keys(keys: Iterable[Key]) -> list[Key]:
+    """Keys in key_order."""
+    out = list(keys)
+    try:   # plain tuple order equals key_order whenever it does not raise
+        out.sort()
+    except TypeError:   # keys mix None/str/numbers at some position
+        out.sort(key=key_order)
+    return out
 
 
 def by_key(states: dict[Key, Any]) -> list[tuple[Key, Any]]:
@@ -101,27 +112,33 @@ class PaneStore:
         return np.repeat(np.fromiter(rows, dtype=np.int64, count=len(rows)),
                          np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))
 
-    def close(self, before_ms: int | None, watermark_ms: int) -> list[tuple[int, int, Key, list[Any]]]:
-        """Windows ending in (before_ms, watermark_ms] as (start, end, key, states of its panes), by end
-        then key_order (the states are merged only into results, by the caller: one sketch union per
-        window, not one per pane); then free the panes whose last window has ended."""
+    def close(self, before_ms: int | None,
+              watermark_ms: int) -> tuple[list[tuple[int, int, Key]], list[Any], list[int]]:
+        """Windows ending in (before_ms, watermark_ms] as (start, end, key), by end then key_order, with
+        the states of their panes: window w's are states[bounds[w]:bounds[w + 1]], oldest pane first
+        (the states are merged only into results, by the caller: one sketch union per window, not one
+        per pane); then free the panes whose last window has ended."""
         size, slide = self.windower.size_ms, self.windower.slide_ms
         ends = sorted({e for p in self._panes for e in self._ends(p)
                        if e <= watermark_ms and (before_ms is None or e > before_ms)})
-        found = []   # ends ascending, then keys: emission order without a sort key per row
+        windows: list[tuple[int, int, Key]] = []   # ends ascending, then keys: no sort key per row
+        states: list[Any] = []
+        counts: list[int] = []
         for end in ends:
-            if size == slide:   # tumbling: the pane is the window
-                found.extend((end - size, end, key, [states]) for key, states in by_key(self._panes[end - size]))
-                continue
-            parts: dict[Key, list[Any]] = {}
-            for pane in range(end - size, end, slide):
-                for key, states in self._panes.get(pane, {}).items():
-                    have = parts.get(key)
-                    if have is None:
-                        parts[key] = [states]
-                    else:
-                        have.append(states)
-            found.extend((end - size, end, key, panes) for key, panes in by_key(parts))
+            start = end - size
+            panes = [pane for pane in map(self._panes.get, range(start, end, slide)) if pane]
+            if len(panes) == 1:   # tumbling, or a window with one pane open
+                items = by_key(panes[0])
+                keys = list(map(itemgetter(0), items))
+                states += map(itemgetter(1), items)
+                counts += repeat(1, len(keys))
+            else:
+                # Every pane's states of every key, by C-level lookups pane by pane (None: not there).
+                keys = sorted_keys(set().union(*panes))
+                rows = list(zip(*(list(map(pane.get, keys)) for pane in panes)))
+                states += [s for row in rows for s in row if s is not None]
+                counts += [len(panes) - row.count(None) for row in rows]
+            windows += zip(repeat(start), repeat(end), keys)
         for pane in [p for p in self._panes if p + size <= watermark_ms]:
             gone = self._panes.pop(pane)
             self._touched.setdefault(pane, set()).update(gone)
@@ -132,4 +149,4 @@ class PaneStore:
                     self._key_panes[key] = left
                 else:
                     del self._key_panes[key]
-        return found
+        return windows, states, [0, *accumulate(counts)]

@@ -243,8 +243,9 @@ class SessionStore:
             out.append(new[new <= watermark_ms])
         return out
 
-    def close(self, watermark_ms: int) -> list[tuple[int, int, Any, list[Any]]]:
-        """Remove and return (start, end, key, states) of every session ending at or before watermark."""
+    def close(self, watermark_ms: int) -> list[tuple[int, int, Any, tuple[Any, ...]]]:
+        """Remove and return (start, end, key, states) of every session ending at or before watermark
+        (states: a tuple, one per metric)."""
         self._flush()
         queue, due = self._queue, []
         while queue and queue[0][0] <= watermark_ms:
@@ -262,12 +263,31 @@ class SessionStore:
         ends = self._last[slots] + self.windower.gap_ms
         grown = ends > watermark_ms
         self._enqueue(ends[grown], slots[grown])
-        found = []
         done = slots[~grown]
-        for slot, first, end in zip(done.tolist(), self._first[done].tolist(), ends[~grown].tolist()):
-            found.append((first, end, self._keys[slot], self.states(slot)))
-            self._release(slot)
+        free = done.tolist()
+        keys = list(map(self._keys.__getitem__, free))
+        # Column by column, not a list per slot: a close may free tens of thousands of sessions.
+        states = (list(zip(*(list(map(c.__getitem__, free)) for c in self.columns))) if self.columns
+                  else [()] * len(free))
+        found = list(zip(self._first[done].tolist(), ends[~grown].tolist(), keys, states))
+        if self._more:   # some key has several sessions: unmap them one by one
+            for slot in free:
+                self._release(slot)
+        else:
+            self._release_all(free, keys, done)
         return found
+
+    def _release_all(self, slots: list[int], keys: list[Any], where: np.ndarray) -> None:
+        """`_release` of each slot, whose keys (`keys`) have no other session."""
+        slot_of = self._slot
+        for key in keys:
+            del slot_of[key]
+        for c in [self._keys, *self.columns]:
+            for slot in slots:
+                c[slot] = None
+        self._used[where] = False
+        self._free.extend(slots)
+        self.n_states -= len(slots)
 
     def load(self, key: Any, sessions: list[list[Any]]) -> None:
         """Put back a key's sessions ([first, last, states] each) from a checkpoint."""

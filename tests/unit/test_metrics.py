@@ -408,3 +408,31 @@ def test_distinct_tuples_hold_one_copy_of_each_string_value():
         assert state == tuple(fresh)
         assert all(a is b for a, b in zip(state, m.fold(m.empty(), again)))
     assert m.fold(m.empty(), [1.5, 2]) == (1.5, 2)   # other values are kept as given
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.lists(st.tuples(st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
+                                                            st.one_of(st.none(), st.integers(0, 40).map(str)),
+                                                            st.sampled_from(["view", "cart", "purchase"])),
+                                                  max_size=12),
+                                         st.sampled_from([0, 0, 0, 20, 7_000])),
+                               min_size=1, max_size=5), max_size=12))
+def test_results_rows_equal_results_many_of_each_row(rows):
+    """MetricSet.results_rows (a close's rows metric by metric; distinct by set unions) gives each row's
+    results_many, and without bounds each row's results, for every metric kind; distinct states here
+    are tuples, small HLLs and HLLs in HLL mode (a part may carry thousands of extra values)."""
+    ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
+    flat, bounds = [], [0]
+    for parts in rows:
+        for events, extra in parts:
+            events = events + [(1.0, f"x{i}", "view") for i in range(extra)]
+            cols = {"price": [e[0] for e in events], "user_id": [e[1] for e in events],
+                    "type": [e[2] for e in events], "session_id": ["s"] * len(events),
+                    "ts": list(range(len(events)))}
+            states, every = ms.empty(), list(range(len(events)))
+            ms.fold(states, every, ms.gather([cols[f] for f in ms.fields], every))
+            flat.append(states)
+        bounds.append(len(flat))
+    many = [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+    assert ms.results_rows(flat, bounds) == [ms.results_many(parts) for parts in many]
+    assert ms.results_rows(flat) == [ms.results(states) for states in flat]

@@ -150,7 +150,7 @@ def test_session_bridging_event_merges_two_sessions():
     _bump(store, store.place("k", 7, 7, may_open=True))
     assert [(f, l, s) for f, l, s in store.sessions_of("k")] == [(0, 15, [3])]
     assert store.close(24) == []
-    assert store.close(25) == [(0, 25, "k", [3])]
+    assert store.close(25) == [(0, 25, "k", (3,))]
     assert store.n_states == 0 and not store.n_keys
 
 
