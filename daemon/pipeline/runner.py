@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import TaskGroup
 import orjson
 import pyarrow as pa
-from anyio.abc import TaskGroup
 
 from daemon.clock import Clock
 from daemon.config import Config
@@ -104,7 +104,7 @@ class Runner:
         self.state_due = False                  # set by a reload: the next commit writes the full state
         self._state_next = False                # a full state write waits for the rows its commit deferred
         self._committing = 0                    # commits started and not yet written
-        self._writing: anyio.Event | None = None  # the background commit being written; set once it is
+        self._writing: anyio.Event | None = None  # set when the commit being written in the background is
         self._commit_started_mono = clock.monotonic()
         self._unit_built_mono = clock.monotonic()
         self._turn = 0
