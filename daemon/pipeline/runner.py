@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskGroup
 import orjson
 import pyarrow as pa
 
@@ -103,10 +102,7 @@ class Runner:
         self._last_state_mono = clock.monotonic()
         self.state_due = False                  # set by a reload: the next commit writes the full state
         self._state_next = False                # a full state write waits for the rows its commit deferred
-        self._committing = 0                    # commits started and not yet written
-        self._writing: anyio.Event | None = None  # set when the commit being written in the background is
-        self._commit_started_mono = clock.monotonic()
-        self._unit_built_mono = clock.monotonic()
+        self._committing = False
         self._turn = 0
         self.cpu = cpu if cpu is not None else CpuLane()
         # Held while a fold runs and while a commit builds its unit (both in the CPU lane's worker
@@ -384,97 +380,58 @@ class Runner:
         return sum(q.statistics().deliveries for q in self.queues.values())
 
     async def run(self, stop: anyio.Event) -> None:
-        """Consume until `stop` is set and the queues are empty, then commit and flush everything.
-
-        The usual commit is written while the next folds run (see `_maybe_commit`)."""
+        """Consume until `stop` is set and the queues are empty, then commit and flush everything."""
         interval = self.cfg.storage.commit_interval_s
-        async with anyio.create_task_group() as writes:
-            while True:
-                deliveries = self.take_deliveries()
-                if not deliveries and stop.is_set() and not self.closing:
-                    break
-                await self.fold_off_loop(deliveries)
-                if self.closing and self._pending.windows:
-                    await self.commit()   # a chunk is durable (and readable) before the next is emitted
-                    continue
-                await self._maybe_commit(interval, writes)
-                if not deliveries and not self.closing:
-                    await self.wakeup.wait(min(interval, 0.05) if self._pending.dirty else interval)
+        while True:
+            deliveries = self.take_deliveries()
+            if not deliveries and stop.is_set() and not self.closing:
+                break
+            await self.fold_off_loop(deliveries)
+            if self.closing and self._pending.windows:
+                await self.commit()   # a chunk is durable (and readable) before the next is emitted
+                continue
+            await self._maybe_commit(interval)
+            if not deliveries and not self.closing:
+                await self.wakeup.wait(min(interval, 0.05) if self._pending.dirty else interval)
+        await self.fold_off_loop([])
+        while self.closing:   # the last fold may have started a chunked close: finish it, chunk by chunk
+            await self.commit()
             await self.fold_off_loop([])
-            while self.closing:   # the last fold may have started a chunked close: finish it, chunk by chunk
-                await self.commit()
-                await self.fold_off_loop([])
-            await self.commit(flush_all=True)   # after the one being written (the commit lock orders them)
+        await self.commit(flush_all=True)
         replica = self.replica
         if replica is not None and replica.live and self._recs_cut < self._state_cut:
             # Store the recommender's answer to the last cut too, so the next start replays nothing.
             if await replica.wait_answer(self._state_cut, FINAL_ANSWER_WAIT_S):
                 await self.commit()
 
-    async def _maybe_commit(self, interval_s: float, writes: TaskGroup) -> None:
-        """Commit once `commit_interval` has passed since the last one started, or sooner
-        (EARLY_COMMIT_S) when windows have closed or a durable-ack client waits: commit_interval
-        bounds the wait, and neither a closed window's row nor a waiting POST should sit it out
-        (ingest without the recommender: 55k -> 102k events/s, its posters no longer idle for most
-        of each interval).
-
-        A commit without the full state (all but one every `state_interval`) runs as a task of
-        `writes`: its unit is built in the CPU lane (the folds wait for that), then written to LMDB
-        in another thread while the folds go on (LMDB's puts and its commit release the GIL; the
-        write was ~15-20% of the lane's time under load). At most one is written ahead: a commit
-        that falls due while the previous one is still being written waits for it here, which
-        stops the folds, so a slow or failing store still pushes back on the sources instead of
-        letting pending work grow. A full state write is made here, as before, with the folds
-        waiting: it goes after the rows that closed with it (see _build_unit), which a fold running
-        between the two could otherwise add to."""
-        if not (self._pending.dirty or self._state_next):
+    async def _maybe_commit(self, interval_s: float) -> None:
+        """Commit once `commit_interval` has passed, or sooner (EARLY_COMMIT_S) when windows have
+        closed or a durable-ack client waits: commit_interval bounds the wait, and neither a closed
+        window's row nor a waiting POST should sit it out (ingest without the recommender: 55k ->
+        102k events/s, its posters no longer idle for most of each interval)."""
+        if not self._pending.dirty:
             return
-        since = self.clock.monotonic() - self._commit_started_mono
+        since = self.clock.monotonic() - self._last_commit_mono
         if since >= interval_s or ((self._pending.windows or self._pending.acks)
                                    and since >= min(EARLY_COMMIT_S, interval_s)):
-            if self._writing is not None:
-                await self._writing.wait()
-            self._commit_started_mono = self.clock.monotonic()
-            if self._state_write_due():
-                await self.commit()
-                return
-            self._writing = done = anyio.Event()
-            self._committing += 1   # counted from now: the task may start after the next fold
-            writes.start_soon(self._commit_in_background, done)
+            await self.commit()
 
-    def _state_write_due(self) -> bool:
-        return self.state_due or self._state_next or (
-            self.clock.monotonic() - self._last_state_mono >= self.cfg.storage.state_interval_s)
-
-    async def _commit_in_background(self, done: anyio.Event) -> None:
-        try:
-            await self.commit(background=True)
-        finally:
-            self._committing -= 1
-            if self._writing is done:
-                self._writing = None
-            done.set()
-
-    async def commit(self, *, flush_all: bool = False, background: bool = False) -> None:
-        """One durable commit of everything since the last one, then the Arrow flush it allows.
-
-        `background`: the folds go on while it is written (see `_maybe_commit`); it never carries
-        the full state (a state write falling due meanwhile waits for the next commit)."""
-        self._committing += 1     # read by statistics().pending_work: a hung commit is pending work
+    async def commit(self, *, flush_all: bool = False) -> None:
+        """One durable commit of everything since the last one, then the Arrow flush it allows."""
+        self._committing = True     # read by statistics().pending_work: a hung commit is pending work
         started = self.clock.monotonic()
         try:
-            await self._commit(flush_all=flush_all, state_ok=not background)
-            if self._state_next and not background:
+            await self._commit(flush_all=flush_all)
+            if self._state_next:
                 await self._commit(flush_all=False)   # the full state write the rows went ahead of
         finally:
-            self._committing -= 1
+            self._committing = False
             # No source could deliver while the runner committed (queues full, ingest clients waiting
             # for their durable ack): that time is not silence, or a long state write would make a
             # busy source look idle and the watermark jump past everything it still has to send.
-            # A commit written in the background held the folds up only while its unit was built.
-            self.watermarks.pause(started, self._unit_built_mono if background else self.clock.monotonic())
+            self.watermarks.pause(started, self.clock.monotonic())
 
-    async def _commit(self, *, flush_all: bool, state_ok: bool = True) -> None:
+    async def _commit(self, *, flush_all: bool) -> None:
         if "wedge_commit" in self._faults:
             self.log.warning("fault_injected", fault="wedge_commit")
             await anyio.sleep_forever()
@@ -489,15 +446,13 @@ class Runner:
                 # The process's answers are taken here, on the event loop that appends them, not in
                 # the worker thread: an answer appended to the list just taken would be lost.
                 answers = self.replica.take_changes() if self.replica is not None else []
-                unit, p = await self.cpu.run(self._build_unit, flush_all, answers, state_ok)
-                self._unit_built_mono = self.clock.monotonic()
+                unit, p = await self.cpu.run(self._build_unit, flush_all, answers)
                 if unit.state_complete and self.replica is not None:
                     # After this unit's last fold step, before the next fold's (we hold the state lock).
                     self.replica.send(replica_protocol.cut_frame(p.cuts[0]))
             while True:
                 try:
-                    # Not in the CPU lane: the next fold runs meanwhile (the write releases the GIL).
-                    seq = await anyio.to_thread.run_sync(self.checkpoint.commit, unit)
+                    seq = await self.cpu.run(self.checkpoint.commit, unit)
                     break
                 except StoreError as exc:
                     # Never drop what is not committed: the runner waits (queues fill, sources feel
@@ -536,8 +491,7 @@ class Runner:
                        events=sum(len(b) for b in p.events), windows=sum(len(w) for w in p.windows.values()),
                        state=unit.state_complete)
 
-    def _build_unit(self, flush_all: bool, answers: list[tuple[int, bytes]] | None = None,
-                    state_ok: bool = True) -> tuple[CommitUnit, _Pending]:
+    def _build_unit(self, flush_all: bool, answers: list[tuple[int, bytes]] | None = None) -> tuple[CommitUnit, _Pending]:
         """This commit's unit and the pending work it covers. Every `state_interval` (and at the
         last commit, and after a reload) it carries every state change since the last full write;
         the other commits carry the fold steps (pipeline/foldlog.py).
@@ -548,7 +502,8 @@ class Runner:
         """
         seq = self.checkpoint.next_seq
         p, self._pending = self._pending, _Pending()
-        full_state = flush_all or (state_ok and self._state_write_due())
+        full_state = flush_all or self.state_due or self._state_next or (
+            self.clock.monotonic() - self._last_state_mono >= self.cfg.storage.state_interval_s)
         if full_state and not flush_all and not self._state_next and (p.windows or p.anomalies):
             # Closed windows go first, in a fold-log commit, and are flushed; the full state write
             # (serialising every changed state: 0.1-0.6 s under load) follows as the next commit.
@@ -640,7 +595,7 @@ class Runner:
             rejected_by_reason=dict(self._reasons), process_seconds=self._process_s, commits=self._commits,
             last_commit_ms=round((self.clock.monotonic() - self._last_commit_mono) * 1000),
             pending_acks=len(self._pending.acks), commit_failed=self._commit_failed,
-            pending_work=self._pending.dirty or self._committing > 0 or self.queued() > 0 or self.closing,
+            pending_work=self._pending.dirty or self._committing or self.queued() > 0 or self.closing,
             closed_through_ms=self._closed_ms,
         )
 
