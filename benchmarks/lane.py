@@ -155,10 +155,7 @@ def _run(events: int, seed: int) -> dict[str, float]:
         finally:
             checkpoint.close()
     out = {k: v / events * 1e6 for k, v in spent.items()}
-    out["total"] = total / events * 1e6   # all but the recommendations process's part
-    # What holds the daemon's CPU lane: decode, fold, build. The commit's LMDB write and the Arrow
-    # flush run in another thread while the lane folds on (Runner._maybe_commit).
-    out["lane"] = out["decode"] + out["fold"] + out["build"]
+    out["total"] = total / events * 1e6   # the lane's: all but the recommendations process's part
     return out
 
 
@@ -226,8 +223,8 @@ def main() -> None:
                 runs[name].append(_child(trees[name], args.events, args.seed))
                 print(f"[lane] round {r + 1} {name}: {runs[name][-1]['total']:.2f} µs/event", file=sys.stderr)
     parts = list(next(iter(runs.values()))[0])
-    print(f"CPU µs per event, median of {args.rounds} runs of {args.events:,} events, all in one thread; `lane` is\n"
-          "decode + fold + build (the daemon's CPU lane), commit and flush run beside it in the daemon\n")
+    print(f"CPU µs per event, median of {args.rounds} runs of {args.events:,} events, in one thread; `total` is the\n"
+          "daemon's CPU lane (decode, fold, build and write the commits, flush), the recommendations process apart\n")
     print("| part | " + " | ".join(trees) + " |")
     print("|---|" + "---:|" * len(trees))
     for part in parts:
