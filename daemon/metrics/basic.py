@@ -118,6 +118,8 @@ class Count:
     def dump(self, state: int) -> bytes:
         return jsonbytes.dumps(state)
 
+    dump_temporary = staticmethod(orjson.dumps)   # dump's bytes, for a record that copies them
+
     def load(self, data: bytes) -> int:
         return int(orjson.loads(data))
 
@@ -180,6 +182,8 @@ class Sum:
     def dump(self, state: Partials) -> bytes:
         return jsonbytes.dumps(state)
 
+    dump_temporary = staticmethod(orjson.dumps)   # dump's bytes, for a record that copies them
+
     def load(self, data: bytes) -> Partials:
         return tuple(float(v) for v in orjson.loads(data))
 
@@ -219,6 +223,8 @@ class Mean:
     def dump(self, state: tuple[int, Partials]) -> bytes:
         return jsonbytes.dumps(state)
 
+    dump_temporary = staticmethod(orjson.dumps)   # dump's bytes, for a record that copies them
+
     def load(self, data: bytes) -> tuple[int, Partials]:
         n, parts = orjson.loads(data)
         return (int(n), tuple(float(v) for v in parts))
@@ -253,6 +259,8 @@ class _Extreme:
 
     def dump(self, state: float | None) -> bytes:
         return jsonbytes.dumps(state)
+
+    dump_temporary = staticmethod(orjson.dumps)   # dump's bytes, for a record that copies them
 
     def load(self, data: bytes) -> float | None:
         v = orjson.loads(data)

@@ -211,6 +211,12 @@ class Distinct:
             return jsonbytes.dumps(state)
         return bytes(state.serialize_compact())
 
+    def dump_temporary(self, state: Small | ds.hll_sketch) -> bytes:
+        """dump's bytes, for a record that copies them (no right-sized copy of its own)."""
+        if type(state) is tuple:
+            return orjson.dumps(state)
+        return bytes(state.serialize_compact())
+
     def load(self, data: bytes) -> Small | ds.hll_sketch:
         if data[:1] == b"[":   # an HLL blob starts with its preamble length (2, 3 or 10)
             return tuple(map(shared, orjson.loads(data)))

@@ -45,7 +45,7 @@ class AggregatorStats:
 
 
 def _entry_key(prefix: bytes, identity: list[Any]) -> bytes:
-    raw = jsonbytes.dumps(identity)
+    raw = orjson.dumps(identity)   # copied by the concatenation below
     if len(raw) > _MAX_KEY_BYTES:
         return prefix + b"#" + hashlib.blake2b(raw, digest_size=20).digest()
     return prefix + raw
@@ -264,12 +264,13 @@ class Aggregator:
         out: dict[bytes, bytes | None] = {}
         if self._panes is not None:
             slide = self._panes.windower.slide_ms
+            parts = self._metrics.dump_parts
             for start, keys in self._panes.take_touched().items():
                 for key in keys:
                     states = self._panes.get(start, key)
                     ident = [start, list(key)]
-                    out[_entry_key(b"w", ident)] = None if states is None else (
-                        jsonbytes.dumps([start, start + slide, ident[1]]) + b"\n" + self._metrics.dump(states))
+                    out[_entry_key(b"w", ident)] = None if states is None else b"".join(
+                        [orjson.dumps([start, start + slide, ident[1]]), b"\n", *parts(states)])
         else:
             for key in self._touched:
                 out[_entry_key(b"s", self._key_list(key))] = self._dump_sessions(key)
@@ -290,9 +291,14 @@ class Aggregator:
         sessions = self._store.sessions_of(key)  # type: ignore[union-attr]
         if not sessions:
             return None
+        if len(sessions) == 1:   # the usual key: its one session's pieces joined once
+            first, last, states = sessions[0]
+            parts = self._metrics.dump_parts(states)
+            head = [self._key_list(key), [[first, last, sum(map(len, parts))]]]
+            return b"".join([orjson.dumps(head), b"\n", *parts])
         blobs = [self._metrics.dump(s[2]) for s in sessions]
         head = [self._key_list(key), [[s[0], s[1], len(b)] for s, b in zip(sessions, blobs)]]
-        return jsonbytes.dumps(head) + b"\n" + b"".join(blobs)
+        return b"".join([orjson.dumps(head), b"\n", *blobs])
 
     def restore(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Rebuild the open state from every live entry of `take_changes` (replacing any state).

@@ -117,6 +117,9 @@ class SessionStore:
 
     def sessions_of(self, key: Any) -> list[tuple[int, int, list[Any]]]:
         """The key's open sessions as (first_ms, last_ms, states), oldest first."""
+        one = self._slot.get(key)
+        if one is not None and key not in self._more:   # the usual key: one session
+            return [(int(self._first[one]), int(self._last[one]), [c[one] for c in self.columns])]
         slots = self._slots_of(key)
         return sorted(((int(self._first[s]), int(self._last[s]), self.states(s)) for s in slots), key=_first)
 
