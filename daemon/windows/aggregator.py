@@ -117,7 +117,7 @@ class Aggregator:
                 self._late += int((g.hi[late] - g.lo[late]).sum())
                 g = g._replace(lo=g.lo[~late], hi=g.hi[~late], key_code=g.key_code[~late], lead=g.lead[~late])
         group_rows, lo, hi = g.rows.tolist(), g.lo.tolist(), g.hi.tolist()
-        leads, keys = g.lead.tolist(), [g.keys[c] for c in g.key_code.tolist()]
+        leads, keys = g.lead.tolist(), list(map(g.keys.__getitem__, g.key_code.tolist()))
         panes = self._panes
         assert panes is not None
         states = panes.find(leads, keys)

@@ -64,6 +64,8 @@ class PaneStore:
     def find(self, starts: Sequence[int], keys: Sequence[Key]) -> list[Any]:
         """The states of each (pane start, key), None where there are none yet."""
         none: dict[Key, Any] = {}
+        if starts and starts[0] == starts[-1] and starts.count(starts[0]) == len(starts):
+            return list(map(self._panes.get(starts[0], none).get, keys))   # the usual batch: one pane
         get_pane = self._panes.get
         return [get_pane(p, none).get(k) for p, k in zip(starts, keys)]
 
@@ -82,6 +84,9 @@ class PaneStore:
     def touch(self, starts: Sequence[int], keys: Sequence[Key]) -> None:
         """Mark (pane start, key) pairs changed (a batch spans one or two panes: no pair tuples)."""
         touched = self._touched
+        if starts and starts[0] == starts[-1] and starts.count(starts[0]) == len(starts):
+            touched.setdefault(starts[0], set()).update(keys)   # the usual batch: one pane
+            return
         for start, key in zip(starts, keys):
             got = touched.get(start)
             if got is None:
