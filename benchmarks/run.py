@@ -743,7 +743,7 @@ def latency_rate(args: argparse.Namespace, done: dict[str, Any]) -> tuple[float,
 # pipeline component (patterns are tried in order on each frame's "function (file)").
 PROFILE_BUCKETS = (
     ("window_json", "commit unit: JSON rows for GET /windows (runner.window_json)"),
-    ("events_to_record_batch", "commit unit: events → Arrow (archive)"),
+    ("events_to_record_batch", "events → Arrow (archive; made as each delivery is folded)"),
     ("windows_to_record_batch", "commit unit: windows → Arrow"),
     ("take_changes", "commit unit: dirty state → bytes (take_changes)"),
     ("Runner._build_unit", "commit unit: other"),
@@ -766,6 +766,7 @@ PROFILE_BUCKETS = (
     ("Watermarks.", "watermark"),
     ("_reject_late", "late events"),
     ("Validator.", "validate events"),
+    ("StructDecoder.", "page/body: JSON → columns (msgspec)"),
     ("parse_page", "poll page: JSON parse"),
     ("iter_items", "frame/body: JSON parse"),
     ("collect_stats", "GET /stats (the benchmark's polling)"),
