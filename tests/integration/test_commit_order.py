@@ -43,7 +43,9 @@ def test_rows_are_committed_before_the_state_write_that_fell_due(daemon_factory)
     """Every body moves event time by 1 s, so nearly every commit carries closed windows while a
     full state write falls due every 200 ms: the rows' commit must never be the state write."""
     d = daemon_factory.start(CONFIG)
-    start = int(time.time() * 1000) - 600_000
+    # On a whole second: a body's 20 events (ts .. ts + 19) then stay in one 1 s window (from 981 ms past
+    # a second they straddled two, and the 40th window closed too: a 2% flake).
+    start = (int(time.time() * 1000) - 600_000) // 1000 * 1000
     for k in range(40):
         body = orjson.dumps([{"event_id": f"e{k}-{i}", "ts": start + k * 1000 + i, "type": "view", "user_id": "u",
                               "item_id": "i"} for i in range(20)])
