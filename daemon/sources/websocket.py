@@ -106,6 +106,7 @@ class WebsocketSource:
             self._last_seq = None
         self._backoff = Backoff(base_s=cfg.min_backoff_s, cap_s=cfg.max_backoff_s)
         self._delivered = False          # did the current connection deliver anything?
+        self._replay_said = False        # has it warned about replayed frames?
 
     def statistics(self) -> SourceStats:
         return self._ctx.health.snapshot(self._ctx.clock.now_ms())
@@ -150,6 +151,7 @@ class WebsocketSource:
         """One connection: handshake (bounded by connect_timeout), subscribe, read until it closes."""
         cfg, ctx = self._cfg, self._ctx
         self._delivered = False
+        self._replay_said = False
         url = self._connect_url()
         try:
             with map_exceptions(_LIBRARY_ERRORS):
@@ -193,6 +195,12 @@ class WebsocketSource:
         seq = decoded.max_seq
         last = self._last_seq
         if seq is not None and last is not None and seq <= last:
+            if not self._replay_said:   # once per connection: a server that restarted its numbering
+                self._replay_said = True   # (e.g. the built-in storefront after a restart) looks like this
+                ctx.log.warning("ws_frames_replayed", max_seq=seq, last_seq=last, action="skipped",
+                                hint="frames at or below the last delivered seq are skipped until the "
+                                     "server's seq passes it; a server that restarted its numbering needs "
+                                     "the source's position reset")
             ctx.log.debug("ws_frame_replayed", max_seq=seq, last_seq=last, events=decoded.total)
             return
         if seq is not None:

@@ -154,6 +154,8 @@ async def test_replayed_frames_are_skipped():
         drain.pull()
     assert drain.ids == expected_ids(30)
     assert ctx.log.events("ws_frame_replayed")
+    said = [level for level, event, _ in ctx.log.records if event == "ws_frames_replayed"]
+    assert said == ["warning"]   # once, on the connection that replayed
 
 
 async def test_slow_handshake_times_out_and_is_retried():
