@@ -133,12 +133,8 @@ class MetricSet:
         states where a metric can answer from the parts (`result_many`: count sums, distinct unions once)."""
         if len(many) == 1:
             return self.results(many[0])
-        out = {}
-        for j, (name, m) in enumerate(zip(self.names, self.metrics)):
-            column = [states[j] for states in many]
-            bulk = getattr(m, "result_many", None)
-            out[name] = bulk(column) if bulk is not None else m.result(self._merge_column(m, column))
-        return out
+        return {name: self._result_of(m, [states[j] for states in many])
+                for j, (name, m) in enumerate(zip(self.names, self.metrics))}
 
     def results_rows(self, states: Sequence[list[Any]], bounds: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """The results of many closed windows at once: row r is `results(states[r])`, or with `bounds`,
