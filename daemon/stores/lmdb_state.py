@@ -467,23 +467,19 @@ def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:
     minute = expiries // DEDUPE_BUCKET_MS
     lo = int(expiries.min())
     if lo >= bound and minute[0] == minute.min() == minute.max():   # the usual commit: one record
-        txn.put("dedupe", U64.pack(int(minute[0]) * DEDUPE_BUCKET_MS) + U64.pack(seq), _pack_columns(ids, expiries))
+        txn.put("dedupe", U64.pack(int(minute[0]) * DEDUPE_BUCKET_MS) + U64.pack(seq), pack_ids(ids, expiries))
         return
     live = expiries >= bound   # the others expired already (the filter forgets them at the same watermark)
     for b in np.unique(minute[live]).tolist():
         at = np.flatnonzero(live & (minute == b))
         txn.put("dedupe", U64.pack(b * DEDUPE_BUCKET_MS) + U64.pack(seq),
-                _pack_columns([ids[i] for i in at.tolist()], expiries[at]))
+                pack_ids([ids[i] for i in at.tolist()], expiries[at]))
 
 
-def pack_ids(items: list[tuple[bytes, int]]) -> bytes:
-    """(id, expiry_ms) pairs as u32 n, n × u64 expiry, n × u16 id length, then the ids."""
-    return _pack_columns([i for i, _ in items], [e for _, e in items])
-
-
-def _pack_columns(ids: Sequence[str | bytes], expiries: Sequence[int] | np.ndarray) -> bytes:
-    """`pack_ids` of ids (all str, or all UTF-8 bytes) and their expiries given as two columns
-    (a negative expiry is stored as 0). All-ASCII str ids (the usual) are encoded in one call."""
+def pack_ids(ids: Sequence[str | bytes], expiries: Sequence[int] | np.ndarray) -> bytes:
+    """Ids (all str, or all UTF-8 bytes) and their expiries (ms; a negative one is stored as 0) as
+    u32 n, n × u64 expiry, n × u16 id length, then the ids. All-ASCII str ids (the usual) are encoded
+    in one call."""
     n = len(ids)
     if n and type(ids[0]) is str:
         joined = "".join(ids)   # type: ignore[arg-type]
@@ -501,7 +497,7 @@ def _pack_columns(ids: Sequence[str | bytes], expiries: Sequence[int] | np.ndarr
 
 
 def unpack_ids(data: bytes) -> list[tuple[bytes, int]]:
-    """The pairs `pack_ids` packed."""
+    """The (id, expiry) pairs `pack_ids` packed."""
     n = U32.unpack_from(data)[0]
     expiries = struct.unpack_from(f">{n}Q", data, 4)
     lengths = struct.unpack_from(f">{n}H", data, 4 + 8 * n)
