@@ -115,26 +115,27 @@ class Validator:
         for `decode_columns` (sources/http_poll.py)."""
         return StructDecoder(self._k, self.seq_field, events_field, cursor_field)
 
-    def decode_columns(self, cols: Columns | None, now_ms: int) -> Decoded | None:
-        """The column-wise result for columns msgspec made (pipeline/structdecode.py) when they are
-        many and all valid, else None: the caller then decodes the payload the orjson way."""
-        if cols is None or cols.n < FAST_PATH_MIN_EVENTS:
-            return None
-        fast = check_columns(cols, self.source, now_ms + self.max_future_skew_ms, parse_ts_ms)
-        return None if fast is None else Decoded(fast[0], max_seq=fast[1])
-
     def try_columns(self) -> bool:
-        """Whether to decode the next payload the column way first. After a miss (a payload with
-        something to reject, or not an array of objects) the next STRUCT_SKIP go the orjson way only:
-        a feed that is bad throughout parses each payload once, not twice (a body of 1,000 with one bad
-        event costs ~1.2 us/event the orjson way, ~1.5 decoded both ways)."""
+        """Whether to decode the next payload the column way first (pipeline/structdecode.py). After
+        a miss (see decode_columns) the next STRUCT_SKIP go the orjson way only: a feed that is bad
+        throughout parses each payload once, not twice (a body of 1,000 with one bad event costs
+        ~1.2 us/event the orjson way, ~1.5 decoded both ways)."""
         if self._struct_skips:
             self._struct_skips -= 1
             return False
         return True
 
-    def missed_columns(self) -> None:
-        self._struct_skips = STRUCT_SKIP
+    def decode_columns(self, cols: Columns | None, now_ms: int) -> Decoded | None:
+        """The column-wise result for columns msgspec made when they are many and all valid; else None
+        (no columns: the payload was not an array of event objects), the caller decodes the payload
+        the orjson way, and this counts as a miss for `try_columns`."""
+        fast = None
+        if cols is not None and cols.n >= FAST_PATH_MIN_EVENTS:
+            fast = check_columns(cols, self.source, now_ms + self.max_future_skew_ms, parse_ts_ms)
+        if fast is None:
+            self._struct_skips = STRUCT_SKIP
+            return None
+        return Decoded(fast[0], max_seq=fast[1])
 
     def decode(self, payload: bytes, now_ms: int) -> Decoded:
         """Decode and validate one payload; never raises for bad input.
@@ -145,7 +146,6 @@ class Validator:
             fast = self.decode_columns(self._structs.array(payload), now_ms)
             if fast is not None:
                 return fast
-            self.missed_columns()
         try:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
