@@ -162,7 +162,10 @@ def _run(events: int, seed: int) -> dict[str, float]:
 
 class _Recommendations:
     """What the recommendations process does with the daemon's frames (daemon/replica/server.py's
-    fold and CUT answer, without its event loop), in this thread: the runner's `replica`. Timed apart."""
+    fold and CUT answer, without its event loop), in this thread: the runner's `replica`. Timed apart.
+
+    Not server.Replica itself: its Collector turns the automatic GC off for the whole process, which
+    would change the daemon's side of this measurement (benchmarks/replica_cpu.py drives the real one)."""
 
     live = True
 

@@ -242,6 +242,12 @@ _ROW_METRICS = {"n": "count", "s": "sum(price)", "m": "mean(price)", "lo": "min(
                 "f": "funnel(view, cart, purchase)"}
 
 
+def _row_columns(rows: list[tuple]) -> dict[str, list]:
+    """The event columns _ROW_METRICS read, from (price, user_id, type, session_id) rows."""
+    return {"price": [r[0] for r in rows], "user_id": [r[1] for r in rows], "type": [r[2] for r in rows],
+            "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
+
+
 @settings(max_examples=200, deadline=None)
 @given(rows=st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
                                st.one_of(st.none(), st.sampled_from("abcdef")),
@@ -252,8 +258,7 @@ def test_fold_groups_equals_fold_of_each_group_for_every_metric_kind(rows, data)
     the same states as fold() of each group, for every metric kind; one group gives the results of
     folding the rows one by one."""
     ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
-    cols = {"price": [r[0] for r in rows], "user_id": [r[1] for r in rows], "type": [r[2] for r in rows],
-            "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
+    cols = _row_columns(rows)
     columns = [cols[f] for f in ms.fields]
     order = data.draw(st.permutations(range(len(rows))))
     cuts = sorted(data.draw(st.sets(st.integers(1, max(len(rows) - 1, 1)), max_size=len(rows))))
@@ -283,8 +288,7 @@ def test_fold_slots_equals_fold_groups_for_every_metric_kind(rows, data):
     """MetricSet.fold_slots (states in one list per metric, groups at any slots, over states that
     already hold values) leaves the same states as fold_groups over lists of states."""
     ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
-    cols = {"price": [r[0] for r in rows], "user_id": [r[1] for r in rows], "type": [r[2] for r in rows],
-            "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
+    cols = _row_columns(rows)
     columns = [cols[f] for f in ms.fields]
     order = data.draw(st.permutations(range(len(rows))))
     cuts = sorted(data.draw(st.sets(st.integers(1, max(len(rows) - 1, 1)), max_size=len(rows))))
@@ -450,8 +454,7 @@ def test_dump_is_each_metric_dump_joined_as_before(rows):
     from daemon import jsonbytes
 
     ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
-    cols = {"price": [r[0] for r in rows], "user_id": [r[1] for r in rows], "type": [r[2] for r in rows],
-            "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
+    cols = _row_columns(rows)
     states = ms.empty()
     every = list(range(len(rows)))
     ms.fold(states, every, ms.gather([cols[f] for f in ms.fields], every))
