@@ -391,6 +391,7 @@ def _figures(run: Run, final: dict[str, Any], first: float, last_fed: float, don
         "peak_rss_file_mib": round(max((s.mem.get("RssFile", 0) for s in run.samples), default=0) / 2**20, 1),
         "peak_open_states": peak_states,
         "peak_rss_while_open_mib": _rss_while_open(run.samples),
+        "rss_while_open_split_mib": _rss_split_while_open(run.samples),
         "open_states_by_aggregation_at_peak": _states_at_peak(run.samples),
         "commits": final["store"]["commits"],
         "avg_commit_ms": round(final["store"]["avg_commit_ms"], 2),
@@ -438,6 +439,19 @@ def _rss_while_open(samples: list[Sample]) -> float:
         return 0.0
     peak = max(range(len(samples)), key=lambda i: open_states(samples[i].stats))
     return round(max(s.mem.get("VmRSS", 0) for s in samples[:peak + 1]) / 2**20, 1)
+
+
+def _rss_split_while_open(samples: list[Sample]) -> dict[str, float]:
+    """That largest RSS split into the daemon's and its recommendations process's heap (RssAnon)
+    and mapped files (RssFile: the LMDB map, libraries)."""
+    if not samples:
+        return {}
+    peak = max(range(len(samples)), key=lambda i: open_states(samples[i].stats))
+    m = max(samples[:peak + 1], key=lambda s: s.mem.get("VmRSS", 0)).mem
+    mib = {k: m.get(k, 0) / 2**20 for k in ("RssAnon", "RssFile", "recs_RssAnon", "recs_RssFile")}
+    return {"daemon_anon": round(mib["RssAnon"] - mib["recs_RssAnon"], 1),
+            "daemon_file": round(mib["RssFile"] - mib["recs_RssFile"], 1),
+            "recs_anon": round(mib["recs_RssAnon"], 1), "recs_file": round(mib["recs_RssFile"], 1)}
 
 
 def _states_at_peak(samples: list[Sample]) -> dict[str, int]:

@@ -101,15 +101,22 @@ class Checkpoint:
         return cp
 
     def _load(self) -> None:
-        def check(txn: Txn) -> int:
+        def check(txn: Txn) -> tuple[int, bytes | None, int]:
             fmt = txn.get("sys", layout.FORMAT_KEY)
-            if fmt is None:
-                txn.put("sys", layout.FORMAT_KEY, layout.FORMAT)
-            elif fmt != layout.FORMAT:
+            seq = layout.get_u64(txn, "sys", layout.SEQ_KEY)
+            moved = 0
+            if fmt in layout.OLD_FORMATS:
+                moved = layout.migrate_state(txn, seq)
+            elif fmt is not None and fmt != layout.FORMAT:
                 raise StoreError(f"data_dir has store format {fmt!r}, this build reads {layout.FORMAT!r}")
-            return layout.get_u64(txn, "sys", layout.SEQ_KEY)
+            if fmt != layout.FORMAT:
+                txn.put("sys", layout.FORMAT_KEY, layout.FORMAT)
+            return seq, fmt, moved
 
-        self._seq = self._db.write(check)
+        self._seq, fmt, moved = self._db.write(check)
+        if fmt in layout.OLD_FORMATS and self._log is not None:
+            self._log.info("store_format_migrated", from_format=fmt.decode(), to_format=layout.FORMAT.decode(),
+                           state_records=moved)
         with self._db.reading() as txn:
             for key, value in txn.scan("outbox"):
                 table = layout.outbox_table(key)
@@ -118,10 +125,7 @@ class Checkpoint:
     def restore(self) -> Restored:
         """The state of the last commit (commit seq 0 and empty maps on a new data_dir)."""
         with self._db.reading() as txn:
-            state: dict[str, list[tuple[bytes, bytes]]] = {}
-            for k, v in txn.scan("state"):
-                ns, key, value = layout.decode_state(k, v)
-                state.setdefault(ns, []).append((key, value))
+            state = layout.read_state(txn)
             return Restored(
                 commit_seq=layout.get_u64(txn, "sys", layout.SEQ_KEY),
                 meta={k.decode(): v for k, v in txn.scan("meta")},
@@ -149,8 +153,9 @@ class Checkpoint:
         return out
 
     def scan_chunk(self, namespace: str, after: bytes | None, max_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-        """Committed (key, value) pairs of a namespace in key order, from just after key `after` (None:
-        the start) until about `max_bytes`; and the key to pass next (None: that was the last chunk)."""
+        """Committed (key, value) pairs of a namespace, about `max_bytes` per chunk (whole buckets, in
+        no particular key order), from the chunk `after` names (None: the first); and the token to pass
+        for the next chunk (None: that was the last). Each chunk is read in its own transaction."""
         with self._db.reading() as txn:
             return layout.scan_state_chunk(txn, namespace, after, max_bytes)
 

@@ -24,6 +24,7 @@ import lmdb
 import numpy as np
 
 from daemon.errors import StoreError, StoreFull, StoreLocked, map_exceptions
+from daemon.stores import segments
 from daemon.stores.base import DEFAULT_KEEP_LATEST, CommitUnit, LmdbStats
 
 T = TypeVar("T")
@@ -307,7 +308,12 @@ def _round_down(n: int) -> int:
 #   sys           b"format" → b"1";  b"commit_seq" → u64;  b"anomalies" → u64 count
 #   meta          name (utf-8) → bytes
 #   positions     source name (utf-8) → bytes
-#   state         ns \x00 key → value;  a key too long for LMDB: ns \x01 blake2b(key) → u32 len, key, value
+#   segments      ns \x00 u16 bucket u64 commit_seq → a segment of that namespace's state records
+#                 (stores/segments.py: keys by crc32 bucket, a chain of segments per bucket, merged
+#                 when it has doubled); sys b"segments:" ns → per bucket: chain bytes, bytes at its
+#                 last merge, segments in the chain (3 × BUCKETS u64, little-endian)
+#   state         format 2's one record per key (ns \x00 key → value; a key too long for LMDB:
+#                 ns \x01 blake2b(key) → u32 len, key, value), moved into segments at open
 #   dedupe        u64 bucket_start_ms, u64 commit_seq → the ids a commit added that expire in that
 #                 minute: u32 n, n × u64 expiry_ms, n × u16 length, the ids (see pack_ids)
 #   outbox        table (utf-8) \x00 u64 commit_seq → u64 rows, Arrow IPC stream bytes
@@ -316,13 +322,14 @@ def _round_down(n: int) -> int:
 #   latest_count  agg \x00 blake2b16(key) → u32 rows kept
 #   anomalies     u64 ts_ms, u64 commit_seq, u32 index → anomaly json
 #   foldlog       u64 commit_seq → fold steps of that commit not yet in `state` (pipeline/foldlog.py)
-DBS = ("sys", "meta", "positions", "state", "dedupe", "outbox",
+DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
        "latest", "latest_time", "latest_count", "anomalies", "foldlog")
-FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"2", b"commit_seq", b"anomalies"
+FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"3", b"commit_seq", b"anomalies"
+OLD_FORMATS = (b"2",)   # read at open and rewritten: migrate_state
+SEGMENTS_META = b"segments:"
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
-U64, U32 = struct.Struct(">Q"), struct.Struct(">I")
-_MAX_INLINE_KEY = 480           # LMDB's default max key size is 511 bytes
+U64, U32, U16 = struct.Struct(">Q"), struct.Struct(">I"), struct.Struct(">H")
 
 
 def _h(b: bytes) -> bytes:
@@ -340,15 +347,8 @@ def get_u64(txn: Txn, db: str, key: bytes) -> int:
     return 0 if v is None else U64.unpack(v)[0]
 
 
-def _state_key(ns: bytes, key: bytes) -> tuple[bytes, bool]:
-    """(LMDB key, whether the key is hashed and must be stored in the value)."""
-    if len(ns) + 1 + len(key) <= _MAX_INLINE_KEY:
-        return ns + b"\x00" + key, False
-    return ns + b"\x01" + hashlib.blake2b(key, digest_size=32).digest(), True
-
-
 def decode_state(k: bytes, v: bytes) -> tuple[str, bytes, bytes]:
-    """(namespace, key, value) of one `state` item."""
+    """(namespace, key, value) of one record of format 2's `state` database."""
     cut = min(i for i in (k.find(b"\x00"), k.find(b"\x01")) if i >= 0)
     if k[cut] == 0:
         return k[:cut].decode(), k[cut + 1:], v
@@ -356,42 +356,99 @@ def decode_state(k: bytes, v: bytes) -> tuple[str, bytes, bytes]:
     return k[:cut].decode(), v[4:4 + n], v[4 + n:]
 
 
+def _bucket_prefix(nsb: bytes, bucket: int) -> bytes:
+    return nsb + b"\x00" + U16.pack(bucket)
+
+
+def _chain(txn: Txn, nsb: bytes, bucket: int) -> list[tuple[bytes, bytes]]:
+    """(LMDB key, segment) of one bucket's chain, oldest first."""
+    return list(txn.scan("segments", _bucket_prefix(nsb, bucket)))
+
+
 def get_state(txn: Txn, namespace: str, key: bytes) -> bytes | None:
-    lk, hashed = _state_key(_name(namespace, "namespace"), key)
-    v = txn.get("state", lk)
-    if v is None or not hashed:
-        return v
-    _, k, value = decode_state(lk, v)
-    return value if k == key else None
+    nsb = _name(namespace, "namespace")
+    return segments.merge(v for _, v in _chain(txn, nsb, segments.bucket_of(key))).get(key)
 
 
 def scan_state(txn: Txn, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+    """The live records of a namespace whose key starts with `prefix`, in key order."""
     ns = _name(namespace, "namespace")
-    out = [(k[len(ns) + 1:], v) for k, v in txn.scan("state", ns + b"\x00" + prefix)]
-    for k, v in txn.scan("state", ns + b"\x01"):     # rare over-long keys
-        _, key, value = decode_state(k, v)
-        if key.startswith(prefix):
-            out.append((key, value))
-    return out
+    merged = segments.merge(v for _, v in txn.scan("segments", ns + b"\x00"))   # buckets hold disjoint keys
+    return sorted((k, v) for k, v in merged.items() if v is not None and k.startswith(prefix))
 
 
 def scan_state_chunk(txn: Txn, namespace: str, after: bytes | None,
                      max_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-    """One chunk of `scan_state` (see Checkpoint.scan_chunk); over-long keys come with the last chunk."""
-    ns = _name(namespace, "namespace")
-    prefix = ns + b"\x00"
+    """One chunk of a namespace's live records (see Checkpoint.scan_chunk): whole buckets from the
+    one `after` names (None: the first) until about `max_bytes`; and the token of the next chunk."""
+    nsb = _name(namespace, "namespace")
+    bucket = 0 if after is None else U16.unpack(after)[0]
     out: list[tuple[bytes, bytes]] = []
     size = 0
-    # the least key above prefix + after is prefix + after + b"\x00"
-    for k, v in txn.scan("state", prefix, start=None if after is None else prefix + after + b"\x00"):
-        out.append((k[len(prefix):], v))
-        size += len(k) + len(v)
+    while bucket < segments.BUCKETS:
+        chain = _chain(txn, nsb, bucket)
+        bucket += 1
+        out += [(k, v) for k, v in segments.merge(v for _, v in chain).items() if v is not None]
+        size += sum(len(v) for _, v in chain)
         if size >= max_bytes:
-            return out, out[-1][0]
-    for k, v in txn.scan("state", ns + b"\x01"):     # rare over-long keys
-        _, key, value = decode_state(k, v)
-        out.append((key, value))
-    return out, None
+            break
+    return out, U16.pack(bucket) if bucket < segments.BUCKETS else None
+
+
+def read_state(txn: Txn) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Every namespace's live records, each in key order."""
+    merged: dict[bytes, dict[bytes, bytes | None]] = {}
+    for k, v in txn.scan("segments"):
+        nsb = k[:k.index(b"\x00")]
+        segments.merge([v], merged.setdefault(nsb, {}))
+    return {nsb.decode(): sorted((k, v) for k, v in m.items() if v is not None) for nsb, m in merged.items()}
+
+
+def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int) -> None:
+    """Each namespace's changes as one segment per bucket they touch, under this commit's seq; a
+    bucket whose chain would pass twice its size at its last merge (plus SLACK_BYTES), or
+    MAX_CHAIN segments, is merged into one segment instead (tombstones dropped)."""
+    for ns, changes in state.items():
+        if not changes:
+            continue
+        nsb = _name(ns, "namespace")
+        meta_key = SEGMENTS_META + nsb
+        raw = txn.get("sys", meta_key)
+        meta = (np.zeros((3, segments.BUCKETS), dtype=np.int64) if raw is None
+                else np.frombuffer(raw, dtype="<i8").reshape(3, segments.BUCKETS).copy())
+        chain_bytes, base_bytes, chain_len = meta
+        for bucket, records in segments.by_bucket(changes).items():
+            blob = segments.pack(records)
+            if (chain_bytes[bucket] + len(blob) > 2 * base_bytes[bucket] + segments.SLACK_BYTES
+                    or chain_len[bucket] >= segments.MAX_CHAIN):
+                chain = _chain(txn, nsb, bucket)
+                merged = segments.live(segments.merge([*(v for _, v in chain), blob]))
+                for k, _ in chain:
+                    txn.delete("segments", k)
+                blob = segments.pack(merged) if merged else b""
+                chain_bytes[bucket] = base_bytes[bucket] = len(blob)
+                chain_len[bucket] = 1 if blob else 0
+            else:
+                chain_bytes[bucket] += len(blob)
+                chain_len[bucket] += 1
+            if blob:
+                txn.put("segments", _bucket_prefix(nsb, bucket) + U64.pack(seq), blob)
+        txn.put("sys", meta_key, meta.astype("<i8").tobytes())
+
+
+def migrate_state(txn: Txn, seq: int) -> int:
+    """Move format 2's one-record-per-key `state` into segments (in the caller's transaction); return
+    how many records moved."""
+    state: dict[str, dict[bytes, bytes | None]] = {}
+    keys = []
+    for k, v in txn.scan("state"):
+        ns, key, value = decode_state(k, v)
+        state.setdefault(ns, {})[key] = value
+        keys.append(k)
+    for k in keys:
+        txn.delete("state", k)
+    _apply_state(txn, state, seq)
+    return len(keys)
 
 
 def outbox_prefix(table: str) -> bytes:
@@ -415,22 +472,7 @@ def read_outbox(txn: Txn, prefix: bytes, max_rows: int) -> list[tuple[bytes, int
 
 def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]]) -> None:
     """Every write of one commit (runs inside one write transaction; may be rerun after a grow)."""
-    for ns, items in unit.state.items():
-        nsb = _name(ns, "namespace")
-        # The usual record (a value under a key short enough to inline) goes in one C call per
-        # namespace (a full state write has ~10^5); deletes and hashed keys one by one.
-        prefix, room = nsb + b"\x00", _MAX_INLINE_KEY - len(nsb) - 1
-        puts = [(prefix + key, value) for key, value in items.items() if value is not None and len(key) <= room]
-        if len(puts) < len(items):
-            for key, value in items.items():
-                if value is not None and len(key) <= room:
-                    continue
-                lk, hashed = _state_key(nsb, key)
-                if value is None:
-                    txn.delete("state", lk)
-                else:
-                    txn.put("state", lk, U32.pack(len(key)) + key + value if hashed else value)
-        txn.put_many("state", puts)
+    _apply_state(txn, unit.state, seq)
     for name, pos in unit.positions.items():
         txn.put("positions", _name(name, "source"), pos)
     for name, value in unit.meta.items():

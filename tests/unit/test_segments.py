@@ -1,0 +1,46 @@
+"""State segments (stores/segments.py): packing, and a chain's merge as successive dict updates."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.stores import segments
+
+records = st.dictionaries(st.binary(max_size=30), st.none() | st.binary(max_size=60), max_size=40)
+
+
+@given(records)
+def test_a_segment_unpacks_to_its_records_in_order(recs):
+    assert segments.unpack(segments.pack(recs)) == list(recs.items())
+
+
+@given(st.lists(records, max_size=6))
+def test_a_chain_merges_as_successive_updates(chain):
+    model: dict[bytes, bytes | None] = {}
+    for recs in chain:
+        model.update(recs)
+    merged = segments.merge(segments.pack(r) for r in chain)
+    assert merged == model
+    assert segments.live(merged) == {k: v for k, v in model.items() if v is not None}
+
+
+@given(records)
+def test_buckets_partition_the_records(recs):
+    parts = segments.by_bucket(recs)
+    assert sum(map(len, parts.values())) == len(recs)
+    for b, part in parts.items():
+        assert 0 <= b < segments.BUCKETS and all(segments.bucket_of(k) == b for k in part)
+        assert all(recs[k] == v for k, v in part.items())
+
+
+def test_bucket_of_is_fixed_by_the_layout():
+    """Stored chains are found by it: it must not change between versions or processes."""
+    assert [segments.bucket_of(k) for k in (b"", b"u:alice", b"s[\"bob\"]")] == [0, 35, 53]
+
+
+def test_a_truncated_segment_is_refused():
+    blob = segments.pack({b"k": b"value"})
+    with pytest.raises(ValueError, match="segment"):
+        segments.unpack(blob[:-1])
