@@ -75,6 +75,7 @@ class LmdbStats:
     map_size_bytes: int
     map_size_max_bytes: int
     map_grows: int
+    recycles: int   # environment reopened to give its page pool and mapped pages back (LmdbState.recycle)
     write_txns: int
     last_write_ms: float
     readers: int

@@ -33,6 +33,13 @@ __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"
 CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
                 "after_arrow_rename", "before_outbox_delete")
 MAX_FILE_ROWS = 1_000_000
+# LmdbState.recycle gives LMDB's page pool and the pages read through its map back: after commits
+# that wrote this many latest-window rows (a mass close puts 3 records per row), once this many
+# bytes were read through the map (state segment merges, outbox flushes), and after a flush when
+# this long has passed since the last time.
+RECYCLE_AFTER_ROWS = 100_000
+RECYCLE_AFTER_BYTES = 64 * 2**20
+RECYCLE_INTERVAL_S = 30.0
 
 
 @dataclass(slots=True)
@@ -76,6 +83,8 @@ class Checkpoint:
         self._last_commit_ms = 0.0
         self._flushes = 0
         self._last_flush_ms = 0.0
+        self._rows_since_recycle = self._read_since_recycle = 0
+        self._last_recycle = time.monotonic()
 
     @classmethod
     def open(cls, cfg: StorageConfig, *, environ: Mapping[str, str] | None = None,
@@ -169,7 +178,7 @@ class Checkpoint:
                 outbox.append((table, rows.num_rows, _encode_rows(rows)))
         with self._write_lock:
             seq = self._seq + 1
-            self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))
+            read = self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))
             self._seq = seq
             with self._count_lock:
                 for table, n, _ in outbox:
@@ -178,8 +187,17 @@ class Checkpoint:
             self._commits += 1
             self._commit_ms_total += ms
             self._last_commit_ms = ms
+            self._rows_since_recycle += len(unit.latest)
+            self._read_since_recycle += read
+            if self._rows_since_recycle >= RECYCLE_AFTER_ROWS or self._read_since_recycle >= RECYCLE_AFTER_BYTES:
+                self._recycle()
         self._crash.hit("after_lmdb_commit")
         return seq
+
+    def _recycle(self) -> None:
+        self._db.recycle()
+        self._rows_since_recycle = self._read_since_recycle = 0
+        self._last_recycle = time.monotonic()
 
     def flush(self, tables: Collection[str] | None = None) -> int:
         """Move outbox rows of `tables` (default: all) to Arrow files; return rows written.
@@ -194,6 +212,9 @@ class Checkpoint:
             total = sum(self._flush_table(t) for t in targets)
             if targets:
                 self._flushes += 1
+                if (time.monotonic() - self._last_recycle >= RECYCLE_INTERVAL_S
+                        or self._read_since_recycle >= RECYCLE_AFTER_BYTES):
+                    self._recycle()
                 self._last_flush_ms = (time.perf_counter() - t0) * 1000.0
             return total
 
@@ -205,6 +226,7 @@ class Checkpoint:
                 entries = layout.read_outbox(txn, prefix, self._max_file_rows)
             if not entries:
                 return total
+            self._read_since_recycle += sum(len(v) for _, _, v in entries)
             keys, first_seq, rows = _decode_chunk(entries)
             self._files.write(table, first_seq, rows)
             self._crash.hit("before_outbox_delete")

@@ -158,6 +158,12 @@ class Txn:
             yield key, value
 
 
+def _open_env(path: Path, map_size: int, db_names: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
+    env = lmdb.open(str(path), map_size=map_size, subdir=True, max_dbs=MAX_DBS,
+                    sync=True, metasync=True, readahead=False)
+    return env, {name: env.open_db(name.encode(), create=True) for name in db_names}
+
+
 def _prefix_end(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with `prefix` (None: no bound)."""
     p = bytearray(prefix)
@@ -189,6 +195,7 @@ class LmdbState:
         self._closed = False
         self._map_size = env.info()["map_size"]
         self._map_grows = 0
+        self._recycles = 0
         self._write_txns = 0
         self._last_write_ms = 0.0
 
@@ -205,17 +212,30 @@ class LmdbState:
             existing = data_file.stat().st_size if data_file.exists() else 0
             map_size = _round_up(max(map_size_initial_bytes, existing, _PAGE * 16))
             with map_exceptions(_LMDB_ERRORS):
-                env = lmdb.open(str(p), map_size=map_size, subdir=True, max_dbs=MAX_DBS,
-                                sync=True, metasync=True, readahead=False)
+                env, dbs = _open_env(p, map_size, db_names)
                 # We hold the flock, so every reader slot left in lock.mdb is from a dead process.
                 stale = env.reader_check()
-                dbs = {name: env.open_db(name.encode(), create=True) for name in db_names}
         except BaseException:
             lock.release()
             raise
         if log is not None and stale:
             log.warning("lmdb_stale_readers_cleared", count=stale, path=str(p))
         return cls(env, dbs, lock, p, _round_down(max(map_size_max_bytes, map_size)), log)
+
+    def recycle(self) -> None:
+        """Close and reopen the environment (readers and the writer wait meanwhile, ~1 ms).
+
+        Why: an environment keeps every single page a write transaction dirtied, once freed, in its
+        own pool for reuse (liblmdb's `mdb_page_free`; up to 512 MiB after a write of 128k pages),
+        and every page read through the map stays in the process's RSS (RssFile). A new
+        environment starts with neither. The checkpoint calls this after large writes and now and
+        then after flushes."""
+        with self._write_lock:
+            self._check_open()
+            with self._gate.exclusive(), map_exceptions(_LMDB_ERRORS):
+                self._env.close()
+                self._env, self._dbs = _open_env(self._path, self._map_size, tuple(self._dbs))
+                self._recycles += 1
 
     def write(self, fn: Callable[[Txn], T]) -> T:
         """Run `fn` in one write transaction and commit; on a full map grow it and rerun `fn`.
@@ -281,7 +301,7 @@ class LmdbState:
                 used = self._env.stat()["psize"] * (info["last_pgno"] + 1)
                 readers = info["num_readers"]
         return LmdbStats(path=str(self._path), used_bytes=used, map_size_bytes=self._map_size,
-                         map_size_max_bytes=self._map_max, map_grows=self._map_grows,
+                         map_size_max_bytes=self._map_max, map_grows=self._map_grows, recycles=self._recycles,
                          write_txns=self._write_txns, last_write_ms=self._last_write_ms,
                          readers=readers)
 
@@ -404,10 +424,12 @@ def read_state(txn: Txn) -> dict[str, list[tuple[bytes, bytes]]]:
     return {nsb.decode(): sorted((k, v) for k, v in m.items() if v is not None) for nsb, m in merged.items()}
 
 
-def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int) -> None:
+def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int) -> int:
     """Each namespace's changes as one segment per bucket they touch, under this commit's seq; a
     bucket whose chain would pass twice its size at its last merge (plus SLACK_BYTES), or
-    MAX_CHAIN segments, is merged into one segment instead (tombstones dropped)."""
+    MAX_CHAIN segments, is merged into one segment instead (tombstones dropped). Returns the bytes
+    the merges read through the map."""
+    read = 0
     for ns, changes in state.items():
         if not changes:
             continue
@@ -422,6 +444,7 @@ def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int
             if (chain_bytes[bucket] + len(blob) > 2 * base_bytes[bucket] + segments.SLACK_BYTES
                     or chain_len[bucket] >= segments.MAX_CHAIN):
                 chain = _chain(txn, nsb, bucket)
+                read += sum(len(v) for _, v in chain)
                 merged = segments.live(segments.merge([*(v for _, v in chain), blob]))
                 for k, _ in chain:
                     txn.delete("segments", k)
@@ -434,6 +457,7 @@ def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int
             if blob:
                 txn.put("segments", _bucket_prefix(nsb, bucket) + U64.pack(seq), blob)
         txn.put("sys", meta_key, meta.astype("<i8").tobytes())
+    return read
 
 
 def migrate_state(txn: Txn, seq: int) -> int:
@@ -470,9 +494,10 @@ def read_outbox(txn: Txn, prefix: bytes, max_rows: int) -> list[tuple[bytes, int
     return out
 
 
-def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]]) -> None:
-    """Every write of one commit (runs inside one write transaction; may be rerun after a grow)."""
-    _apply_state(txn, unit.state, seq)
+def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]]) -> int:
+    """Every write of one commit (runs inside one write transaction; may be rerun after a grow).
+    Returns the bytes of state segments it read through the map (merges)."""
+    read = _apply_state(txn, unit.state, seq)
     for name, pos in unit.positions.items():
         txn.put("positions", _name(name, "source"), pos)
     for name, value in unit.meta.items():
@@ -489,6 +514,7 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
     if unit.fold_log is not None and (drop is None or seq > drop):
         txn.put("foldlog", U64.pack(seq), unit.fold_log)
     txn.put("sys", SEQ_KEY, U64.pack(seq))
+    return read
 
 
 def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:

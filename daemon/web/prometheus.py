@@ -78,6 +78,8 @@ SCALARS = (
     Fig("store.lmdb.map_size_bytes", "storepulse_lmdb_map_size_bytes", GAUGE, "Current LMDB map size in bytes."),
     Fig("store.lmdb.map_size_max_bytes", "storepulse_lmdb_map_size_max_bytes", GAUGE, "Largest LMDB map size allowed (storage.map_size_max) in bytes."),
     Fig("store.lmdb.map_grows", "storepulse_lmdb_map_grows_total", COUNTER, "Times the LMDB map was grown."),
+    Fig("store.lmdb.recycles", "storepulse_lmdb_recycles_total", COUNTER,
+        "Times the LMDB environment was reopened to release its page pool and mapped pages."),
     Fig("store.lmdb.write_txns", "storepulse_lmdb_write_transactions_total", COUNTER, "LMDB write transactions committed."),
     Fig("store.lmdb.last_write_ms", "storepulse_lmdb_last_write_duration_seconds", GAUGE, "Duration of the last LMDB write transaction in seconds.", MS),
     Fig("store.lmdb.readers", "storepulse_lmdb_readers", GAUGE, "LMDB reader slots in use."),

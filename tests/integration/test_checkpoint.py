@@ -464,3 +464,26 @@ def test_a_format_2_data_dir_is_migrated_to_segments_at_open(tmp_path):
     with cp._db.reading() as txn:
         assert txn.get("sys", layout.FORMAT_KEY) == layout.FORMAT and list(txn.scan("state")) == []
     cp.close()
+
+
+def test_the_environment_is_recycled_after_many_latest_rows_and_after_flushes(tmp_path, monkeypatch):
+    """LMDB's page pool and mapped pages are given back after commits that wrote RECYCLE_AFTER_ROWS
+    latest-window rows, and after a flush once RECYCLE_INTERVAL_S has passed; reads go on unchanged."""
+    from daemon.stores import checkpoint as checkpoint_module
+    monkeypatch.setattr(checkpoint_module, "RECYCLE_AFTER_ROWS", 10)
+    monkeypatch.setattr(checkpoint_module, "RECYCLE_INTERVAL_S", 3600.0)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    for i in range(5):   # 4 rows each: recycled once, after the third commit (12 rows); 8 since
+        cp.commit(CommitUnit(latest=[("sales", b'["k%d"]' % j, 1000 + i, b"r%d" % i) for j in range(4)],
+                             state={"agg:a": {b"k": b"%d" % i}}))
+    assert cp.statistics().lmdb.recycles == 1
+    cp.commit(_unit(9))
+    cp.flush()
+    assert cp.statistics().lmdb.recycles == 1      # the interval has not passed
+    monkeypatch.setattr(checkpoint_module, "RECYCLE_INTERVAL_S", 0.0)
+    cp.commit(_unit(10))
+    cp.flush()
+    assert cp.statistics().lmdb.recycles == 2
+    assert cp.latest_windows("sales", b'["k0"]', 10) == [b"r%d" % i for i in range(4, -1, -1)]
+    assert cp.get("agg:a", b"k") == b"4" and cp.restore().commit_seq == 7
+    cp.close()
