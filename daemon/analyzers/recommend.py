@@ -201,17 +201,15 @@ class Recommender:
                         paired += 1
                         if paired >= max_pairs:
                             break
-            items = u[start::4]     # the item's earlier entry, if any, is moved to the end
+            items = u[start::4]     # the item's earlier entry, if any (moved to the end below)
             if item in items:
                 k = start + 4 * items.index(item)
                 if u[k + 3] == session:
                     session = u[k + 3]
                     if u[k + 2] > w:
                         w = u[k + 2]
-                del u[k:k + 4]
-            u += (item, ts, w, session)
-            if len(u) > start + max_recent_fields:
-                del u[start:start + 4]
+            else:
+                k = 0
             if etype == "purchase":
                 bought = u[2]
                 if bought is None:
@@ -219,19 +217,29 @@ class Recommender:
                 bought[item] = ts
                 if len(bought) > max_recent:
                     del bought[min(bought, key=bought.__getitem__)]
+            # The categories before the recent items: a 2-event user's list then grows once, to its size
+            # (16 fields; growing for the item first left it room for 20).
             if cat is not None:
-                for k in range(4, start, 2):
-                    if u[k] == cat:
-                        u[k + 1] += w * g
+                for j in range(4, start, 2):
+                    if u[j] == cat:
+                        u[j + 1] += w * g
                         break
                 else:
                     u[start:start] = (cat, 0.0 + w * g)   # 0.0 +: as dict.get(cat, 0.0) + did (for -0.0)
                     if start == max_cats_end:   # one category too many: the weakest goes (the first of equals)
                         weights_of = u[5:start + 2:2]
-                        k = 4 + 2 * weights_of.index(min(weights_of))
-                        del u[k:k + 2]
+                        j = 4 + 2 * weights_of.index(min(weights_of))
+                        del u[j:j + 2]
                     else:
-                        u[3] = start + 2
+                        start += 2
+                        u[3] = start
+                        if k:
+                            k += 2
+            if k:
+                del u[k:k + 4]
+            u += (item, ts, w, session)
+            if len(u) > start + max_recent_fields:
+                del u[start:start + 4]
             if len(count) > max_items:
                 self._drop_item(next(iter(count)))
         self._events += events
