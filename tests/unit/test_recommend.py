@@ -322,6 +322,34 @@ def test_take_dirty_names_exactly_the_users_touched_since_the_last_take(cfg, bat
             touched = set()
 
 
+@settings(max_examples=200, deadline=None)
+@given(cfg=SMALL_CONFIGS,
+       batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=6),
+       takes=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_incremental_changes_add_up_to_the_records_and_restore_the_same_values(cfg, batches, takes):
+    """take_changes after any of the batches, applied in order, store exactly the full records; restoring
+    them rebuilds every kept user's flat list and item's values (the commit path of the process)."""
+    rec = Recommender(cfg)
+    store: dict[bytes, bytes] = {}
+
+    def commit() -> None:
+        for key, value in rec.take_changes().items():
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
+    for b, take in zip(batches, takes):
+        rec.observe(b)
+        if take:
+            commit()
+    commit()
+    assert store == {**rec.records(rec._count, rec._users), **rec.trending.records()}
+    copy = Recommender(cfg)
+    copy.restore_items(store.items())
+    assert copy._users == rec._users and copy._count == rec._count and copy._cat == rec._cat
+    assert copy.take_changes() == {b"r#": store[b"r#"], **copy.trending.records([])}   # restored: nothing dirty
+
+
 def fresh(name: str) -> str:
     """An equal str that is a new object (as every decoded event's strings are)."""
     return "".join(list(name))
