@@ -112,10 +112,12 @@ class Recommender:
         user and few repeated pairs, and the order of additions decides the floats and the pruning,
         which must not depend on how the stream was cut into batches (the replica's frames are not
         the daemon's batches). What a batch does share is computed once: the decay factor per
-        distinct timestamp (~200 in 4096 events). Strings are shared, as decoding makes a new one per
+        distinct timestamp (~200 in 4096 events), with the one int object of that ts the users' entries
+        keep. Strings are shared, as decoding makes a new one per
         event: an item or category name is looked up in `_names`/`_cat_names` (one dict lookup) and that
         one object keys the counts, links and users' entries, and a same-session entry's session string
         is reused. That took ~20% off the state on generator streams (~55 bytes per link and entry).
+        A user is one flat list (new_user), walked by index: no dict or tuple per user or entry.
         """
         if trending:
             self.trending.observe(batch)
