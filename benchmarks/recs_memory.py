@@ -7,8 +7,10 @@ The stream is the benchmark's memory scenario (benchmarks/feeder.py `memory_work
 logged as its fold steps (pipeline/foldlog.py). A worker process per side folds the steps as server.py's
 Replica does (trending per piece, the recommender per `protocol.cut` batch) and reports the bytes the fold
 left allocated: by tracemalloc in one run, and as the growth of RssAnon in another (tracemalloc's own
-bookkeeping would count in RSS). The other revision's `daemon` package comes from `git archive`. Both sides
-must end with the same records (checked by digest; the run fails if not).
+bookkeeping would count in RSS); that run also times the fold in CPU time of its thread (one run per
+side: for CPU, benchmarks/replica_cpu.py's interleaved rounds are the measure). The other revision's
+`daemon` package comes from `git archive`. Both sides must end with the same records (checked by digest;
+the run fails if not).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def work(steps_path: str, traced: bool, top: int) -> None:
     if traced:
         tracemalloc.start()
     rss0 = _rss_anon_bytes()
+    cpu0 = time.thread_time()
     for blob in steps:
         step = orjson.loads(blob)
         if step[0] not in (foldlog.OBSERVE, foldlog.MORE):
@@ -85,9 +88,10 @@ def work(steps_path: str, traced: bool, top: int) -> None:
         for batch in protocol.cut(piece):
             rec.observe(batch, trending=False)
         del piece
+    fold_cpu_s = time.thread_time() - cpu0
     gc.collect()
-    out: dict[str, object] = {"users": len(rec._users), "items": len(rec._count),
-                              "rss_bytes": _rss_anon_bytes() - rss0}
+    out: dict[str, object] = {"users": len(rec._users), "items": len(rec._count), "rss_bytes": _rss_anon_bytes() - rss0,
+                              "fold_us_per_event": fold_cpu_s / rec._events * 1e6}
     if traced:
         out["traced_bytes"] = tracemalloc.get_traced_memory()[0]
         if top:
@@ -137,8 +141,10 @@ def main() -> None:
         print(f"{2 * args.users:,} events for {args.users:,} users logged in {time.perf_counter() - t:.1f}s",
               file=sys.stderr)
         sides = {args.rev: old_root, "new": REPO}
-        res = {name: {**run_side(root, steps_path, True, args.top), **{
-            "rss_bytes": run_side(root, steps_path, False, 0)["rss_bytes"]}} for name, root in sides.items()}
+        res = {name: run_side(root, steps_path, True, args.top) for name, root in sides.items()}
+        for name, root in sides.items():   # untraced: tracemalloc's bookkeeping would count in RSS and CPU
+            untraced = run_side(root, steps_path, False, 0)
+            res[name] |= {key: untraced[key] for key in ("rss_bytes", "fold_us_per_event")}
     same = len({r["digest"] for r in res.values()}) == 1
     users = res["new"]["users"]
     print(f"\n{users:,} users, {res['new']['items']:,} items; final records "
@@ -148,6 +154,9 @@ def main() -> None:
     for key, label in (("traced_bytes", "tracemalloc bytes/user"), ("rss_bytes", "RssAnon growth bytes/user")):
         before, after = res[args.rev][key] / users, res["new"][key] / users
         print(f"| {label} | {before:,.0f} | {after:,.0f} | {after / before - 1:+.0%} |")
+    before, after = res[args.rev]["fold_us_per_event"], res["new"]["fold_us_per_event"]
+    print(f"| fold CPU µs/event (one run each: a hint, not an A/B) | {before:.2f} | {after:.2f} "
+          f"| {after / before - 1:+.0%} |")
     for name in sides:
         for line in res[name].get("top", []):
             print(f"{name}: {line}")
