@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
-from itertools import islice
+from itertools import chain, islice
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -44,15 +44,29 @@ class RecommenderStats:
     users_dropped: int
 
 
-class _User:
-    __slots__ = ("last_ms", "recent", "bought", "cats", "dirty")
+# A user is one flat list (see `new_user`), not an object holding dicts of tuples: at 2 events per user
+# (the benchmark's memory scenario) that was ~920 bytes per user, a _User with `recent` and `cats` dicts
+# (~184 bytes each before their entries) and a tuple per recent item; see benchmarks/recs_memory.py.
+# The fold indexes it with literal numbers (a name per field would be a global lookup in the hot loop):
+_LAST, _DIRTY, _BOUGHT, _START = 0, 1, 2, 3   # then the (category, weight) pairs from 4, then u[3]: the recent items
+_User = list   # type: the list new_user makes
 
-    def __init__(self, last_ms: int) -> None:
-        self.last_ms = last_ms
-        self.dirty = False    # changed since the last take_dirty (Recommender._dirty_user_count)
-        self.recent: dict[str, tuple[int, float, str | None]] = {}   # item -> (ts_ms, weight, session), oldest first
-        self.bought: dict[str, int] | None = None   # item -> ts_ms of the latest purchase; None: none yet (most users)
-        self.cats: dict[str, float] = {}         # category -> forward-decayed weight
+
+def new_user(last_ms: int, dirty: bool) -> _User:
+    """[last_ms, dirty, bought, start, *cats, *recent], a user's whole state in one list:
+
+    last_ms: the latest event's ts; dirty: changed since the last take_dirty (Recommender._dirty_user_count);
+    bought: item -> ts_ms of the latest purchase, or None (most users buy nothing);
+    cats: (category, forward-decayed weight) pairs at u[4:start], as a dict in insertion order;
+    recent: (item, ts_ms, weight, session) quadruples at u[start:], oldest first, each item once.
+    """
+    return [last_ms, dirty, None, 4]
+
+
+def user_cats(u: _User) -> dict[str, float]:
+    """A user's categories: category -> forward-decayed weight, in the order they came."""
+    start = u[_START]
+    return dict(zip(u[4:start:2], u[5:start:2]))
 
 
 class Recommender:
@@ -76,7 +90,7 @@ class Recommender:
         self._events = self._dropped = 0
         self._dirty_items: set[str] = set()
         # The users changed since the last take_dirty are the last _dirty_user_count of `_users`: observe
-        # moves a user it touches to the end and marks it (`_User.dirty`), so a set of their ids (a probe
+        # moves a user it touches to the end and marks it (its `dirty` field, new_user), so a set of their ids (a probe
         # and a string compare per event, ~5% of observe) is not needed.
         self._dirty_user_count = 0
         self._deleted: set[bytes] = set()
@@ -98,10 +112,12 @@ class Recommender:
         user and few repeated pairs, and the order of additions decides the floats and the pruning,
         which must not depend on how the stream was cut into batches (the replica's frames are not
         the daemon's batches). What a batch does share is computed once: the decay factor per
-        distinct timestamp (~200 in 4096 events). Strings are shared, as decoding makes a new one per
+        distinct timestamp (~200 in 4096 events), with the one int object of that ts the users' entries
+        keep. Strings are shared, as decoding makes a new one per
         event: an item or category name is looked up in `_names`/`_cat_names` (one dict lookup) and that
         one object keys the counts, links and users' entries, and a same-session entry's session string
         is reused. That took ~20% off the state on generator streams (~55 bytes per link and entry).
+        A user is one flat list (new_user), walked by index: no dict or tuple per user or entry.
         """
         if trending:
             self.trending.observe(batch)
@@ -111,10 +127,13 @@ class Recommender:
         cfg = self.cfg
         limit, max_pairs, max_recent, max_items = (2 * cfg.neighbours_per_item, self.max_pairs,
                                                    cfg.recent_items_per_user, cfg.max_items)
+        max_recent_fields, max_cats_end = 4 * max_recent, 4 + 2 * _MAX_CATS
         sqrt, prune = math.sqrt, self._prune
         names, cat_names = self._names, self._cat_names
         ref = self._ref_ms
-        growth_by_ts: dict[int, float] = {}
+        # ts -> (the batch's first int object of that value, its growth): users' entries keep a ts each, and
+        # a 16-event batch holds 1-2 distinct ones, so sharing them saves ~30 bytes per entry.
+        growth_by_ts: dict[int, tuple[int, float]] = {}
         events = 0
         for etype, user_id, session, item, cat, ts in zip(batch.type, batch.user_id, batch.session_id,
                                                          batch.item_id, batch.category, batch.ts):
@@ -125,8 +144,8 @@ class Recommender:
             item = names.setdefault(item, item)
             if cat is not None:
                 cat = cat_names.setdefault(cat, cat)
-            g = growth_by_ts.get(ts)
-            if g is None:
+            shared_ts = growth_by_ts.get(ts)
+            if shared_ts is None:
                 if ref is None or (ts - ref) / hl > _REBASE_HALF_LIVES:
                     growth_by_ts.clear()
                     self._dirty_user_count = dirty_user_count   # a rebase marks every user
@@ -134,28 +153,41 @@ class Recommender:
                     ref, dirty_user_count = self._ref_ms, self._dirty_user_count
                 else:
                     g = 2.0 ** ((ts - ref) / hl)
-                growth_by_ts[ts] = g
+                growth_by_ts[ts] = (ts, g)
+            else:
+                ts, g = shared_ts
             count[item] = count.pop(item, 0.0) + w * g
             if cat is not None:
                 cats_of[item] = cat
             dirty_items.add(item)
+            # u: [last_ms, dirty, bought, start, *(category, weight), *(item, ts_ms, weight, session)] (new_user)
             u = users.pop(user_id, None)
-            if u is None:
-                u = _User(ts)
-            users[user_id] = u          # re-inserted: the dict's order is idleness order
-            if ts > u.last_ms:
-                u.last_ms = ts
-            if not u.dirty:
-                u.dirty = True
+            if u is None:   # a new user: nothing to pair with or to update, and its list made at its size
+                if cat is None:
+                    u = [ts, True, None, 4, item, ts, w, session]
+                else:
+                    u = [ts, True, None, 6, cat, 0.0 + w * g, item, ts, w, session]   # 0.0 +: as in cats below
+                if etype == "purchase":
+                    u[2] = {item: ts}
+                users[user_id] = u
                 dirty_user_count += 1
-            recent = u.recent
+                if len(count) > max_items:
+                    self._drop_item(next(iter(count)))
+                continue
+            users[user_id] = u          # re-inserted: the dict's order is idleness order
+            if ts > u[0]:
+                u[0] = ts
+            if not u[1]:
+                u[1] = True
+                dirty_user_count += 1
+            start = u[3]
             if session is not None:
                 paired = 0
                 mine = nbrs.get(item)
-                for other, entry in reversed(recent.items()):
-                    if entry[2] == session and other != item:
-                        session = entry[2]
-                        c = sqrt(w * entry[1]) * g
+                for k in range(len(u) - 1, start, -4):    # each recent item's session, newest first
+                    if u[k] == session and u[k - 3] != item:
+                        session, other = u[k], u[k - 3]
+                        c = sqrt(w * u[k - 1]) * g
                         if mine is None:
                             mine = nbrs[item] = {}
                         mine[other] = mine.get(other, 0.0) + c
@@ -171,26 +203,45 @@ class Recommender:
                         paired += 1
                         if paired >= max_pairs:
                             break
-            entry = recent.pop(item, None)
-            if entry is not None and entry[2] == session:
-                session = entry[2]
-                if entry[1] > w:
-                    w = entry[1]
-            recent[item] = (ts, w, session)   # a tuple: the GC stops tracking it
-            if len(recent) > max_recent:
-                del recent[next(iter(recent))]
+            items = u[start::4]     # the item's earlier entry, if any (moved to the end below)
+            if item in items:
+                k = start + 4 * items.index(item)
+                if u[k + 3] == session:
+                    session = u[k + 3]
+                    if u[k + 2] > w:
+                        w = u[k + 2]
+            else:
+                k = 0
             if etype == "purchase":
-                bought = u.bought
+                bought = u[2]
                 if bought is None:
-                    bought = u.bought = {}
+                    bought = u[2] = {}
                 bought[item] = ts
                 if len(bought) > max_recent:
                     del bought[min(bought, key=bought.__getitem__)]
+            # The categories before the recent items: a 2-event user's list then grows once, to its size
+            # (16 fields; growing for the item first left it room for 20).
             if cat is not None:
-                ucats = u.cats
-                ucats[cat] = ucats.get(cat, 0.0) + w * g
-                if len(ucats) > _MAX_CATS:
-                    del ucats[min(ucats, key=ucats.__getitem__)]
+                for j in range(4, start, 2):
+                    if u[j] == cat:
+                        u[j + 1] += w * g
+                        break
+                else:
+                    u[start:start] = (cat, 0.0 + w * g)   # 0.0 +: as dict.get(cat, 0.0) + did (for -0.0)
+                    if start == max_cats_end:   # one category too many: the weakest goes (the first of equals)
+                        weights_of = u[5:start + 2:2]
+                        j = 4 + 2 * weights_of.index(min(weights_of))
+                        del u[j:j + 2]
+                    else:
+                        start += 2
+                        u[3] = start
+                        if k:
+                            k += 2
+            if k:
+                del u[k:k + 4]
+            u += (item, ts, w, session)
+            if len(u) > start + max_recent_fields:
+                del u[start:start + 4]
             if len(count) > max_items:
                 self._drop_item(next(iter(count)))
         self._events += events
@@ -221,9 +272,9 @@ class Recommender:
                 for other in nb:
                     nb[other] *= f
             for u in self._users.values():
-                for c in u.cats:
-                    u.cats[c] *= f
-                u.dirty = True
+                for k in range(5, u[_START], 2):
+                    u[k] *= f
+                u[_DIRTY] = True
             self._dirty_items.update(self._count)
             self._dirty_user_count = len(self._users)
             self._ref_ms, e = float(ts_ms), 0.0
@@ -234,9 +285,9 @@ class Recommender:
         users, ttl_ms = self._users, self.cfg.user_ttl_s * 1000.0
         while users:
             uid = next(iter(users))
-            if users[uid].last_ms >= now_ms - ttl_ms and len(users) <= self.cfg.max_users:
+            if users[uid][_LAST] >= now_ms - ttl_ms and len(users) <= self.cfg.max_users:
                 break
-            if users.pop(uid).dirty:
+            if users.pop(uid)[_DIRTY]:
                 self._dirty_user_count -= 1
             self._dropped += 1
             self._deleted.add(b"u:" + uid.encode())
@@ -261,12 +312,13 @@ class Recommender:
         u = self._users.get(user_id)
         if k <= 0:
             return []
-        if u is None or u.last_ms < now_ms - self.cfg.user_ttl_s * 1000.0:
+        if u is None or u[_LAST] < now_ms - self.cfg.user_ttl_s * 1000.0:
             return self.trending.top(None, k, now_ms)
-        exclude = {item for item, ts in (u.bought or {}).items() if ts >= now_ms - self.exclude_bought_ms}
+        exclude = {item for item, ts in (u[_BOUGHT] or {}).items() if ts >= now_ms - self.exclude_bought_ms}
         scores: dict[str, float] = {}
         count, nbrs, hl = self._count, self._nbrs, self.half_life_ms
-        for item, (ts, w, _) in u.recent.items():
+        for j in range(u[_START], len(u), 4):
+            item, ts, w = u[j], u[j + 1], u[j + 2]
             rec = w * 2.0 ** ((ts - now_ms) / hl)
             scores[item] = scores.get(item, 0.0) + rec * self.self_weight
             nb = nbrs.get(item)
@@ -291,7 +343,8 @@ class Recommender:
     def _fallback(self, u: _User, k: int, now_ms: int, skip: set[str], below: float) -> list[tuple[str, float]]:
         """Trending in the user's categories (strongest first), then overall, scaled under `below`."""
         found: list[tuple[str, float]] = []
-        for cat in [*sorted(u.cats, key=u.cats.__getitem__, reverse=True), None]:
+        cats = user_cats(u)
+        for cat in [*sorted(cats, key=cats.__getitem__, reverse=True), None]:
             for item, s in self.trending.top(cat, k + len(skip), now_ms):
                 if item not in skip:
                     skip.add(item)
@@ -328,7 +381,7 @@ class Recommender:
         deleted, items = self._deleted, list(self._dirty_items)
         users = []
         for uid, u in islice(reversed(self._users.items()), self._dirty_user_count):   # the changed: last
-            u.dirty = False
+            u[_DIRTY] = False
             users.append(uid)
         self._deleted = set()
         self._dirty_items.clear()
@@ -345,8 +398,9 @@ class Recommender:
         for uid in users:
             u = self._users.get(uid)
             if u is not None:
-                recent = [[item, *entry] for item, entry in u.recent.items()]
-                out[b"u:" + uid.encode()] = jsonbytes.dumps([u.last_ms, recent, u.bought or {}, u.cats])
+                start = u[_START]
+                recent = [u[k:k + 4] for k in range(start, len(u), 4)]   # [item, ts_ms, weight, session]
+                out[b"u:" + uid.encode()] = jsonbytes.dumps([u[_LAST], recent, u[_BOUGHT] or {}, user_cats(u)])
         out[b"r#"] = jsonbytes.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped})
         return out
 
@@ -368,9 +422,9 @@ class Recommender:
                     self._nbrs[item] = nb
             elif key.startswith(b"u:"):
                 last_ms, recent, bought, cats = orjson.loads(value)
-                u = _User(last_ms)
-                u.recent = {item: (ts, w, session) for item, ts, w, session in recent}
-                u.bought, u.cats = bought or None, cats
+                # Built at its size (observe's appends leave a list room to grow).
+                u = [last_ms, False, bought or None, 4 + 2 * len(cats), *chain.from_iterable(cats.items()),
+                     *chain.from_iterable(recent)]
                 users.append((last_ms, key[2:].decode(), u))
             elif key == b"r#":
                 meta = orjson.loads(value)
@@ -395,16 +449,17 @@ class Recommender:
         for item, nb in self._nbrs.items():
             self._nbrs[item] = {names.get(other, other): c for other, c in nb.items()}
         for u in self._users.values():
-            recent: dict[str, tuple[int, float, str | None]] = {}
+            start = u[_START]
+            for k in range(4, start, 2):
+                u[k] = cat_names.setdefault(u[k], u[k])
             shared: str | None = None
-            for item, (ts, w, session) in u.recent.items():
-                if session != shared:
-                    shared = session
-                recent[names.get(item, item)] = (ts, w, shared)
-            u.recent = recent
-            if u.bought is not None:
-                u.bought = {names.get(item, item): ts for item, ts in u.bought.items()}
-            u.cats = {cat_names.setdefault(cat, cat): w for cat, w in u.cats.items()}
+            for k in range(start, len(u), 4):
+                u[k] = names.get(u[k], u[k])
+                if u[k + 3] != shared:
+                    shared = u[k + 3]
+                u[k + 3] = shared
+            if u[_BOUGHT] is not None:
+                u[_BOUGHT] = {names.get(item, item): ts for item, ts in u[_BOUGHT].items()}
 
     def snapshot(self) -> bytes:
         """The whole state as bytes (every record, as a first `take_changes` would write it)."""

@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.analyzers.recommend import Recommender, _User
+from daemon.analyzers.recommend import Recommender, new_user
 from daemon.analyzers.trending import Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
@@ -172,8 +172,28 @@ def reference_prune(rec: Recommender, item: str) -> None:
                                           key=lambda kv: kv[1]))
 
 
+def unpack_user(u: list) -> tuple[dict, dict]:
+    """A user's (recent, cats) as the dicts they were before users became flat lists (new_user's layout):
+    item -> (ts_ms, weight, session) oldest first, and category -> weight in insertion order."""
+    start = u[3]
+    cats = {u[k]: u[k + 1] for k in range(4, start, 2)}
+    recent = {u[k]: (u[k + 1], u[k + 2], u[k + 3]) for k in range(start, len(u), 4)}
+    assert len(cats) * 2 == start - 4 and len(recent) * 4 == len(u) - start   # no name twice
+    return recent, cats
+
+
+def pack_user(u: list, recent: dict, cats: dict) -> None:
+    """Write those dicts back into the user's list."""
+    u[3:] = [4 + 2 * len(cats)]
+    for cat, w in cats.items():
+        u += [cat, w]
+    for item, (ts, w, session) in recent.items():
+        u += [item, ts, w, session]
+
+
 def reference_observe(rec: Recommender, batch: EventBatch) -> None:
-    """The fold as the module docstring states it, one event at a time, nothing shared across events."""
+    """The fold as the module docstring states it, one event at a time, nothing shared across events,
+    on a user's recent items and categories as dicts."""
     reference_trending(rec.trending, batch)
     limit = 2 * rec.cfg.neighbours_per_item
     for etype, user_id, session, item, cat, ts in zip(batch.type, batch.user_id, batch.session_id,
@@ -190,14 +210,15 @@ def reference_observe(rec: Recommender, batch: EventBatch) -> None:
         if cat is not None:
             rec._cat[item] = cat
         rec._dirty_items.add(item)
-        u = rec._users.pop(user_id, None) or _User(ts)
+        u = rec._users.pop(user_id, None) or new_user(ts, False)
         rec._users[user_id] = u
-        u.last_ms = max(u.last_ms, ts)
-        if not u.dirty:   # the changed users are the last _dirty_user_count of _users (Recommender.__init__)
-            u.dirty = True
+        u[0] = max(u[0], ts)
+        if not u[1]:   # the changed users are the last _dirty_user_count of _users (Recommender.__init__)
+            u[1] = True
             rec._dirty_user_count += 1
+        recent, cats = unpack_user(u)
         if session is not None:
-            earlier = [(other, e[1]) for other, e in reversed(u.recent.items()) if e[2] == session and other != item]
+            earlier = [(other, e[1]) for other, e in reversed(recent.items()) if e[2] == session and other != item]
             for other, w_other in earlier[:rec.max_pairs]:
                 c = math.sqrt(w * w_other) * g
                 mine, theirs = rec._nbrs.setdefault(item, {}), rec._nbrs.setdefault(other, {})
@@ -208,21 +229,22 @@ def reference_observe(rec: Recommender, batch: EventBatch) -> None:
                     reference_prune(rec, other)
                 if len(mine) > limit:
                     reference_prune(rec, item)
-        before = u.recent.pop(item, None)
+        before = recent.pop(item, None)
         if before is not None and before[2] == session:
             w = max(w, before[1])
-        u.recent[item] = (ts, w, session)
-        if len(u.recent) > rec.cfg.recent_items_per_user:
-            del u.recent[next(iter(u.recent))]
+        recent[item] = (ts, w, session)
+        if len(recent) > rec.cfg.recent_items_per_user:
+            del recent[next(iter(recent))]
         if etype == "purchase":
-            u.bought = u.bought or {}
-            u.bought[item] = ts
-            if len(u.bought) > rec.cfg.recent_items_per_user:
-                del u.bought[min(u.bought, key=u.bought.__getitem__)]
+            u[2] = u[2] or {}
+            u[2][item] = ts
+            if len(u[2]) > rec.cfg.recent_items_per_user:
+                del u[2][min(u[2], key=u[2].__getitem__)]
         if cat is not None:
-            u.cats[cat] = u.cats.get(cat, 0.0) + w * g
-            if len(u.cats) > 4:
-                del u.cats[min(u.cats, key=u.cats.__getitem__)]
+            cats[cat] = cats.get(cat, 0.0) + w * g
+            if len(cats) > 4:
+                del cats[min(cats, key=cats.__getitem__)]
+        pack_user(u, recent, cats)
         if len(rec._count) > rec.cfg.max_items:
             rec._drop_item(next(iter(rec._count)))
     if batch.ts:
@@ -272,6 +294,12 @@ def test_observe_equals_the_per_event_reference(cfg, batches):
     copy.restore(rec.snapshot())
     assert sorted(orjson.loads(copy.snapshot())) == sorted(orjson.loads(rec.snapshot()))
     assert copy._names.keys() == copy._count.keys()
+    # restore rebuilds the same values (users' flat lists field for field, dirty flags clear as after a take;
+    # the orders of users and items are restore's own: by last_ms, and the weakest item first)
+    assert copy._users == rec._users and copy._count == rec._count
+    # (links of an evicted item that a later pair re-made are not in the records: kept items only)
+    assert copy._nbrs == {item: nb for item, nb in rec._nbrs.items() if item in rec._count}
+    assert copy._cat == rec._cat and copy._ref_ms == rec._ref_ms
 
 
 @settings(max_examples=300, deadline=None)
@@ -294,6 +322,34 @@ def test_take_dirty_names_exactly_the_users_touched_since_the_last_take(cfg, bat
             touched = set()
 
 
+@settings(max_examples=200, deadline=None)
+@given(cfg=SMALL_CONFIGS,
+       batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=6),
+       takes=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_incremental_changes_add_up_to_the_records_and_restore_the_same_values(cfg, batches, takes):
+    """take_changes after any of the batches, applied in order, store exactly the full records; restoring
+    them rebuilds every kept user's flat list and item's values (the commit path of the process)."""
+    rec = Recommender(cfg)
+    store: dict[bytes, bytes] = {}
+
+    def commit() -> None:
+        for key, value in rec.take_changes().items():
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
+    for b, take in zip(batches, takes):
+        rec.observe(b)
+        if take:
+            commit()
+    commit()
+    assert store == {**rec.records(rec._count, rec._users), **rec.trending.records()}
+    copy = Recommender(cfg)
+    copy.restore_items(store.items())
+    assert copy._users == rec._users and copy._count == rec._count and copy._cat == rec._cat
+    assert copy.take_changes() == {b"r#": store[b"r#"], **copy.trending.records([])}   # restored: nothing dirty
+
+
 def fresh(name: str) -> str:
     """An equal str that is a new object (as every decoded event's strings are)."""
     return "".join(list(name))
@@ -309,8 +365,8 @@ def test_item_category_and_session_strings_are_shared_after_observe_and_restore(
     copy.restore(rec.snapshot())
     for r in (rec, copy):
         lamp = next(k for k in r._count if k == "lamp")
-        a, b = r._users["a"], r._users["b"]
+        (a_recent, a_cats), (b_recent, b_cats) = unpack_user(r._users["a"]), unpack_user(r._users["b"])
         assert all(next(k for k in d if k == "lamp") is lamp
-                   for d in (a.recent, b.recent, r._nbrs["bulb"], r._cat))
-        assert next(iter(a.cats)) is next(iter(b.cats)) is r._cat["lamp"]
-        assert a.recent["lamp"][2] is a.recent["bulb"][2]
+                   for d in (a_recent, b_recent, r._nbrs["bulb"], r._cat))
+        assert next(iter(a_cats)) is next(iter(b_cats)) is r._cat["lamp"]
+        assert a_recent["lamp"][2] is a_recent["bulb"][2]
