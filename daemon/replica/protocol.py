@@ -22,7 +22,6 @@ import dataclasses
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -30,6 +29,7 @@ import orjson
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
 from daemon.pipeline import foldlog
+from daemon.stores import segments
 
 CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT = b"C", b"R", b"S", b"L", b"Y", b"O", b"K"
 READY, CHANGES = b"P", b"A"
@@ -40,7 +40,6 @@ NO_CLOCK = 2**64 - 1      # OBSERVE before the first watermark: the process read
 FRAME_EVENTS = 16         # events per recommender batch in the process (reads are answered between two)
 MAX_FRAME_BYTES = 2**31   # anything bigger is corruption
 RECORDS_CHUNK_BYTES = 8 << 20
-_DELETED = 0xFFFFFFFF
 
 
 class ProtocolError(ValueError):
@@ -80,37 +79,16 @@ def read_config(payload: bytes) -> ReplicaSettings:
 # ---- records: key → value (None deletes), the `recs` namespace of the daemon's state ---------------
 
 def pack_records(records: dict[bytes, bytes | None] | Iterable[tuple[bytes, bytes | None]]) -> bytes:
-    """u32 n, n × u32 key length, n × u32 value length (0xFFFFFFFF: deleted), the keys, the values."""
-    return b"".join(_records_parts(records))
-
-
-def _records_parts(records: dict[bytes, bytes | None] | Iterable[tuple[bytes, bytes | None]]) -> list[bytes]:
-    """pack_records's output as the pieces to join: the head, then the keys, then the values."""
-    if isinstance(records, dict):
-        keys, values = list(records), list(records.values())
-    else:
-        items = list(records)
-        keys = [k for k, _ in items]
-        values = [v for _, v in items]
-    n = len(keys)
-    head = struct.pack(f">I{n}I{n}I", n, *map(len, keys), *(_DELETED if v is None else len(v) for v in values))
-    return [head, *keys, *(v for v in values if v is not None)]
+    """The records as one state segment (stores/segments.py: u32 n, n × u32 key length, n × u32 value
+    length (0xFFFFFFFF: deleted), the keys, the values)."""
+    return segments.pack(records)
 
 
 def unpack_records(data: bytes) -> dict[bytes, bytes | None]:
     try:
-        (n,) = struct.unpack_from(">I", data)
-        lengths = struct.unpack_from(f">{2 * n}I", data, 4)
-    except struct.error:
-        raise ProtocolError("a records payload shorter than its header") from None
-    klens, vlens = lengths[:n], lengths[n:]
-    pos = 4 + 8 * n
-    kends = list(accumulate(klens, initial=pos))
-    vends = list(accumulate((0 if v == _DELETED else v for v in vlens), initial=kends[-1]))
-    if vends[-1] != len(data):
-        raise ProtocolError(f"a records payload of {len(data)} bytes, its header says {vends[-1]}")
-    return {data[kends[i]:kends[i + 1]]: (None if vlens[i] == _DELETED else data[vends[i]:vends[i + 1]])
-            for i in range(n)}
+        return dict(segments.unpack(data))
+    except ValueError as exc:
+        raise ProtocolError(f"a records payload: {exc}") from None
 
 
 def records_frames(items: Iterable[tuple[bytes, bytes]], chunk_bytes: int = RECORDS_CHUNK_BYTES) -> Iterator[bytes]:
@@ -131,7 +109,7 @@ def records_frames(items: Iterable[tuple[bytes, bytes]], chunk_bytes: int = RECO
 def changes_frame(seq: int, records: dict[bytes, bytes | None]) -> bytes:
     """frame(CHANGES, U64.pack(seq) + pack_records(records)), joined once (an answer is ~20-40 MiB:
     each concatenation copied it again)."""
-    parts = _records_parts(records)
+    parts = segments.parts(records)
     size = U64.size + sum(map(len, parts))
     return b"".join([HEADER.pack(size, CHANGES), U64.pack(seq), *parts])
 

@@ -15,7 +15,9 @@ its size at its last compaction (plus SLACK_BYTES) is merged into one segment in
 so a bucket holds at most ~2x its live bytes and a compaction reads ~1/BUCKETS of the state.
 
 A segment: u32 n, n × u32 key length, n × u32 value length (TOMBSTONE: deleted), the keys, the
-values. Later segments of a chain win; a tombstone deletes, and is dropped when its chain merges.
+values, integers big-endian. Later segments of a chain win; a tombstone deletes, and is dropped
+when its chain merges. The recommendations process's answers and records frames carry their
+records in the same form (replica/protocol.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ BUCKETS = 64
 SLACK_BYTES = 256 * 1024     # a bucket's chain may grow this much past 2x its base before merging
 MAX_CHAIN = 32               # ... or this many segments (many tiny writes of a hot key)
 TOMBSTONE = 0xFFFFFFFF
-_U32 = struct.Struct("<I")
+_U32 = struct.Struct(">I")
 
 
 def bucket_of(key: bytes) -> int:
@@ -52,29 +54,45 @@ def by_bucket(records: Mapping[bytes, bytes | None]) -> dict[int, dict[bytes, by
     return out
 
 
-def pack(records: Mapping[bytes, bytes | None]) -> bytes:
-    """One segment of the records (None values as tombstones)."""
-    keys = list(records)
-    values = list(records.values())
+def parts(records: Mapping[bytes, bytes | None] | Iterable[tuple[bytes, bytes | None]]) -> list[bytes]:
+    """A segment of the records (None values as tombstones) as the pieces to join: the head, the
+    keys, the values (a caller framing it joins once: segments of recommender answers are ~20-40 MiB)."""
+    if isinstance(records, Mapping):
+        keys, values = list(records), list(records.values())
+    else:
+        pairs = list(records)
+        keys, values = [k for k, _ in pairs], [v for _, v in pairs]
     n = len(keys)
-    klen = np.fromiter(map(len, keys), dtype=np.uint32, count=n)
-    vlen = np.fromiter((TOMBSTONE if v is None else len(v) for v in values), dtype=np.uint32, count=n)
-    return b"".join([_U32.pack(n), klen.astype("<u4").tobytes(), vlen.astype("<u4").tobytes(),
-                     *keys, *(v for v in values if v is not None)])
+    klen = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+    vlen = np.fromiter((TOMBSTONE if v is None else len(v) for v in values), dtype=np.int64, count=n)
+    return [_U32.pack(n) + klen.astype(">u4").tobytes() + vlen.astype(">u4").tobytes(),
+            *keys, *(v for v in values if v is not None)]
+
+
+def pack(records: Mapping[bytes, bytes | None] | Iterable[tuple[bytes, bytes | None]]) -> bytes:
+    """One segment of the records (None values as tombstones)."""
+    return b"".join(parts(records))
 
 
 def unpack(segment: bytes | memoryview) -> list[tuple[bytes, bytes | None]]:
-    """The (key, value or None) records of one segment, in packed order."""
+    """The (key, value or None) records of one segment, in packed order; ValueError if it is cut short
+    or longer than its head says."""
     data = bytes(segment)
-    n = _U32.unpack_from(data)[0]
-    klen = np.frombuffer(data, dtype="<u4", count=n, offset=4).astype(np.int64)
-    vlen = np.frombuffer(data, dtype="<u4", count=n, offset=4 + 4 * n).astype(np.int64)
+    try:
+        n = _U32.unpack_from(data)[0]
+    except struct.error:
+        raise ValueError(f"a state segment of {len(data)} bytes, shorter than its head") from None
+    if len(data) < 4 + 8 * n:
+        raise ValueError(f"a state segment of {len(data)} bytes, shorter than its head")
+    klen = np.frombuffer(data, dtype=">u4", count=n, offset=4).astype(np.int64)
+    vlen = np.frombuffer(data, dtype=">u4", count=n, offset=4 + 4 * n).astype(np.int64)
     gone = vlen == TOMBSTONE
     vlen[gone] = 0
     kend = (4 + 8 * n) + np.cumsum(klen)
     vend = int(kend[-1]) + np.cumsum(vlen) if n else kend
-    if n and int(vend[-1]) != len(data):
-        raise ValueError(f"a state segment of {len(data)} bytes holds {int(vend[-1])}")
+    size = int(vend[-1]) if n else 4
+    if size != len(data):
+        raise ValueError(f"a state segment of {len(data)} bytes, its head says {size}")
     kstart, vstart = (kend - klen).tolist(), (vend - vlen).tolist()
     kend_l, vend_l, gone_l = kend.tolist(), vend.tolist(), gone.tolist()
     return [(data[a:b], None if g else data[c:d])
