@@ -1,6 +1,6 @@
 """Sketch metrics via Apache DataSketches: distinct (HLL), quantiles (KLL), topk (frequent items).
 
-Error bounds (a priori, from the library): distinct is exact up to 8 values (kept as a tuple),
+Error bounds (a priori, from the library): distinct is exact up to 16 values (kept as a tuple),
 then uses HLL lg_k=16 with the union
 (composite) estimator, 0.41% relative standard error (1.2% at 99.7%, so SPEC's "<= 2%" holds
 with margin; lg_k=14 missed 2% about once per 1,000 windows in the oracle test's measurements); that
@@ -27,7 +27,7 @@ from daemon.metrics.sharing import shared
 from daemon import jsonbytes
 
 HLL_LG_K = 16
-SMALL_DISTINCT = 8  # a distinct state keeps up to this many values in a tuple before it becomes an HLL
+SMALL_DISTINCT = 16  # a distinct state keeps up to this many values in a tuple before it becomes an HLL
 KLL_K = 200
 _KLL_BULK_MIN = 16  # below this, per-value update beats building a numpy array
 
@@ -62,10 +62,12 @@ class Distinct:
     """Approximate count of distinct values (HyperLogLog, HLL_8 registers); exact up to SMALL_DISTINCT.
 
     A state starts as a tuple of its distinct values (first seen first) and becomes an HLL sketch
-    past SMALL_DISTINCT of them: most open sessions and panes see one or two values, and a tuple
-    of them costs ~50 bytes where an HLL object costs ~230. A tuple answers its length, the exact
-    count; an HLL holding those few values answered its coupon count, the same number unless two
-    values shared a coupon (~2e-7 per state of 8 values), when it was one short. A state is a tuple
+    past SMALL_DISTINCT of them: most open sessions and panes see a few values, and a tuple of 16
+    costs 168 bytes where an HLL holding 9 already costs ~325 (measured RSS: its C++ object and
+    coupon table; 8 was the bound until the memory benchmark's item panes, with ~6-12 viewers each,
+    showed it). A tuple answers its length, the exact count; an HLL holding those few values
+    answered its coupon count, the same number unless two values shared a 26-bit coupon (per state
+    of 16 values, ~2e-6), when it was one short. A state is a tuple
     exactly while its set of values is small, so the answer still depends on that set alone, never
     on order, batching or merges; dumps keep the tuple (as a JSON list, which `load` tells from an
     HLL blob by its first byte, so states dumped before it still load), so a restart changes nothing.
