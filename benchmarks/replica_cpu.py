@@ -131,10 +131,12 @@ def work(frames_path: str) -> None:
                  "cut answers": spent["cut answers"], "gc": spent["gc"],
                  "decode": total - spent["fold"] - spent["cut answers"], "total CPU": total}
         final = {**rec.records(list(rec._count), list(rec._users)), **rec.trending.records()}
+        # A revision from before bucketed answers packed them as one record list.
+        unpack = getattr(protocol, "unpack_changes", None) or protocol.unpack_records
         for frame in frames:
             # Order-free: the daemon writes a CHANGES frame's records into LMDB, where their order is lost.
             _, packed = protocol.read_changes(frame[protocol.HEADER.size:])
-            answers.update(protocol.pack_records(sorted(protocol.unpack_records(packed).items())))
+            answers.update(protocol.pack_records(sorted(unpack(packed).items())))
         answers.update(protocol.pack_records(sorted(final.items())))
         return {k: v / rep.events * 1e6 for k, v in parts.items()} | {"events": rep.events}
 

@@ -525,18 +525,23 @@ class Runner:
             state, fold_log = {}, self.fold_log.take()
         state_cut = seq if full_state else self._state_cut
         recs_cut = state_cut
+        state_segments: dict[str, list[list[tuple[int, bytes]]]] = {}
         if self.replica is not None:
             recs_cut = self._recs_cut
-            changes: dict[bytes, bytes | None] = {}
+            # The answers' records are stored as the process packed them, per bucket (no objects).
+            packed: list[list[tuple[int, bytes]]] = []
             for cut, payload in answers or ():
                 if cut > recs_cut:   # answers come in cut order; an older one is already stored
-                    changes.update(replica_protocol.unpack_records(replica_protocol.read_changes(payload)[1]))
+                    packed.append(replica_protocol.change_segments(replica_protocol.read_changes(payload)[1]))
                     recs_cut = cut
             if (not self.replica.live and self._recs_log
                     and sum(n for _, n in self._recs_log) > self.recs_log_max_bytes):
                 changes, recs_cut = self._compact_recommender()
-            if changes:
-                state["recs"] = changes
+                packed = []
+                if changes:
+                    state["recs"] = changes
+            if packed:
+                state_segments["recs"] = packed
         p.cuts = (state_cut, recs_cut)
         drop_through = min(state_cut, recs_cut)
         dedupe_ids, dedupe_expiry_ms, expire_before = self.dedupe.take_changes()
@@ -559,6 +564,7 @@ class Runner:
             fold_log=fold_log,
             fold_log_drop_through=drop_through if drop_through > min(self._state_cut, self._recs_cut) else None,
             state_complete=full_state,
+            state_segments=state_segments,
             positions=p.positions,
             dedupe_ids=dedupe_ids,
             dedupe_expiry_ms=dedupe_expiry_ms,

@@ -11,8 +11,10 @@ Daemon → process (its stdin), in this order:
     and CUT (u64 commit seq) after each commit that wrote the daemon's full state.
 Process → daemon (its stdout):
   READY (JSON {"port": n}): synced and listening; the daemon forwards reads there.
-  CHANGES (u64 seq + `pack_records`): the records changed since its last CHANGES, answering CUT seq:
-    its state equals the stored one plus these once every step up to commit seq is folded.
+  CHANGES (u64 seq + `changes_frame`'s bucket segments): the records changed since its last CHANGES,
+    answering CUT seq: its state equals the stored one plus these once every step up to commit seq
+    is folded. They come as one state segment per bucket (stores/segments.py), so the daemon stores
+    them as they are, without unpacking a million records into objects first.
 Pure: no I/O here, so the parser is tested byte by byte.
 """
 
@@ -36,6 +38,8 @@ READY, CHANGES = b"P", b"A"
 KINDS = frozenset({CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT, READY, CHANGES})
 HEADER = struct.Struct(">Ic")
 U64 = struct.Struct(">Q")
+U16 = struct.Struct(">H")
+_BUCKET = struct.Struct(">HI")   # a changes frame's index entry: bucket, segment length
 NO_CLOCK = 2**64 - 1      # OBSERVE before the first watermark: the process reads its own clock
 FRAME_EVENTS = 16         # events per recommender batch in the process (reads are answered between two)
 MAX_FRAME_BYTES = 2**31   # anything bigger is corruption
@@ -107,18 +111,51 @@ def records_frames(items: Iterable[tuple[bytes, bytes]], chunk_bytes: int = RECO
 
 
 def changes_frame(seq: int, records: dict[bytes, bytes | None]) -> bytes:
-    """frame(CHANGES, U64.pack(seq) + pack_records(records)), joined once (an answer is ~20-40 MiB:
-    each concatenation copied it again)."""
-    parts = segments.parts(records)
-    size = U64.size + sum(map(len, parts))
-    return b"".join([HEADER.pack(size, CHANGES), U64.pack(seq), *parts])
+    """frame(CHANGES, u64 seq, u16 n, n × (u16 bucket, u32 length), the n segments), joined once (an
+    answer is ~20-40 MiB: each concatenation copied it again)."""
+    index: list[bytes] = []
+    body: list[bytes] = []
+    for bucket, part in sorted(segments.by_bucket(records).items()):
+        pieces = segments.parts(part)
+        index.append(_BUCKET.pack(bucket, sum(map(len, pieces))))
+        body += pieces
+    head = U64.pack(seq) + U16.pack(len(index)) + b"".join(index)
+    size = len(head) + sum(map(len, body))
+    return b"".join([HEADER.pack(size, CHANGES), head, *body])
 
 
 def read_changes(payload: bytes) -> tuple[int, bytes]:
-    """(commit seq, the packed records, still packed: the daemon unpacks them where it writes them)."""
+    """(commit seq, the bucket segments, still packed: see change_segments)."""
     if len(payload) < U64.size:
         raise ProtocolError("a changes frame without its commit seq")
     return U64.unpack_from(payload)[0], payload[U64.size:]
+
+
+def change_segments(body: bytes) -> list[tuple[int, bytes]]:
+    """(bucket, segment) of a CHANGES answer's records, as `read_changes` returns them."""
+    try:
+        (n,) = U16.unpack_from(body)
+        index = [_BUCKET.unpack_from(body, U16.size + i * _BUCKET.size) for i in range(n)]
+    except struct.error:
+        raise ProtocolError("a changes frame shorter than its bucket index") from None
+    pos = U16.size + n * _BUCKET.size
+    if pos + sum(size for _, size in index) != len(body):
+        raise ProtocolError(f"a changes frame of {len(body)} bytes, its bucket index says otherwise")
+    out = []
+    for bucket, size in index:
+        if bucket >= segments.BUCKETS:
+            raise ProtocolError(f"a changes frame names bucket {bucket} of {segments.BUCKETS}")
+        out.append((bucket, body[pos:pos + size]))
+        pos += size
+    return out
+
+
+def unpack_changes(body: bytes) -> dict[bytes, bytes | None]:
+    """Every record of a CHANGES answer (tests and tools; the daemon stores the segments as they are)."""
+    out: dict[bytes, bytes | None] = {}
+    for _, segment in change_segments(body):
+        out.update(unpack_records(segment))
+    return out
 
 
 # ---- fold steps -------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class CommitUnit:
       commit's seq; fold_log_drop_through deletes the stored entries of commits up to that seq
       (every part's stored state covers them).
     state_complete: this unit carries every state change since the last such unit.
+    state_segments: namespace → changes already packed as (bucket, state segment) lists, applied
+      after `state`'s, in order (the recommendations process's answers: stores/segments.py).
     """
 
     state: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
@@ -54,6 +56,7 @@ class CommitUnit:
     fold_log: bytes | None = None
     fold_log_drop_through: int | None = None
     state_complete: bool = False
+    state_segments: dict[str, list[list[tuple[int, bytes]]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

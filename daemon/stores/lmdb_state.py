@@ -328,7 +328,8 @@ def _round_down(n: int) -> int:
 #   sys           b"format" → b"1";  b"commit_seq" → u64;  b"anomalies" → u64 count
 #   meta          name (utf-8) → bytes
 #   positions     source name (utf-8) → bytes
-#   segments      ns \x00 u16 bucket u64 commit_seq → a segment of that namespace's state records
+#   segments      ns \x00 u16 bucket u64 commit_seq [u16 n] → a segment of that namespace's state records
+#                 (the n-th packed change of that commit, after its own changes: CommitUnit.state_segments)
 #                 (stores/segments.py: keys by crc32 bucket, a chain of segments per bucket, merged
 #                 when it has doubled); sys b"segments:" ns → per bucket: chain bytes, bytes at its
 #                 last merge, segments in the chain (3 × BUCKETS u64, little-endian)
@@ -424,40 +425,65 @@ def read_state(txn: Txn) -> dict[str, list[tuple[bytes, bytes]]]:
     return {nsb.decode(): sorted((k, v) for k, v in m.items() if v is not None) for nsb, m in merged.items()}
 
 
-def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int) -> int:
-    """Each namespace's changes as one segment per bucket they touch, under this commit's seq; a
-    bucket whose chain would pass twice its size at its last merge (plus SLACK_BYTES), or
-    MAX_CHAIN segments, is merged into one segment instead (tombstones dropped). Returns the bytes
-    the merges read through the map."""
+def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int,
+                 packed: dict[str, list[list[tuple[int, bytes]]]] | None = None) -> int:
+    """Each namespace's changes as one segment per bucket they touch, under this commit's seq, then
+    its `packed` changes (already segments per bucket), each under seq and its index; a bucket whose
+    chain would pass twice its size at its last merge (plus SLACK_BYTES), or MAX_CHAIN segments, is
+    merged into one segment instead (tombstones dropped). Returns the bytes the merges read through
+    the map."""
     read = 0
-    for ns, changes in state.items():
-        if not changes:
+    packed = packed or {}
+    for ns in dict.fromkeys([*state, *packed]):
+        changes, answers = state.get(ns), packed.get(ns, [])
+        if not changes and not any(answers):
             continue
-        nsb = _name(ns, "namespace")
-        meta_key = SEGMENTS_META + nsb
-        raw = txn.get("sys", meta_key)
-        meta = (np.zeros((3, segments.BUCKETS), dtype=np.int64) if raw is None
-                else np.frombuffer(raw, dtype="<i8").reshape(3, segments.BUCKETS).copy())
-        chain_bytes, base_bytes, chain_len = meta
-        for bucket, records in segments.by_bucket(changes).items():
-            blob = segments.pack(records)
-            if (chain_bytes[bucket] + len(blob) > 2 * base_bytes[bucket] + segments.SLACK_BYTES
-                    or chain_len[bucket] >= segments.MAX_CHAIN):
-                chain = _chain(txn, nsb, bucket)
-                read += sum(len(v) for _, v in chain)
-                merged = segments.live(segments.merge([*(v for _, v in chain), blob]))
-                for k, _ in chain:
-                    txn.delete("segments", k)
-                blob = segments.pack(merged) if merged else b""
-                chain_bytes[bucket] = base_bytes[bucket] = len(blob)
-                chain_len[bucket] = 1 if blob else 0
-            else:
-                chain_bytes[bucket] += len(blob)
-                chain_len[bucket] += 1
-            if blob:
-                txn.put("segments", _bucket_prefix(nsb, bucket) + U64.pack(seq), blob)
-        txn.put("sys", meta_key, meta.astype("<i8").tobytes())
+        chains = _Chains(txn, _name(ns, "namespace"))
+        if changes:
+            for bucket, records in segments.by_bucket(changes).items():
+                read += chains.append(bucket, segments.pack(records), U64.pack(seq))
+        for sub, answer in enumerate(answers, 1):
+            for bucket, blob in answer:
+                read += chains.append(bucket, blob, U64.pack(seq) + U16.pack(sub))
+        chains.save()
     return read
+
+
+class _Chains:
+    """One namespace's bucket chains in a write transaction, with their sizes (sys `segments:` ns)."""
+
+    def __init__(self, txn: Txn, nsb: bytes) -> None:
+        self.txn, self.nsb = txn, nsb
+        self.meta_key = SEGMENTS_META + nsb
+        raw = txn.get("sys", self.meta_key)
+        self.meta = (np.zeros((3, segments.BUCKETS), dtype=np.int64) if raw is None
+                     else np.frombuffer(raw, dtype="<i8").reshape(3, segments.BUCKETS).copy())
+
+    def append(self, bucket: int, blob: bytes, suffix: bytes) -> int:
+        """Add a segment to a bucket's chain under prefix + `suffix` (keys sort in write order), or
+        merge the chain with it; return the bytes a merge read."""
+        chain_bytes, base_bytes, chain_len = self.meta
+        read = 0
+        if (chain_bytes[bucket] + len(blob) > 2 * base_bytes[bucket] + segments.SLACK_BYTES
+                or chain_len[bucket] >= segments.MAX_CHAIN):
+            chain = _chain(self.txn, self.nsb, bucket)
+            read = sum(len(v) for _, v in chain)
+            merged = segments.live(segments.merge([*(v for _, v in chain), blob]))
+            for k, _ in chain:
+                self.txn.delete("segments", k)
+            blob = segments.pack(merged) if merged else b""
+            suffix = suffix[:U64.size]   # the merged segment holds all before it: first in its commit
+            chain_bytes[bucket] = base_bytes[bucket] = len(blob)
+            chain_len[bucket] = 1 if blob else 0
+        else:
+            chain_bytes[bucket] += len(blob)
+            chain_len[bucket] += 1
+        if blob:
+            self.txn.put("segments", _bucket_prefix(self.nsb, bucket) + suffix, blob)
+        return read
+
+    def save(self) -> None:
+        self.txn.put("sys", self.meta_key, self.meta.astype("<i8").tobytes())
 
 
 def migrate_state(txn: Txn, seq: int) -> int:
@@ -497,7 +523,7 @@ def read_outbox(txn: Txn, prefix: bytes, max_rows: int) -> list[tuple[bytes, int
 def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]]) -> int:
     """Every write of one commit (runs inside one write transaction; may be rerun after a grow).
     Returns the bytes of state segments it read through the map (merges)."""
-    read = _apply_state(txn, unit.state, seq)
+    read = _apply_state(txn, unit.state, seq, unit.state_segments)
     for name, pos in unit.positions.items():
         txn.put("positions", _name(name, "source"), pos)
     for name, value in unit.meta.items():

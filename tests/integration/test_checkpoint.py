@@ -395,14 +395,26 @@ def test_a_namespace_is_read_in_chunks_that_join_to_the_whole(tmp_path):
                                 st.none() | st.binary(min_size=0, max_size=3000), max_size=120),
                 min_size=1, max_size=12))
 def test_state_segments_match_a_model_through_merges_and_reopen(tmp_path_factory, commits):
-    """Puts, overwrites and deletes over many commits (big values, so buckets merge often) restore,
+    """Puts, overwrites and deletes over many commits (big values, so buckets merge often), as a
+    commit's own changes or as packed answers applied after them, restore,
     read, scan and chunk exactly as a dict updated commit by commit; a bucket's chain stays within
     twice its live bytes plus the slack; a reopened store reads the same."""
     data_dir = tmp_path_factory.mktemp("seg")
     cp = Checkpoint.open(_cfg(data_dir), environ={})
     model: dict[bytes, bytes] = {}
-    for changes in commits:
-        cp.commit(CommitUnit(state={"agg:s": changes, "recs": {b"r": b"%d" % len(model)}}))
+    for n, changes in enumerate(commits):
+        # Every other commit also brings the same changes as packed answers (split in two, in order,
+        # as the recommendations process sends them), on top of an older value: the answers win.
+        answers = []
+        if n % 2:
+            items = list(changes.items())
+            for half in (items[: len(items) // 2], items[len(items) // 2:]):
+                answers.append([(b, segments.pack(recs)) for b, recs in segments.by_bucket(dict(half)).items()])
+            own = {k: b"older" for k in changes}
+        else:
+            own = changes
+        cp.commit(CommitUnit(state={"agg:s": own, "recs": {b"r": b"%d" % len(model)}},
+                             state_segments={"agg:s": answers} if answers else {}))
         for k, v in changes.items():
             if v is None:
                 model.pop(k, None)

@@ -86,7 +86,7 @@ def test_stored_changes_plus_replayed_log_equal_the_process_that_folded_everythi
         if i in commits or i in state_writes:
             seq += 1
             for cut, payload in waiting:          # answers received: written by this commit
-                for k, v in protocol.unpack_records(protocol.read_changes(payload)[1]).items():
+                for k, v in protocol.unpack_changes(protocol.read_changes(payload)[1]).items():
                     if v is None:
                         stored.pop(k, None)
                     else:
@@ -137,3 +137,30 @@ def test_a_truncated_records_payload_is_an_error():
         protocol.unpack_records(data[:-1])
     with pytest.raises(protocol.ProtocolError):
         protocol.unpack_records(data[:3])
+
+
+from hypothesis import given as _given
+from hypothesis import strategies as _st
+
+
+@_given(_st.integers(0, 2**64 - 1),
+        _st.dictionaries(_st.binary(max_size=20), _st.none() | _st.binary(max_size=40), max_size=60))
+def test_a_changes_answer_round_trips_as_one_segment_per_bucket(seq, records):
+    """The process packs its answer per bucket (the daemon stores each segment as it is); every record
+    comes back, each in the segment of its own bucket."""
+    from daemon.stores import segments
+    frame = protocol.changes_frame(seq, records)
+    (kind, payload), = protocol.FrameReader().feed(frame)
+    got_seq, body = protocol.read_changes(payload)
+    assert kind == protocol.CHANGES and got_seq == seq
+    assert protocol.unpack_changes(body) == records
+    for bucket, segment in protocol.change_segments(body):
+        assert all(segments.bucket_of(k) == bucket for k, _ in segments.unpack(segment))
+
+
+def test_a_bad_bucket_index_in_a_changes_answer_is_an_error():
+    import pytest
+    body = protocol.read_changes(protocol.changes_frame(7, {b"u:a": b"1", b"u:b": None})[protocol.HEADER.size:])[1]
+    for bad in (body[:1], body[:-1], body + b"x", protocol.U16.pack(1) + protocol._BUCKET.pack(64, 0)):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.change_segments(bad)
