@@ -101,6 +101,7 @@ def memory_workload(states: int, seed: int, event_rate: float) -> Workload:
 
     span_ms = int(n / event_rate * 1000)
     start_ms = int(time.time() * 1000) - span_ms - LONGEST_WINDOW_MS - 120_000
+    start_ms -= start_ms % 60_000   # on a minute: the same number of 1m panes (open states) every run
     return generate(n, seed=seed + 1, start_ms=start_ms, rate=event_rate, rewrite=widen)
 
 
