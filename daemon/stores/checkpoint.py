@@ -116,6 +116,7 @@ class Checkpoint:
             moved = 0
             if fmt in layout.OLD_FORMATS:
                 moved = layout.migrate_state(txn, seq)
+                layout.migrate_latest(txn)
             elif fmt is not None and fmt != layout.FORMAT:
                 raise StoreError(f"data_dir has store format {fmt!r}, this build reads {layout.FORMAT!r}")
             if fmt != layout.FORMAT:

@@ -338,8 +338,8 @@ def _round_down(n: int) -> int:
 #   dedupe        u64 bucket_start_ms, u64 commit_seq → the ids a commit added that expire in that
 #                 minute: u32 n, n × u64 expiry_ms, n × u16 length, the ids (see pack_ids)
 #   outbox        table (utf-8) \x00 u64 commit_seq → u64 rows, Arrow IPC stream bytes
-#   latest        agg \x00 blake2b16(key) u64 window_end_ms → row json
-#   latest_time   agg \x00 u64 window_end_ms blake2b16(key) → b""   (newest across keys)
+#   latest        agg \x00 blake2b16(key) u64 window_end_ms → b""   (a key's rows; format 2: the row json)
+#   latest_time   agg \x00 u64 window_end_ms blake2b16(key) → row json (newest across keys)
 #   latest_count  agg \x00 blake2b16(key) → u32 rows kept
 #   anomalies     u64 ts_ms, u64 commit_seq, u32 index → anomaly json
 #   foldlog       u64 commit_seq → fold steps of that commit not yet in `state` (pipeline/foldlog.py)
@@ -609,18 +609,21 @@ def read_dedupe(txn: Txn) -> list[tuple[bytes, int]]:
 
 
 def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
-    """Each closed window's row under (aggregation, key hash, window end), its (aggregation, window
-    end, key hash) time index, and a row count per key that trims the oldest past `keep_latest`.
+    """Each closed window's row under (aggregation, window end, key hash), its (aggregation, key hash,
+    window end) index entry per key, and a row count per key that trims the oldest past `keep_latest`.
 
-    The rows and index entries go in one C call each (a close can bring ~20k rows); a row is new
-    unless a window was emitted twice (only possible across a config change), and only then are the
-    affected keys counted from the rows themselves."""
+    The rows sit in window-end order because a close brings many rows of one end (a hopping close of
+    200k items): they land side by side on a few pages of the B-tree's right edge, while the per-key
+    index, whose keys are random, holds ~100 entries per page (with the rows there each of them had
+    dirtied a page of its own: ~130k pages, 512 MiB of one transaction). The rows and index entries
+    go in one C call each; a row is new unless a window was emitted twice (only possible across a
+    config change), and only then are the affected keys counted from the index."""
     if not unit.latest:
         return
     names: dict[str, bytes] = {}
     counts: dict[bytes, list[Any]] = {}      # aggregation \x00 key hash -> [aggregation, rows kept]
+    index: list[tuple[bytes, bytes]] = []
     rows: list[tuple[bytes, bytes]] = []
-    times: list[tuple[bytes, bytes]] = []
     for agg, key, end_ms, row in unit.latest:
         aggb = names.get(agg)
         if aggb is None:
@@ -632,13 +635,12 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
             v = txn.get("latest_count", base)
             c = counts[base] = [agg, 0 if v is None else U32.unpack(v)[0]]
         c[1] += 1
-        rows.append((base + end, row))
-        times.append((aggb + end + h, b""))
-    if txn.put_new("latest", rows) != len(rows):
-        txn.put_many("latest", rows)       # the newer row wins
+        index.append((base + end, b""))
+        rows.append((aggb + end + h, row))
+    if txn.put_new("latest", index) != len(index):
         for base, c in counts.items():
             c[1] = sum(1 for _ in txn.scan("latest", base))
-    txn.put_many("latest_time", times)
+    txn.put_many("latest_time", rows)   # the newer row wins
     for base, (agg, n) in counts.items():
         keep = unit.keep_latest.get(agg, DEFAULT_KEEP_LATEST)
         if n > keep:
@@ -648,6 +650,19 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
                 txn.delete("latest_time", aggb + k[-8:] + base[-16:])
             n = keep
         txn.put("latest_count", base, U32.pack(n))
+
+
+def migrate_latest(txn: Txn) -> int:
+    """Format 2 kept the rows in `latest` (by key) and an empty time index in `latest_time`: swap them
+    (see _apply_latest). Returns the rows moved."""
+    moved = 0
+    for k, row in list(txn.scan("latest")):
+        cut = k.index(b"\x00") + 1
+        aggb, h, end = k[:cut], k[cut:cut + 16], k[cut + 16:]
+        txn.put("latest_time", aggb + end + h, row)
+        txn.put("latest", k, b"")
+        moved += 1
+    return moved
 
 
 def _apply_anomalies(txn: Txn, unit: CommitUnit, seq: int) -> None:
@@ -666,12 +681,12 @@ def _apply_anomalies(txn: Txn, unit: CommitUnit, seq: int) -> None:
 def latest_windows(txn: Txn, aggregation: str, key: bytes | None, limit: int) -> list[bytes]:
     """Row json newest window_end first, for one key or across all keys of the aggregation."""
     aggb = _name(aggregation, "aggregation") + b"\x00"
-    if key is not None:
-        return [v for _, v in islice(txn.scan("latest", aggb + _h(key), reverse=True), limit)]
+    if key is None:
+        return [v for _, v in islice(txn.scan("latest_time", aggb, reverse=True), limit)]
+    h = _h(key)
     out = []
-    for k, _ in islice(txn.scan("latest_time", aggb, reverse=True), limit):
-        end, kh = k[len(aggb):len(aggb) + 8], k[len(aggb) + 8:]
-        row = txn.get("latest", aggb + kh + end)
+    for k, _ in islice(txn.scan("latest", aggb + h, reverse=True), limit):
+        row = txn.get("latest_time", aggb + k[-8:] + h)
         if row is not None:
             out.append(row)
     return out

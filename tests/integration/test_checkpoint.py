@@ -445,8 +445,9 @@ def test_state_segments_match_a_model_through_merges_and_reopen(tmp_path_factory
 
 
 def test_a_format_2_data_dir_is_migrated_to_segments_at_open(tmp_path):
-    """A data_dir written by format 2 (one LMDB record per state key, over-long keys hashed) opens
-    with every state record in segments, the old records gone and the format updated."""
+    """A data_dir written by format 2 (one LMDB record per state key, over-long keys hashed; latest
+    rows by key) opens with every state record in segments, the old records gone, the latest rows
+    in window-end order and the format updated."""
     from daemon.stores.lmdb_state import LmdbState
     import hashlib
     data_dir = tmp_path / "data"
@@ -462,6 +463,12 @@ def test_a_format_2_data_dir_is_migrated_to_segments_at_open(tmp_path):
         txn.put("state", b"recs\x00u:x", b"user")
         txn.put("state", b"agg:a\x01" + hashlib.blake2b(long_key, digest_size=32).digest(),
                 layout.U32.pack(len(long_key)) + long_key + b"long")
+        for key in (b'["x"]', b'["y"]'):   # format 2's latest rows: by key, with an empty time index
+            h = hashlib.blake2b(key, digest_size=16).digest()
+            for end in (60_000, 120_000):
+                txn.put("latest", b"sales\x00" + h + layout.U64.pack(end), b"%s@%d" % (key, end))
+                txn.put("latest_time", b"sales\x00" + layout.U64.pack(end) + h, b"")
+            txn.put("latest_count", b"sales\x00" + h, layout.U32.pack(2))
     db.write(old)
     db.close()
     cp = Checkpoint.open(_cfg(data_dir), environ={})
@@ -469,6 +476,10 @@ def test_a_format_2_data_dir_is_migrated_to_segments_at_open(tmp_path):
     assert r.commit_seq == 41
     assert dict(r.state["agg:a"]) == {**{b"k%03d" % i: b"v%d" % i for i in range(500)}, long_key: b"long"}
     assert r.state["recs"] == [(b"u:x", b"user")]
+    assert cp.latest_windows("sales", b'["x"]', 10) == [b'["x"]@120000', b'["x"]@60000']
+    assert sorted(cp.latest_windows("sales", None, 10)) == sorted(
+        b"%s@%d" % (k, e) for k in (b'["x"]', b'["y"]') for e in (60_000, 120_000))
+    assert cp.latest_windows("sales", None, 2)[0].endswith(b"@120000")
     cp.commit(CommitUnit(state={"agg:a": {b"k000": None}}))
     cp.close()
     cp = Checkpoint.open(_cfg(data_dir), environ={})
