@@ -325,14 +325,14 @@ def _round_down(n: int) -> int:
 
 
 # ---- The StorePulse layout: databases and key formats (integers are big-endian, so keys sort) ----
-#   sys           b"format" → b"1";  b"commit_seq" → u64;  b"anomalies" → u64 count
+#   sys           b"format" → FORMAT;  b"commit_seq" → u64;  b"anomalies" → u64 count
 #   meta          name (utf-8) → bytes
 #   positions     source name (utf-8) → bytes
-#   segments      ns \x00 u16 bucket u64 commit_seq [u16 n] → a segment of that namespace's state records
-#                 (the n-th packed change of that commit, after its own changes: CommitUnit.state_segments)
-#                 (stores/segments.py: keys by crc32 bucket, a chain of segments per bucket, merged
-#                 when it has doubled); sys b"segments:" ns → per bucket: chain bytes, bytes at its
-#                 last merge, segments in the chain (3 × BUCKETS u64, little-endian)
+#   segments      ns \x00 u16 bucket u64 commit_seq [u16 n] → a segment of that namespace's state
+#                 records (stores/segments.py: keys by crc32 bucket, a chain of segments per bucket,
+#                 merged when it has doubled; with n, the n-th packed change of that commit, after
+#                 its own: CommitUnit.state_segments); sys b"segments:" ns → per bucket: chain
+#                 bytes, bytes at its last merge, segments in the chain (3 × BUCKETS u64, little-endian)
 #   state         format 2's one record per key (ns \x00 key → value; a key too long for LMDB:
 #                 ns \x01 blake2b(key) → u32 len, key, value), moved into segments at open
 #   dedupe        u64 bucket_start_ms, u64 commit_seq → the ids a commit added that expire in that
@@ -346,7 +346,7 @@ def _round_down(n: int) -> int:
 DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
        "latest", "latest_time", "latest_count", "anomalies", "foldlog")
 FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"3", b"commit_seq", b"anomalies"
-OLD_FORMATS = (b"2",)   # read at open and rewritten: migrate_state
+OLD_FORMATS = (b"2",)   # read at open and rewritten: migrate_state, migrate_latest
 SEGMENTS_META = b"segments:"
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
