@@ -15,7 +15,6 @@ from daemon import __version__
 from daemon.config import Config, load_config, resolve_config_path
 from daemon.errors import ConfigError, ConfigErrors
 from daemon.log import configure_logging, get_logger
-from daemon.runtime.malloc import fix_malloc_thresholds
 
 
 def _load(path_arg: str | None) -> Config | None:
@@ -53,7 +52,6 @@ def tune_interpreter() -> None:
     # its pause stays ~15 ms (with (50_000, 50, 1000) it reached 2.5M objects and 250-280 ms pauses;
     # same total GC time, measured with the benchmark's /stats process.gc_* figures).
     gc.set_threshold(20_000, 5, 1000)
-    fix_malloc_thresholds()   # freed multi-MiB buffers go back to the system (runtime/malloc.py)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

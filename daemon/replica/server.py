@@ -31,7 +31,6 @@ from aiohttp import web
 
 from daemon.analyzers.recommend import Recommender
 from daemon.log import configure_logging, get_logger
-from daemon.runtime.malloc import fix_malloc_thresholds
 from daemon.pipeline import foldlog
 from daemon.replica import protocol
 from daemon.web.app import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
@@ -382,7 +381,6 @@ def main() -> int:
     # act on: it closes our stdin when it stops, and end of stdin ends this process.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    fix_malloc_thresholds()   # its answers are 20-40 MiB buffers (runtime/malloc.py)
     configure_logging("info", stream=sys.stderr)
     log = get_logger(component="replica")
     try:
