@@ -19,7 +19,6 @@ import argparse
 import gc
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import tracemalloc
 from pathlib import Path
 
 import orjson
+
+from benchmarks.revtree import old_tree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,14 +128,7 @@ def main() -> None:
         work(args.worker, args.traced, args.top)
         return
     with tempfile.TemporaryDirectory(prefix="recs_memory-") as tmp:
-        old_root = Path(tmp) / "old"
-        old_root.mkdir()
-        archive = subprocess.run(["git", "archive", args.rev, "daemon"], cwd=REPO, check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old_root)], input=archive, check=True)
-        (old_root / "benchmarks").mkdir()
-        for name in ("__init__.py", "feeder.py", "recs_memory.py"):   # the same worker drives both sides
-            shutil.copy(REPO / "benchmarks" / name, old_root / "benchmarks" / name)
+        old_root = old_tree(args.rev, Path(tmp), ("recs_memory.py",))
         t = time.perf_counter()
         steps_path = Path(tmp) / "steps.bin"
         steps_path.write_bytes(make_steps(args.users, args.seed))

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import orjson
+
+from benchmarks.revtree import old_tree
 
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("decode", "observe + batching", "trending", "cut answers", "gc", "total CPU")
@@ -166,14 +167,7 @@ def main() -> None:
         work(args.worker)
         return
     with tempfile.TemporaryDirectory(prefix="replica_cpu-") as tmp:
-        old_root = Path(tmp) / "old"
-        old_root.mkdir()
-        archive = subprocess.run(["git", "archive", args.rev, "daemon"], cwd=REPO, check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old_root)], input=archive, check=True)
-        (old_root / "benchmarks").mkdir()
-        for name in ("__init__.py", "feeder.py", "replica_cpu.py"):   # the same worker drives both sides
-            shutil.copy(REPO / "benchmarks" / name, old_root / "benchmarks" / name)
+        old_root = old_tree(args.rev, Path(tmp), ("replica_cpu.py",))
         t = time.perf_counter()
         frames_path = Path(tmp) / "frames.bin"
         frames_path.write_bytes(make_frames(args.events, args.cut_every, args.seed))
