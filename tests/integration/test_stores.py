@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -77,29 +80,39 @@ def test_store_full_at_the_cap_keeps_earlier_commits(tmp_path):
     db.close()
 
 
-def test_readers_run_while_the_map_grows(tmp_path):
-    """Concurrent read transactions in another thread survive map growth (the gate)."""
-    db = _open(tmp_path)
+@contextmanager
+def _scanning_reader(db: LmdbState) -> Iterator[tuple[list[int], list[BaseException]]]:
+    """A thread that scans `state` in read transactions (and reads the statistics) until the block
+    ends: the entries each scan saw, and any error it met."""
     stop = threading.Event()
+    seen: list[int] = []
     errors: list[BaseException] = []
 
     def reader():
         while not stop.is_set():
             try:
                 with db.reading() as txn:
-                    for _ in txn.scan("state"):
-                        pass
+                    seen.append(sum(1 for _ in txn.scan("state")))
                 db.statistics()
-            except BaseException as exc:  # noqa: BLE001 - surfaced below
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the caller
                 errors.append(exc)
                 return
 
     t = threading.Thread(target=reader)
     t.start()
-    for batch in range(15):
-        _put_many(db, batch * 100, 100)
-    stop.set()
-    t.join()
+    try:
+        yield seen, errors
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_readers_run_while_the_map_grows(tmp_path):
+    """Concurrent read transactions in another thread survive map growth (the gate)."""
+    db = _open(tmp_path)
+    with _scanning_reader(db) as (_, errors):
+        for batch in range(15):
+            _put_many(db, batch * 100, 100)
     assert not errors
     assert db.statistics().map_grows >= 3
     db.close()
@@ -109,26 +122,13 @@ def test_recycling_the_environment_keeps_data_and_lets_readers_wait(tmp_path):
     """Recycles between writes, with a reader thread scanning throughout (the gate), lose nothing;
     the process's mapped LMDB pages drop with each recycle, and the statistics count them."""
     db = _open(tmp_path, initial=8 * 2**20)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    seen: list[int] = []
-
-    def reader():
-        while not stop.is_set():
-            try:
-                with db.reading() as txn:
-                    seen.append(sum(1 for _ in txn.scan("state")))
-            except BaseException as exc:  # noqa: BLE001 - surfaced below
-                errors.append(exc)
-                return
-
-    t = threading.Thread(target=reader)
-    t.start()
-    for batch in range(10):
-        _put_many(db, batch * 100, 100)
-        db.recycle()
-    stop.set()
-    t.join()
+    with _scanning_reader(db) as (seen, errors):
+        for batch in range(10):
+            _put_many(db, batch * 100, 100)
+            db.recycle()
+        deadline = time.monotonic() + 10
+        while not errors and (not seen or seen[-1] != 1000) and time.monotonic() < deadline:
+            time.sleep(0.01)   # a scan after the last recycle sees the last write
     assert not errors and seen == sorted(seen) and seen[-1] == 1000
     assert db.statistics().recycles == 10
 
