@@ -98,17 +98,22 @@ def test_state_is_bounded():
     assert rec.statistics().users == 1
 
 
+def apply_changes(store: dict[bytes, bytes], changes: dict[bytes, bytes | None]) -> None:
+    """What a commit does with take_changes: put each record, delete those that are None."""
+    for key, value in changes.items():
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+
+
 def test_take_changes_and_restore_items_rebuild_the_same_recommendations():
     """Records from incremental takes (with deletions) rebuild a recommender that answers the same."""
     rec = Recommender(CFG)
     store: dict[bytes, bytes] = {}
 
     def commit() -> None:
-        for key, value in rec.take_changes().items():
-            if value is None:
-                store.pop(key, None)
-            else:
-                store[key] = value
+        apply_changes(store, rec.take_changes())
     history = shop_history()
     rec.observe(batch(history[:40]))
     commit()
@@ -333,11 +338,7 @@ def test_incremental_changes_add_up_to_the_records_and_restore_the_same_values(c
     store: dict[bytes, bytes] = {}
 
     def commit() -> None:
-        for key, value in rec.take_changes().items():
-            if value is None:
-                store.pop(key, None)
-            else:
-                store[key] = value
+        apply_changes(store, rec.take_changes())
     for b, take in zip(batches, takes):
         rec.observe(b)
         if take:
