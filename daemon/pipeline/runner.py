@@ -36,10 +36,11 @@ FOLD_EVENTS = 4096        # events taken from the queues for one fold in the wor
 COMMIT_RETRY_S = 5.0
 SLOW_COMMIT_S = 1.5       # the "slow_commit" fault (tests): every commit takes this much longer
 EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
-# The most window rows one commit carries (unless one window end alone has more). Each row's latest-window
-# records land on ~2 random LMDB leaf pages, each a 4 KiB page the write transaction holds in memory:
-# 20k rows keep a mass close's transaction near 160 MiB, where 50k took ~400 MiB (the memory benchmark's
-# final close of 1.4M rows: same close time in process, 8.0 s vs 8.7 s at 360k rows).
+# The most window rows one commit carries (unless one window end alone has more). Each row's per-key
+# latest-window entries (index and count) land on random LMDB leaf pages, each a 4 KiB page the write
+# transaction holds in memory: measured before those entries shrank (lmdb_state._apply_latest), 20k
+# rows kept a mass close's transaction near 160 MiB where 50k took ~400 MiB (in process, the final close
+# of 360k rows: VmHWM 789 -> 669 MiB, 8.7 -> 8.0 s).
 CLOSE_CHUNK_ROWS = 20_000
 FINAL_ANSWER_WAIT_S = 5.0  # at shutdown, for the recommendations process's answer to the last cut
 
