@@ -115,8 +115,8 @@ def changes_frame(seq: int, records: dict[bytes, bytes | None]) -> bytes:
     answer is ~20-40 MiB: each concatenation copied it again)."""
     index: list[bytes] = []
     body: list[bytes] = []
-    for bucket, part in sorted(segments.by_bucket(records).items()):
-        pieces = segments.parts(part)
+    for bucket, keys, values in segments.split(records):
+        pieces = segments.parts(keys, values)
         index.append(_BUCKET.pack(bucket, sum(map(len, pieces))))
         body += pieces
     head = U64.pack(seq) + U16.pack(len(index)) + b"".join(index)

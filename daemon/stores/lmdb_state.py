@@ -440,8 +440,8 @@ def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int
             continue
         chains = _Chains(txn, _name(ns, "namespace"))
         if changes:
-            for bucket, records in segments.by_bucket(changes).items():
-                read += chains.append(bucket, segments.pack(records), U64.pack(seq))
+            for bucket, keys, values in segments.split(changes):
+                read += chains.append(bucket, b"".join(segments.parts(keys, values)), U64.pack(seq))
         for sub, answer in enumerate(answers, 1):
             for bucket, blob in answer:
                 read += chains.append(bucket, blob, U64.pack(seq) + U16.pack(sub))

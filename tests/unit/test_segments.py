@@ -28,11 +28,13 @@ def test_a_chain_merges_as_successive_updates(chain):
 
 @given(records)
 def test_buckets_partition_the_records(recs):
-    parts = segments.by_bucket(recs)
-    assert sum(map(len, parts.values())) == len(recs)
-    for b, part in parts.items():
-        assert 0 <= b < segments.BUCKETS and all(segments.bucket_of(k) == b for k in part)
-        assert all(recs[k] == v for k, v in part.items())
+    """Each record once, in the bucket of its key, buckets ascending, the records' order kept."""
+    parts = list(segments.split(recs))
+    assert [b for b, _, _ in parts] == sorted({b for b, _, _ in parts})
+    assert sum(len(ks) for _, ks, _ in parts) == len(recs)
+    for b, ks, vs in parts:
+        assert 0 <= b < segments.BUCKETS and all(segments.bucket_of(k) == b for k in ks)
+        assert [recs[k] for k in ks] == vs and ks == [k for k in recs if segments.bucket_of(k) == b]
 
 
 def test_bucket_of_is_fixed_by_the_layout():
