@@ -395,7 +395,7 @@ def scan_state(txn: Txn, namespace: str, prefix: bytes = b"") -> list[tuple[byte
     """The live records of a namespace whose key starts with `prefix`, in key order."""
     ns = _name(namespace, "namespace")
     merged = segments.merge(v for _, v in txn.scan("segments", ns + b"\x00"))   # buckets hold disjoint keys
-    return sorted((k, v) for k, v in merged.items() if v is not None and k.startswith(prefix))
+    return sorted((k, v) for k, v in segments.live(merged).items() if k.startswith(prefix))
 
 
 def scan_state_chunk(txn: Txn, namespace: str, after: bytes | None,
@@ -409,7 +409,7 @@ def scan_state_chunk(txn: Txn, namespace: str, after: bytes | None,
     while bucket < segments.BUCKETS:
         chain = _chain(txn, nsb, bucket)
         bucket += 1
-        out += [(k, v) for k, v in segments.merge(v for _, v in chain).items() if v is not None]
+        out += segments.live(segments.merge(v for _, v in chain)).items()
         size += sum(len(v) for _, v in chain)
         if size >= max_bytes:
             break
@@ -422,7 +422,7 @@ def read_state(txn: Txn) -> dict[str, list[tuple[bytes, bytes]]]:
     for k, v in txn.scan("segments"):
         nsb = k[:k.index(b"\x00")]
         segments.merge([v], merged.setdefault(nsb, {}))
-    return {nsb.decode(): sorted((k, v) for k, v in m.items() if v is not None) for nsb, m in merged.items()}
+    return {nsb.decode(): sorted(segments.live(m).items()) for nsb, m in merged.items()}
 
 
 def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int,

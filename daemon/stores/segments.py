@@ -46,7 +46,7 @@ def split(records: Mapping[bytes, bytes | None]) -> Iterator[tuple[int, list[byt
     keys, values = list(records), list(records.values())
     if not keys:
         return
-    buckets = np.fromiter(map(zlib.crc32, keys), dtype=np.int64, count=len(keys)) % BUCKETS
+    buckets = np.fromiter(map(zlib.crc32, keys), dtype=np.int64, count=len(keys)) % BUCKETS   # bucket_of, at once
     order = np.argsort(buckets, kind="stable")
     for run in np.split(order, np.flatnonzero(np.diff(buckets[order])) + 1):
         at = run.tolist()
