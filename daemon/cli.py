@@ -15,6 +15,7 @@ from daemon import __version__
 from daemon.config import Config, load_config, resolve_config_path
 from daemon.errors import ConfigError, ConfigErrors
 from daemon.log import configure_logging, get_logger
+from daemon.runtime import memory
 
 
 def _load(path_arg: str | None) -> Config | None:
@@ -42,7 +43,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def tune_interpreter() -> None:
-    """The daemon's GIL switch interval and GC thresholds (benchmarks/lane.py runs with them too)."""
+    """The daemon's GIL switch interval, GC thresholds and malloc arenas (benchmarks/lane.py runs with them too)."""
     # Folding, decoding and commits run in worker threads; a short GIL switch interval lets the event
     # loop answer HTTP within ~0.5 ms meanwhile instead of waiting out CPython's default 5 ms slices.
     sys.setswitchinterval(0.0005)
@@ -52,6 +53,8 @@ def tune_interpreter() -> None:
     # its pause stays ~15 ms (with (50_000, 50, 1000) it reached 2.5M objects and 250-280 ms pauses;
     # same total GC time, measured with the benchmark's /stats process.gc_* figures).
     gc.set_threshold(20_000, 5, 1000)
+    # Before any thread starts: the CPU lane's worker threads take turns, one glibc arena each (runtime/memory.py).
+    memory.limit_arenas()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from daemon.pipeline.watermark import NO_WATERMARK, Watermarks
 from daemon.replica import protocol as replica_protocol
 from daemon.replica.compact import RECS_LOG_MAX_BYTES, fold_log_into_records
 from daemon.runtime.cpu import CpuLane
+from daemon.runtime.memory import Trimmer
 from daemon.stores.checkpoint import Checkpoint, CommitUnit
 from daemon.stores import schemas
 from daemon import jsonbytes
@@ -42,6 +43,7 @@ EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
 # rows kept a mass close's transaction near 160 MiB where 50k took ~400 MiB (in process, the final close
 # of 360k rows: VmHWM 789 -> 669 MiB, 8.7 -> 8.0 s).
 CLOSE_CHUNK_ROWS = 20_000
+TRIM_AFTER_ROWS = 10_000  # a commit of this many window rows (or a full state write) is followed by malloc_trim
 FINAL_ANSWER_WAIT_S = 5.0  # at shutdown, for the recommendations process's answer to the last cut
 
 
@@ -132,6 +134,7 @@ class Runner:
         self.close_chunk_rows = close_chunk_rows
         self._closed_ms = NO_WATERMARK   # the watermark of the last close (see `advance`)
         self.closing = False             # a chunked close is under way: fold and commit again at once
+        self.trimmer = Trimmer()         # malloc's free pages back to the kernel after large commits
 
     # ---- state ---------------------------------------------------------------------------
     def restore(self) -> dict[str, bytes]:
@@ -426,9 +429,12 @@ class Runner:
         self._committing = True     # read by statistics().pending_work: a hung commit is pending work
         started = self.clock.monotonic()
         try:
-            await self._commit(flush_all=flush_all)
+            large = await self._commit(flush_all=flush_all)
             if self._state_next:
-                await self._commit(flush_all=False)   # the full state write the rows went ahead of
+                large = await self._commit(flush_all=False) or large   # the full state write the rows went ahead of
+            if large:
+                # The unit's buffers are freed now; glibc would keep their pages (runtime/memory.py).
+                await anyio.to_thread.run_sync(self.trimmer.trim)
         finally:
             self._committing = False
             # No source could deliver while the runner committed (queues full, ingest clients waiting
@@ -436,7 +442,8 @@ class Runner:
             # busy source look idle and the watermark jump past everything it still has to send.
             self.watermarks.pause(started, self.clock.monotonic())
 
-    async def _commit(self, *, flush_all: bool) -> None:
+    async def _commit(self, *, flush_all: bool) -> bool:
+        """Build, write and flush one unit; True if it was large (a full state write, or many rows)."""
         if "wedge_commit" in self._faults:
             self.log.warning("fault_injected", fault="wedge_commit")
             await anyio.sleep_forever()
@@ -492,9 +499,10 @@ class Runner:
             self._last_flush_mono = self.clock.monotonic()
         if tables is None or tables:
             await anyio.to_thread.run_sync(self.checkpoint.flush, tables)
+        windows = sum(len(w) for w in p.windows.values())
         self.log.debug("committed", seq=seq, ms=round((time.perf_counter() - t0) * 1000, 2),
-                       events=sum(len(b) for b in p.events), windows=sum(len(w) for w in p.windows.values()),
-                       state=unit.state_complete)
+                       events=sum(len(b) for b in p.events), windows=windows, state=unit.state_complete)
+        return unit.state_complete or windows >= TRIM_AFTER_ROWS
 
     def _build_unit(self, flush_all: bool, answers: list[tuple[int, bytes]] | None = None) -> tuple[CommitUnit, _Pending]:
         """This commit's unit and the pending work it covers. Every `state_interval` (and at the

@@ -33,6 +33,7 @@ from daemon.analyzers.recommend import Recommender
 from daemon.log import configure_logging, get_logger
 from daemon.pipeline import foldlog
 from daemon.replica import protocol
+from daemon.runtime import memory
 from daemon.web.app import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from daemon.web.auth import auth_middleware
 from daemon.web.limits import LimitedTCPSite
@@ -119,6 +120,7 @@ class Replica:
         self.frames = self.events = self.snapshots = self.replayed = self.cuts = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []   # reads waiting for a frame count
         self._turned = 0.0                 # perf_counter at the last turns of the event loop
+        self.trimmer = memory.Trimmer()
 
     def read_now_ms(self) -> int:
         return self.now_ms if self.now_ms is not None else int(time.time() * 1000)
@@ -163,6 +165,8 @@ class Replica:
             seq = protocol.read_cut(payload)
             await self._answer(protocol.changes_frame(seq, await self._changes()))
             self.cuts += 1
+            # The answer (20-40 MiB, its records and the frame) is freed: give its pages back (runtime/memory.py).
+            self.trimmer.trim()
         elif kind == protocol.LOG:
             for step in orjson.loads(payload):
                 self.replayed += await self._fold(step, turns=False)
@@ -266,6 +270,7 @@ async def healthz(request: web.Request) -> web.Response:
                           "cuts": rep.cuts, "gc_collections": rep.collector.collections,
                           "gc_seconds": round(rep.collector.seconds, 6),
                           "gc_max_pause_ms": round(rep.collector.max_pause_s * 1000, 3),
+                          "malloc_trims": rep.trimmer.trims, "malloc_trim_seconds": round(rep.trimmer.seconds, 6),
                           "rss_bytes": rss_bytes(), **({"recommender": dataclasses.asdict(st)} if st else {})})
 
 
@@ -382,6 +387,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging("info", stream=sys.stderr)
+    memory.limit_arenas()
     log = get_logger(component="replica")
     try:
         config_payload = _read_config_frame()

@@ -24,6 +24,7 @@ import lmdb
 import numpy as np
 
 from daemon.errors import StoreError, StoreFull, StoreLocked, map_exceptions
+from daemon.runtime import memory
 from daemon.stores import segments
 from daemon.stores.base import DEFAULT_KEEP_LATEST, CommitUnit, LmdbStats
 
@@ -105,11 +106,18 @@ class _Gate:
 class Txn:
     """A transaction over the named databases; bytes in, bytes out."""
 
-    __slots__ = ("_txn", "_dbs")
+    __slots__ = ("_txn", "_dbs", "_drop_read")
 
-    def __init__(self, txn: Any, dbs: dict[str, Any]) -> None:
+    def __init__(self, txn: Any, dbs: dict[str, Any], drop_read: Callable[[], None] | None = None) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._drop_read = drop_read
+
+    def drop_read_pages(self) -> None:
+        """Give the pages read through the map so far back (LmdbState._drop_read); values already
+        returned are copies, and a later read faults its pages in again."""
+        if self._drop_read is not None:
+            self._drop_read()
 
     def get(self, db: str, key: bytes) -> bytes | None:
         return self._txn.get(key, db=self._dbs[db])
@@ -194,6 +202,7 @@ class LmdbState:
         self._write_lock = threading.Lock()
         self._closed = False
         self._map_size = env.info()["map_size"]
+        self._map_range: tuple[int, int] | None = None   # (address, length) of the map, once looked up
         self._map_grows = 0
         self._recycles = 0
         self._write_txns = 0
@@ -235,7 +244,14 @@ class LmdbState:
             with self._gate.exclusive(), map_exceptions(_LMDB_ERRORS):
                 self._env.close()
                 self._env, self._dbs = _open_env(self._path, self._map_size, tuple(self._dbs))
+                self._map_range = None
                 self._recycles += 1
+
+    def _drop_read(self) -> None:
+        # Only from the writer (write lock held): the map is not moved (grow, recycle) meanwhile.
+        if self._map_range is None:
+            self._map_range = memory.mapped_range(self._path / "data.mdb") or (0, 0)
+        memory.drop_mapped(*self._map_range)
 
     def write(self, fn: Callable[[Txn], T]) -> T:
         """Run `fn` in one write transaction and commit; on a full map grow it and rerun `fn`.
@@ -249,7 +265,7 @@ class LmdbState:
                 with map_exceptions(_LMDB_ERRORS):
                     txn = self._env.begin(write=True)
                 try:
-                    result = fn(Txn(txn, self._dbs))
+                    result = fn(Txn(txn, self._dbs, self._drop_read))
                     txn.commit()
                 except lmdb.MapFullError:
                     self._abort(txn)
@@ -289,6 +305,7 @@ class LmdbState:
         with self._gate.exclusive(), map_exceptions(_LMDB_ERRORS):
             self._env.set_mapsize(new_size)
         self._map_size = self._env.info()["map_size"]
+        self._map_range = None
         self._map_grows += 1
         if self._log is not None:
             self._log.info("lmdb_map_grown", map_size_bytes=self._map_size, path=str(self._path))
@@ -348,6 +365,7 @@ DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
 FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"3", b"commit_seq", b"anomalies"
 OLD_FORMATS = (b"2",)   # read at open and rewritten: migrate_state, migrate_latest
 SEGMENTS_META = b"segments:"
+DROP_READ_BYTES = 1 << 20   # a merge that read this much through the map gives those pages back at once
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
 U64, U32, U16 = struct.Struct(">Q"), struct.Struct(">I"), struct.Struct(">H")
@@ -468,6 +486,10 @@ class _Chains:
                 or chain_len[bucket] >= segments.MAX_CHAIN):
             chain = _chain(self.txn, self.nsb, bucket)
             read = sum(len(v) for _, v in chain)
+            if read >= DROP_READ_BYTES:
+                # A namespace's buckets grow alike, so one commit may merge all 64 (~10^8 bytes read
+                # through the map with 10^6 sessions): each chain's pages leave the RSS once copied.
+                self.txn.drop_read_pages()
             merged = segments.live(segments.merge([*(v for _, v in chain), blob]))
             for k, _ in chain:
                 self.txn.delete("segments", k)

@@ -86,6 +86,8 @@ def collect_stats(ctx: WebContext) -> dict[str, Any]:
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
             "loop_lag_ms": round(ctx.health.loop_lag_ms, 3),
             **_gc(ctx.health.gc),
+            "malloc_trims": ctx.runner.trimmer.trims,
+            "malloc_trim_seconds": round(ctx.runner.trimmer.seconds, 6),
             "time_ms": int(time.time() * 1000),
         },
     }

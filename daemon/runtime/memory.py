@@ -1,0 +1,107 @@
+"""Memory given back: glibc malloc's arenas and free pages, and the pages read through a file map.
+
+Both processes hold ~10^6 long-lived small objects (pymalloc) and make large short-lived buffers
+now and then (a full state write serialises every changed state; an answer of the recommendations
+process is 20-40 MiB). Measured in the benchmark's memory scenario (~1M open states), glibc's
+`mallinfo2` at the plateau showed 154 MiB free but kept in the daemon's malloc arenas and 61 MiB in
+the process's, and the daemon's CPU lane runs in anyio's worker threads, which take turns: each
+thread gets its own arena, and what one frees the next one does not reuse.
+
+- `limit_arenas` (at start, before threads): at most 2 arenas. The GIL already serialises nearly
+  every allocation, so more arenas only add unreused free memory (the daemon's heap at that plateau
+  −68 MiB with `MALLOC_ARENA_MAX=1` in the environment).
+- `trim`: `malloc_trim(0)` returns the whole free pages of every arena (not only the top of the
+  heap) to the kernel; called after the transients (a full state write's commit, an answer sent).
+  It walks the free lists once, ~1-5 ms, without the GIL (ctypes releases it).
+
+- `drop_mapped`: `madvise(MADV_DONTNEED)` over a read-only shared file map (LMDB's): the pages
+  read through it leave the process's RSS (RssFile) and stay in the page cache; the next read of
+  one is a minor fault. Invisible to readers (the map shows the file either way).
+
+Session 7 measured the other knob, a fixed `M_MMAP_THRESHOLD`: ~150 MiB less but 5-10% more CPU per
+event (an mmap and fresh page faults per large buffer); not used. Elsewhere than glibc (musl) both
+are no-ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+_M_ARENA_MAX = -8    # malloc.h
+_MADV_DONTNEED = 4   # sys/mman.h
+ARENAS = 2
+
+
+def _libc() -> Any:
+    name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not hasattr(lib, "malloc_trim") or not hasattr(lib, "mallopt"):
+        return None
+    lib.malloc_trim.argtypes = [ctypes.c_size_t]
+    lib.malloc_trim.restype = ctypes.c_int
+    lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.mallopt.restype = ctypes.c_int
+    lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.madvise.restype = ctypes.c_int
+    return lib
+
+
+_LIBC = _libc()
+
+
+def available() -> bool:
+    """True where glibc's malloc_trim and mallopt exist."""
+    return _LIBC is not None
+
+
+def limit_arenas(n: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas (call before the process starts threads); False where unsupported."""
+    return _LIBC is not None and _LIBC.mallopt(_M_ARENA_MAX, n) == 1
+
+
+def mapped_range(path: Path) -> tuple[int, int] | None:
+    """(address, length) of this process's one shared map of `path` (from /proc/self/maps), or None."""
+    target = os.path.realpath(path)
+    found = None
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == target and fields[1].endswith("s"):
+                    if found is not None:
+                        return None    # more than one map of it: not the case this is for
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    found = (lo, hi - lo)
+    except OSError:
+        return None
+    return found
+
+
+def drop_mapped(addr: int, size: int) -> bool:
+    """Drop the pages of a read-only shared file map at [addr, addr + size) from this process's RSS
+    (they stay in the page cache); False where unsupported or refused."""
+    return _LIBC is not None and size > 0 and _LIBC.madvise(addr, size, _MADV_DONTNEED) == 0
+
+
+class Trimmer:
+    """`malloc_trim(0)` with its count and time, for /stats; a no-op where unsupported."""
+
+    def __init__(self) -> None:
+        self.trims = 0
+        self.seconds = 0.0
+
+    def trim(self) -> None:
+        if _LIBC is None:
+            return
+        t0 = time.perf_counter()
+        _LIBC.malloc_trim(0)
+        self.seconds += time.perf_counter() - t0
+        self.trims += 1
