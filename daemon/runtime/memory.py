@@ -7,13 +7,12 @@ process is 20-40 MiB). Measured in the benchmark's memory scenario (~1M open sta
 the process's, and the daemon's CPU lane runs in anyio's worker threads, which take turns: each
 thread gets its own arena, and what one frees the next one does not reuse.
 
-- `limit_arenas` (at start, before threads): at most 2 arenas. The GIL already serialises nearly
-  every allocation, so more arenas only add unreused free memory (the daemon's heap at that plateau
-  −68 MiB with `MALLOC_ARENA_MAX=1` in the environment).
+- `limit_arenas` (at start, before threads): one arena. The GIL already serialises nearly every
+  allocation, so more arenas only add free memory nobody reuses (with `MALLOC_ARENA_MAX=1` in the
+  environment the daemon's heap at that plateau was −68 MiB).
 - `trim`: `malloc_trim(0)` returns the whole free pages of every arena (not only the top of the
   heap) to the kernel; called after the transients (a full state write's commit, an answer sent).
-  It walks the free lists once, ~1-5 ms, without the GIL (ctypes releases it).
-
+  It walks the free lists once, without the GIL (ctypes releases it).
 - `drop_mapped`: `madvise(MADV_DONTNEED)` over a read-only shared file map (LMDB's): the pages
   read through it leave the process's RSS (RssFile) and stay in the page cache; the next read of
   one is a minor fault. Invisible to readers (the map shows the file either way).
@@ -34,7 +33,7 @@ from typing import Any
 
 _M_ARENA_MAX = -8    # malloc.h
 _MADV_DONTNEED = 4   # sys/mman.h
-ARENAS = 2
+ARENAS = 1
 
 
 def _libc() -> Any:

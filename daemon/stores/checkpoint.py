@@ -228,6 +228,7 @@ class Checkpoint:
             if not entries:
                 return total
             self._read_since_recycle += sum(len(v) for _, _, v in entries)
+            self._db.drop_read_pages()   # the entries are copies: up to a file's rows read through the map
             keys, first_seq, rows = _decode_chunk(entries)
             self._files.write(table, first_seq, rows)
             self._crash.hit("before_outbox_delete")

@@ -247,6 +247,12 @@ class LmdbState:
                 self._map_range = None
                 self._recycles += 1
 
+    def drop_read_pages(self) -> None:
+        """Give the pages read through the map back to the kernel (they stay in the page cache)."""
+        with self._write_lock:
+            self._check_open()
+            self._drop_read()
+
     def _drop_read(self) -> None:
         # Only from the writer (write lock held): the map is not moved (grow, recycle) meanwhile.
         if self._map_range is None:

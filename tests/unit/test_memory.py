@@ -1,0 +1,67 @@
+"""runtime/memory.py against the real kernel and glibc: mapped pages leave RSS, trims are counted."""
+
+import mmap
+import re
+from pathlib import Path
+
+import pytest
+
+from daemon.runtime import memory
+from daemon.stores.lmdb_state import LmdbState
+
+pytestmark = pytest.mark.skipif(not memory.available(), reason="needs glibc (malloc_trim, madvise)")
+
+MIB = 2**20
+
+
+def rss_file_kib() -> int:
+    return int(re.search(r"RssFile:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def test_drop_mapped_gives_read_pages_back_and_keeps_the_content(tmp_path):
+    path = tmp_path / "f.bin"
+    data = bytes(range(256)) * (32 * MIB // 256)
+    path.write_bytes(data)
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        before = rss_file_kib()
+        assert sum(m[i + 1] for i in range(0, len(m), mmap.PAGESIZE)) > 0   # touch every page
+        assert rss_file_kib() - before >= 30 * 1024
+        addr, size = memory.mapped_range(path)
+        assert size == len(data)
+        assert memory.drop_mapped(addr, size)
+        assert rss_file_kib() - before < 4 * 1024
+        assert m[:] == data          # faulted back in from the page cache, the same bytes
+
+
+def test_mapped_range_is_none_for_a_file_not_mapped(tmp_path):
+    path = tmp_path / "g.bin"
+    path.write_bytes(b"x" * 4096)
+    assert memory.mapped_range(path) is None
+
+
+def test_lmdb_drop_read_pages(tmp_path):
+    db = LmdbState.open(tmp_path / "db", lock_path=tmp_path / "lock", db_names=("a",),
+                        map_size_initial_bytes=64 * MIB, map_size_max_bytes=256 * MIB)
+    try:
+        value = b"v" * (4 * MIB)
+        db.write(lambda txn: [txn.put("a", b"k%d" % i, value) for i in range(8)])
+        db.recycle()                   # a fresh map: nothing read through it yet
+        before = rss_file_kib()
+        with db.reading() as txn:
+            assert all(txn.get("a", b"k%d" % i) == value for i in range(8))
+        assert rss_file_kib() - before >= 28 * 1024
+        db.drop_read_pages()
+        assert rss_file_kib() - before < 4 * 1024
+        with db.reading() as txn:
+            assert txn.get("a", b"k7") == value
+    finally:
+        db.close()
+
+
+def test_trimmer_counts_and_times():
+    t = memory.Trimmer()
+    blocks = [bytearray(64 * 1024) for _ in range(2000)]   # ~128 MiB from malloc's heap
+    del blocks[::2]
+    t.trim()
+    t.trim()
+    assert t.trims == 2 and t.seconds > 0
