@@ -403,6 +403,9 @@ def _figures(run: Run, final: dict[str, Any], first: float, last_fed: float, don
         "gc_s": final["process"].get("gc_seconds"),
         "gc_max_pause_ms": final["process"].get("gc_max_pause_ms"),
         "gc_full_collections": final["process"].get("gc_full_collections"),
+        # malloc_trim after full state writes and large closes (daemon/runtime/memory.py)
+        "malloc_trims": final["process"].get("malloc_trims"),
+        "malloc_trim_s": final["process"].get("malloc_trim_seconds"),
     }
     t0 = first
     # [s since the first byte, events processed, CPU s, RssAnon MiB (both processes), of it the
