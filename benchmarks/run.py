@@ -409,10 +409,12 @@ def _figures(run: Run, final: dict[str, Any], first: float, last_fed: float, don
     }
     t0 = first
     # [s since the first byte, events processed, CPU s, RssAnon MiB (both processes), of it the
-    #  recommendations process's, RssFile MiB (both), open states, commits]
+    #  recommendations process's, RssFile MiB (both), open states, commits, MiB of frames waiting
+    #  for the recommendations process]
     out["timeline"] = [[round(x.t - t0, 2), x.stats["pipeline"]["events_processed"], round(x.cpu_s, 2),
                         round(x.mem.get("RssAnon", 0) / 2**20), round(x.mem.get("recs_RssAnon", 0) / 2**20),
-                        round(x.mem.get("RssFile", 0) / 2**20), open_states(x.stats), x.stats["store"]["commits"]]
+                        round(x.mem.get("RssFile", 0) / 2**20), open_states(x.stats), x.stats["store"]["commits"],
+                        round(x.stats.get("replica", {}).get("outbox_bytes", 0) / 2**20, 1)]
                        for x in run.samples[:: max(1, len(run.samples) // 200)]]
     if run.samples:
         out["max_loop_lag_ms"] = max(s.stats["process"]["loop_lag_ms"] for s in run.samples)

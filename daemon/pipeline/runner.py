@@ -43,7 +43,11 @@ EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
 # rows kept a mass close's transaction near 160 MiB where 50k took ~400 MiB (in process, the final close
 # of 360k rows: VmHWM 789 -> 669 MiB, 8.7 -> 8.0 s).
 CLOSE_CHUNK_ROWS = 20_000
-TRIM_AFTER_ROWS = 10_000  # a commit of this many window rows (or a full state write) is followed by malloc_trim
+# malloc_trim (runtime/memory.py) after a commit of this many window rows or a full state write, and
+# after any commit this long after the last trim: what the commits between free (Arrow flushes, answers)
+# was otherwise kept until the next large one (the memory benchmark's plateau: ~70 MiB in one of two runs).
+TRIM_AFTER_ROWS = 10_000
+TRIM_EVERY_S = 2.0
 FINAL_ANSWER_WAIT_S = 5.0  # at shutdown, for the recommendations process's answer to the last cut
 
 
@@ -134,7 +138,8 @@ class Runner:
         self.close_chunk_rows = close_chunk_rows
         self._closed_ms = NO_WATERMARK   # the watermark of the last close (see `advance`)
         self.closing = False             # a chunked close is under way: fold and commit again at once
-        self.trimmer = Trimmer()         # malloc's free pages back to the kernel after large commits
+        self.trimmer = Trimmer()         # malloc's free pages back to the kernel (TRIM_AFTER_ROWS)
+        self._last_trim_mono = clock.monotonic()
 
     # ---- state ---------------------------------------------------------------------------
     def restore(self) -> dict[str, bytes]:
@@ -432,7 +437,8 @@ class Runner:
             large = await self._commit(flush_all=flush_all)
             if self._state_next:
                 large = await self._commit(flush_all=False) or large   # the full state write the rows went ahead of
-            if large:
+            if large or self.clock.monotonic() - self._last_trim_mono >= TRIM_EVERY_S:
+                self._last_trim_mono = self.clock.monotonic()
                 # The unit's buffers are freed now; glibc would keep their pages (runtime/memory.py).
                 await anyio.to_thread.run_sync(self.trimmer.trim)
         finally:
@@ -534,11 +540,11 @@ class Runner:
             state, fold_log = {}, self.fold_log.take()
         state_cut = seq if full_state else self._state_cut
         recs_cut = state_cut
-        state_segments: dict[str, list[list[tuple[int, bytes]]]] = {}
+        state_segments: dict[str, list[list[tuple[int, bytes | memoryview]]]] = {}
         if self.replica is not None:
             recs_cut = self._recs_cut
             # The answers' records are stored as the process packed them, per bucket (no objects).
-            packed: list[list[tuple[int, bytes]]] = []
+            packed: list[list[tuple[int, bytes | memoryview]]] = []
             for cut, payload in answers or ():
                 if cut > recs_cut:   # answers come in cut order; an older one is already stored
                     packed.append(replica_protocol.change_segments(replica_protocol.read_changes(payload)[1]))

@@ -124,15 +124,16 @@ def changes_frame(seq: int, records: dict[bytes, bytes | None]) -> bytes:
     return b"".join([HEADER.pack(size, CHANGES), head, *body])
 
 
-def read_changes(payload: bytes) -> tuple[int, bytes]:
-    """(commit seq, the bucket segments, still packed: see change_segments)."""
+def read_changes(payload: bytes | bytearray) -> tuple[int, memoryview]:
+    """(commit seq, the bucket segments, still packed: see change_segments), without a copy."""
     if len(payload) < U64.size:
         raise ProtocolError("a changes frame without its commit seq")
-    return U64.unpack_from(payload)[0], payload[U64.size:]
+    return U64.unpack_from(payload)[0], memoryview(payload)[U64.size:]
 
 
-def change_segments(body: bytes) -> list[tuple[int, bytes]]:
-    """(bucket, segment) of a CHANGES answer's records, as `read_changes` returns them."""
+def change_segments(body: bytes | memoryview) -> list[tuple[int, bytes | memoryview]]:
+    """(bucket, segment) of a CHANGES answer's records, as `read_changes` returns them (slices of
+    `body`: views into the payload when it is a memoryview; LMDB stores them as they are)."""
     try:
         (n,) = U16.unpack_from(body)
         index = [_BUCKET.unpack_from(body, U16.size + i * _BUCKET.size) for i in range(n)]
@@ -150,7 +151,7 @@ def change_segments(body: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def unpack_changes(body: bytes) -> dict[bytes, bytes | None]:
+def unpack_changes(body: bytes | memoryview) -> dict[bytes, bytes | None]:
     """Every record of a CHANGES answer (tests and tools; the daemon stores the segments as they are)."""
     out: dict[bytes, bytes | None] = {}
     for _, segment in change_segments(body):
@@ -206,28 +207,61 @@ def cut(batch: EventBatch, max_events: int = FRAME_EVENTS) -> Iterator[EventBatc
 
 
 class FrameReader:
-    """Incremental parser: `feed` bytes as they arrive, get the complete frames so far."""
+    """Incremental parser: `feed` bytes as they arrive, get the complete frames so far.
 
-    def __init__(self) -> None:
+    A payload of at least `large` bytes (a CHANGES answer is 20-40 MiB) is read into a bytearray of
+    its size as the bytes come and handed over as it is: no growing buffer that reallocates and
+    keeps twice its size, no copy of the whole payload at the end (2-3 payload-sized copies were
+    alive at once before). Smaller frames come out as bytes."""
+
+    LARGE = 1 << 20
+
+    def __init__(self, large: int = LARGE) -> None:
         self._buf = bytearray()
+        self._large = large
+        self._kind = b""
+        self._payload: bytearray | None = None   # the large payload being filled
+        self._filled = 0
 
-    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        self._buf += data
-        out: list[tuple[bytes, bytes]] = []
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes | bytearray]]:
+        out: list[tuple[bytes, bytes | bytearray]] = []
+        view = memoryview(data)
+        if self._payload is not None:
+            view = self._fill(view, out)
+            if self._payload is not None:
+                return out
+        self._buf += view
         pos = 0
         buf = self._buf
         while len(buf) - pos >= HEADER.size:
             n, kind = HEADER.unpack_from(buf, pos)
             if kind not in KINDS or n > MAX_FRAME_BYTES:
                 raise ProtocolError(f"bad frame header at byte {pos}: kind {kind!r}, length {n}")
-            end = pos + HEADER.size + n
+            start, end = pos + HEADER.size, pos + HEADER.size + n
             if len(buf) < end:
+                if n >= self._large:
+                    self._kind, self._payload, self._filled = kind, bytearray(n), len(buf) - start
+                    with memoryview(buf) as have:
+                        self._payload[:self._filled] = have[start:]
+                    pos = len(buf)
                 break
-            out.append((kind, bytes(buf[pos + HEADER.size:end])))
+            with memoryview(buf) as have:
+                out.append((kind, bytes(have[start:end])))
             pos = end
         del buf[:pos]
         return out
 
+    def _fill(self, view: memoryview, out: list[tuple[bytes, bytes | bytearray]]) -> memoryview:
+        """Copy the next bytes into the large payload; once it is whole, emit it. Returns the rest."""
+        assert self._payload is not None
+        take = min(len(view), len(self._payload) - self._filled)
+        self._payload[self._filled:self._filled + take] = view[:take]
+        self._filled += take
+        if self._filled == len(self._payload):
+            out.append((self._kind, self._payload))
+            self._payload = None
+        return view[take:]
+
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (self._filled if self._payload is not None else 0)

@@ -41,6 +41,7 @@ from daemon.web.queries import int_param, json_response, recommendations_answer,
 from daemon.web.stats import rss_bytes
 
 READ_BYTES = 1 << 20
+ANSWER_PIECE_BYTES = 1 << 20
 # Folding lets the event loop answer reads at least this often. Three turns after every batch of 16
 # events cost ~1 µs per event with the sockets open; a read now waits at most this plus one batch.
 TURN_EVERY_S = 0.0005
@@ -299,8 +300,12 @@ async def _open_answers(loop: asyncio.AbstractEventLoop) -> Callable[[bytes], Aw
     writer = asyncio.StreamWriter(transport, proto, None, loop)
 
     async def answer(data: bytes) -> None:
-        writer.write(data)
-        await writer.drain()
+        # In pieces: the pipe takes ~64 KiB at once and the transport keeps a copy of the rest, which
+        # for a 20-40 MiB CHANGES answer was a second copy of the whole frame until the daemon read it.
+        view = memoryview(data)
+        for i in range(0, len(view), ANSWER_PIECE_BYTES):
+            writer.write(view[i:i + ANSWER_PIECE_BYTES])
+            await writer.drain()
     return answer
 
 

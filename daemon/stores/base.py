@@ -56,7 +56,7 @@ class CommitUnit:
     fold_log: bytes | None = None
     fold_log_drop_through: int | None = None
     state_complete: bool = False
-    state_segments: dict[str, list[list[tuple[int, bytes]]]] = field(default_factory=dict)
+    state_segments: dict[str, list[list[tuple[int, bytes | memoryview]]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -450,7 +450,7 @@ def read_state(txn: Txn) -> dict[str, list[tuple[bytes, bytes]]]:
 
 
 def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int,
-                 packed: dict[str, list[list[tuple[int, bytes]]]] | None = None) -> int:
+                 packed: dict[str, list[list[tuple[int, bytes | memoryview]]]] | None = None) -> int:
     """Each namespace's changes as one segment per bucket they touch, under this commit's seq, then
     its `packed` changes (already segments per bucket), each under seq and its index; a bucket whose
     chain would pass twice its size at its last merge (plus SLACK_BYTES), or MAX_CHAIN segments, is
@@ -483,7 +483,7 @@ class _Chains:
         self.meta = (np.zeros((3, segments.BUCKETS), dtype=np.int64) if raw is None
                      else np.frombuffer(raw, dtype="<i8").reshape(3, segments.BUCKETS).copy())
 
-    def append(self, bucket: int, blob: bytes, suffix: bytes) -> int:
+    def append(self, bucket: int, blob: bytes | memoryview, suffix: bytes) -> int:
         """Add a segment to a bucket's chain under prefix + `suffix` (keys sort in write order), or
         merge the chain with it; return the bytes a merge read."""
         chain_bytes, base_bytes, chain_len = self.meta

@@ -19,10 +19,12 @@ frames = st.lists(st.tuples(st.sampled_from(sorted(protocol.KINDS)), st.binary(m
 
 
 @settings(max_examples=200, deadline=None)
-@given(frames, st.lists(st.integers(min_value=0, max_value=10_000), max_size=10))
-def test_frames_come_out_whole_and_in_order_however_the_bytes_are_cut(sent, cuts):
+@given(frames, st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
+       st.sampled_from([1, 16, protocol.FrameReader.LARGE]))
+def test_frames_come_out_whole_and_in_order_however_the_bytes_are_cut(sent, cuts, large):
+    """`large`: payloads from this size on are filled in place (a CHANGES answer), smaller ones buffered."""
     stream = b"".join(protocol.frame(k, p) for k, p in sent)
-    reader, got, start = protocol.FrameReader(), [], 0
+    reader, got, start = protocol.FrameReader(large=large), [], 0
     for cut in sorted({min(c, len(stream)) for c in cuts}) + [len(stream)]:
         got += reader.feed(stream[start:cut])
         start = cut

@@ -160,7 +160,7 @@ def test_a_changes_answer_round_trips_as_one_segment_per_bucket(seq, records):
 
 def test_a_bad_bucket_index_in_a_changes_answer_is_an_error():
     import pytest
-    body = protocol.read_changes(protocol.changes_frame(7, {b"u:a": b"1", b"u:b": None})[protocol.HEADER.size:])[1]
+    body = protocol.read_changes(protocol.changes_frame(7, {b"u:a": b"1", b"u:b": None})[protocol.HEADER.size:])[1].tobytes()
     for bad in (body[:1], body[:-1], body + b"x", protocol.U16.pack(1) + protocol._BUCKET.pack(64, 0)):
         with pytest.raises(protocol.ProtocolError):
             protocol.change_segments(bad)
