@@ -127,6 +127,9 @@ class RecommendationsConfig:
     user_ttl_s: float = 7 * 86400.0
     max_users: int = 1_000_000
     max_items: int = 1_000_000
+    # Users beyond this many most recently active are kept as their records while idle (~150 bytes
+    # instead of ~460; daemon/analyzers/recusers.py); 0 keeps every idle user that way.
+    hot_users: int = 100_000
     # The recommender runs in its own process (daemon/replica/); with `listen` it also answers
     # GET /recommendations and /trending on that address (else only the daemon's port forwards there).
     listen_host: str = ""
@@ -146,6 +149,7 @@ class RecommendationsConfig:
             user_ttl_s=r.duration_s("user_ttl", 7 * 86400.0),
             max_users=r.int("max_users", 1_000_000, min_value=1),
             max_items=r.int("max_items", 1_000_000, min_value=1),
+            hot_users=r.int("hot_users", 100_000, min_value=0),
         )
         r.finish()
         return cfg

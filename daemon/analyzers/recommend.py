@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
-from itertools import chain, islice
+from itertools import islice
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -23,6 +23,10 @@ from typing import Any
 import orjson
 
 from daemon.analyzers.reads import read_consistently
+from daemon.analyzers.recusers import (_BOUGHT, _DIRTY, _LAST, _START, User, from_record, new_user, record_last_ms,
+                                       to_record, user_cats)
+
+__all__ = ["Recommender", "RecommenderStats", "new_user", "user_cats"]
 from daemon.analyzers.trending import TYPE_WEIGHTS, Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
@@ -44,31 +48,6 @@ class RecommenderStats:
     users_dropped: int
 
 
-# A user is one flat list (see `new_user`), not an object holding dicts of tuples: at 2 events per user
-# (the benchmark's memory scenario) that was ~920 bytes per user, a _User with `recent` and `cats` dicts
-# (~184 bytes each before their entries) and a tuple per recent item; see benchmarks/recs_memory.py.
-# The fold indexes it with literal numbers (a name per field would be a global lookup in the hot loop):
-_LAST, _DIRTY, _BOUGHT, _START = 0, 1, 2, 3   # then the (category, weight) pairs from 4, then u[3]: the recent items
-_User = list   # type: the list new_user makes
-
-
-def new_user(last_ms: int, dirty: bool) -> _User:
-    """[last_ms, dirty, bought, start, *cats, *recent], a user's whole state in one list:
-
-    last_ms: the latest event's ts; dirty: changed since the last take_dirty (Recommender._dirty_user_count);
-    bought: item -> ts_ms of the latest purchase, or None (most users buy nothing);
-    cats: (category, forward-decayed weight) pairs at u[4:start], as a dict in insertion order;
-    recent: (item, ts_ms, weight, session) quadruples at u[start:], oldest first, each item once.
-    """
-    return [last_ms, dirty, None, 4]
-
-
-def user_cats(u: _User) -> dict[str, float]:
-    """A user's categories: category -> forward-decayed weight, in the order they came."""
-    start = u[_START]
-    return dict(zip(u[4:start:2], u[5:start:2]))
-
-
 class Recommender:
     """Session co-occurrence recommender with bounded, decaying state; see the module docstring."""
 
@@ -85,7 +64,7 @@ class Recommender:
         self._nbrs: dict[str, dict[str, float]] = {}
         self._count: dict[str, float] = {}       # item -> forward-decayed occurrence weight (recency order)
         self._cat: dict[str, str] = {}
-        self._users: dict[str, _User] = {}       # recency order: the front is the idlest user
+        self._users: dict[str, User] = {}       # recency order: the front is the idlest user
         self._ref_ms: float | None = None
         self._events = self._dropped = 0
         self._dirty_items: set[str] = set()
@@ -162,7 +141,9 @@ class Recommender:
             dirty_items.add(item)
             # u: [last_ms, dirty, bought, start, *(category, weight), *(item, ts_ms, weight, session)] (new_user)
             u = users.pop(user_id, None)
-            if u is None:   # a new user: nothing to pair with or to update, and its list made at its size
+            if u.__class__ is bytes:   # kept as its record while idle (pack_idle)
+                u = from_record(u, names, cat_names)
+            elif u is None:   # a new user: nothing to pair with or to update, and its list made at its size
                 if cat is None:
                     u = [ts, True, None, 4, item, ts, w, session]
                 else:
@@ -271,7 +252,10 @@ class Recommender:
             for nb in self._nbrs.values():
                 for other in nb:
                     nb[other] *= f
-            for u in self._users.values():
+            users, names, cat_names = self._users, self._names, self._cat_names
+            for uid, u in users.items():   # every user changes: a packed one is a list again (values replaced in place)
+                if u.__class__ is bytes:
+                    u = users[uid] = from_record(u, names, cat_names)
                 for k in range(5, u[_START], 2):
                     u[k] *= f
                 u[_DIRTY] = True
@@ -285,9 +269,11 @@ class Recommender:
         users, ttl_ms = self._users, self.cfg.user_ttl_s * 1000.0
         while users:
             uid = next(iter(users))
-            if users[uid][_LAST] >= now_ms - ttl_ms and len(users) <= self.cfg.max_users:
+            u = users[uid]
+            last = u[_LAST] if u.__class__ is list else record_last_ms(u)
+            if last >= now_ms - ttl_ms and len(users) <= self.cfg.max_users:
                 break
-            if users.pop(uid)[_DIRTY]:
+            if users.pop(uid).__class__ is list and u[_DIRTY]:
                 self._dirty_user_count -= 1
             self._dropped += 1
             self._deleted.add(b"u:" + uid.encode())
@@ -312,6 +298,8 @@ class Recommender:
         u = self._users.get(user_id)
         if k <= 0:
             return []
+        if u.__class__ is bytes:   # idle, kept as its record: read a copy (reads change nothing)
+            u = from_record(u, self._names, {})
         if u is None or u[_LAST] < now_ms - self.cfg.user_ttl_s * 1000.0:
             return self.trending.top(None, k, now_ms)
         exclude = {item for item, ts in (u[_BOUGHT] or {}).items() if ts >= now_ms - self.exclude_bought_ms}
@@ -340,7 +328,7 @@ class Recommender:
                                       out[-1][1] if out else 1.0))
         return out
 
-    def _fallback(self, u: _User, k: int, now_ms: int, skip: set[str], below: float) -> list[tuple[str, float]]:
+    def _fallback(self, u: User, k: int, now_ms: int, skip: set[str], below: float) -> list[tuple[str, float]]:
         """Trending in the user's categories (strongest first), then overall, scaled under `below`."""
         found: list[tuple[str, float]] = []
         cats = user_cats(u)
@@ -398,9 +386,7 @@ class Recommender:
         for uid in users:
             u = self._users.get(uid)
             if u is not None:
-                start = u[_START]
-                recent = [u[k:k + 4] for k in range(start, len(u), 4)]   # [item, ts_ms, weight, session]
-                out[b"u:" + uid.encode()] = jsonbytes.dumps([u[_LAST], recent, u[_BOUGHT] or {}, user_cats(u)])
+                out[b"u:" + uid.encode()] = u if u.__class__ is bytes else to_record(u)
         out[b"r#"] = jsonbytes.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped})
         return out
 
@@ -408,7 +394,7 @@ class Recommender:
         """Rebuild the whole state from the records `take_changes` wrote (in any order)."""
         self.__init__(self.cfg, weights=self.weights, self_weight=self.self_weight,   # type: ignore[misc]
                       exclude_bought_s=self.exclude_bought_ms / 1000.0, max_pairs_per_event=self.max_pairs)
-        users: list[tuple[int, str, _User]] = []
+        users: list[tuple[int, str, User]] = []
         counts: list[tuple[float, str]] = []
         trending = []
         for key, value in items:
@@ -421,45 +407,49 @@ class Recommender:
                 if nb:
                     self._nbrs[item] = nb
             elif key.startswith(b"u:"):
-                last_ms, recent, bought, cats = orjson.loads(value)
-                # Built at its size (observe's appends leave a list room to grow).
-                u = [last_ms, False, bought or None, 4 + 2 * len(cats), *chain.from_iterable(cats.items()),
-                     *chain.from_iterable(recent)]
-                users.append((last_ms, key[2:].decode(), u))
+                users.append((record_last_ms(value), key[2:].decode(), value))
             elif key == b"r#":
                 meta = orjson.loads(value)
                 self._ref_ms, self._events, self._dropped = meta["ref"], meta["events"], meta["dropped"]
             elif key.startswith(b"t"):
                 trending.append((key, value))
-        for _, uid, u in sorted(users, key=lambda t: t[0]):   # idlest first, as observe keeps them
-            self._users[uid] = u
         for count, item in sorted(counts):   # the weakest first: eviction takes the front
             self._count[item] = count
         self._share_names()
+        names, cat_names = self._names, self._cat_names
+        for _, uid, value in sorted(users, key=lambda t: t[0]):   # idlest first, as observe keeps them
+            self._users[uid] = from_record(value, names, cat_names)
         self.trending.restore_items(trending)
 
     def _share_names(self) -> None:
-        """Key restored state by one str per item and category, as observe does (parsing made one per use).
-
-        Item names are the count's keys; each user's entries of one session share one session string."""
+        """Key restored items by one str per item and category, as observe does (parsing made one per
+        use); item names are the count's keys. (Users share them as they are restored: from_record.)"""
         names, cat_names = self._names, self._cat_names
         names.update((item, item) for item in self._count)
         for item, cat in self._cat.items():
             self._cat[item] = cat_names.setdefault(cat, cat)
         for item, nb in self._nbrs.items():
             self._nbrs[item] = {names.get(other, other): c for other, c in nb.items()}
-        for u in self._users.values():
-            start = u[_START]
-            for k in range(4, start, 2):
-                u[k] = cat_names.setdefault(u[k], u[k])
-            shared: str | None = None
-            for k in range(start, len(u), 4):
-                u[k] = names.get(u[k], u[k])
-                if u[k + 3] != shared:
-                    shared = u[k + 3]
-                u[k + 3] = shared
-            if u[_BOUGHT] is not None:
-                u[_BOUGHT] = {names.get(item, item): ts for item, ts in u[_BOUGHT].items()}
+
+    def idle_users(self, hot: int) -> list[str]:
+        """The users beyond the `hot` most recently active that `pack` would pack, idlest first
+        (a user changed since the last take_dirty never is: it is among the last)."""
+        beyond = len(self._users) - max(hot, self._dirty_user_count)
+        if beyond <= 0:
+            return []
+        return [uid for uid, u in islice(self._users.items(), beyond) if u.__class__ is list and not u[_DIRTY]]
+
+    def pack(self, uids: Iterable[str]) -> int:
+        """Keep these users as their records (recusers.py: ~150 instead of ~460 bytes for a user with
+        two recent items) until an event touches one (`observe` makes it a list again; reads use a
+        copy); return how many were packed. Invisible to every answer and record."""
+        users, packed = self._users, 0
+        for uid in uids:
+            u = users.get(uid)
+            if u.__class__ is list and not u[_DIRTY]:
+                users[uid] = to_record(u)   # replaced in place: the recency order stays
+                packed += 1
+        return packed
 
     def snapshot(self) -> bytes:
         """The whole state as bytes (every record, as a first `take_changes` would write it)."""

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.analyzers.recommend import Recommender, new_user
+from daemon.analyzers.recusers import from_record
 from daemon.analyzers.trending import Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
@@ -349,6 +350,48 @@ def test_incremental_changes_add_up_to_the_records_and_restore_the_same_values(c
     copy.restore_items(store.items())
     assert copy._users == rec._users and copy._count == rec._count and copy._cat == rec._cat
     assert copy.take_changes() == {b"r#": store[b"r#"], **copy.trending.records([])}   # restored: nothing dirty
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=SMALL_CONFIGS,
+       batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=6),
+       packs=st.lists(st.one_of(st.none(), st.integers(min_value=0, max_value=4)), min_size=6, max_size=6))
+def test_packing_idle_users_changes_no_answer_record_or_state(cfg, batches, packs):
+    """Users kept as their records (pack, after a take as the process does it, beyond `hot` most recent)
+    fold, expire, rebase, answer and store exactly as the twin that never packs."""
+    rec, twin = Recommender(cfg), Recommender(cfg)
+    now = T0
+    for b, hot in zip(batches, packs):
+        rec.observe(b)
+        twin.observe(b)
+        assert rec.take_changes() == twin.take_changes()
+        if hot is not None:
+            idle = rec.idle_users(hot)
+            beyond = list(rec._users)[:max(0, len(rec._users) - hot)]   # after a take: none is dirty
+            assert idle == [u for u in beyond if type(rec._users[u]) is list]
+            assert rec.pack(idle) == len(idle)
+            assert all(type(rec._users[u]) is bytes for u in beyond)
+        now = max(now, max(b.ts, default=T0))
+        for user in ["nobody", "u1", "u2", "u3", *USERS]:
+            assert rec.recommend(user, 5, now) == twin.recommend(user, 5, now)
+        assert list(rec._users) == list(twin._users) and rec.statistics() == twin.statistics()
+    assert rec.snapshot() == twin.snapshot()
+    assert rec.take_changes() == twin.take_changes()
+    names, cats = rec._names, rec._cat_names
+    assert {u: v if type(v) is list else from_record(v, names, cats) for u, v in rec._users.items()} == twin._users
+
+
+def test_a_packed_user_is_a_list_again_once_an_event_touches_it():
+    rec = Recommender(CFG)
+    rec.observe(batch(shop_history()))
+    rec.take_dirty()
+    assert rec.pack(rec.idle_users(0)) == len(rec._users) > 0
+    before = rec.recommend("u3", 3, T0 + 60_000)
+    rec.observe(batch([(T0 + 60_000, "view", "u3", "s3", "pen", "books")]))
+    assert type(rec._users["u3"]) is list and rec._users["u3"][1] is True    # dirty: in the next answer
+    assert type(rec._users["u4"]) is bytes
+    assert rec.take_dirty()[2] == ["u3"]
+    assert rec.recommend("u3", 3, T0 + 60_000) != before or before
 
 
 def fresh(name: str) -> str:

@@ -1,0 +1,79 @@
+"""A recommender user's state: the flat list `observe` works on, and its record (JSON bytes) (pure).
+
+A user is one flat list, not an object holding dicts of tuples: at 2 events per user (the benchmark's
+memory scenario) that was ~920 bytes per user, a _User with `recent` and `cats` dicts (~184 bytes each
+before their entries) and a tuple per recent item; see benchmarks/recs_memory.py. The fold indexes it
+with literal numbers (a name per field would be a global lookup in the hot loop).
+
+A user's record is what the recommender stores (`Recommender.records`): `[last_ms, recent, bought,
+cats]`. An idle user can also be *kept* as its record (`Recommender.pack_idle`): ~150 bytes instead
+of ~460 for a user with two recent items, made back into the same list (`from_record`) when it is
+touched or read. Packing is invisible: floats and ints round-trip exactly through orjson, and a list's
+behaviour depends on its contents only.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+
+import orjson
+
+from daemon import jsonbytes
+
+_LAST, _DIRTY, _BOUGHT, _START = 0, 1, 2, 3   # then the (category, weight) pairs from 4, then u[3]: the recent items
+User = list   # type: the list new_user makes
+
+
+def new_user(last_ms: int, dirty: bool) -> User:
+    """[last_ms, dirty, bought, start, *cats, *recent], a user's whole state in one list:
+
+    last_ms: the latest event's ts; dirty: changed since the last take_dirty (Recommender._dirty_user_count);
+    bought: item -> ts_ms of the latest purchase, or None (most users buy nothing);
+    cats: (category, forward-decayed weight) pairs at u[4:start], as a dict in insertion order;
+    recent: (item, ts_ms, weight, session) quadruples at u[start:], oldest first, each item once.
+    """
+    return [last_ms, dirty, None, 4]
+
+
+def user_cats(u: User) -> dict[str, float]:
+    """A user's categories: category -> forward-decayed weight, in the order they came."""
+    start = u[_START]
+    return dict(zip(u[4:start:2], u[5:start:2]))
+
+
+def to_record(u: User) -> bytes:
+    """The user's record: JSON [last_ms, [[item, ts_ms, weight, session], ...], bought, cats]."""
+    start = u[_START]
+    recent = [u[k:k + 4] for k in range(start, len(u), 4)]
+    return jsonbytes.dumps([u[_LAST], recent, u[_BOUGHT] or {}, user_cats(u)])
+
+
+def from_record(value: bytes, names: dict[str, str], cat_names: dict[str, str]) -> User:
+    """The clean (not dirty) user of a record, its item and category names the shared str objects
+    of `names` / `cat_names` where they have one, one session str per run of equal sessions."""
+    last_ms, recent, bought, cats = orjson.loads(value)
+    # Built at its size (observe's appends leave a list room to grow).
+    u = [last_ms, False, bought or None, 4 + 2 * len(cats), *chain.from_iterable(cats.items()),
+         *chain.from_iterable(recent)]
+    share_names(u, names, cat_names)
+    return u
+
+
+def share_names(u: User, names: dict[str, str], cat_names: dict[str, str]) -> None:
+    """Key a user's entries by one str per item and category, as observe does (parsing made one per use)."""
+    start = u[_START]
+    for k in range(4, start, 2):
+        u[k] = cat_names.setdefault(u[k], u[k])
+    shared: str | None = None
+    for k in range(start, len(u), 4):
+        u[k] = names.get(u[k], u[k])
+        if u[k + 3] != shared:
+            shared = u[k + 3]
+        u[k + 3] = shared
+    if u[_BOUGHT] is not None:
+        u[_BOUGHT] = {names.get(item, item): ts for item, ts in u[_BOUGHT].items()}
+
+
+def record_last_ms(value: bytes) -> int:
+    """A record's last_ms, without parsing the rest (it is the first element of the JSON array)."""
+    return int(value[1:value.index(b",")])
