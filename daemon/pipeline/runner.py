@@ -530,7 +530,7 @@ class Runner:
             full_state, self._state_next = False, True
         if full_state:
             self.state_due = self._state_next = False
-            state = self.parts.take_changes()
+            state = self.parts.take_changes(packed=True)
             if self.replica is None:
                 fold_log = None
                 self.fold_log.clear()

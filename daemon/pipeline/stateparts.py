@@ -18,6 +18,7 @@ from daemon.config import Config
 from daemon.events import Anomaly, EventBatch, WindowResult
 from daemon.metrics import build_metric
 from daemon.stores.schemas import window_schema
+from daemon.stores.segments import SegmentBuilder
 from daemon.windows.aggregator import Aggregator
 from daemon.windows.closing import ClosePoint, close_point
 
@@ -103,11 +104,24 @@ class StateParts:
                 self._emitted.add(name)
         return closed, anomalies
 
-    def take_changes(self) -> dict[str, dict[bytes, bytes | None]]:
-        out: dict[str, dict[bytes, bytes | None]] = self._deletes
+    def take_changes(self, *, packed: bool = False) -> dict[str, dict[bytes, bytes | None] | SegmentBuilder]:
+        """Every change since the last call, per namespace: key -> value (None deletes). With `packed`,
+        an aggregation's changes come already packed per bucket (a SegmentBuilder: a full state write
+        of 10^5-10^6 changed states is not held as a bytes object per key and value)."""
+        out: dict[str, dict[bytes, bytes | None] | SegmentBuilder] = dict(self._deletes)
         self._deletes = {}
         for name, part in self.aggregations.items():
-            out.setdefault(f"agg:{name}", {}).update(part.aggregator.take_changes())
+            ns = f"agg:{name}"
+            gone = out.pop(ns, None)   # a removed aggregation of the same name: its deletes go first
+            if packed:
+                builder = SegmentBuilder()
+                for key, value in (gone or {}).items():
+                    builder.put(key, value)
+                part.aggregator.take_changes_into(builder.put)
+                out[ns] = builder
+            else:
+                changes = part.aggregator.take_changes()
+                out[ns] = changes if not gone else {**gone, **changes}
             if name not in self._emitted:
                 continue
             if part.averages is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -23,7 +23,8 @@ DEFAULT_KEEP_ANOMALIES = 100_000
 class CommitUnit:
     """Everything one durable commit writes, in ONE LMDB write transaction.
 
-    state: namespace ("agg:sales", "ma:sales", "analyzer:recs") → key → value (None deletes).
+    state: namespace ("agg:sales", "ma:sales", "analyzer:recs") → key → value (None deletes), or the
+      namespace's changes already packed per bucket (stores/segments.py SegmentBuilder).
     positions: source name → opaque resume position (poll cursor + ETag, websocket seq).
     dedupe_ids, dedupe_expiry_ms: the event ids to remember (str or UTF-8 bytes) and when each expires,
       as two columns (a commit adds ~16k at 80k events/s: no tuple per id); dedupe_expire_before_ms
@@ -42,7 +43,7 @@ class CommitUnit:
       after `state`'s, in order (the recommendations process's answers: stores/segments.py).
     """
 
-    state: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)   # per namespace a dict, or a segments.SegmentBuilder
     positions: dict[str, bytes] = field(default_factory=dict)
     dedupe_ids: Sequence[str | bytes] = ()
     dedupe_expiry_ms: Sequence[int] = ()

@@ -14,7 +14,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -449,7 +449,7 @@ def read_state(txn: Txn) -> dict[str, list[tuple[bytes, bytes]]]:
     return {nsb.decode(): sorted(segments.live(m).items()) for nsb, m in merged.items()}
 
 
-def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int,
+def _apply_state(txn: Txn, state: Mapping[str, Mapping[bytes, bytes | None] | segments.SegmentBuilder], seq: int,
                  packed: dict[str, list[list[tuple[int, bytes | memoryview]]]] | None = None) -> int:
     """Each namespace's changes as one segment per bucket they touch, under this commit's seq, then
     its `packed` changes (already segments per bucket), each under seq and its index; a bucket whose
@@ -463,7 +463,10 @@ def _apply_state(txn: Txn, state: dict[str, dict[bytes, bytes | None]], seq: int
         if not changes and not any(answers):
             continue
         chains = _Chains(txn, _name(ns, "namespace"))
-        if changes:
+        if isinstance(changes, segments.SegmentBuilder):
+            for bucket, blob in changes.segments():
+                read += chains.append(bucket, blob, U64.pack(seq))
+        elif changes:
             for bucket, keys, values in segments.split(changes):
                 read += chains.append(bucket, b"".join(segments.parts(keys, values)), U64.pack(seq))
         for sub, answer in enumerate(answers, 1):

@@ -8,7 +8,7 @@ windows/session.py for sessions), and each metric then folds all of the batch's 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -262,6 +262,12 @@ class Aggregator:
         prefix + b"#" + blake2b-160. Values carry their own identity. b"m" holds the counters.
         """
         out: dict[bytes, bytes | None] = {}
+        self.take_changes_into(out.__setitem__)
+        return out
+
+    def take_changes_into(self, put: Callable[[bytes, bytes | None], None]) -> None:
+        """`take_changes`, each entry handed to `put(key, value)` as it is made (a full state write
+        packs them at once: stores/segments.py SegmentBuilder)."""
         if self._panes is not None:
             slide = self._panes.windower.slide_ms
             parts = self._metrics.dump_parts
@@ -269,19 +275,18 @@ class Aggregator:
                 for key in keys:
                     states = self._panes.get(start, key)
                     ident = [start, list(key)]
-                    out[_entry_key(b"w", ident)] = None if states is None else b"".join(
-                        [orjson.dumps([start, start + slide, ident[1]]), b"\n", *parts(states)])
+                    put(_entry_key(b"w", ident), None if states is None else b"".join(
+                        [orjson.dumps([start, start + slide, ident[1]]), b"\n", *parts(states)]))
         else:
             for key in self._touched:
-                out[_entry_key(b"s", self._key_list(key))] = self._dump_sessions(key)
+                put(_entry_key(b"s", self._key_list(key)), self._dump_sessions(key))
         self._touched.clear()
         counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
         if counters != self._counters_dumped:
-            out[META_KEY] = jsonbytes.dumps({"emitted": self._emitted, "folded": self._folded,
-                                          "overflowed": self._overflowed, "late": self._late,
-                                          "watermark_ms": self._watermark_ms, **self._signature})
+            put(META_KEY, jsonbytes.dumps({"emitted": self._emitted, "folded": self._folded,
+                                           "overflowed": self._overflowed, "late": self._late,
+                                           "watermark_ms": self._watermark_ms, **self._signature}))
             self._counters_dumped = counters
-        return out
 
     def _key_list(self, key: Any) -> list[Any]:
         """A session store key as the key's list of group-by values."""

@@ -37,6 +37,24 @@ def test_buckets_partition_the_records(recs):
         assert [recs[k] for k in ks] == vs and ks == [k for k in recs if segments.bucket_of(k) == b]
 
 
+@given(records)
+def test_a_segment_builder_packs_what_split_and_parts_pack(recs):
+    """Put one by one, the records come out as the very segments of split + parts (one LMDB format)."""
+    builder = segments.SegmentBuilder()
+    for k, v in recs.items():
+        builder.put(k, v)
+    assert len(builder) == len(recs) and bool(builder) == bool(recs)
+    assert list(builder.segments()) == [(b, b"".join(segments.parts(ks, vs))) for b, ks, vs in segments.split(recs)]
+
+
+@given(st.lists(st.tuples(st.binary(max_size=8), st.none() | st.binary(max_size=20)), max_size=60))
+def test_a_key_put_twice_in_a_builder_reads_as_its_last_record(puts):
+    builder = segments.SegmentBuilder()
+    for k, v in puts:
+        builder.put(k, v)
+    assert segments.merge(seg for _, seg in builder.segments()) == dict(puts)
+
+
 def test_bucket_of_is_fixed_by_the_layout():
     """Stored chains are found by it: it must not change between versions or processes."""
     assert [segments.bucket_of(k) for k in (b"", b"u:alice", b"s[\"bob\"]")] == [0, 35, 53]
