@@ -106,18 +106,22 @@ class _Gate:
 class Txn:
     """A transaction over the named databases; bytes in, bytes out."""
 
-    __slots__ = ("_txn", "_dbs", "_drop_read")
+    __slots__ = ("_txn", "_dbs", "_drop_read", "_unread")
 
     def __init__(self, txn: Any, dbs: dict[str, Any], drop_read: Callable[[], None] | None = None) -> None:
         self._txn = txn
         self._dbs = dbs
         self._drop_read = drop_read
+        self._unread = 0     # bytes read through the map since the last drop (as callers report them)
 
-    def drop_read_pages(self) -> None:
-        """Give the pages read through the map so far back (LmdbState._drop_read); values already
-        returned are copies, and a later read faults its pages in again."""
-        if self._drop_read is not None:
+    def read_through_map(self, nbytes: int) -> None:
+        """Note `nbytes` just read through the map; past DROP_READ_BYTES since the last time, give the
+        pages read back (LmdbState._drop_read). Values already returned are copies, and a later read
+        faults its pages in again."""
+        self._unread += nbytes
+        if self._unread >= DROP_READ_BYTES and self._drop_read is not None:
             self._drop_read()
+            self._unread = 0
 
     def get(self, db: str, key: bytes) -> bytes | None:
         return self._txn.get(key, db=self._dbs[db])
@@ -371,7 +375,7 @@ DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
 FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"3", b"commit_seq", b"anomalies"
 OLD_FORMATS = (b"2",)   # read at open and rewritten: migrate_state, migrate_latest
 SEGMENTS_META = b"segments:"
-DROP_READ_BYTES = 1 << 20   # a merge that read this much through the map gives those pages back at once
+DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest counts) given back this often
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
 U64, U32, U16 = struct.Struct(">Q"), struct.Struct(">I"), struct.Struct(">H")
@@ -495,10 +499,9 @@ class _Chains:
                 or chain_len[bucket] >= segments.MAX_CHAIN):
             chain = _chain(self.txn, self.nsb, bucket)
             read = sum(len(v) for _, v in chain)
-            if read >= DROP_READ_BYTES:
-                # A namespace's buckets grow alike, so one commit may merge all 64 (~10^8 bytes read
-                # through the map with 10^6 sessions): each chain's pages leave the RSS once copied.
-                self.txn.drop_read_pages()
+            # A namespace's buckets grow alike, so one commit may merge all 64 (~10^8 bytes read through
+            # the map with 10^6 sessions): the chains' pages leave the RSS once copied, every ~MiB.
+            self.txn.read_through_map(read)
             merged = segments.live(segments.merge([*(v for _, v in chain), blob]))
             for k, _ in chain:
                 self.txn.delete("segments", k)
@@ -665,6 +668,7 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
         if c is None:
             v = txn.get("latest_count", base)
             c = counts[base] = [agg, 0 if v is None else U32.unpack(v)[0]]
+            txn.read_through_map(256)   # a leaf page (of 4 KiB) per ~16 random keys: its pages go every ~64k keys
         c[1] += 1
         index.append((base + end, b""))
         rows.append((aggb + end + h, row))
