@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from dataclasses import dataclass
 from operator import itemgetter
@@ -379,16 +379,20 @@ class Recommender:
     def records(self, items: Iterable[str], users: Iterable[str]) -> dict[bytes, bytes | None]:
         """The records of these items and users plus the meta record; changes nothing."""
         out: dict[bytes, bytes | None] = {}
-        for item in items:
-            if item in self._count:
-                out[b"i:" + item.encode()] = jsonbytes.dumps([self._count[item], self._cat.get(item),
-                                                           self._nbrs.get(item, {})])
-        for uid in users:
-            u = self._users.get(uid)
-            if u is not None:
-                out[b"u:" + uid.encode()] = u if u.__class__ is bytes else to_record(u)
-        out[b"r#"] = jsonbytes.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped})
+        self.records_into(out.__setitem__, items, users)
         return out
+
+    def records_into(self, put: Callable[[bytes, bytes], None], items: Iterable[str], users: Iterable[str]) -> None:
+        """`records`, each handed to `put(key, value)` as it is made (the process packs them at once)."""
+        count, cats, nbrs, all_users = self._count, self._cat, self._nbrs, self._users
+        for item in items:
+            if item in count:
+                put(b"i:" + item.encode(), jsonbytes.dumps([count[item], cats.get(item), nbrs.get(item, {})]))
+        for uid in users:
+            u = all_users.get(uid)
+            if u is not None:
+                put(b"u:" + uid.encode(), u if u.__class__ is bytes else to_record(u))
+        put(b"r#", jsonbytes.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped}))
 
     def restore_items(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Rebuild the whole state from the records `take_changes` wrote (in any order)."""

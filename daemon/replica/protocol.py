@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,18 +110,22 @@ def records_frames(items: Iterable[tuple[bytes, bytes]], chunk_bytes: int = RECO
     yield frame(RESTORE)
 
 
-def changes_frame(seq: int, records: dict[bytes, bytes | None]) -> bytes:
+def changes_frame(seq: int, records: Mapping[bytes, bytes | None] | segments.SegmentBuilder) -> bytes:
     """frame(CHANGES, u64 seq, u16 n, n × (u16 bucket, u32 length), the n segments), joined once (an
     answer is ~20-40 MiB: each concatenation copied it again)."""
-    index: list[bytes] = []
-    body: list[bytes] = []
-    for bucket, keys, values in segments.split(records):
-        pieces = segments.parts(keys, values)
-        index.append(_BUCKET.pack(bucket, sum(map(len, pieces))))
-        body += pieces
-    head = U64.pack(seq) + U16.pack(len(index)) + b"".join(index)
-    size = len(head) + sum(map(len, body))
-    return b"".join([HEADER.pack(size, CHANGES), head, *body])
+    return b"".join(changes_frame_pieces(seq, records))
+
+
+def changes_frame_pieces(seq: int, records: Mapping[bytes, bytes | None] | segments.SegmentBuilder) -> list[bytes]:
+    """`changes_frame` as the pieces to write one after the other (the process does not join them: a
+    whole answer's copy was one more ~20-40 MiB at once). A SegmentBuilder is emptied as it is read."""
+    if isinstance(records, segments.SegmentBuilder):
+        packed = list(records.take_segments())
+    else:
+        packed = [(bucket, b"".join(segments.parts(keys, values))) for bucket, keys, values in segments.split(records)]
+    head = U64.pack(seq) + U16.pack(len(packed)) + b"".join(_BUCKET.pack(b, len(seg)) for b, seg in packed)
+    size = len(head) + sum(len(seg) for _, seg in packed)
+    return [HEADER.pack(size, CHANGES) + head, *(seg for _, seg in packed)]
 
 
 def read_changes(payload: bytes | bytearray) -> tuple[int, memoryview]:

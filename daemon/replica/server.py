@@ -34,6 +34,7 @@ from daemon.log import configure_logging, get_logger
 from daemon.pipeline import foldlog
 from daemon.replica import protocol
 from daemon.runtime import memory
+from daemon.stores.segments import SegmentBuilder
 from daemon.web.app import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from daemon.web.auth import auth_middleware
 from daemon.web.limits import LimitedTCPSite
@@ -110,7 +111,7 @@ class Collector:
 class Replica:
     """The recommender plus what it has applied; `apply` is the only writer."""
 
-    def __init__(self, recommender: Recommender, collector: Collector, answer: Callable[[bytes], Awaitable[None]],
+    def __init__(self, recommender: Recommender, collector: Collector, answer: Callable[..., Awaitable[None]],
                  port: int = 0) -> None:
         self.recommender = recommender
         self.collector = collector
@@ -166,7 +167,7 @@ class Replica:
                 self.now_ms = now_ms
         elif kind == protocol.CUT:
             seq = protocol.read_cut(payload)
-            await self._answer(protocol.changes_frame(seq, await self._changes()))
+            await self._answer(*protocol.changes_frame_pieces(seq, await self._changes()))
             self.cuts += 1
             await self._pack_idle()
             # The answer (20-40 MiB, its records and the frame) is freed: give its pages back (runtime/memory.py).
@@ -188,17 +189,21 @@ class Replica:
         else:
             raise protocol.ProtocolError(f"unexpected frame {kind!r} after the config")
 
-    async def _changes(self) -> dict[bytes, bytes | None]:
+    async def _changes(self) -> SegmentBuilder:
         """The records changed since the last CUT, made in slices with reads answered between
-        (100k changed users take ~0.2 s to serialise; nothing folds meanwhile: frames wait)."""
+        (100k changed users take ~0.2 s to serialise; nothing folds meanwhile: frames wait), packed
+        per bucket as they are made (a dict of them was ~300 bytes per record more, at once)."""
         rec = self.recommender
         deleted, items, users, trending = rec.take_dirty()
-        out: dict[bytes, bytes | None] = dict.fromkeys(deleted)
+        out = SegmentBuilder()
+        for key in deleted:
+            out.put(key, None)
         for i in range(0, max(len(items), len(users), 1), RECORDS_SLICE):
-            out.update(rec.records(items[i:i + RECORDS_SLICE], users[i:i + RECORDS_SLICE]))
+            rec.records_into(out.put, items[i:i + RECORDS_SLICE], users[i:i + RECORDS_SLICE])
             for _ in range(3):
                 await asyncio.sleep(0)
-        out.update(trending)
+        for key, value in trending.items():
+            out.put(key, value)
         return out
 
     async def _pack_idle(self) -> None:
@@ -307,18 +312,20 @@ async def _read_frames(reader: asyncio.StreamReader, frames: protocol.FrameReade
             await rep.apply(kind, payload)
 
 
-async def _open_answers(loop: asyncio.AbstractEventLoop) -> Callable[[bytes], Awaitable[None]]:
+async def _open_answers(loop: asyncio.AbstractEventLoop) -> Callable[..., Awaitable[None]]:
     """A writer of frames to stdout (the daemon reads them), waiting while the pipe is full."""
     transport, proto = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
     writer = asyncio.StreamWriter(transport, proto, None, loop)
 
-    async def answer(data: bytes) -> None:
-        # In pieces: the pipe takes ~64 KiB at once and the transport keeps a copy of the rest, which
-        # for a 20-40 MiB CHANGES answer was a second copy of the whole frame until the daemon read it.
-        view = memoryview(data)
-        for i in range(0, len(view), ANSWER_PIECE_BYTES):
-            writer.write(view[i:i + ANSWER_PIECE_BYTES])
-            await writer.drain()
+    async def answer(*pieces: bytes) -> None:
+        """Write one frame, given whole or as pieces to write one after the other."""
+        # In pieces of ANSWER_PIECE_BYTES: the pipe takes ~64 KiB at once and the transport keeps a copy
+        # of the rest, which for a 20-40 MiB CHANGES answer was another copy of it until the daemon read it.
+        for data in pieces:
+            view = memoryview(data)
+            for i in range(0, len(view), ANSWER_PIECE_BYTES):
+                writer.write(view[i:i + ANSWER_PIECE_BYTES])
+                await writer.drain()
     return answer
 
 

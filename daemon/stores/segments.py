@@ -123,6 +123,14 @@ class SegmentBuilder:
                 head = _U32.pack(len(klen)) + klen.tobytes() + vlen.tobytes()
             yield b, b"".join([head, self._keys[b], self._values[b]])
 
+    def take_segments(self) -> Iterator[tuple[int, bytes]]:
+        """`segments`, each bucket's buffers freed once its segment is made (the builder ends empty)."""
+        for b, seg in self.segments():
+            self._keys[b], self._values[b] = bytearray(), bytearray()
+            self._klen[b], self._vlen[b] = array("I"), array("I")
+            yield b, seg
+        self._n = 0
+
     def items(self) -> list[tuple[bytes, bytes | None]]:
         """The records, bucket by bucket (tests and tools)."""
         return [kv for _, seg in self.segments() for kv in unpack(seg)]

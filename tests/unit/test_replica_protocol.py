@@ -13,6 +13,7 @@ from daemon.config import RecommendationsConfig
 from daemon.events import FIELDS
 from daemon.pipeline.foldlog import FoldLog
 from daemon.replica import protocol
+from daemon.stores.segments import SegmentBuilder
 from tests.strategies import event_batches
 
 frames = st.lists(st.tuples(st.sampled_from(sorted(protocol.KINDS)), st.binary(max_size=300)), max_size=20)
@@ -115,3 +116,19 @@ def test_a_big_fold_is_logged_in_pieces_that_replay_as_one_batch_and_cut_like_th
     cut = [b.columns() for s in steps for b in protocol.cut(protocol.step_piece(orjson.loads(s)))]
     whole = [batch.slice(i, i + protocol.FRAME_EVENTS).columns() for i in range(0, 3000, protocol.FRAME_EVENTS)]
     assert cut == whole
+
+
+@given(st.dictionaries(st.binary(max_size=20), st.none() | st.binary(max_size=40), max_size=50),
+       st.integers(min_value=0, max_value=2**64 - 1))
+def test_a_changes_answer_packed_as_made_is_the_frame_of_its_records(records, seq):
+    """The process writes its answer in pieces from a SegmentBuilder: the same bytes as the frame of the
+    records as a dict, and the daemon reads the same records back."""
+    builder = SegmentBuilder()
+    for k, v in records.items():
+        builder.put(k, v)
+    pieces = protocol.changes_frame_pieces(seq, builder)
+    assert b"".join(pieces) == protocol.changes_frame(seq, records)
+    assert len(builder) == 0 and list(builder.segments()) == []   # emptied as it was read
+    (kind, payload), = protocol.FrameReader(large=64).feed(b"".join(pieces))
+    got_seq, body = protocol.read_changes(payload)
+    assert kind == protocol.CHANGES and got_seq == seq and protocol.unpack_changes(body) == records

@@ -35,8 +35,8 @@ class NoCollector:
 
 
 def new_replica(answers: list[bytes]) -> Replica:
-    async def answer(data: bytes) -> None:
-        answers.append(data)
+    async def answer(*pieces: bytes) -> None:
+        answers.append(b"".join(pieces))
     return Replica(Recommender(RecommendationsConfig(half_life_s=600.0, user_ttl_s=120.0)), NoCollector(), answer)
 
 
