@@ -8,6 +8,9 @@ left out, and trending in the user's categories, then overall, fills the rest.
 
 Three pairs per event, not ten: `python -m daemon.analyzers.evaluate` gives HitRate@10 0.839 vs
 0.797 (seed 11; 0.840 vs 0.815 seed 12) and the fold is ~20% cheaper; nearby views are the signal.
+
+A user's state is one flat list (analyzers/recusers.py); the recommendations process keeps users beyond
+the `hot_users` most recently active as their records while they are idle (`idle_users`, `pack`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import orjson
 from daemon.analyzers.reads import read_consistently
 from daemon.analyzers.recusers import (_BOUGHT, _DIRTY, _LAST, _START, User, from_record, new_user, record_last_ms,
                                        to_record, user_cats)
-
-__all__ = ["Recommender", "RecommenderStats", "new_user", "user_cats"]
 from daemon.analyzers.trending import TYPE_WEIGHTS, Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
 from daemon import jsonbytes
+
+__all__ = ["Recommender", "RecommenderStats", "new_user", "user_cats"]
 
 _REBASE_HALF_LIVES = 500.0
 _MAX_CATS = 4          # categories remembered per user, for the fallback
@@ -141,7 +144,7 @@ class Recommender:
             dirty_items.add(item)
             # u: [last_ms, dirty, bought, start, *(category, weight), *(item, ts_ms, weight, session)] (new_user)
             u = users.pop(user_id, None)
-            if u.__class__ is bytes:   # kept as its record while idle (pack_idle)
+            if u.__class__ is bytes:   # kept as its record while idle (`pack`)
                 u = from_record(u, names, cat_names)
             elif u is None:   # a new user: nothing to pair with or to update, and its list made at its size
                 if cat is None:
@@ -273,7 +276,8 @@ class Recommender:
             last = u[_LAST] if u.__class__ is list else record_last_ms(u)
             if last >= now_ms - ttl_ms and len(users) <= self.cfg.max_users:
                 break
-            if users.pop(uid).__class__ is list and u[_DIRTY]:
+            del users[uid]
+            if u.__class__ is list and u[_DIRTY]:
                 self._dirty_user_count -= 1
             self._dropped += 1
             self._deleted.add(b"u:" + uid.encode())
