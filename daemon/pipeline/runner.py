@@ -44,10 +44,12 @@ EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
 # of 360k rows: VmHWM 789 -> 669 MiB, 8.7 -> 8.0 s).
 CLOSE_CHUNK_ROWS = 20_000
 # malloc_trim (runtime/memory.py) after a commit of this many window rows or a full state write, and
-# after any commit this long after the last trim: what the commits between free (Arrow flushes, answers)
-# was otherwise kept until the next large one (the memory benchmark's plateau: ~70 MiB in one of two runs).
+# once the pipeline has been quiet this long after a commit: what the commits between free (flushes,
+# answers) was otherwise kept until the next large one (the memory benchmark's plateau: ~70 MiB in one
+# of two runs). Not every few seconds under load: the pages given back are faulted in again at once (a
+# 2 s period measured ~+20-40 ms on the latency scenario's minute close, p99 185/200 -> 223 ms).
 TRIM_AFTER_ROWS = 10_000
-TRIM_EVERY_S = 2.0
+TRIM_IDLE_S = 1.0
 FINAL_ANSWER_WAIT_S = 5.0  # at shutdown, for the recommendations process's answer to the last cut
 
 
@@ -140,7 +142,7 @@ class Runner:
         self._closed_ms = NO_WATERMARK   # the watermark of the last close (see `advance`)
         self.closing = False             # a chunked close is under way: fold and commit again at once
         self.trimmer = Trimmer()         # malloc's free pages back to the kernel (TRIM_AFTER_ROWS)
-        self._last_trim_mono = clock.monotonic()
+        self._trim_owed = False          # a commit since the last trim: trim once the pipeline is quiet
 
     # ---- state ---------------------------------------------------------------------------
     def restore(self) -> dict[str, bytes]:
@@ -424,6 +426,8 @@ class Runner:
         window's row nor a waiting POST should sit it out (ingest without the recommender: 55k ->
         102k events/s, its posters no longer idle for most of each interval)."""
         if not self._pending.dirty:
+            if self._trim_owed and self.clock.monotonic() - self._last_commit_mono >= TRIM_IDLE_S:
+                await self._trim()
             return
         since = self.clock.monotonic() - self._last_commit_mono
         if since >= interval_s or ((self._pending.windows or self._pending.acks)
@@ -438,16 +442,20 @@ class Runner:
             large = await self._commit(flush_all=flush_all)
             if self._state_next:
                 large = await self._commit(flush_all=False) or large   # the full state write the rows went ahead of
-            if large or self.clock.monotonic() - self._last_trim_mono >= TRIM_EVERY_S:
-                self._last_trim_mono = self.clock.monotonic()
+            self._trim_owed = True
+            if large:
                 # The unit's buffers are freed now; glibc would keep their pages (runtime/memory.py).
-                await anyio.to_thread.run_sync(self.trimmer.trim)
+                await self._trim()
         finally:
             self._committing = False
             # No source could deliver while the runner committed (queues full, ingest clients waiting
             # for their durable ack): that time is not silence, or a long state write would make a
             # busy source look idle and the watermark jump past everything it still has to send.
             self.watermarks.pause(started, self.clock.monotonic())
+
+    async def _trim(self) -> None:
+        self._trim_owed = False
+        await anyio.to_thread.run_sync(self.trimmer.trim)
 
     async def _commit(self, *, flush_all: bool) -> bool:
         """Build, write and flush one unit; True if it was large (a full state write, or many rows)."""

@@ -10,7 +10,7 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import http_post, wait_until
+from tests.conftest import http_get, http_post, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,6 +91,19 @@ def test_ingest_answers_accepted_and_rejected_counts(daemon_factory, tmp_path):
     stats = wait_until(lambda: (s := d.get_json("/stats"))["events"]["accepted"] == 1 and s, what="accepted=1")
     assert stats["events"]["rejected_by_reason"] == {"malformed_json": 1, "bad_value": 1}
     assert stats["sources"]["webhook"]["received"] == 3
+
+
+def test_malloc_is_trimmed_once_the_pipeline_is_quiet(daemon_factory):
+    """After commits, ~TRIM_IDLE_S of quiet ends in one malloc_trim (not one per idle turn): /stats counts it."""
+    d = start(daemon_factory)
+    now = int(time.time() * 1000)
+    assert http_post(d.url + "/ingest", orjson.dumps([event(i, now) for i in range(500)]))[0] == 202
+    trims = wait_until(lambda: d.get_json("/stats")["process"]["malloc_trims"], 20, what="a trim after the quiet")
+    time.sleep(1.5)   # quiet on: no commit, so no further trim
+    process = d.get_json("/stats")["process"]
+    assert process["malloc_trims"] == trims and process["malloc_trim_seconds"] > 0
+    status, metrics = http_get(d.url + "/metrics")
+    assert status == 200 and f"storepulse_process_malloc_trims_total {trims}".encode() in metrics
 
 
 def test_body_over_max_body_is_413(daemon_factory, tmp_path):
