@@ -46,8 +46,9 @@ CLOSE_CHUNK_ROWS = 20_000
 # malloc_trim (runtime/memory.py) after a commit of this many window rows or a full state write, and
 # once the pipeline has been quiet this long after a commit: what the commits between free (flushes,
 # answers) was otherwise kept until the next large one (the memory benchmark's plateau: ~70 MiB in one
-# of two runs). Not every few seconds under load: the pages given back are faulted in again at once (a
-# 2 s period measured ~+20-40 ms on the latency scenario's minute close, p99 185/200 -> 223 ms).
+# of two runs). Not every few seconds under load: the pages given back would be faulted in again at once
+# (a 2 s period was tried first; the latency scenario's p99 moved between 185 and 269 ms on either side,
+# so its cost was not measurable there: this policy is the one that does not pay it).
 TRIM_AFTER_ROWS = 10_000
 TRIM_IDLE_S = 1.0
 FINAL_ANSWER_WAIT_S = 5.0  # at shutdown, for the recommendations process's answer to the last cut
