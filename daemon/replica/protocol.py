@@ -119,10 +119,8 @@ def changes_frame(seq: int, records: Mapping[bytes, bytes | None] | segments.Seg
 def changes_frame_pieces(seq: int, records: Mapping[bytes, bytes | None] | segments.SegmentBuilder) -> list[bytes]:
     """`changes_frame` as the pieces to write one after the other (the process does not join them: a
     whole answer's copy was one more ~20-40 MiB at once). A SegmentBuilder is emptied as it is read."""
-    if isinstance(records, segments.SegmentBuilder):
-        packed = list(records.take_segments())
-    else:
-        packed = [(bucket, b"".join(segments.parts(keys, values))) for bucket, keys, values in segments.split(records)]
+    built = records if isinstance(records, segments.SegmentBuilder) else segments.SegmentBuilder.of(records)
+    packed = list(built.take_segments())
     head = U64.pack(seq) + U16.pack(len(packed)) + b"".join(_BUCKET.pack(b, len(seg)) for b, seg in packed)
     size = len(head) + sum(len(seg) for _, seg in packed)
     return [HEADER.pack(size, CHANGES) + head, *(seg for _, seg in packed)]

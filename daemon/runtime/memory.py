@@ -11,8 +11,10 @@ thread gets its own arena, and what one frees the next one does not reuse.
   allocation, so more arenas only add free memory nobody reuses (with `MALLOC_ARENA_MAX=1` in the
   environment the daemon's heap at that plateau was −68 MiB).
 - `trim`: `malloc_trim(0)` returns the whole free pages of every arena (not only the top of the
-  heap) to the kernel; called after the transients (a full state write's commit, an answer sent).
-  It walks the free lists once, without the GIL (ctypes releases it).
+  heap) to the kernel; called after the transients (a full state write's or a large close's
+  commit, an answer sent) and once the daemon has been quiet for a second after a commit, not
+  periodically under load (what it gives back would be faulted in again at once). It walks the free
+  lists once, ~3 ms, without the GIL (ctypes releases it).
 - `drop_mapped`: `madvise(MADV_DONTNEED)` over a read-only shared file map (LMDB's): the pages
   read through it leave the process's RSS (RssFile) and stay in the page cache; the next read of
   one is a minor fault. Invisible to readers (the map shows the file either way).

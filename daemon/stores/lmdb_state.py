@@ -467,12 +467,10 @@ def _apply_state(txn: Txn, state: Mapping[str, Mapping[bytes, bytes | None] | se
         if not changes and not any(answers):
             continue
         chains = _Chains(txn, _name(ns, "namespace"))
-        if isinstance(changes, segments.SegmentBuilder):
-            for bucket, blob in changes.segments():
+        if changes:
+            built = changes if isinstance(changes, segments.SegmentBuilder) else segments.SegmentBuilder.of(changes)
+            for bucket, blob in built.segments():
                 read += chains.append(bucket, blob, U64.pack(seq))
-        elif changes:
-            for bucket, keys, values in segments.split(changes):
-                read += chains.append(bucket, b"".join(segments.parts(keys, values)), U64.pack(seq))
         for sub, answer in enumerate(answers, 1):
             for bucket, blob in answer:
                 read += chains.append(bucket, blob, U64.pack(seq) + U16.pack(sub))

@@ -41,19 +41,6 @@ def bucket_of(key: bytes) -> int:
     return zlib.crc32(key) % BUCKETS
 
 
-def split(records: Mapping[bytes, bytes | None]) -> Iterator[tuple[int, list[bytes], list[bytes | None]]]:
-    """(bucket, keys, values) of the records per bucket they fall in, buckets ascending, each in the
-    records' order: two lists per bucket, not a dict (a full state write has ~10^6 records)."""
-    keys, values = list(records), list(records.values())
-    if not keys:
-        return
-    buckets = np.fromiter(map(zlib.crc32, keys), dtype=np.int64, count=len(keys)) % BUCKETS   # bucket_of, at once
-    order = np.argsort(buckets, kind="stable")
-    for run in np.split(order, np.flatnonzero(np.diff(buckets[order])) + 1):
-        at = run.tolist()
-        yield int(buckets[at[0]]), [keys[i] for i in at], [values[i] for i in at]
-
-
 def parts(keys: list[bytes], values: list[bytes | None]) -> list[bytes]:
     """A segment of the records keys[i] -> values[i] (None: a tombstone) as the pieces to join: the
     head, the keys, the values (a caller framing it joins once: segments of recommender answers are
@@ -76,8 +63,9 @@ def pack(records: Mapping[bytes, bytes | None] | Iterable[tuple[bytes, bytes | N
 
 
 class SegmentBuilder:
-    """A namespace's changes packed per bucket as they are put: at the end, the same segments as
-    `split` + `parts` of a dict of them (a key put twice: the later record wins, as in a chain).
+    """A namespace's changes packed per bucket as they are put: one segment per bucket they fall in,
+    each record in its key's bucket in the order put (a key put twice: the later record wins, as in
+    a chain). What a state write appends and a CHANGES answer carries.
 
     Why: a full state write serialises every changed state; held as a dict of key -> value bytes
     until the commit, 200-300k changed sessions were ~130 MiB of the daemon's heap for the second
@@ -105,6 +93,13 @@ class SegmentBuilder:
             self._vlen[b].append(len(value))
         self._n += 1
 
+    @classmethod
+    def of(cls, records: Mapping[bytes, bytes | None]) -> SegmentBuilder:
+        builder = cls()
+        for key, value in records.items():
+            builder.put(key, value)
+        return builder
+
     def __len__(self) -> int:
         return self._n
 
@@ -114,14 +109,11 @@ class SegmentBuilder:
             klen, vlen = self._klen[b], self._vlen[b]
             if not klen:
                 continue
-            if _NATIVE_BIG:
-                head = _U32.pack(len(klen)) + klen.tobytes() + vlen.tobytes()
-            else:
+            if not _NATIVE_BIG:   # the lengths are big-endian in a segment
                 klen, vlen = array("I", klen), array("I", vlen)
                 klen.byteswap()
                 vlen.byteswap()
-                head = _U32.pack(len(klen)) + klen.tobytes() + vlen.tobytes()
-            yield b, b"".join([head, self._keys[b], self._values[b]])
+            yield b, b"".join([_U32.pack(len(klen)), klen.tobytes(), vlen.tobytes(), self._keys[b], self._values[b]])
 
     def take_segments(self) -> Iterator[tuple[int, bytes]]:
         """`segments`, each bucket's buffers freed once its segment is made (the builder ends empty)."""

@@ -409,7 +409,7 @@ def test_state_segments_match_a_model_through_merges_and_reopen(tmp_path_factory
         if n % 2:
             items = list(changes.items())
             for half in (items[: len(items) // 2], items[len(items) // 2:]):
-                answers.append([(b, segments.pack(zip(ks, vs))) for b, ks, vs in segments.split(dict(half))])
+                answers.append(list(segments.SegmentBuilder.of(dict(half)).segments()))
             own = {k: b"older" for k in changes}
         else:
             own = changes

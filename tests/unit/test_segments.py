@@ -27,24 +27,15 @@ def test_a_chain_merges_as_successive_updates(chain):
 
 
 @given(records)
-def test_buckets_partition_the_records(recs):
-    """Each record once, in the bucket of its key, buckets ascending, the records' order kept."""
-    parts = list(segments.split(recs))
-    assert [b for b, _, _ in parts] == sorted({b for b, _, _ in parts})
-    assert sum(len(ks) for _, ks, _ in parts) == len(recs)
-    for b, ks, vs in parts:
-        assert 0 <= b < segments.BUCKETS and all(segments.bucket_of(k) == b for k in ks)
-        assert [recs[k] for k in ks] == vs and ks == [k for k in recs if segments.bucket_of(k) == b]
-
-
-@given(records)
-def test_a_segment_builder_packs_what_split_and_parts_pack(recs):
-    """Put one by one, the records come out as the very segments of split + parts (one LMDB format)."""
-    builder = segments.SegmentBuilder()
-    for k, v in recs.items():
-        builder.put(k, v)
-    assert len(builder) == len(recs) and bool(builder) == bool(recs)
-    assert list(builder.segments()) == [(b, b"".join(segments.parts(ks, vs))) for b, ks, vs in segments.split(recs)]
+def test_a_builder_partitions_the_records_into_buckets(recs):
+    """Each record once, in the bucket of its key, buckets ascending, the records' order kept, each
+    bucket's segment the `pack` of its records."""
+    built = list(segments.SegmentBuilder.of(recs).segments())
+    assert [b for b, _ in built] == sorted({segments.bucket_of(k) for k in recs})
+    for b, seg in built:
+        mine = {k: v for k, v in recs.items() if segments.bucket_of(k) == b}
+        assert seg == segments.pack(mine) and segments.unpack(seg) == list(mine.items())
+    assert sum(len(segments.unpack(seg)) for _, seg in built) == len(recs)
 
 
 @given(st.lists(st.tuples(st.binary(max_size=8), st.none() | st.binary(max_size=20)), max_size=60))
@@ -52,6 +43,7 @@ def test_a_key_put_twice_in_a_builder_reads_as_its_last_record(puts):
     builder = segments.SegmentBuilder()
     for k, v in puts:
         builder.put(k, v)
+    assert len(builder) == len(puts) and bool(builder) == bool(puts)
     assert segments.merge(seg for _, seg in builder.segments()) == dict(puts)
 
 
