@@ -6,7 +6,7 @@ before their entries) and a tuple per recent item; see benchmarks/recs_memory.py
 with literal numbers (a name per field would be a global lookup in the hot loop).
 
 A user's record is what the recommender stores (`Recommender.records`): `[last_ms, recent, bought,
-cats]`. An idle user can also be *kept* as its record (`Recommender.pack_idle`): ~150 bytes instead
+cats]`. An idle user can also be *kept* as its record (`Recommender.pack`): ~150 bytes instead
 of ~460 for a user with two recent items, made back into the same list (`from_record`) when it is
 touched or read. Packing is invisible: floats and ints round-trip exactly through orjson, and a list's
 behaviour depends on its contents only.

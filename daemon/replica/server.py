@@ -289,7 +289,8 @@ async def healthz(request: web.Request) -> web.Response:
                           "cuts": rep.cuts, "gc_collections": rep.collector.collections,
                           "gc_seconds": round(rep.collector.seconds, 6),
                           "gc_max_pause_ms": round(rep.collector.max_pause_s * 1000, 3),
-                          "users_packed": rep.packed, "malloc_trims": rep.trimmer.trims, "malloc_trim_seconds": round(rep.trimmer.seconds, 6),
+                          "users_packed": rep.packed, "malloc_trims": rep.trimmer.trims,
+                          "malloc_trim_seconds": round(rep.trimmer.seconds, 6),
                           "rss_bytes": rss_bytes(), **({"recommender": dataclasses.asdict(st)} if st else {})})
 
 
