@@ -111,7 +111,7 @@ SCALARS = (
     Fig("process.gc_full_collections", "storepulse_process_gc_full_collections_total", COUNTER, "Full (generation 2) garbage collections: each walks every tracked object."),
     Fig("process.gc_seconds", "storepulse_process_gc_seconds_total", COUNTER, "Seconds spent in cyclic garbage collections (every thread pauses meanwhile)."),
     Fig("process.gc_max_pause_ms", "storepulse_process_gc_max_pause_seconds", GAUGE, "The longest single garbage collection so far, in seconds.", MS),
-    Fig("process.malloc_trims", "storepulse_process_malloc_trims_total", COUNTER, "malloc_trim calls after large commits (free heap pages given back to the kernel)."),
+    Fig("process.malloc_trims", "storepulse_process_malloc_trims_total", COUNTER, "malloc_trim calls (after large commits and once quiet): free heap pages given back to the kernel."),
     Fig("process.malloc_trim_seconds", "storepulse_process_malloc_trim_seconds_total", COUNTER, "Seconds spent in malloc_trim."),
 )
 PER_SOURCE = (
