@@ -612,7 +612,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=2_000_000, help="events per throughput scenario (default 2M)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
     p.add_argument("--baselines", default="naive,duckdb", help="comma list of naive, duckdb, or 'none'")
-    p.add_argument("--quick", action="store_true", help="200k events, 200k states, 10 s of latency: a few minutes")
+    p.add_argument("--quick", action="store_true", help="200k events, 200k memory users, 15 s of latency: a few minutes")
     p.add_argument("--out", default="bench-results/results.json", help="JSON results path")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--event-rate", type=float, default=20_000, help="events per second of event time (throughput)")
