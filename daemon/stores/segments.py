@@ -41,25 +41,26 @@ def bucket_of(key: bytes) -> int:
     return zlib.crc32(key) % BUCKETS
 
 
-def parts(keys: list[bytes], values: list[bytes | None]) -> list[bytes]:
-    """A segment of the records keys[i] -> values[i] (None: a tombstone) as the pieces to join: the
-    head, the keys, the values (a caller framing it joins once: segments of recommender answers are
-    ~20-40 MiB)."""
-    n = len(keys)
-    klen = np.fromiter(map(len, keys), dtype=np.int64, count=n)
-    vlen = np.fromiter((TOMBSTONE if v is None else len(v) for v in values), dtype=np.int64, count=n)
-    return [_U32.pack(n) + klen.astype(">u4").tobytes() + vlen.astype(">u4").tobytes(),
-            *keys, *(v for v in values if v is not None)]
-
-
 def pack(records: Mapping[bytes, bytes | None] | Iterable[tuple[bytes, bytes | None]]) -> bytes:
     """One segment of the records (None values as tombstones)."""
-    if isinstance(records, Mapping):
-        keys, values = list(records), list(records.values())
-    else:
-        pairs = list(records)
-        keys, values = [k for k, _ in pairs], [v for _, v in pairs]
-    return b"".join(parts(keys, values))
+    pairs = records.items() if isinstance(records, Mapping) else list(records)
+    keys = [k for k, _ in pairs]
+    values = [v for _, v in pairs]
+    return _segment(array("I", map(len, keys)), array("I", (TOMBSTONE if v is None else len(v) for v in values)),
+                    keys, [v for v in values if v is not None])
+
+
+def _segment(klen: array, vlen: array, keys: Iterable[bytes | bytearray], values: Iterable[bytes | bytearray]) -> bytes:
+    """The layout (module docstring): u32 n, the n key and n value lengths big-endian, the keys, the values."""
+    if not _NATIVE_BIG:
+        klen, vlen = array("I", klen), array("I", vlen)
+        klen.byteswap()
+        vlen.byteswap()
+    return b"".join([_U32.pack(len(klen)), klen.tobytes(), vlen.tobytes(), *keys, *values])
+
+
+_NATIVE_BIG = array("I", [1]).tobytes() == b"\x00\x00\x00\x01"
+assert array("I").itemsize == 4
 
 
 class SegmentBuilder:
@@ -106,14 +107,8 @@ class SegmentBuilder:
     def segments(self) -> Iterator[tuple[int, bytes]]:
         """(bucket, segment) of every bucket holding a record, ascending."""
         for b in range(BUCKETS):
-            klen, vlen = self._klen[b], self._vlen[b]
-            if not klen:
-                continue
-            if not _NATIVE_BIG:   # the lengths are big-endian in a segment
-                klen, vlen = array("I", klen), array("I", vlen)
-                klen.byteswap()
-                vlen.byteswap()
-            yield b, b"".join([_U32.pack(len(klen)), klen.tobytes(), vlen.tobytes(), self._keys[b], self._values[b]])
+            if self._klen[b]:
+                yield b, _segment(self._klen[b], self._vlen[b], [self._keys[b]], [self._values[b]])
 
     def take_segments(self) -> Iterator[tuple[int, bytes]]:
         """`segments`, each bucket's buffers freed once its segment is made (the builder ends empty)."""
@@ -122,14 +117,6 @@ class SegmentBuilder:
             self._klen[b], self._vlen[b] = array("I"), array("I")
             yield b, seg
         self._n = 0
-
-    def items(self) -> list[tuple[bytes, bytes | None]]:
-        """The records, bucket by bucket (tests and tools)."""
-        return [kv for _, seg in self.segments() for kv in unpack(seg)]
-
-
-_NATIVE_BIG = array("I", [1]).tobytes() == b"\x00\x00\x00\x01"
-assert array("I").itemsize == 4
 
 
 def unpack(segment: bytes | memoryview) -> list[tuple[bytes, bytes | None]]:
