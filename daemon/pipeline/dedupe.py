@@ -59,6 +59,8 @@ class DedupeFilter:
             return list(candidates)
         kept = list(candidates)
         if not kept:
+            if self._ids > self.max_ids:   # a restore brings back every stored id, evicted ones too
+                self._evict()
             return kept
         ids = list(map(event_ids.__getitem__, kept))
         hashes = _hashes(ids)
