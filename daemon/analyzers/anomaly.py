@@ -124,14 +124,20 @@ class AnomalyDetector:
         self._step = self._fixed_step or 0
         self._size = self._step   # window length (differs from the step for hopping windows)
         self._clock_end = 0      # newest window end seen
+        self._open: tuple[int, bool] | None = None   # (end, not a baseline) of a window end emitted in part
         self._windows = 0        # window ends seen (the global warm-up)
         self._prior = [0.0, 0.0, 0]   # mean, variance and count of keys' first y values
         self._pool = [0.0, 0]         # noise variance pooled over all keys' active windows, and its count
 
     # -- online ---------------------------------------------------------------------------------
 
-    def observe(self, results: Sequence[WindowResult], closed_until_ms: int | None = None) -> list[Anomaly]:
-        """Score closed windows (in emission order); return the incidents they opened and closed."""
+    def observe(self, results: Sequence[WindowResult], closed_until_ms: int | None = None,
+                open_end: int | None = None) -> list[Anomaly]:
+        """Score closed windows (in emission order); return the incidents they opened and closed.
+
+        `open_end`: the rows of that window end (the last in `results`) are not all here: a close
+        emitted them in part (Aggregator.partial_end). Its keys still missing are taken for zeros
+        only once the rest has come, so a window end split over several closes scores as one."""
         out: list[Anomaly] = []
         i, n = 0, len(results)
         while i < n:
@@ -139,9 +145,15 @@ class AnomalyDetector:
             j = i
             while j < n and results[j].window_end_ms == end:
                 j += 1
-            if end > self._clock_end:   # results of a window older than the clock were already filled
-                self._window(results[i:j], end, out)
+            if end > self._clock_end or (self._open is not None and end == self._open[0]):
+                # (results of a window older than the clock were already filled)
+                self._window(results[i:j], end, out, complete=end != open_end)
             i = j
+        if self._open is not None and self._open[0] != open_end:   # its rest came with no rows
+            end, skip = self._open
+            self._open = None
+            if not skip:
+                self._fill_until(end, out)
         if closed_until_ms is not None and self._step and self._clock_end:
             last = self._clock_end + (closed_until_ms - self._clock_end) // self._step * self._step
             if last > self._clock_end:
@@ -149,18 +161,25 @@ class AnomalyDetector:
                 self._tick(last)
         return out
 
-    def _window(self, group: Sequence[WindowResult], end: int, out: list[Anomaly]) -> None:
-        first = self._clock_end == 0
-        if first:
-            self._size = end - group[0].window_start_ms
-        if self._fixed_step is None:
-            d = end - self._clock_end if self._clock_end else end - group[0].window_start_ms
-            self._step = math.gcd(self._step, d) if self._step else d
-        if self._step:
-            self._fill_until(end - self._step, out)
-        self._tick(end)
-        if first and not self._keys:
-            return   # the stream's first window is partial (started mid-window): not a baseline
+    def _window(self, group: Sequence[WindowResult], end: int, out: list[Anomaly], *, complete: bool = True) -> None:
+        if self._open is not None and self._open[0] == end:   # the rest of a window end split over closes
+            skip = self._open[1]
+        else:
+            self._open = None   # (an earlier split end is filled by the _fill_until below)
+            first = self._clock_end == 0
+            if first:
+                self._size = end - group[0].window_start_ms
+            if self._fixed_step is None:
+                d = end - self._clock_end if self._clock_end else end - group[0].window_start_ms
+                self._step = math.gcd(self._step, d) if self._step else d
+            if self._step:
+                self._fill_until(end - self._step, out)
+            self._tick(end)
+            # the stream's first window is partial (started mid-window): not a baseline
+            skip = first and not self._keys
+        self._open = None if complete else (end, skip)
+        if skip:
+            return
         seen = set()
         metric = self.metric
         for r in group:
@@ -168,7 +187,8 @@ class AnomalyDetector:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self._update(r.key, r.window_start_ms, end, float(value), out, real=True)
                 seen.add(r.key)
-        self._fill_until(end, out, skip=seen)
+        if complete:
+            self._fill_until(end, out, skip=seen)   # (keys scored in an earlier part have last_end == end)
 
     def _tick(self, end: int) -> None:
         if end > self._clock_end:
@@ -390,7 +410,8 @@ class AnomalyDetector:
     def snapshot(self) -> bytes:
         """The whole detector state as bytes (keys in recency order)."""
         return jsonbytes.dumps({"v": 1, "step": self._step, "size": self._size, "clock": self._clock_end, "windows": self._windows,
-                             "prior": self._prior, "pool": self._pool, "keys": [[list(key), k.dump()] for key, k in self._keys.items()]})
+                             "prior": self._prior, "pool": self._pool, "open": self._open,
+                             "keys": [[list(key), k.dump()] for key, k in self._keys.items()]})
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a `snapshot()`."""
@@ -398,6 +419,7 @@ class AnomalyDetector:
         self._reset()
         self._step, self._size, self._clock_end, self._windows = d["step"], d["size"], d["clock"], d["windows"]
         self._prior, self._pool = d["prior"], d["pool"]
+        self._open = tuple(d["open"]) if d.get("open") else None   # type: ignore[assignment]
         self._keys = {tuple(key): _Key.load(row) for key, row in d["keys"]}
 
     def statistics(self) -> dict[str, int]:

@@ -38,7 +38,7 @@ PIECE_EVENTS = 1024
 
 class Foldable(Protocol):
     def observe(self, batch: EventBatch) -> None: ...
-    def close(self, watermark_ms: int) -> Any: ...
+    def close(self, watermark_ms: int, max_rows: int | None = None) -> Any: ...
 
 
 class FoldLog:
@@ -67,9 +67,14 @@ class FoldLog:
         self.events += n
         return steps
 
-    def close(self, watermark_ms: int) -> None:
+    def close(self, watermark_ms: int, max_rows: int | None = None) -> None:
+        """Log a close: `[CLOSE, watermark]`, or `[CLOSE, watermark, max_rows]` for one that may stop
+        inside a window end (the next close at the same watermark then goes on, so it is logged too)."""
+        if max_rows is not None:
+            self._steps.append(orjson.dumps([CLOSE, watermark_ms, max_rows]))
+            self._last_close = None
         # Closing again at the same watermark changes nothing (every part ignores it), so it is not logged.
-        if watermark_ms != self._last_close:
+        elif watermark_ms != self._last_close:
             self._steps.append(orjson.dumps([CLOSE, watermark_ms]))
             self._last_close = watermark_ms
 
@@ -118,7 +123,7 @@ def replay(blob: bytes, parts: Foldable) -> tuple[int, int]:
         if kind == OBSERVE:
             batch = step_batch(step)
         elif kind == CLOSE:
-            parts.close(step[1])
+            parts.close(*step[1:3])   # [CLOSE, watermark] or [CLOSE, watermark, max_rows]
         else:
             raise ValueError(f"fold log: unexpected step kind {kind!r}")
     if batch is not None:

@@ -37,7 +37,8 @@ FOLD_EVENTS = 4096        # events taken from the queues for one fold in the wor
 COMMIT_RETRY_S = 5.0
 SLOW_COMMIT_S = 1.5       # the "slow_commit" fault (tests): every commit takes this much longer
 EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
-# The most window rows one commit carries (unless one window end alone has more). Each row's per-key
+# The most window rows one commit carries (a window end with more is split by key: windows/closing.py;
+# only many sessions ending at the same ms can exceed it). Each row's per-key
 # latest-window entries (index and count) land on random LMDB leaf pages, each a 4 KiB page the write
 # transaction holds in memory: measured before those entries shrank (lmdb_state._apply_latest), 20k
 # rows kept a mass close's transaction near 160 MiB where 50k took ~400 MiB (in process, the final close
@@ -237,7 +238,8 @@ class Runner:
 
         A jump past more windows than that closes in chunks, one per fold, at intermediate
         watermarks (`StateParts.close_point`), each committed before the next is emitted (`run`),
-        so memory holds one chunk and the early rows are readable early. Each chunk's close is a
+        so memory holds one chunk and the early rows are readable early; one window end with more
+        rows than a chunk (a hopping count per item) goes a key range per chunk. Each chunk's close is a
         step of the fold log like any other, so a replay repeats it. The pipeline's watermark
         (lateness, /stats `watermark_ms`) is the target from the start; `closed_through_ms`
         trails it until the last chunk.
@@ -249,18 +251,19 @@ class Runner:
         target = self.watermarks.advance(self.clock.now_ms(), now_mono)
         pending = sum(len(r) for r in self._pending.windows.values())
         point = self.parts.close_point(target, self.close_chunk_rows - pending)
-        self.closing = point.watermark_ms != target
+        self.closing = point.watermark_ms != target or point.limit is not None
         if pending and pending + point.rows > self.close_chunk_rows:
             # The uncommitted rows and this chunk would overflow one commit: `run` commits first.
             self.closing = True
         else:
-            self._close(point.watermark_ms)
+            self._close(point.watermark_ms, point.limit)
         self.dedupe.expire(target)
 
-    def _close(self, wm: int) -> None:
-        closed, anomalies = self.parts.close(wm)
-        self.fold_log.close(wm)
-        self._closed_ms = max(self._closed_ms, wm)
+    def _close(self, wm: int, limit: int | None = None) -> None:
+        closed, anomalies = self.parts.close(wm, limit)
+        self.fold_log.close(wm, limit)
+        # A close with a limit may stop inside the window end wm (ClosePoint.limit): emitted through wm - 1.
+        self._closed_ms = max(self._closed_ms, wm if limit is None else wm - 1)
         if closed or anomalies:
             for name, results in closed.items():
                 self._pending.windows.setdefault(name, []).extend(results)

@@ -83,21 +83,26 @@ class StateParts:
     def close_point(self, target_ms: int, max_rows: int) -> ClosePoint:
         """The watermark <= target_ms to close at next so that at most ~max_rows rows are emitted
         over all aggregations (target_ms itself when they fit; see windows/closing.py)."""
-        ends = [e for part in self.aggregations.values() if len(e := part.aggregator.due_ends(target_ms))]
-        return close_point(ends, target_ms, max_rows)
+        due = [(e, part.aggregator.splittable) for part in self.aggregations.values()
+               if len(e := part.aggregator.due_ends(target_ms))]
+        return close_point([e for e, _ in due], target_ms, max_rows, [s for _, s in due])
 
-    def close(self, watermark_ms: int) -> tuple[dict[str, list[WindowResult]], list[Anomaly]]:
+    def close(self, watermark_ms: int, max_rows: int | None = None) -> tuple[dict[str, list[WindowResult]], list[Anomaly]]:
+        """Close every aggregation at the watermark (each tumbling or hopping one emitting at most
+        `max_rows`: ClosePoint.limit); the closed rows per aggregation, and the anomalies they made."""
         closed: dict[str, list[WindowResult]] = {}
         anomalies: list[Anomaly] = []
         for name, part in self.aggregations.items():
-            results = part.aggregator.close(watermark_ms)
+            results = part.aggregator.close(watermark_ms, max_rows)
             if results and part.averages is not None:
                 results = part.averages.apply(results)
             step = part.cfg.window.slide_ms
             if part.detector is not None and (results or (step and watermark_ms // step != part.last_step)):
                 # Also on a window boundary with no results at all: a total outage is a drop to zero.
                 part.last_step = watermark_ms // step if step else 0
-                anomalies.extend(part.detector.observe(results, closed_until_ms=watermark_ms))
+                open_end = part.aggregator.partial_end   # a window end emitted in part: its zeros wait
+                anomalies.extend(part.detector.observe(
+                    results, closed_until_ms=watermark_ms if open_end is None else open_end - 1, open_end=open_end))
                 self._emitted.add(name)
             if results:
                 closed[name] = results

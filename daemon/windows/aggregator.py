@@ -81,7 +81,8 @@ class Aggregator:
         self._touched: set[Any] = set()   # session store keys
         self._emitted = self._folded = self._overflowed = self._late = 0
         self._watermark_ms: int | None = None
-        self._counters_dumped: tuple[int, ...] | None = None
+        self._partial: tuple[int, tuple[Any, ...]] | None = None   # (window end, last key) a close stopped at
+        self._counters_dumped: tuple[Any, ...] | None = None
 
     # -- adding -------------------------------------------------------------------------------
 
@@ -191,15 +192,19 @@ class Aggregator:
 
     # -- closing ------------------------------------------------------------------------------
 
-    def close(self, watermark_ms: int) -> list[WindowResult]:
+    def close(self, watermark_ms: int, max_rows: int | None = None) -> list[WindowResult]:
         """Emit and free every window that ends at or before the watermark, once, in
-        (window_end, window_start, key) order."""
+        (window_end, window_start, key) order.
+
+        With `max_rows`, tumbling and hopping windows emit at most that many, stopping inside a
+        window end if need be (`partial_end`); the next close at or past that end goes on from the
+        next key. Sessions emit all of theirs (their ends are rarely shared)."""
         before = self._watermark_ms
         if before is not None and watermark_ms <= before:
             return []
-        self._watermark_ms = watermark_ms
         name = self.config.name
         if self._store is not None:
+            self._watermark_ms = watermark_ms
             found = self._store.close(watermark_ms)
             if not found:
                 return []
@@ -218,13 +223,25 @@ class Aggregator:
                        for (start, end, key, _), values in zip(found, metrics)]
         else:
             assert self._panes is not None
-            windows, states, bounds = self._panes.close(before, watermark_ms)
-            if not windows:   # most closes (one per fold) pass no window end
+            closed = self._panes.close(before, watermark_ms, max_rows, self._partial)
+            self._watermark_ms, self._partial = closed.through, closed.cursor
+            if not closed.windows:   # most closes (one per fold) pass no window end
                 return []
-            metrics = self._metrics.results_rows(states, bounds)
-            out = [WindowResult(name, start, end, key, values) for (start, end, key), values in zip(windows, metrics)]
+            metrics = self._metrics.results_rows(closed.states, closed.bounds)
+            out = [WindowResult(name, start, end, key, values)
+                   for (start, end, key), values in zip(closed.windows, metrics)]
         self._emitted += len(out)
         return out
+
+    @property
+    def partial_end(self) -> int | None:
+        """The window end the last close stopped inside (its rows are emitted up to a key), if any."""
+        return self._partial[0] if self._partial is not None else None
+
+    @property
+    def splittable(self) -> bool:
+        """Whether a close can emit part of one window end (`close`'s max_rows): tumbling and hopping."""
+        return self._panes is not None
 
     def due_ends(self, watermark_ms: int) -> np.ndarray:
         """One window end per row `close(watermark_ms)` would emit at most (unsorted; an upper
@@ -281,11 +298,14 @@ class Aggregator:
             for key in self._touched:
                 put(_entry_key(b"s", self._key_list(key)), self._dump_sessions(key))
         self._touched.clear()
-        counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
+        counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms, self._partial)
         if counters != self._counters_dumped:
+            partial = self._partial
             put(META_KEY, jsonbytes.dumps({"emitted": self._emitted, "folded": self._folded,
                                            "overflowed": self._overflowed, "late": self._late,
-                                           "watermark_ms": self._watermark_ms, **self._signature}))
+                                           "watermark_ms": self._watermark_ms,
+                                           "partial": None if partial is None else [partial[0], list(partial[1])],
+                                           **self._signature}))
             self._counters_dumped = counters
 
     def _key_list(self, key: Any) -> list[Any]:
@@ -330,7 +350,10 @@ class Aggregator:
         self._emitted, self._folded = meta["emitted"], meta["folded"]
         self._overflowed, self._late = meta["overflowed"], meta["late"]
         self._watermark_ms = meta["watermark_ms"]
-        self._counters_dumped = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms)
+        partial = meta.get("partial")   # (absent before window ends were closed in parts)
+        self._partial = None if partial is None else (partial[0], tuple(partial[1]))
+        self._counters_dumped = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms,
+                                 self._partial)
 
     def _restore_sessions(self, head: bytes, body: bytes) -> None:
         key_list, spans = orjson.loads(head)

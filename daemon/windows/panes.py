@@ -7,10 +7,11 @@ The store keeps the states and what changed; the aggregator decides what to fold
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,6 +55,7 @@ class PaneStore:
         self._panes: dict[int, dict[Key, Any]] = {}   # pane start -> key -> states
         self._key_panes: dict[Key, int] = {}           # key -> open panes
         self._touched: dict[int, set[Key]] = {}        # changed since `take_touched`: pane start -> keys
+        self._split: tuple[int, list[Key]] | None = None   # a window end closed in part: its sorted keys
         self.n_states = 0
 
     @property
@@ -75,6 +77,8 @@ class PaneStore:
     def open(self, start: int, key: Key, states: Any = None) -> Any:
         """New states for (pane start, key) (fresh ones, or `states` when restoring)."""
         states = self._empty() if states is None else states
+        if self._split is not None and start < self._split[0]:
+            self._split = None   # (never while closing: a window the watermark passed takes no events)
         key = shared_key(key)   # one copy of the value for all its panes and other states (metrics/sharing.py)
         self._panes.setdefault(start, {})[key] = states
         self._key_panes[key] = self._key_panes.get(key, 0) + 1
@@ -117,34 +121,62 @@ class PaneStore:
         return np.repeat(np.fromiter(rows, dtype=np.int64, count=len(rows)),
                          np.fromiter(rows.values(), dtype=np.int64, count=len(rows)))
 
-    def close(self, before_ms: int | None,
-              watermark_ms: int) -> tuple[list[tuple[int, int, Key]], list[Any], list[int]]:
+    def close(self, before_ms: int | None, watermark_ms: int, max_rows: int | None = None,
+              after: tuple[int, Key] | None = None) -> Closed:
         """Windows ending in (before_ms, watermark_ms] as (start, end, key), by end then key_order, with
         the states of their panes: window w's are states[bounds[w]:bounds[w + 1]], oldest pane first
         (the states are merged only into results, by the caller: one sketch union per window, not one
-        per pane); then free the panes whose last window has ended."""
+        per pane); then free the panes whose last window has ended.
+
+        With `max_rows`, at most that many windows: the close stops inside a window end, and `after`
+        = (that end, its last key emitted) resumes it at the next key (the panes of a window whose end
+        the watermark passed take no more events, so its keys stay the same between the two).
+        """
         size, slide = self.windower.size_ms, self.windower.slide_ms
         ends = sorted({e for p in self._panes for e in self._ends(p)
                        if e <= watermark_ms and (before_ms is None or e > before_ms)})
         windows: list[tuple[int, int, Key]] = []   # ends ascending, then keys: no sort key per row
         states: list[Any] = []
         counts: list[int] = []
+        budget = max_rows
+        through, cursor = watermark_ms, None
         for end in ends:
+            if budget is not None and budget <= 0:
+                through = end - 1   # every window ending before this one is emitted
+                break
             start = end - size
             panes = [pane for pane in map(self._panes.get, range(start, end, slide)) if pane]
-            if len(panes) == 1:   # tumbling, or a window with one pane open
-                items = by_key(panes[0])
-                keys = list(map(itemgetter(0), items))
-                states += map(itemgetter(1), items)
-                counts += repeat(1, len(keys))
+            cached = self._split
+            if cached is not None and cached[0] == end:
+                keys = cached[1]
+            elif len(panes) == 1:   # tumbling, or a window with one pane open
+                keys = list(map(itemgetter(0), by_key(panes[0])))
+            else:
+                keys = sorted_keys(set().union(*panes))
+            lo = 0
+            if after is not None and after[0] == end:
+                lo = bisect_right(keys, key_order(after[1]), key=key_order)
+            hi = len(keys) if budget is None else min(len(keys), lo + budget)
+            if hi < len(keys):   # stopped inside this end: the rest of its keys go next time
+                self._split = (end, keys)
+                through, cursor = end - 1, (end, keys[hi - 1])
+            else:
+                self._split = None
+            take = keys if lo == 0 and hi == len(keys) else keys[lo:hi]
+            if len(panes) == 1:
+                states += map(panes[0].__getitem__, take)
+                counts += repeat(1, len(take))
             else:
                 # Every pane's states of every key, by C-level lookups pane by pane (None: not there).
-                keys = sorted_keys(set().union(*panes))
-                rows = list(zip(*(list(map(pane.get, keys)) for pane in panes)))
+                rows = list(zip(*(list(map(pane.get, take)) for pane in panes)))
                 states += [s for row in rows for s in row if s is not None]
                 counts += [len(panes) - row.count(None) for row in rows]
-            windows += zip(repeat(start), repeat(end), keys)
-        for pane in [p for p in self._panes if p + size <= watermark_ms]:
+            windows += zip(repeat(start), repeat(end), take)
+            if budget is not None:
+                budget -= len(take)
+            if cursor is not None:
+                break
+        for pane in [p for p in self._panes if p + size <= through]:
             gone = self._panes.pop(pane)
             self._touched.setdefault(pane, set()).update(gone)
             for key in gone:
@@ -154,4 +186,15 @@ class PaneStore:
                     self._key_panes[key] = left
                 else:
                     del self._key_panes[key]
-        return windows, states, [0, *accumulate(counts)]
+        return Closed(windows, states, [0, *accumulate(counts)], through, cursor)
+
+
+class Closed(NamedTuple):
+    """What `PaneStore.close` emitted, and how far: every window ending at or before `through` is
+    emitted, and `cursor` = (end, key) when the close stopped inside that later window end."""
+
+    windows: list[tuple[int, int, Key]]
+    states: list[Any]
+    bounds: list[int]
+    through: int
+    cursor: tuple[int, Key] | None
