@@ -180,8 +180,12 @@ class Checkpoint:
                 outbox.append((table, rows.num_rows, _encode_rows(rows)))
         with self._write_lock:
             seq = self._seq + 1
-            read = self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))
+            more = self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))   # buckets due
             self._seq = seq
+            read = 0
+            while more:   # merge the state chains that fell due, ~16 MiB per transaction (compact_segments)
+                more, n = self._db.write(layout.compact_segments)
+                read += n
             with self._count_lock:
                 for table, n, _ in outbox:
                     self._pending[table] = self._pending.get(table, 0) + n

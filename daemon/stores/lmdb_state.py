@@ -375,6 +375,8 @@ DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
 FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"3", b"commit_seq", b"anomalies"
 OLD_FORMATS = (b"2",)   # read at open and rewritten: migrate_state, migrate_latest
 SEGMENTS_META = b"segments:"
+# The most bytes of bucket chains one compaction transaction merges (compact_segments).
+MERGE_BYTES_PER_WRITE = 16 * 2**20
 DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest counts) given back this often
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
@@ -456,11 +458,9 @@ def read_state(txn: Txn) -> dict[str, list[tuple[bytes, bytes]]]:
 def _apply_state(txn: Txn, state: Mapping[str, Mapping[bytes, bytes | None] | segments.SegmentBuilder], seq: int,
                  packed: dict[str, list[list[tuple[int, bytes | memoryview]]]] | None = None) -> int:
     """Each namespace's changes as one segment per bucket they touch, under this commit's seq, then
-    its `packed` changes (already segments per bucket), each under seq and its index; a bucket whose
-    chain would pass twice its size at its last merge (plus SLACK_BYTES), or MAX_CHAIN segments, is
-    merged into one segment instead (tombstones dropped). Returns the bytes the merges read through
-    the map."""
-    read = 0
+    its `packed` changes (already segments per bucket), each under seq and its index. Returns how many
+    buckets are now due for a merge (`compact_segments`, in transactions of their own)."""
+    due = 0
     packed = packed or {}
     for ns in dict.fromkeys([*state, *packed]):
         changes, answers = state.get(ns), packed.get(ns, [])
@@ -470,12 +470,38 @@ def _apply_state(txn: Txn, state: Mapping[str, Mapping[bytes, bytes | None] | se
         if changes:
             built = changes if isinstance(changes, segments.SegmentBuilder) else segments.SegmentBuilder.of(changes)
             for bucket, blob in built.segments():
-                read += chains.append(bucket, blob, U64.pack(seq))
+                chains.append(bucket, blob, U64.pack(seq))
         for sub, answer in enumerate(answers, 1):
             for bucket, blob in answer:
-                read += chains.append(bucket, blob, U64.pack(seq) + U16.pack(sub))
+                chains.append(bucket, blob, U64.pack(seq) + U16.pack(sub))
         chains.save()
-    return read
+        due += len(chains.due())
+    return due
+
+
+def compact_segments(txn: Txn, budget: int | None = None) -> tuple[int, int]:
+    """Merge due bucket chains (`_Chains.due`, every namespace) into one segment each, tombstones
+    dropped, until `budget` bytes (MERGE_BYTES_PER_WRITE) were read; (buckets merged, bytes read).
+
+    A commit only appends; Checkpoint.commit then runs this in transactions of its own until nothing
+    is due, so a transaction holds at most ~budget of merged segments until it commits (a namespace's
+    buckets grow alike and fall due together: merging all 64 of the recommender's in the commit read
+    216 MiB and held ~that as dirty pages: the memory benchmark's largest sample at 1M open states)."""
+    budget = MERGE_BYTES_PER_WRITE if budget is None else budget
+    merged = read = 0
+    for key, _ in list(txn.scan("sys", SEGMENTS_META)):
+        chains = _Chains(txn, key[len(SEGMENTS_META):])
+        due = chains.due()
+        for bucket in due:
+            if read >= budget:
+                break
+            read += chains.merge(bucket)
+            merged += 1
+        if due:
+            chains.save()
+        if read >= budget:
+            break
+    return merged, read
 
 
 class _Chains:
@@ -488,30 +514,37 @@ class _Chains:
         self.meta = (np.zeros((3, segments.BUCKETS), dtype=np.int64) if raw is None
                      else np.frombuffer(raw, dtype="<i8").reshape(3, segments.BUCKETS).copy())
 
-    def append(self, bucket: int, blob: bytes | memoryview, suffix: bytes) -> int:
-        """Add a segment to a bucket's chain under prefix + `suffix` (keys sort in write order), or
-        merge the chain with it; return the bytes a merge read."""
+    def append(self, bucket: int, blob: bytes | memoryview, suffix: bytes) -> None:
+        """Add a segment to a bucket's chain under prefix + `suffix` (keys sort in write order)."""
+        if not blob:
+            return
+        chain_bytes, _, chain_len = self.meta
+        chain_bytes[bucket] += len(blob)
+        chain_len[bucket] += 1
+        self.txn.put("segments", _bucket_prefix(self.nsb, bucket) + suffix, blob)
+
+    def due(self) -> list[int]:
+        """The buckets whose chain has passed twice its size at its last merge (plus SLACK_BYTES), or
+        holds MAX_CHAIN segments."""
         chain_bytes, base_bytes, chain_len = self.meta
-        read = 0
-        if (chain_bytes[bucket] + len(blob) > 2 * base_bytes[bucket] + segments.SLACK_BYTES
-                or chain_len[bucket] >= segments.MAX_CHAIN):
-            chain = _chain(self.txn, self.nsb, bucket)
-            read = sum(len(v) for _, v in chain)
-            # A namespace's buckets grow alike, so one commit may merge all 64 (~10^8 bytes read through
-            # the map with 10^6 sessions): the chains' pages leave the RSS once copied, every ~MiB.
-            self.txn.read_through_map(read)
-            merged = segments.live(segments.merge([*(v for _, v in chain), blob]))
-            for k, _ in chain:
-                self.txn.delete("segments", k)
-            blob = segments.pack(merged) if merged else b""
-            suffix = suffix[:U64.size]   # the merged segment holds all before it: first in its commit
-            chain_bytes[bucket] = base_bytes[bucket] = len(blob)
-            chain_len[bucket] = 1 if blob else 0
-        else:
-            chain_bytes[bucket] += len(blob)
-            chain_len[bucket] += 1
+        return np.flatnonzero((chain_bytes > 2 * base_bytes + segments.SLACK_BYTES)
+                              | (chain_len >= segments.MAX_CHAIN)).tolist()
+
+    def merge(self, bucket: int) -> int:
+        """Replace a bucket's chain by one segment of its live records, under its last segment's key
+        (later segments sort after it); return the bytes read."""
+        chain_bytes, base_bytes, chain_len = self.meta
+        chain = _chain(self.txn, self.nsb, bucket)
+        read = sum(len(v) for _, v in chain)
+        self.txn.read_through_map(read)   # the chain's pages leave the RSS once copied, every ~MiB
+        merged = segments.live(segments.merge(v for _, v in chain))
+        for k, _ in chain:
+            self.txn.delete("segments", k)
+        blob = segments.pack(merged) if merged else b""
         if blob:
-            self.txn.put("segments", _bucket_prefix(self.nsb, bucket) + suffix, blob)
+            self.txn.put("segments", chain[-1][0], blob)
+        chain_bytes[bucket] = base_bytes[bucket] = len(blob)
+        chain_len[bucket] = 1 if blob else 0
         return read
 
     def save(self) -> None:
@@ -554,8 +587,8 @@ def read_outbox(txn: Txn, prefix: bytes, max_rows: int) -> list[tuple[bytes, int
 
 def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]]) -> int:
     """Every write of one commit (runs inside one write transaction; may be rerun after a grow).
-    Returns the bytes of state segments it read through the map (merges)."""
-    read = _apply_state(txn, unit.state, seq, unit.state_segments)
+    Returns how many state buckets are due for a merge (compact_segments)."""
+    due = _apply_state(txn, unit.state, seq, unit.state_segments)
     for name, pos in unit.positions.items():
         txn.put("positions", _name(name, "source"), pos)
     for name, value in unit.meta.items():
@@ -572,7 +605,7 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
     if unit.fold_log is not None and (drop is None or seq > drop):
         txn.put("foldlog", U64.pack(seq), unit.fold_log)
     txn.put("sys", SEQ_KEY, U64.pack(seq))
-    return read
+    return due
 
 
 def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:

@@ -12,7 +12,9 @@ pwrite from one malloc per value, freed right after the commit, and never read t
 Layout: a namespace's keys are spread over BUCKETS buckets by crc32; a state write appends one
 segment per bucket it changes (a chain, oldest first); a bucket whose chain has grown past twice
 its size at its last compaction (plus SLACK_BYTES) is merged into one segment in the same write,
-so a bucket holds at most ~2x its live bytes and a compaction reads ~1/BUCKETS of the state.
+so a bucket holds ~2x its live bytes and a compaction reads ~1/BUCKETS of the state. Buckets grow
+alike and fall due together: one write merges at most ~16 MiB of them (lmdb_state.py
+MERGE_BYTES_PER_WRITE), the others in the next writes (a chain of MAX_CHAIN segments always merges).
 
 A segment: u32 n, n × u32 key length, n × u32 value length (TOMBSTONE: deleted), the keys, the
 values, integers big-endian. Later segments of a chain win; a tombstone deletes, and is dropped

@@ -510,3 +510,41 @@ def test_the_environment_is_recycled_after_many_latest_rows_and_after_flushes(tm
     assert cp.latest_windows("sales", b'["k0"]', 10) == [b"r%d" % i for i in range(4, -1, -1)]
     assert cp.get("agg:a", b"k") == b"4" and cp.restore().commit_seq == 7
     cp.close()
+
+
+def test_buckets_that_fall_due_together_merge_in_bounded_transactions(tmp_path, monkeypatch):
+    """A namespace growing evenly makes every bucket due for a merge at the same commit; the commit
+    only appends, and the merges follow in transactions of their own reading at most
+    MERGE_BYTES_PER_WRITE (plus the bucket that crossed it) each, until none is due; the state reads
+    back whole, before and after a reopen."""
+    monkeypatch.setattr(segments, "SLACK_BYTES", 0)
+    monkeypatch.setattr(layout, "MERGE_BYTES_PER_WRITE", 40_000)
+    compact, txns = layout.compact_segments, []
+
+    def recorded(txn):
+        merged, read = compact(txn)
+        txns[-1].append(read)
+        return merged, read
+
+    monkeypatch.setattr(layout, "compact_segments", recorded)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    model: dict[bytes, bytes] = {}
+    for seq in range(1, 41):
+        changes = {b"u:%06d" % (seq * 1000 + i): b"v" * 100 for i in range(640)}   # ~10 per bucket
+        model.update(changes)
+        txns.append([])
+        cp.commit(CommitUnit(state={"agg:s": changes}))
+        with cp._db.reading() as txn:
+            chains = layout._Chains(txn, b"agg:s")
+            assert chains.due() == [] and int(chains.meta[2].max()) <= segments.MAX_CHAIN
+            bucket = int(chains.meta[1].max())   # the largest bucket's live bytes
+        assert all(read <= 40_000 + 3 * bucket for read in txns[-1]), txns[-1]
+    total = sum(len(k) + len(v) + 8 for k, v in model.items())
+    assert max(r for t in txns for r in t) < total / 4          # never the whole namespace at once
+    assert max(sum(1 for r in t if r) for t in txns) >= 3, txns   # a commit's merges went in several transactions
+    for store in (cp, None):
+        if store is None:
+            cp.close()
+            store = cp = Checkpoint.open(_cfg(tmp_path), environ={})
+        assert dict(store.restore().state["agg:s"]) == model
+    cp.close()
