@@ -11,6 +11,7 @@ import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,38 +45,17 @@ class ArrowFiles:
 
         Rows of several dates become one file per date, each named part-<first_seq>.arrow.
         """
-        if rows.num_rows == 0:
-            return []
-        name = f"part-{first_seq:016d}.arrow"
-        paths = []
-        for date, part in _split_by_date(rows, time_column(table)):
-            folder = self.root / table / f"date={date}"
-            self._ensure_dir(folder)
-            paths.append(str(self._write_file(folder / name, part)))
-        return paths
-
-    def _write_file(self, final: Path, rows: pa.Table) -> Path:
-        tmp = final.with_name(f".{final.name}.tmp")
+        chunk = self.chunk(table, first_seq)
         try:
-            with open(tmp, "wb") as f:
-                with pa.ipc.new_file(f, rows.schema) as writer:
-                    for i, batch in enumerate(rows.to_batches(max_chunksize=BATCH_ROWS)):
-                        writer.write_batch(batch)
-                        if i == 0:
-                            self._crash("mid_arrow_write")
-                f.flush()
-                os.fsync(f.fileno())
-                size = f.tell()
-            self._crash("before_arrow_rename")
-            os.replace(tmp, final)
-            self._crash("after_arrow_rename")
-            _fsync_dir(final.parent)
-        except OSError as exc:
-            raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
-        self._files += 1
-        self._rows += rows.num_rows
-        self._bytes += size
-        return final
+            chunk.write(rows)
+        except BaseException:
+            chunk.abort()
+            raise
+        return chunk.close()
+
+    def chunk(self, table: str, first_seq: int) -> ChunkFiles:
+        """The files of one outbox chunk, written as its entries are read (`ChunkFiles`)."""
+        return ChunkFiles(self, table, first_seq)
 
     def _ensure_dir(self, folder: Path) -> None:
         if folder in self._known_dirs:
@@ -108,6 +88,73 @@ class ArrowFiles:
     def statistics(self) -> ArrowStats:
         return ArrowStats(root=str(self.root), files_written=self._files,
                           rows_written=self._rows, bytes_written=self._bytes)
+
+
+class ChunkFiles:
+    """One outbox chunk's files, one per UTC date, each written to a temp file as rows come
+    (`write`, any number of times: a flush streams its entries, holding one at a time) and
+    renamed into place, complete and fsynced, by `close`; `abort` removes the temp files."""
+
+    def __init__(self, files: ArrowFiles, table: str, first_seq: int) -> None:
+        self._files = files
+        self._table = table
+        self._name = f"part-{first_seq:016d}.arrow"
+        self._open: dict[str, tuple[Path, Any, Any]] = {}   # date -> (final path, file, IPC writer)
+        self._rows: dict[str, int] = {}
+
+    def write(self, rows: pa.Table) -> None:
+        crash = self._files._crash
+        try:
+            for date, part in _split_by_date(rows, time_column(self._table)):
+                if date not in self._open:
+                    folder = self._files.root / self._table / f"date={date}"
+                    self._files._ensure_dir(folder)
+                    final = folder / self._name
+                    f = open(final.with_name(f".{final.name}.tmp"), "wb")
+                    self._open[date] = (final, f, pa.ipc.new_file(f, part.schema))
+                    self._rows[date] = 0
+                writer = self._open[date][2]
+                first = self._rows[date] == 0
+                for batch in part.to_batches(max_chunksize=BATCH_ROWS):
+                    writer.write_batch(batch)
+                    if first:   # a file's first batch is written, the file not complete
+                        crash("mid_arrow_write")
+                        first = False
+                self._rows[date] += part.num_rows
+        except OSError as exc:
+            raise StoreError(f"cannot write {self._table} rows: {exc.strerror or exc}") from exc
+
+    def close(self) -> list[str]:
+        """Finish every file (in date order): fsync, rename into place, fsync its folder; the paths."""
+        paths = []
+        crash = self._files._crash
+        for date in sorted(self._open, key=lambda d: (d == NULL_PARTITION, d)):
+            final, f, writer = self._open.pop(date)
+            try:
+                writer.close()
+                f.flush()
+                os.fsync(f.fileno())
+                size = f.tell()
+                f.close()
+                crash("before_arrow_rename")
+                os.replace(final.with_name(f".{final.name}.tmp"), final)
+                crash("after_arrow_rename")
+                _fsync_dir(final.parent)
+            except OSError as exc:
+                self.abort()
+                raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
+            self._files._files += 1
+            self._files._rows += self._rows[date]
+            self._files._bytes += size
+            paths.append(str(final))
+        return paths
+
+    def abort(self) -> None:
+        """Close and remove the temp files not renamed yet."""
+        for final, f, _writer in self._open.values():
+            f.close()
+            final.with_name(f".{final.name}.tmp").unlink(missing_ok=True)
+        self._open.clear()
 
 
 def _split_by_date(rows: pa.Table, column: str) -> list[tuple[str, pa.Table]]:

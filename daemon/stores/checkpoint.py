@@ -33,6 +33,7 @@ __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"
 CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
                 "after_arrow_rename", "before_outbox_delete")
 MAX_FILE_ROWS = 1_000_000
+STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this often (_stream_chunk)
 # LmdbState.recycle gives LMDB's page pool and the pages read through its map back: after commits
 # that wrote this many latest-window rows (a mass close puts 3 records per row), once this many
 # bytes were read through the map (state segment merges, outbox flushes), and after a flush when
@@ -233,18 +234,54 @@ class Checkpoint:
         total = 0
         while True:
             with self._db.reading() as txn:
-                entries = layout.read_outbox(txn, prefix, self._max_file_rows)
-            if not entries:
+                keys, rows = self._stream_chunk(txn, table, prefix)
+            if not keys:
                 return total
-            self._read_since_recycle += sum(len(v) for _, _, v in entries)
-            self._db.drop_read_pages()   # the entries are copies: up to a file's rows read through the map
-            keys, first_seq, rows = _decode_chunk(entries)
-            self._files.write(table, first_seq, rows)
             self._crash.hit("before_outbox_delete")
             self._db.write(lambda txn: [txn.delete("outbox", k) for k in keys])
             with self._count_lock:
-                self._pending[table] -= rows.num_rows
-            total += rows.num_rows
+                self._pending[table] -= rows
+            total += rows
+
+    def _stream_chunk(self, txn: Txn, table: str, prefix: bytes) -> tuple[list[bytes], int]:
+        """Write the oldest outbox entries of `table` (up to max_file_rows, and those sharing the first
+        one's schema: a schema change, e.g. an aggregation reconfigured, starts the next file,
+        deterministically) to their files, an entry at a time; (their outbox keys, rows).
+
+        One entry is held at a time, and the map pages read are given back every STREAM_DROP_BYTES: a
+        flush of 5 s of archived events (~300k rows) read as one chunk held ~45 MiB of copies and as
+        much of the map (the memory benchmark's RssFile spikes)."""
+        keys: list[bytes] = []
+        rows = unread = 0
+        schema = None
+        chunk = None
+        try:
+            for key, value in txn.scan("outbox", prefix):
+                part = pa.ipc.open_stream(pa.py_buffer(memoryview(value)[8:])).read_all()
+                if chunk is None:
+                    chunk, schema = self._files.chunk(table, layout.U64.unpack_from(key, len(key) - 8)[0]), part.schema
+                elif not part.schema.equals(schema, check_metadata=True):
+                    break
+                chunk.write(part)
+                keys.append(key)
+                rows += part.num_rows
+                unread += len(value)
+                self._read_since_recycle += len(value)
+                if unread >= STREAM_DROP_BYTES:
+                    self._db.drop_read_pages()
+                    unread = 0
+                if rows >= self._max_file_rows:
+                    break
+            if chunk is not None:
+                chunk.close()
+        except BaseException:
+            if chunk is not None:
+                chunk.abort()
+            raise
+        finally:
+            if keys:
+                self._db.drop_read_pages()
+        return keys, rows
 
     def pending_rows(self) -> dict[str, int]:
         """Rows waiting in the outbox per table."""
@@ -305,17 +342,3 @@ def _encode_rows(rows: pa.RecordBatch | pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _decode_chunk(entries: list[tuple[bytes, int, bytes]]) -> tuple[list[bytes], int, pa.Table]:
-    """(outbox keys, first commit seq, rows) of the leading entries that share one schema.
-
-    A schema change (e.g. an aggregation reconfigured) starts the next file, deterministically.
-    """
-    keys: list[bytes] = []
-    parts: list[pa.Table] = []
-    for key, _seq, value in entries:
-        part = pa.ipc.open_stream(pa.py_buffer(memoryview(value)[8:])).read_all()
-        if parts and not part.schema.equals(parts[0].schema, check_metadata=True):
-            break
-        keys.append(key)
-        parts.append(part)
-    return keys, entries[0][1], pa.concat_tables(parts)

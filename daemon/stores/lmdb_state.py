@@ -574,17 +574,6 @@ def outbox_table(key: bytes) -> str:
     return key[:-9].decode()
 
 
-def read_outbox(txn: Txn, prefix: bytes, max_rows: int) -> list[tuple[bytes, int, bytes]]:
-    """Oldest outbox entries of one table as (key, commit seq, value), until max_rows is reached."""
-    out, rows = [], 0
-    for k, v in txn.scan("outbox", prefix):
-        out.append((k, U64.unpack_from(k, len(k) - 8)[0], v))
-        rows += U64.unpack_from(v)[0]
-        if rows >= max_rows:
-            break
-    return out
-
-
 def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]]) -> int:
     """Every write of one commit (runs inside one write transaction; may be rerun after a grow).
     Returns how many state buckets are due for a merge (compact_segments)."""

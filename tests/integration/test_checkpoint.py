@@ -182,6 +182,26 @@ def test_file_size_bound_splits_chunks(tmp_path):
     cp.close()
 
 
+def test_a_flush_streams_its_entries_and_gives_the_map_pages_back_as_it_goes(tmp_path, monkeypatch):
+    """A chunk of many outbox entries is written an entry at a time, the map pages read given back
+    every STREAM_DROP_BYTES, into the one file a whole-chunk write made, rows in commit order."""
+    from daemon.stores import checkpoint as checkpoint_module
+
+    monkeypatch.setattr(checkpoint_module, "STREAM_DROP_BYTES", 4096)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    for i in range(40):
+        cp.commit(CommitUnit(rows={"anomalies": pa.table({"window_start": pa.array([i * 1000] * 50, TS),
+                                                          "n": list(range(i * 50, i * 50 + 50))})}))
+    drops = []
+    monkeypatch.setattr(cp._db, "drop_read_pages", lambda: drops.append(1))
+    assert cp.flush() == 2000
+    assert len(drops) >= 10
+    files = _snapshot(tmp_path)
+    assert list(files) == ["anomalies/date=1970-01-01/part-0000000000000001.arrow"]
+    assert [r["n"] for r in files["anomalies/date=1970-01-01/part-0000000000000001.arrow"]] == list(range(2000))
+    cp.close()
+
+
 def test_unknown_table_or_missing_time_column_is_refused(tmp_path):
     """Rows for an unknown table, or without the table's time column, fail the commit before LMDB."""
     cp = Checkpoint.open(_cfg(tmp_path), environ={})
@@ -257,12 +277,14 @@ def test_crash_points_read_from_the_environment():
         CrashPoints.from_env({"STOREPULSE_CRASH_AT": "whenever"})
 
 
-# Each flush of one commit writes two files (two dates): crash points count per file.
+# Each flush of one commit writes two files (two dates), both written before the first is renamed:
+# crash points count per file.
 CRASHES = [
     ("after_lmdb_commit", 3, False),
     ("mid_arrow_write", 5, True),
     ("before_arrow_rename", 6, True),
-    ("after_arrow_rename", 5, False),
+    ("after_arrow_rename", 5, True),     # the chunk's second file is not renamed yet
+    ("after_arrow_rename", 6, False),
     ("before_outbox_delete", 2, False),
 ]
 
