@@ -151,6 +151,18 @@ class Txn:
         `start` (forward only) skips keys below it; `end` (forward only) stops before the first key
         >= it. Do not write to `db` while iterating.
         """
+        for key, value in self._walk(db, prefix, start, end, reverse, values=True):
+            yield key, value
+
+    def keys(self, db: str, prefix: bytes = b"", *, start: bytes | None = None,
+             end: bytes | None = None) -> Iterator[bytes]:
+        """`scan`'s keys alone (no value copied). py-lmdb still reads every page of each value it
+        steps on (preload.h: so that a page fault never happens with the GIL held)."""
+        for key in self._walk(db, prefix, start, end, False, values=False):
+            yield key
+
+    def _walk(self, db: str, prefix: bytes, start: bytes | None, end: bytes | None, reverse: bool,
+              *, values: bool) -> Iterator[Any]:
         cur = self._txn.cursor(db=self._dbs[db])
         if reverse:
             end = _prefix_end(prefix)
@@ -159,15 +171,16 @@ class Txn:
                     return
             elif not cur.prev():
                 return
-            items = cur.iterprev()
+            items = cur.iterprev(keys=True, values=values)
         else:
             if not cur.set_range(max(prefix, start or b"")):
                 return
-            items = cur.iternext()
-        for key, value in items:
+            items = cur.iternext(keys=True, values=values)
+        for item in items:
+            key = item[0] if values else item
             if not key.startswith(prefix) or (end is not None and key >= end):
                 return
-            yield key, value
+            yield item
 
 
 def _open_env(path: Path, map_size: int, db_names: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
@@ -378,6 +391,7 @@ SEGMENTS_META = b"segments:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments).
 MERGE_BYTES_PER_WRITE = 16 * 2**20
 DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest counts) given back this often
+LATEST_SLICE = 4096         # latest-index entries put per C call between two read_through_map notes
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
 U64, U32, U16 = struct.Struct(">Q"), struct.Struct(">I"), struct.Struct(">H")
@@ -489,7 +503,7 @@ def compact_segments(txn: Txn, budget: int | None = None) -> tuple[int, int]:
     216 MiB and held ~that as dirty pages: the memory benchmark's largest sample at 1M open states)."""
     budget = MERGE_BYTES_PER_WRITE if budget is None else budget
     merged = read = 0
-    for key, _ in list(txn.scan("sys", SEGMENTS_META)):
+    for key in list(txn.keys("sys", SEGMENTS_META)):
         chains = _Chains(txn, key[len(SEGMENTS_META):])
         due = chains.due()
         for bucket in due:
@@ -589,12 +603,22 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
     _apply_anomalies(txn, unit, seq)
     drop = unit.fold_log_drop_through
     if drop is not None:
-        for k in [k for k, _ in txn.scan("foldlog", end=U64.pack(drop + 1))]:
+        for k in _walked_keys(txn, "foldlog", end=U64.pack(drop + 1)):
             txn.delete("foldlog", k)
     if unit.fold_log is not None and (drop is None or seq > drop):
         txn.put("foldlog", U64.pack(seq), unit.fold_log)
     txn.put("sys", SEQ_KEY, U64.pack(seq))
     return due
+
+
+def _walked_keys(txn: Txn, db: str, *, end: bytes) -> list[bytes]:
+    """The keys below `end` of a table of large values (fold-log entries, dedupe records: MiBs each),
+    the pages py-lmdb reads of each value as it steps on it given back as they add up."""
+    out = []
+    for k, v in txn.scan(db, end=end):
+        out.append(k)
+        txn.read_through_map(len(v))
+    return out
 
 
 def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:
@@ -605,7 +629,7 @@ def _apply_dedupe(txn: Txn, unit: CommitUnit, seq: int) -> None:
         bound = max(bound, unit.dedupe_expire_before_ms)
         txn.put("sys", DEDUPE_BEFORE_KEY, U64.pack(bound))
         # whole minutes only; restore drops what a partly expired minute still holds
-        doomed = [k for k, _ in txn.scan("dedupe", end=U64.pack(max(0, bound - DEDUPE_BUCKET_MS + 1)))]
+        doomed = _walked_keys(txn, "dedupe", end=U64.pack(max(0, bound - DEDUPE_BUCKET_MS + 1)))
         for k in doomed:
             txn.delete("dedupe", k)
     ids = unit.dedupe_ids
@@ -669,9 +693,9 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
     The rows sit in window-end order because a close brings many rows of one end (a hopping close of
     200k items): they land side by side on a few pages of the B-tree's right edge, while the per-key
     index, whose keys are random, holds ~100 entries per page (with the rows there each of them had
-    dirtied a page of its own: ~130k pages, 512 MiB of one transaction). The rows and index entries
-    go in one C call each; a row is new unless a window was emitted twice (only possible across a
-    config change), and only then are the affected keys counted from the index."""
+    dirtied a page of its own: ~130k pages, 512 MiB of one transaction). The rows go in one C call, the
+    index entries in calls of LATEST_SLICE; a row is new unless a window was emitted twice (only
+    possible across a config change), and only then are the affected keys counted from the index."""
     if not unit.latest:
         return
     names: dict[str, bytes] = {}
@@ -688,23 +712,32 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
         if c is None:
             v = txn.get("latest_count", base)
             c = counts[base] = [agg, 0 if v is None else U32.unpack(v)[0]]
-            txn.read_through_map(256)   # a leaf page (of 4 KiB) per ~16 random keys: its pages go every ~64k keys
+            txn.read_through_map(256)   # a leaf page (of 4 KiB) per random key: given back every 4096 keys
         c[1] += 1
         index.append((base + end, b""))
         rows.append((aggb + end + h, row))
-    if txn.put_new("latest", index) != len(index):
+    # The index entries and counts land on random leaf pages, each read through the map as LMDB copies
+    # it (RssFile): a hopping chunk of 20k rows read ~100 MiB of them before its commit ended. They go
+    # in slices, the pages read given back after each (read_through_map, as for the counts above).
+    added = 0
+    for i in range(0, len(index), LATEST_SLICE):
+        piece = index[i:i + LATEST_SLICE]
+        added += txn.put_new("latest", piece)
+        txn.read_through_map(256 * len(piece))
+    if added != len(index):
         for base, c in counts.items():
-            c[1] = sum(1 for _ in txn.scan("latest", base))
-    txn.put_many("latest_time", rows)   # the newer row wins
+            c[1] = sum(1 for _ in txn.keys("latest", base))
+    txn.put_many("latest_time", rows)   # the newer row wins; in window-end order: the B-tree's right edge
     for base, (agg, n) in counts.items():
         keep = unit.keep_latest.get(agg, DEFAULT_KEEP_LATEST)
         if n > keep:
             aggb = base[:-16]
-            for k, _ in list(islice(txn.scan("latest", base), n - keep)):
+            for k in list(islice(txn.keys("latest", base), n - keep)):
                 txn.delete("latest", k)
                 txn.delete("latest_time", aggb + k[-8:] + base[-16:])
             n = keep
         txn.put("latest_count", base, U32.pack(n))
+        txn.read_through_map(256)
 
 
 def migrate_latest(txn: Txn) -> int:
@@ -727,7 +760,7 @@ def _apply_anomalies(txn: Txn, unit: CommitUnit, seq: int) -> None:
         txn.put("anomalies", U64.pack(max(0, ts_ms)) + U64.pack(seq) + U32.pack(i), row)
     n = get_u64(txn, "sys", ANOMALY_COUNT_KEY) + len(unit.anomalies)
     if n > unit.keep_anomalies:
-        for k, _ in list(islice(txn.scan("anomalies"), n - unit.keep_anomalies)):
+        for k in list(islice(txn.keys("anomalies"), n - unit.keep_anomalies)):
             txn.delete("anomalies", k)
         n = unit.keep_anomalies
     txn.put("sys", ANOMALY_COUNT_KEY, U64.pack(n))
