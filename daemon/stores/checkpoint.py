@@ -41,7 +41,6 @@ STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this 
 RECYCLE_AFTER_ROWS = 100_000
 RECYCLE_AFTER_BYTES = 64 * 2**20
 RECYCLE_INTERVAL_S = 30.0
-DROP_AFTER_ROWS = 10_000    # a commit of this many latest rows, or a full state write, then gives its map pages back
 
 
 @dataclass(slots=True)
@@ -198,9 +197,11 @@ class Checkpoint:
             self._read_since_recycle += read
             if self._rows_since_recycle >= RECYCLE_AFTER_ROWS or self._read_since_recycle >= RECYCLE_AFTER_BYTES:
                 self._recycle()
-            elif unit.state_complete or len(unit.latest) >= DROP_AFTER_ROWS:
-                # What the write read through the map besides the merges (B-tree and free-list pages,
-                # dedupe expiry) stayed in RssFile: ~150 MiB on the memory benchmark's plateau.
+            else:
+                # What the write read through the map (B-tree and free-list pages, the latest index)
+                # stayed in RssFile until a later drop: 60-150 MiB of the memory benchmark's largest
+                # samples. Giving it back costs ~20 us, and the pages the next commit needs are
+                # faulted in from the page cache again (minor faults).
                 self._db.drop_read_pages()
         self._crash.hit("after_lmdb_commit")
         return seq
