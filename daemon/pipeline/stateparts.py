@@ -100,9 +100,12 @@ class StateParts:
             if part.detector is not None and (results or (step and watermark_ms // step != part.last_step)):
                 # Also on a window boundary with no results at all: a total outage is a drop to zero.
                 part.last_step = watermark_ms // step if step else 0
-                open_end = part.aggregator.partial_end   # a window end emitted in part: its zeros wait
+                # A close that stopped at max_rows emitted less than the watermark passed: the detector
+                # takes zeros only through what was emitted, and for no key of a window end emitted in part.
+                through = part.aggregator.closed_through_ms
                 anomalies.extend(part.detector.observe(
-                    results, closed_until_ms=watermark_ms if open_end is None else open_end - 1, open_end=open_end))
+                    results, closed_until_ms=watermark_ms if through is None else min(watermark_ms, through),
+                    open_end=part.aggregator.partial_end))
                 self._emitted.add(name)
             if results:
                 closed[name] = results

@@ -234,6 +234,12 @@ class Aggregator:
         return out
 
     @property
+    def closed_through_ms(self) -> int | None:
+        """Every window ending at or before this is emitted (the last close's watermark, or less when
+        it stopped at its `max_rows`)."""
+        return self._watermark_ms
+
+    @property
     def partial_end(self) -> int | None:
         """The window end the last close stopped inside (its rows are emitted up to a key), if any."""
         return self._partial[0] if self._partial is not None else None

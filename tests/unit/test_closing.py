@@ -17,7 +17,8 @@ from daemon.events import WindowResult
 from daemon.pipeline.stateparts import StateParts
 from daemon.windows.aggregator import Aggregator
 from daemon.windows.closing import ClosePoint, close_point
-from tests.strategies import T0_MS, aggregation, batch_from_rows, event_rows, group_bys, splits, timestamps, window_specs
+from tests.strategies import (T0_MS, aggregation, batch_from_rows, event_rows, fixed_window_specs, group_bys, splits,
+                              timestamps, window_specs)
 
 FAR_FUTURE_MS = T0_MS + 10**10
 
@@ -210,3 +211,27 @@ def test_split_closes_still_find_the_drops():
     rows, anomalies = _run(stream, 3, True)
     assert {(a.key, a.state) for a in anomalies} >= {((f"i{k:02d}",), "open") for k in range(4)}
     assert (rows, anomalies) == _run(stream, None, False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(event_rows(timestamps(span_ms=600_000)), max_size=80), window=fixed_window_specs(),
+       group_by=group_bys(), max_rows=st.integers(min_value=1, max_value=5),
+       target=st.integers(min_value=T0_MS, max_value=T0_MS + 1_300_000))
+def test_closes_with_a_row_limit_add_up_to_one_close(rows, window, group_by, max_rows, target):
+    """Closing at one watermark with a row limit, again and again (past several window ends, stopping
+    inside one or right after one), emits what one close emits, in order, and says how far it got."""
+    cfg = aggregation(window, group_by=group_by)
+    one, limited = Aggregator(cfg), Aggregator(cfg)
+    for agg in (one, limited):
+        agg.add(batch_from_rows(sorted(rows, key=lambda r: r["ts"])))
+    whole, got = one.close(target), []
+    for _ in range(len(whole) + 2):
+        chunk = limited.close(target, max_rows)
+        assert len(chunk) <= max_rows
+        through, partial = limited.closed_through_ms, limited.partial_end
+        assert all(r.window_end_ms <= through or r.window_end_ms == partial for r in chunk)
+        got += chunk
+        if limited.closed_through_ms == target:
+            break
+    assert got == whole and limited.partial_end is None
+    assert one.statistics() == limited.statistics()
