@@ -252,7 +252,8 @@ class Checkpoint:
 
         One entry is held at a time, and the map pages read are given back every STREAM_DROP_BYTES: a
         flush of 5 s of archived events (~300k rows) read as one chunk held ~45 MiB of copies and as
-        much of the map (the memory benchmark's RssFile spikes)."""
+        much of the map (the memory benchmark's RssFile spikes). (drop_read_pages takes LMDB's write
+        lock inside this read transaction: no write is under way, as the caller holds `_write_lock`.)"""
         keys: list[bytes] = []
         rows = unread = 0
         schema = None

@@ -11,10 +11,10 @@ pwrite from one malloc per value, freed right after the commit, and never read t
 
 Layout: a namespace's keys are spread over BUCKETS buckets by crc32; a state write appends one
 segment per bucket it changes (a chain, oldest first); a bucket whose chain has grown past twice
-its size at its last compaction (plus SLACK_BYTES) is merged into one segment in the same write,
-so a bucket holds ~2x its live bytes and a compaction reads ~1/BUCKETS of the state. Buckets grow
-alike and fall due together: one write merges at most ~16 MiB of them (lmdb_state.py
-MERGE_BYTES_PER_WRITE), the others in the next writes (a chain of MAX_CHAIN segments always merges).
+its size at its last compaction (plus SLACK_BYTES), or holds MAX_CHAIN segments, is merged into one
+segment right after the write, in transactions of their own of ~16 MiB of chains each
+(lmdb_state.py compact_segments: buckets grow alike and fall due together), so a bucket holds ~2x
+its live bytes and a compaction reads ~1/BUCKETS of the state.
 
 A segment: u32 n, n × u32 key length, n × u32 value length (TOMBSTONE: deleted), the keys, the
 values, integers big-endian. Later segments of a chain win; a tombstone deletes, and is dropped
