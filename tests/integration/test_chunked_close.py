@@ -4,6 +4,7 @@ chunks, each its own commit, and a SIGKILL in the middle of that close loses and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -54,10 +55,10 @@ def feed_sessions(d: Proc, users: int) -> int:
     return len(events)
 
 
-def all_closed(d: Proc) -> bool:
+def all_closed(d: Proc, aggregation: str = "visits") -> bool:
     s = d.get_json("/stats")
     pipe = s["pipeline"]
-    return s["aggregations"]["visits"]["open_windows"] == 0 and pipe["closed_through_ms"] == pipe["watermark_ms"]
+    return s["aggregations"][aggregation]["open_windows"] == 0 and pipe["closed_through_ms"] == pipe["watermark_ms"]
 
 
 def committed_windows(d: Proc) -> list[int]:
@@ -89,27 +90,38 @@ def test_a_jump_past_thousands_of_sessions_commits_them_in_bounded_chunks(daemon
     assert_every_session_once(tmp_path / "data", users)
 
 
-@pytest.mark.parametrize("state_interval", ["300ms", "1h"])
-def test_sigkill_in_the_middle_of_a_chunked_close_loses_and_repeats_no_row(daemon_factory: DaemonFactory, tmp_path,
-                                                                           state_interval):
-    """Killed after the first chunks of a 5000-session close were committed, the restart emits the rest, each
-    once: restored from a full state write (300ms) or by replaying the logged chunk closes (1h: no state write)."""
-    users, bound = 5000, 50
+def kill_mid_close_and_restart(daemon_factory: DaemonFactory, tmp_path: Path, config: str, state_interval: str,
+                               bound: int, feed: Callable[[Proc], int], aggregation: str) -> Path:
+    """Start on `config` with `state_interval`, `feed` it (it returns the rows the close will emit), SIGKILL
+    it once the first chunk of the close is committed, restart it and let it close the rest; check that
+    each commit kept to `bound` rows (and, with no state write, that the logged closes were replayed).
+    Returns the data dir."""
     data_dir, env = tmp_path / "data", {"STOREPULSE_CLOSE_CHUNK_ROWS": str(bound)}
-    body = CONFIG.replace('state_interval = "300ms"', f'state_interval = "{state_interval}"')
+    body = config.replace('state_interval = "300ms"', f'state_interval = "{state_interval}"')
     d = daemon_factory.start(body, data_dir=data_dir, env=env)
-    feed_sessions(d, users)
+    total = feed(d)
     wait_until(lambda: sum(committed_windows(d)) > 0, timeout=30, interval=0.01, what="the first chunk committed")
     d.kill()
     before = sum(committed_windows(d))
-    assert 0 < before < users, f"the kill did not land mid-close: {before} of {users} rows committed"
+    assert 0 < before < total, f"the kill did not land mid-close: {before} of {total} rows committed"
     d2 = daemon_factory.start(body, data_dir=data_dir, env=env)
-    wait_until(lambda: all_closed(d2), timeout=60, what="every session closed after the restart")
+    wait_until(lambda: all_closed(d2, aggregation), timeout=60, what="every window closed after the restart")
     if state_interval == "1h":
         replayed = [e for e in d2.log_events() if e.get("event") == "fold_log_replayed"]
         assert replayed and replayed[0]["steps"] > 1, replayed
     assert d2.stop() == 0, d2.log()[-3000:]
     assert max(committed_windows(d2)) <= bound
+    return data_dir
+
+
+@pytest.mark.parametrize("state_interval", ["300ms", "1h"])
+def test_sigkill_in_the_middle_of_a_chunked_close_loses_and_repeats_no_row(daemon_factory: DaemonFactory, tmp_path,
+                                                                           state_interval):
+    """Killed after the first chunks of a 5000-session close were committed, the restart emits the rest, each
+    once: restored from a full state write (300ms) or by replaying the logged chunk closes (1h: no state write)."""
+    users = 5000
+    data_dir = kill_mid_close_and_restart(daemon_factory, tmp_path, CONFIG, state_interval, 50,
+                                          lambda d: feed_sessions(d, users) // 2, "visits")
     assert_every_session_once(data_dir, users)
 
 
@@ -137,12 +149,6 @@ def feed_items(d: Proc, items: int) -> dict[tuple[str, int], int]:
     return expected
 
 
-def views_closed(d: Proc) -> bool:
-    s = d.get_json("/stats")
-    pipe = s["pipeline"]
-    return s["aggregations"]["views"]["open_windows"] == 0 and pipe["closed_through_ms"] == pipe["watermark_ms"]
-
-
 def assert_every_item_window_once(data_dir: Path, expected: dict[tuple[str, int], int]) -> None:
     rows = ds.dataset(data_dir / "windows" / "views", format="ipc", partitioning="hive").to_table().to_pylist()
     got = [((r["item_id"], int(r["window_end"].timestamp() * 1000)), r["views"]) for r in rows]
@@ -156,7 +162,7 @@ def test_one_window_end_of_thousands_of_items_is_split_over_bounded_commits(daem
     items, bound = 3000, 200
     d = daemon_factory.start(HOPPING, data_dir=tmp_path / "data", env={"STOREPULSE_CLOSE_CHUNK_ROWS": str(bound)})
     expected = feed_items(d, items)
-    wait_until(lambda: views_closed(d), timeout=60, what="every window closed")
+    wait_until(lambda: all_closed(d, "views"), timeout=60, what="every window closed")
     assert d.stop() == 0, d.log()[-3000:]
     windows = committed_windows(d)
     assert sum(windows) == len(expected)
@@ -169,20 +175,11 @@ def test_sigkill_inside_a_split_window_end_loses_and_repeats_no_row(daemon_facto
                                                                     state_interval):
     """Killed after the first key ranges of a 4000-item window end were committed, the restart goes on
     from the next key (the stored state's cursor, or the logged closes replayed), each row once."""
-    items, bound = 4000, 50
-    data_dir, env = tmp_path / "data", {"STOREPULSE_CLOSE_CHUNK_ROWS": str(bound)}
-    body = HOPPING.replace('state_interval = "300ms"', f'state_interval = "{state_interval}"')
-    d = daemon_factory.start(body, data_dir=data_dir, env=env)
-    expected = feed_items(d, items)
-    wait_until(lambda: sum(committed_windows(d)) > 0, timeout=30, interval=0.01, what="the first chunk committed")
-    d.kill()
-    before = sum(committed_windows(d))
-    assert 0 < before < len(expected), f"the kill did not land mid-close: {before} of {len(expected)} rows committed"
-    d2 = daemon_factory.start(body, data_dir=data_dir, env=env)
-    wait_until(lambda: views_closed(d2), timeout=60, what="every window closed after the restart")
-    if state_interval == "1h":
-        replayed = [e for e in d2.log_events() if e.get("event") == "fold_log_replayed"]
-        assert replayed and replayed[0]["steps"] > 1, replayed
-    assert d2.stop() == 0, d2.log()[-3000:]
-    assert max(committed_windows(d2)) <= bound
+    expected: dict[tuple[str, int], int] = {}
+
+    def feed(d: Proc) -> int:
+        expected.update(feed_items(d, 4000))
+        return len(expected)
+
+    data_dir = kill_mid_close_and_restart(daemon_factory, tmp_path, HOPPING, state_interval, 50, feed, "views")
     assert_every_item_window_once(data_dir, expected)
