@@ -86,6 +86,7 @@ class Checkpoint:
         self._last_flush_ms = 0.0
         self._rows_since_recycle = self._read_since_recycle = 0
         self._last_recycle = time.monotonic()
+        self._compact_due = False   # a compaction after a commit failed: run it after the next one
 
     @classmethod
     def open(cls, cfg: StorageConfig, *, environ: Mapping[str, str] | None = None,
@@ -182,29 +183,42 @@ class Checkpoint:
             seq = self._seq + 1
             more = self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))   # buckets due
             self._seq = seq
-            read = 0
-            while more:   # merge the state chains that fell due, ~16 MiB per transaction (compact_segments)
-                more, n = self._db.write(layout.compact_segments)
-                read += n
             with self._count_lock:
                 for table, n, _ in outbox:
                     self._pending[table] = self._pending.get(table, 0) + n
+            try:
+                self._upkeep(more, len(unit.latest))
+            except StoreError as exc:
+                # The commit is durable: what follows it is upkeep, done again after the next commit.
+                # Failing the commit here would make the runner write the same unit a second time.
+                self._compact_due = True
+                if self._log is not None:
+                    self._log.warning("store_upkeep_failed", error=str(exc))
             ms = (time.perf_counter() - t0) * 1000.0
             self._commits += 1
             self._commit_ms_total += ms
             self._last_commit_ms = ms
-            self._rows_since_recycle += len(unit.latest)
-            self._read_since_recycle += read
-            if self._rows_since_recycle >= RECYCLE_AFTER_ROWS or self._read_since_recycle >= RECYCLE_AFTER_BYTES:
-                self._recycle()
-            else:
-                # What the write read through the map (B-tree and free-list pages, the latest index)
-                # stayed in RssFile until a later drop: 60-150 MiB of the memory benchmark's largest
-                # samples. Giving it back costs ~20 us, and the pages the next commit needs are
-                # faulted in from the page cache again (minor faults).
-                self._db.drop_read_pages()
         self._crash.hit("after_lmdb_commit")
         return seq
+
+    def _upkeep(self, due: int, latest_rows: int) -> None:
+        """After a commit: merge the state chains that fell due, ~16 MiB per transaction of its own
+        (compact_segments), then give back the map pages read or recycle the environment."""
+        more, self._compact_due = due or self._compact_due, False
+        read = 0
+        while more:
+            more, n = self._db.write(layout.compact_segments)
+            read += n
+        self._rows_since_recycle += latest_rows
+        self._read_since_recycle += read
+        if self._rows_since_recycle >= RECYCLE_AFTER_ROWS or self._read_since_recycle >= RECYCLE_AFTER_BYTES:
+            self._recycle()
+        else:
+            # What the write read through the map (B-tree and free-list pages, the latest index)
+            # stayed in RssFile until a later drop: 60-150 MiB of the memory benchmark's largest
+            # samples. Giving it back costs ~20 us, and the pages the next commit needs are
+            # faulted in from the page cache again (minor faults).
+            self._db.drop_read_pages()
 
     def _recycle(self) -> None:
         self._db.recycle()

@@ -570,3 +570,34 @@ def test_buckets_that_fall_due_together_merge_in_bounded_transactions(tmp_path, 
             store = cp = Checkpoint.open(_cfg(tmp_path), environ={})
         assert dict(store.restore().state["agg:s"]) == model
     cp.close()
+
+
+def test_a_failed_compaction_does_not_fail_the_commit_and_runs_after_the_next(tmp_path, monkeypatch):
+    """The commit is durable before its due chains merge: a merge that fails is logged, the commit
+    returns its seq (the runner would otherwise write the same unit again: its rows twice), and the
+    merge runs after the next commit."""
+    monkeypatch.setattr(segments, "SLACK_BYTES", 0)
+    compact, calls = layout.compact_segments, []
+
+    def failing_once(txn):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError("disk trouble")
+        return compact(txn)
+
+    monkeypatch.setattr(layout, "compact_segments", failing_once)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    model = {}
+    for seq in range(1, 4):
+        changes = {b"k%d-%d" % (seq, i): b"v" * 50 for i in range(200)}
+        model.update(changes)
+        rows = pa.table({"window_start": pa.array([seq * 1000], TS)})
+        assert cp.commit(CommitUnit(state={"agg:s": changes}, rows={"anomalies": rows})) == seq
+        if seq == 1:
+            assert calls == [1] and cp.restore().commit_seq == 1
+    assert len(calls) > 1
+    with cp._db.reading() as txn:
+        assert layout._Chains(txn, b"agg:s").due() == []
+    assert dict(cp.restore().state["agg:s"]) == model
+    assert cp.flush() == 3          # each commit's row once
+    cp.close()
