@@ -110,7 +110,7 @@ class ChunkFiles:
                     folder = self._files.root / self._table / f"date={date}"
                     self._files._ensure_dir(folder)
                     final = folder / self._name
-                    f = open(final.with_name(f".{final.name}.tmp"), "wb")
+                    f = open(_tmp(final), "wb")
                     self._open[date] = (final, f, pa.ipc.new_file(f, part.schema))
                     self._rows[date] = 0
                 writer = self._open[date][2]
@@ -129,7 +129,7 @@ class ChunkFiles:
         paths = []
         crash = self._files._crash
         for date in sorted(self._open, key=lambda d: (d == NULL_PARTITION, d)):
-            final, f, writer = self._open.pop(date)
+            final, f, writer = self._open[date]
             try:
                 writer.close()
                 f.flush()
@@ -137,12 +137,13 @@ class ChunkFiles:
                 size = f.tell()
                 f.close()
                 crash("before_arrow_rename")
-                os.replace(final.with_name(f".{final.name}.tmp"), final)
+                os.replace(_tmp(final), final)
                 crash("after_arrow_rename")
                 _fsync_dir(final.parent)
             except OSError as exc:
-                self.abort()
+                self.abort()   # this file too: it stays in _open until it is in place
                 raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
+            del self._open[date]
             self._files._files += 1
             self._files._rows += self._rows[date]
             self._files._bytes += size
@@ -153,8 +154,13 @@ class ChunkFiles:
         """Close and remove the temp files not renamed yet."""
         for final, f, _writer in self._open.values():
             f.close()
-            final.with_name(f".{final.name}.tmp").unlink(missing_ok=True)
+            _tmp(final).unlink(missing_ok=True)
         self._open.clear()
+
+
+def _tmp(final: Path) -> Path:
+    """Where a file is written before it is renamed to `final` (cleanup_tmp removes leftovers)."""
+    return final.with_name(f".{final.name}.tmp")
 
 
 def _split_by_date(rows: pa.Table, column: str) -> list[tuple[str, pa.Table]]:
