@@ -1,7 +1,6 @@
-"""Analyzers: the registry of window-series analysers (one line per analyser)."""
+"""Analyzers of the stream: moving averages over window series (moving_average.py), anomalies
+(anomaly.py), trending items (trending.py) and recommendations (recommend.py, recusers.py).
 
-from daemon.analyzers.moving_average import MovingAverages
-
-ANALYZERS = {
-    "moving_average": MovingAverages,
-}
+Nothing is imported here: the recommendations process loads the recommender alone, not the window
+analysers and their numpy and sketches (daemon/replica/server.py).
+"""

@@ -35,9 +35,8 @@ from daemon.pipeline import foldlog
 from daemon.replica import protocol
 from daemon.runtime import memory
 from daemon.stores.segments import SegmentBuilder
-from daemon.web.app import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from daemon.web.auth import auth_middleware
-from daemon.web.limits import LimitedTCPSite
+from daemon.web.limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES, LimitedTCPSite
 from daemon.web.queries import int_param, json_response, recommendations_answer, trending_answer
 from daemon.web.stats import rss_bytes
 

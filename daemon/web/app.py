@@ -11,13 +11,10 @@ from aiohttp import web
 from daemon.web import health, queries, stats
 from daemon.web.auth import auth_middleware, load_token
 from daemon.web.context import CONTEXT, WebContext
-from daemon.web.limits import LimitedTCPSite
+from daemon.web.limits import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES, LimitedTCPSite
 from daemon.web.prometheus import metrics
 
 
-MAX_LINE_BYTES = 8190      # request line; longer → 400 (aiohttp's default, stated on purpose)
-MAX_FIELD_BYTES = 8190     # one header field
-MAX_HEADERS = 64
 LINGER_S = 2.0
 
 

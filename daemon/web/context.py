@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from daemon.clock import Clock
-from daemon.config import Config
-from daemon.pipeline.queue import BoundedQueue
-from daemon.pipeline.runner import Runner
-from daemon.pipeline.stateparts import StateParts
-from daemon.runtime.gcwatch import GcWatch
-from daemon.stores.checkpoint import Checkpoint
+if TYPE_CHECKING:   # types only: the recommendations process imports the web helpers without the pipeline
+    from daemon.clock import Clock
+    from daemon.config import Config
+    from daemon.pipeline.queue import BoundedQueue
+    from daemon.pipeline.runner import Runner
+    from daemon.pipeline.stateparts import StateParts
+    from daemon.runtime.gcwatch import GcWatch
+    from daemon.stores.checkpoint import Checkpoint
 
 
 @dataclass(slots=True)

@@ -11,6 +11,10 @@ import asyncio
 
 from aiohttp import web
 
+MAX_LINE_BYTES = 8190      # request line; longer → 400 (aiohttp's default, stated on purpose)
+MAX_FIELD_BYTES = 8190     # one header field
+MAX_HEADERS = 64
+
 REFUSAL_BODY = b'{"error":"too many open connections (http.max_connections); retry"}'
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
            b"Connection: close\r\nContent-Length: " + str(len(REFUSAL_BODY)).encode() + b"\r\n\r\n" + REFUSAL_BODY)

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.aggconfig import MovingAverageSpec
-from daemon.analyzers import ANALYZERS
 from daemon.analyzers.moving_average import MovingAverages, ema, sma
 from daemon.events import WindowResult
 
@@ -104,8 +103,3 @@ def test_take_changes_reports_only_touched_keys():
     assert ma.take_changes() == {}
     ma.apply(results([3.0], ("a",)))
     assert list(ma.take_changes()) == [b'k["a"]']
-
-
-def test_registry_lists_moving_average():
-    """ANALYZERS holds the moving-average analyser."""
-    assert ANALYZERS["moving_average"] is MovingAverages
