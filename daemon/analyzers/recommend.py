@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 
 from daemon.analyzers.reads import read_consistently
-from daemon.analyzers.recusers import (_BOUGHT, _DIRTY, _LAST, _START, User, from_record, new_user, record_last_ms,
-                                       to_record, user_cats)
+from daemon.analyzers.recusers import (_BOUGHT, _DIRTY, _LAST, _START, User, from_record, is_dirty, new_user,
+                                       record_last_ms, record_of, to_record, user_cats)
 from daemon.analyzers.trending import TYPE_WEIGHTS, Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
@@ -75,6 +75,7 @@ class Recommender:
         # moves a user it touches to the end and marks it (its `dirty` field, new_user), so a set of their ids (a probe
         # and a string compare per event, ~5% of observe) is not needed.
         self._dirty_user_count = 0
+        self.lists_made = 0    # users made lists (new, or kept ones touched) since the count was last reset (`pack`)
         self._deleted: set[bytes] = set()
         self._names: dict[str, str] = {}        # item -> the one str object every structure keys it by
         self._cat_names: dict[str, str] = {}    # the same for categories (cleared past _MAX_CAT_NAMES)
@@ -116,7 +117,7 @@ class Recommender:
         # ts -> (the batch's first int object of that value, its growth): users' entries keep a ts each, and
         # a 16-event batch holds 1-2 distinct ones, so sharing them saves ~30 bytes per entry.
         growth_by_ts: dict[int, tuple[int, float]] = {}
-        events = 0
+        events, lists_made = 0, 0
         for etype, user_id, session, item, cat, ts in zip(batch.type, batch.user_id, batch.session_id,
                                                          batch.item_id, batch.category, batch.ts):
             w = weights.get(etype)
@@ -144,8 +145,9 @@ class Recommender:
             dirty_items.add(item)
             # u: [last_ms, dirty, bought, start, *(category, weight), *(item, ts_ms, weight, session)] (new_user)
             u = users.pop(user_id, None)
-            if u.__class__ is bytes:   # kept as its record while idle (`pack`)
-                u = from_record(u, names, cat_names)
+            if u.__class__ is not list and u is not None:   # kept as its record (`pack`; a bytearray if dirty)
+                u = from_record(u, names, cat_names, u.__class__ is bytearray)
+                lists_made += 1
             elif u is None:   # a new user: nothing to pair with or to update, and its list made at its size
                 if cat is None:
                     u = [ts, True, None, 4, item, ts, w, session]
@@ -155,6 +157,7 @@ class Recommender:
                     u[2] = {item: ts}
                 users[user_id] = u
                 dirty_user_count += 1
+                lists_made += 1
                 if len(count) > max_items:
                     self._drop_item(next(iter(count)))
                 continue
@@ -229,6 +232,7 @@ class Recommender:
             if len(count) > max_items:
                 self._drop_item(next(iter(count)))
         self._events += events
+        self.lists_made += lists_made
         self._dirty_user_count = dirty_user_count
         if len(cat_names) > _MAX_CAT_NAMES:
             cat_names.clear()
@@ -257,7 +261,7 @@ class Recommender:
                     nb[other] *= f
             users, names, cat_names = self._users, self._names, self._cat_names
             for uid, u in users.items():   # every user changes: a packed one is a list again (values replaced in place)
-                if u.__class__ is bytes:
+                if u.__class__ is not list:
                     u = users[uid] = from_record(u, names, cat_names)
                 for k in range(5, u[_START], 2):
                     u[k] *= f
@@ -277,7 +281,7 @@ class Recommender:
             if last >= now_ms - ttl_ms and len(users) <= self.cfg.max_users:
                 break
             del users[uid]
-            if u.__class__ is list and u[_DIRTY]:
+            if is_dirty(u):
                 self._dirty_user_count -= 1
             self._dropped += 1
             self._deleted.add(b"u:" + uid.encode())
@@ -302,7 +306,7 @@ class Recommender:
         u = self._users.get(user_id)
         if k <= 0:
             return []
-        if u.__class__ is bytes:   # idle, kept as its record: read a copy (reads change nothing)
+        if u is not None and u.__class__ is not list:   # kept as its record: read a copy (reads change nothing)
             u = from_record(u, self._names, {})
         if u is None or u[_LAST] < now_ms - self.cfg.user_ttl_s * 1000.0:
             return self.trending.top(None, k, now_ms)
@@ -371,10 +375,15 @@ class Recommender:
         (deleted keys, changed items, changed users, trending's records). `records` of the items and
         users, made before the next `observe`, completes it (in slices, with reads answered between)."""
         deleted, items = self._deleted, list(self._dirty_items)
-        users = []
+        users, kept = [], []
         for uid, u in islice(reversed(self._users.items()), self._dirty_user_count):   # the changed: last
-            u[_DIRTY] = False
+            if u.__class__ is list:
+                u[_DIRTY] = False
+            else:
+                kept.append(uid)   # kept as a bytearray while dirty: bytes now that it is clean
             users.append(uid)
+        for uid in kept:
+            self._users[uid] = bytes(self._users[uid])
         self._deleted = set()
         self._dirty_items.clear()
         self._dirty_user_count = 0
@@ -395,7 +404,7 @@ class Recommender:
         for uid in users:
             u = all_users.get(uid)
             if u is not None:
-                put(b"u:" + uid.encode(), u if u.__class__ is bytes else to_record(u))
+                put(b"u:" + uid.encode(), record_of(u))
         put(b"r#", jsonbytes.dumps({"ref": self._ref_ms, "events": self._events, "dropped": self._dropped}))
 
     def restore_items(self, items: Iterable[tuple[bytes, bytes]]) -> None:
@@ -440,22 +449,26 @@ class Recommender:
             self._nbrs[item] = {names.get(other, other): c for other, c in nb.items()}
 
     def idle_users(self, hot: int) -> list[str]:
-        """The users beyond the `hot` most recently active that `pack` would pack, idlest first
-        (a user changed since the last take_dirty never is: it is among the last)."""
-        beyond = len(self._users) - max(hot, self._dirty_user_count)
+        """The users beyond the `hot` most recently active that `pack` would pack (those held as
+        lists), idlest first; resets `lists_made`."""
+        self.lists_made = 0
+        beyond = len(self._users) - hot
         if beyond <= 0:
             return []
-        return [uid for uid, u in islice(self._users.items(), beyond) if u.__class__ is list and not u[_DIRTY]]
+        return [uid for uid, u in islice(self._users.items(), beyond) if u.__class__ is list]
 
     def pack(self, uids: Iterable[str]) -> int:
         """Keep these users as their records (recusers.py: ~150 instead of ~460 bytes for a user with
         two recent items) until an event touches one (`observe` makes it a list again; reads use a
-        copy); return how many were packed. Invisible to every answer and record."""
+        copy); return how many were packed. A user changed since the last take is kept as a bytearray
+        (it stays among the changed: its record is due in the next take). Invisible to every answer
+        and record."""
         users, packed = self._users, 0
         for uid in uids:
             u = users.get(uid)
-            if u.__class__ is list and not u[_DIRTY]:
-                users[uid] = to_record(u)   # replaced in place: the recency order stays
+            if u.__class__ is list:
+                # replaced in place: the recency order (and so which users are the changed ones) stays
+                users[uid] = bytearray(to_record(u)) if u[_DIRTY] else to_record(u)
                 packed += 1
         return packed
 

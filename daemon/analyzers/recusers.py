@@ -9,7 +9,9 @@ A user's record is what the recommender stores (`Recommender.records`): `[last_m
 cats]`. An idle user can also be *kept* as its record (`Recommender.pack`): ~150 bytes instead
 of ~460 for a user with two recent items, made back into the same list (`from_record`) when it is
 touched or read. Packing is invisible: floats and ints round-trip exactly through orjson, and a list's
-behaviour depends on its contents only.
+behaviour depends on its contents only. A user is kept as `bytes` when it is clean and as a
+`bytearray` of the same record when it changed since the last take (`dirty`): its record is still
+due in the next answer.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ def to_record(u: User) -> bytes:
     return jsonbytes.dumps([u[_LAST], recent, u[_BOUGHT] or {}, user_cats(u)])
 
 
-def from_record(value: bytes, names: dict[str, str], cat_names: dict[str, str]) -> User:
-    """The clean (not dirty) user of a record, its item and category names the shared str objects
-    of `names` / `cat_names` where they have one, one session str per run of equal sessions."""
+def from_record(value: bytes | bytearray, names: dict[str, str], cat_names: dict[str, str],
+                dirty: bool = False) -> User:
+    """The user of a record, its item and category names the shared str objects of `names` /
+    `cat_names` where they have one, one session str per run of equal sessions."""
     last_ms, recent, bought, cats = orjson.loads(value)
     # Built at its size (observe's appends leave a list room to grow).
-    u = [last_ms, False, bought or None, 4 + 2 * len(cats), *chain.from_iterable(cats.items()),
+    u = [last_ms, dirty, bought or None, 4 + 2 * len(cats), *chain.from_iterable(cats.items()),
          *chain.from_iterable(recent)]
     share_names(u, names, cat_names)
     return u
@@ -74,6 +77,18 @@ def share_names(u: User, names: dict[str, str], cat_names: dict[str, str]) -> No
         u[_BOUGHT] = {names.get(item, item): ts for item, ts in u[_BOUGHT].items()}
 
 
-def record_last_ms(value: bytes) -> int:
+def record_of(u: User | bytes | bytearray) -> bytes:
+    """The record of a user in any of its forms."""
+    if u.__class__ is bytes:
+        return u
+    return bytes(u) if u.__class__ is bytearray else to_record(u)
+
+
+def is_dirty(u: User | bytes | bytearray) -> bool:
+    """Changed since the last take, in any of its forms."""
+    return u.__class__ is bytearray or (u.__class__ is list and u[_DIRTY])
+
+
+def record_last_ms(value: bytes | bytearray) -> int:
     """A record's last_ms, without parsing the rest (it is the first element of the JSON array)."""
     return int(value[1:value.index(b",")])

@@ -46,6 +46,11 @@ ANSWER_PIECE_BYTES = 1 << 20
 # events cost ~1 µs per event with the sockets open; a read now waits at most this plus one batch.
 TURN_EVERY_S = 0.0005
 PACK_SLICE = 1_000         # idle users packed between two turns (~2 ms)
+# Users beyond the hot ones are also packed while folding, once this many were made lists (new users, or
+# kept ones an event touched) since the last pass: the changed users between two cuts (5 s of events,
+# ~150k users in the memory benchmark) were all lists until the answer. A pass walks the users beyond the
+# hot ones (~20 ms per 600k), so ~0.4 µs per user made a list.
+PACK_AFTER_LISTS = 50_000
 RECORDS_SLICE = 250       # item and user records made between two turns when answering a CUT (~0.5 ms)
 
 
@@ -207,7 +212,8 @@ class Replica:
 
     async def _pack_idle(self) -> None:
         """Keep the users beyond `hot_users` as their records (Recommender.pack), in slices with reads
-        answered between. Finding them is one pass over the idle ones (~20 ms per 600k)."""
+        answered between: after each answer, and while folding (PACK_AFTER_LISTS). Finding them is one
+        pass over the idle ones (~20 ms per 600k)."""
         rec = self.recommender
         idle = rec.idle_users(rec.cfg.hot_users)
         for i in range(0, len(idle), PACK_SLICE):
@@ -226,6 +232,8 @@ class Replica:
         self.recommender.trending.observe(piece)
         for batch in protocol.cut(piece):
             self.recommender.observe(batch, trending=False)
+            if self.recommender.lists_made >= PACK_AFTER_LISTS:
+                await self._pack_idle()
             n += len(batch)
             self.collector.folded(len(batch))
             if turns and (now := time.perf_counter()) - self._turned >= TURN_EVERY_S:

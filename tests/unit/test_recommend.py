@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.analyzers.recommend import Recommender, new_user
-from daemon.analyzers.recusers import from_record
+from daemon.analyzers.recusers import from_record, is_dirty
 from daemon.analyzers.trending import Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
@@ -355,22 +355,34 @@ def test_incremental_changes_add_up_to_the_records_and_restore_the_same_values(c
 @settings(max_examples=300, deadline=None)
 @given(cfg=SMALL_CONFIGS,
        batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=6),
-       packs=st.lists(st.one_of(st.none(), st.integers(min_value=0, max_value=4)), min_size=6, max_size=6))
+       packs=st.lists(st.one_of(st.none(), st.tuples(st.integers(min_value=0, max_value=4), st.booleans())),
+                      min_size=6, max_size=6))
 def test_packing_idle_users_changes_no_answer_record_or_state(cfg, batches, packs):
-    """Users kept as their records (pack, after a take as the process does it, beyond `hot` most recent)
-    fold, expire, rebase, answer and store exactly as the twin that never packs."""
+    """Users kept as their records beyond the `hot` most recent (`pack`: clean ones after a take, as
+    the process does after an answer, or changed ones while it folds) fold, expire, rebase, answer and
+    store exactly as the twin that never packs."""
     rec, twin = Recommender(cfg), Recommender(cfg)
+
+    def pack(hot: int) -> None:
+        idle = rec.idle_users(hot)
+        beyond = list(rec._users)[:max(0, len(rec._users) - hot)]
+        assert idle == [u for u in beyond if type(rec._users[u]) is list]
+        changed = {u for u in beyond if is_dirty(rec._users[u])}
+        assert rec.pack(idle) == len(idle)
+        assert all(type(rec._users[u]) in (bytes, bytearray) for u in beyond)
+        assert {u for u in beyond if type(rec._users[u]) is bytearray} == changed   # still due in the take
+
     now = T0
-    for b, hot in zip(batches, packs):
+    for b, packing in zip(batches, packs):
         rec.observe(b)
         twin.observe(b)
+        if packing is not None and not packing[1]:
+            pack(packing[0])
+        assert rec._dirty_user_count == twin._dirty_user_count
         assert rec.take_changes() == twin.take_changes()
-        if hot is not None:
-            idle = rec.idle_users(hot)
-            beyond = list(rec._users)[:max(0, len(rec._users) - hot)]   # after a take: none is dirty
-            assert idle == [u for u in beyond if type(rec._users[u]) is list]
-            assert rec.pack(idle) == len(idle)
-            assert all(type(rec._users[u]) is bytes for u in beyond)
+        assert not any(type(v) is bytearray for v in rec._users.values())
+        if packing is not None and packing[1]:
+            pack(packing[0])
         now = max(now, max(b.ts, default=T0))
         for user in ["nobody", "u1", "u2", "u3", *USERS]:
             assert rec.recommend(user, 5, now) == twin.recommend(user, 5, now)
@@ -379,6 +391,21 @@ def test_packing_idle_users_changes_no_answer_record_or_state(cfg, batches, pack
     assert rec.take_changes() == twin.take_changes()
     names, cats = rec._names, rec._cat_names
     assert {u: v if type(v) is list else from_record(v, names, cats) for u, v in rec._users.items()} == twin._users
+
+
+def test_a_changed_user_kept_packed_is_taken_once_and_clean_after():
+    """A user packed while changed (a bytearray) and touched again counts once among the changed."""
+    rec = Recommender(CFG)
+    rec.observe(batch(shop_history()))
+    assert rec.pack(rec.idle_users(0)) == len(rec._users) > 0
+    assert {type(v) for v in rec._users.values()} == {bytearray}
+    changed = rec._dirty_user_count
+    rec.observe(batch([(T0 + 60_000, "view", "u3", "s3", "pen", "books")]))
+    assert rec._dirty_user_count == changed and type(rec._users["u3"]) is list
+    _, _, users, _ = rec.take_dirty()
+    assert sorted(users) == sorted(rec._users) and len(users) == changed
+    assert {type(v) for u, v in rec._users.items() if u != "u3"} == {bytes}
+    assert rec.take_dirty()[2] == []
 
 
 def test_a_packed_user_is_a_list_again_once_an_event_touches_it():
