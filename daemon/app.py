@@ -24,6 +24,7 @@ from daemon.config import Config, load_config
 from daemon.errors import ConfigErrors, StoreError
 from daemon.pipeline.queue import BoundedQueue, Wakeup
 from daemon.pipeline.runner import CLOSE_CHUNK_ROWS, Runner
+from daemon.stores.segments import SPILL_BYTES
 from daemon.pipeline.stateparts import StateParts
 from daemon.pipeline.validate import Validator
 from daemon.replica.feed import ReplicaFeed
@@ -58,6 +59,8 @@ class Daemon:
         self.faults = frozenset(f for f in os.environ.get("STOREPULSE_FAULT", "").split(",") if f)
         # For tests only (undocumented): a small bound makes a chunked close out of a few thousand rows.
         self.close_chunk_rows = int(os.environ.get("STOREPULSE_CLOSE_CHUNK_ROWS", "0")) or CLOSE_CHUNK_ROWS
+        # ... and a small one writes a full state write's segments ahead of its commit (Checkpoint.stage).
+        self.state_spill_bytes = int(os.environ.get("STOREPULSE_STATE_SPILL_BYTES", "0")) or SPILL_BYTES
         self.wakeup = Wakeup()
         self.cpu = CpuLane()   # decoding, folding and commit building take turns in one worker thread
         self.queues: dict[str, BoundedQueue] = {}
@@ -88,7 +91,7 @@ class Daemon:
         self.checkpoint = checkpoint
         self.runner = Runner(cfg, checkpoint, self.parts, self.queues, self.wakeup, clock,
                              log.bind(component="runner"), faults=self.faults, cpu=self.cpu,
-                             close_chunk_rows=self.close_chunk_rows)
+                             close_chunk_rows=self.close_chunk_rows, state_spill_bytes=self.state_spill_bytes)
         self.alerts = AlertSender(log.bind(component="alerts"))
         self.runner.alerts = self.alerts
         recs = cfg.recommendations

@@ -27,7 +27,7 @@ from daemon.replica.compact import RECS_LOG_MAX_BYTES, fold_log_into_records
 from daemon.runtime.cpu import CpuLane
 from daemon.runtime.memory import Trimmer
 from daemon.stores.checkpoint import Checkpoint, CommitUnit
-from daemon.stores import schemas
+from daemon.stores import schemas, segments
 from daemon import jsonbytes
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ CLOSE_CHUNK_ROWS = 20_000
 # (a 2 s period was tried first; the latency scenario's p99 moved between 185 and 269 ms on either side,
 # so its cost was not measurable there: this policy is the one that does not pay it).
 TRIM_AFTER_ROWS = 10_000
+TRIM_AFTER_ANSWER_BYTES = 8 << 20   # ... or that stored this much of the recommendations process's answers
 TRIM_IDLE_S = 1.0
 FINAL_ANSWER_WAIT_S = 5.0  # at shutdown, for the recommendations process's answer to the last cut
 
@@ -93,7 +94,8 @@ class Runner:
 
     def __init__(self, cfg: Config, checkpoint: Checkpoint, parts: StateParts, queues: dict[str, BoundedQueue],
                  wakeup: Wakeup, clock: Clock, log: Any, faults: frozenset[str] = frozenset(),
-                 cpu: CpuLane | None = None, close_chunk_rows: int = CLOSE_CHUNK_ROWS) -> None:
+                 cpu: CpuLane | None = None, close_chunk_rows: int = CLOSE_CHUNK_ROWS,
+                 state_spill_bytes: int = segments.SPILL_BYTES) -> None:
         self.cfg = cfg
         self.checkpoint = checkpoint
         self.parts = parts
@@ -141,6 +143,7 @@ class Runner:
         self.commit_lock = anyio.Lock()
         self.alerts: Any = None   # an AlertSender, set by the app when any aggregation has an alert_url
         self.close_chunk_rows = close_chunk_rows
+        self.state_spill_bytes = state_spill_bytes   # a full state write's builders hold about this much
         self._closed_ms = NO_WATERMARK   # the watermark of the last close (see `advance`)
         self.closing = False             # a chunked close is under way: fold and commit again at once
         self.trimmer = Trimmer()         # malloc's free pages back to the kernel (TRIM_AFTER_ROWS)
@@ -478,6 +481,9 @@ class Runner:
                 # the worker thread: an answer appended to the list just taken would be lost.
                 answers = self.replica.take_changes() if self.replica is not None else []
                 unit, p = await self.cpu.run(self._build_unit, flush_all, answers)
+                # The unit holds the answers' segments now, and the commit gives each back once written.
+                answered = sum(len(x) for _, payloads in answers for x in payloads)
+                del answers
                 if unit.state_complete and self.replica is not None:
                     # After this unit's last fold step, before the next fold's (we hold the state lock).
                     self.replica.send(replica_protocol.cut_frame(p.cuts[0]))
@@ -521,9 +527,9 @@ class Runner:
         windows = p.window_rows
         self.log.debug("committed", seq=seq, ms=round((time.perf_counter() - t0) * 1000, 2),
                        events=sum(len(b) for b in p.events), windows=windows, state=unit.state_complete)
-        return unit.state_complete or windows >= TRIM_AFTER_ROWS
+        return unit.state_complete or windows >= TRIM_AFTER_ROWS or answered >= TRIM_AFTER_ANSWER_BYTES
 
-    def _build_unit(self, flush_all: bool, answers: list[tuple[int, bytes]] | None = None) -> tuple[CommitUnit, _Pending]:
+    def _build_unit(self, flush_all: bool, answers: list[tuple[int, list[bytes]]] | None = None) -> tuple[CommitUnit, _Pending]:
         """This commit's unit and the pending work it covers. Every `state_interval` (and at the
         last commit, and after a reload) it carries every state change since the last full write;
         the other commits carry the fold steps (pipeline/foldlog.py).
@@ -543,7 +549,9 @@ class Runner:
             full_state, self._state_next = False, True
         if full_state:
             self.state_due = self._state_next = False
-            state = self.parts.take_changes(packed=True)
+            # The builders write their segments ahead of this commit as they fill (Checkpoint.stage).
+            state = self.parts.take_changes(packed=True, spill=self.checkpoint.stage,
+                                            spill_bytes=self.state_spill_bytes)
             if self.replica is None:
                 fold_log = None
                 self.fold_log.clear()
@@ -558,9 +566,10 @@ class Runner:
             recs_cut = self._recs_cut
             # The answers' records are stored as the process packed them, per bucket (no objects).
             packed: list[list[tuple[int, bytes | memoryview]]] = []
-            for cut, payload in answers or ():
+            for cut, payloads in answers or ():
                 if cut > recs_cut:   # answers come in cut order; an older one is already stored
-                    packed.append(replica_protocol.change_segments(replica_protocol.read_changes(payload)[1]))
+                    for payload in payloads:   # its parts, then the rest (protocol.PART)
+                        packed.append(replica_protocol.change_segments(replica_protocol.read_changes(payload)[1]))
                     recs_cut = cut
             if (not self.replica.live and self._recs_log
                     and sum(n for _, n in self._recs_log) > self.recs_log_max_bytes):

@@ -7,7 +7,8 @@ trending) is folded in its own process, daemon/replica/; its state is the `recs`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from daemon.config import Config
 from daemon.events import Anomaly, EventBatch, WindowResult
 from daemon.metrics import build_metric
 from daemon.stores.schemas import window_schema
-from daemon.stores.segments import SegmentBuilder
+from daemon.stores.segments import SPILL_BYTES, SegmentBuilder
 from daemon.windows.aggregator import Aggregator
 from daemon.windows.closing import ClosePoint, close_point
 
@@ -112,17 +113,20 @@ class StateParts:
                 self._emitted.add(name)
         return closed, anomalies
 
-    def take_changes(self, *, packed: bool = False) -> dict[str, dict[bytes, bytes | None] | SegmentBuilder]:
+    def take_changes(self, *, packed: bool = False, spill: Callable[[str, int, list[tuple[int, bytes]]], bool] | None = None,
+                     spill_bytes: int = SPILL_BYTES) -> dict[str, dict[bytes, bytes | None] | SegmentBuilder]:
         """Every change since the last call, per namespace: key -> value (None deletes). With `packed`,
         an aggregation's changes come already packed per bucket (a SegmentBuilder: a full state write
-        of 10^5-10^6 changed states is not held as a bytes object per key and value)."""
+        of 10^5-10^6 changed states is not held as a bytes object per key and value), and with
+        `spill(namespace, round, segments)` (Checkpoint.stage) its builder hands them over as it
+        fills (SegmentBuilder's `spill`)."""
         out: dict[str, dict[bytes, bytes | None] | SegmentBuilder] = dict(self._deletes)
         self._deletes = {}
         for name, part in self.aggregations.items():
             ns = f"agg:{name}"
             gone = out.pop(ns, None)   # a removed aggregation of the same name: its deletes go first
             if packed:
-                builder = SegmentBuilder()
+                builder = SegmentBuilder(functools.partial(spill, ns) if spill is not None else None, spill_bytes)
                 for key, value in (gone or {}).items():
                     builder.put(key, value)
                 part.aggregator.take_changes_into(builder.put)

@@ -80,7 +80,9 @@ class ReplicaFeed:
         self.queued = 0                 # frames queued for the running process after its config
         self.port: int | None = None    # where the running process answers reads (its READY frame)
         self._ready = anyio.Event()     # set by READY, replaced when a process ends
-        self.changes: list[tuple[int, bytes]] = []   # CHANGES answers not yet taken by the runner
+        # Answers not yet taken by the runner: the CUT seq each answers, and its PART payloads then its
+        # CHANGES payload (protocol.py).
+        self.changes: list[tuple[int, list[bytes]]] = []
         self._answered = anyio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._starts = self._resyncs = self._frames = self._answers = self._waits = self._synced_bytes = 0
@@ -120,7 +122,7 @@ class ReplicaFeed:
                 if self._proc is not None:
                     self._proc.kill()
 
-    def take_changes(self) -> list[tuple[int, bytes]]:
+    def take_changes(self) -> list[tuple[int, list[bytes]]]:
         out, self.changes = self.changes, []
         return out
 
@@ -265,6 +267,7 @@ class ReplicaFeed:
         """READY and CHANGES frames from the process's stdout until it ends."""
         assert proc.stdout is not None
         reader = protocol.FrameReader()
+        parts: list[bytes] = []   # of the answer being received (dropped with this process if it dies)
         while True:
             try:
                 data = await proc.stdout.receive(READ_BYTES)
@@ -280,12 +283,19 @@ class ReplicaFeed:
                 if kind == protocol.READY:
                     self.port = int(orjson.loads(payload)["port"])
                     self._ready.set()
+                elif kind == protocol.PART:
+                    parts.append(payload)
                 elif kind == protocol.CHANGES:
                     seq, _ = protocol.read_changes(payload)
+                    if any(protocol.read_changes(p)[0] != seq for p in parts):
+                        self.log.error("replica_bad_output", error="parts of another answer", action="restart")
+                        proc.kill()
+                        return
                     if self.live:
-                        self.changes.append((seq, payload))
+                        self.changes.append((seq, [*parts, payload]))
                         self._answers += 1
                         self._answered.set()
+                    parts = []
 
     async def _stop(self, proc: Process) -> None:
         """Close its stdin (it exits at EOF); kill it if it does not within STOP_TIMEOUT_S."""

@@ -15,6 +15,9 @@ Process → daemon (its stdout):
     answering CUT seq: its state equals the stored one plus these once every step up to commit seq
     is folded. They come as one state segment per bucket (stores/segments.py), so the daemon stores
     them as they are, without unpacking a million records into objects first.
+  PART (the same payload): an answer of more than ANSWER_PART_BYTES comes as PART frames, then its
+    CHANGES frame with the rest; the answer is all of them, in order (later records win). Parts
+    without their CHANGES frame (the process died meanwhile) are no answer: the daemon drops them.
 Pure: no I/O here, so the parser is tested byte by byte.
 """
 
@@ -34,8 +37,8 @@ from daemon.pipeline import foldlog
 from daemon.stores import segments
 
 CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT = b"C", b"R", b"S", b"L", b"Y", b"O", b"K"
-READY, CHANGES = b"P", b"A"
-KINDS = frozenset({CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT, READY, CHANGES})
+READY, CHANGES, PART = b"P", b"A", b"B"
+KINDS = frozenset({CONFIG, RECORDS, RESTORE, LOG, SYNCED, OBSERVE, CUT, READY, CHANGES, PART})
 HEADER = struct.Struct(">Ic")
 U64 = struct.Struct(">Q")
 U16 = struct.Struct(">H")
@@ -44,6 +47,9 @@ NO_CLOCK = 2**64 - 1      # OBSERVE before the first watermark: the process read
 FRAME_EVENTS = 16         # events per recommender batch in the process (reads are answered between two)
 MAX_FRAME_BYTES = 2**31   # anything bigger is corruption
 RECORDS_CHUNK_BYTES = 8 << 20
+# The process sends an answer's records in parts of about this much as it makes them (PART): an answer
+# of ~150k changed users was ~50 MiB held at once before its frame was written.
+ANSWER_PART_BYTES = 4 << 20
 
 
 class ProtocolError(ValueError):
@@ -120,10 +126,18 @@ def changes_frame_pieces(seq: int, records: Mapping[bytes, bytes | None] | segme
     """`changes_frame` as the pieces to write one after the other (the process does not join them: a
     whole answer's copy was one more ~20-40 MiB at once). A SegmentBuilder is emptied as it is read."""
     built = records if isinstance(records, segments.SegmentBuilder) else segments.SegmentBuilder.of(records)
-    packed = list(built.take_segments())
+    return _answer_pieces(CHANGES, seq, list(built.take_segments()))
+
+
+def part_frame_pieces(seq: int, packed: list[tuple[int, bytes]]) -> list[bytes]:
+    """A PART frame of an answer to CUT `seq`: (bucket, segment) pairs, as a SegmentBuilder spills them."""
+    return _answer_pieces(PART, seq, packed)
+
+
+def _answer_pieces(kind: bytes, seq: int, packed: list[tuple[int, bytes]]) -> list[bytes]:
     head = U64.pack(seq) + U16.pack(len(packed)) + b"".join(_BUCKET.pack(b, len(seg)) for b, seg in packed)
     size = len(head) + sum(len(seg) for _, seg in packed)
-    return [HEADER.pack(size, CHANGES) + head, *(seg for _, seg in packed)]
+    return [HEADER.pack(size, kind) + head, *(seg for _, seg in packed)]
 
 
 def read_changes(payload: bytes | bytearray) -> tuple[int, memoryview]:

@@ -129,6 +129,7 @@ class Replica:
         self._turned = 0.0                 # perf_counter at the last turns of the event loop
         self.trimmer = memory.Trimmer()
         self.packed = 0                    # idle users packed into their records (Recommender.pack)
+        self.answer_part_bytes = protocol.ANSWER_PART_BYTES   # an answer goes out in parts of ~this
 
     def read_now_ms(self) -> int:
         return self.now_ms if self.now_ms is not None else int(time.time() * 1000)
@@ -171,7 +172,7 @@ class Replica:
                 self.now_ms = now_ms
         elif kind == protocol.CUT:
             seq = protocol.read_cut(payload)
-            await self._answer(*protocol.changes_frame_pieces(seq, await self._changes()))
+            await self._answer(*protocol.changes_frame_pieces(seq, await self._changes(seq)))
             self.cuts += 1
             await self._pack_idle()
             # The answer (20-40 MiB, its records and the frame) is freed: give its pages back (runtime/memory.py).
@@ -193,21 +194,33 @@ class Replica:
         else:
             raise protocol.ProtocolError(f"unexpected frame {kind!r} after the config")
 
-    async def _changes(self) -> SegmentBuilder:
+    async def _changes(self, seq: int) -> SegmentBuilder:
         """The records changed since the last CUT, made in slices with reads answered between
         (100k changed users take ~0.2 s to serialise; nothing folds meanwhile: frames wait), packed
-        per bucket as they are made (a dict of them was ~300 bytes per record more, at once)."""
+        per bucket as they are made (a dict of them was ~300 bytes per record more, at once), and
+        sent as PART frames of ~answer_part_bytes as they fill; the rest is returned, for the CHANGES
+        frame that ends the answer."""
         rec = self.recommender
         deleted, items, users, trending = rec.take_dirty()
-        out = SegmentBuilder()
+        parts: list[list[tuple[int, bytes]]] = []
+
+        def spill(_: int, pieces: list[tuple[int, bytes]]) -> bool:
+            parts.append(pieces)   # sent at the next turn (writing waits for the daemon to read)
+            return True
+
+        out = SegmentBuilder(spill, spill_bytes=self.answer_part_bytes)
         for key in deleted:
             out.put(key, None)
         for i in range(0, max(len(items), len(users), 1), RECORDS_SLICE):
             rec.records_into(out.put, items[i:i + RECORDS_SLICE], users[i:i + RECORDS_SLICE])
+            while parts:
+                await self._answer(*protocol.part_frame_pieces(seq, parts.pop(0)))
             for _ in range(3):
                 await asyncio.sleep(0)
         for key, value in trending.items():
             out.put(key, value)
+        while parts:
+            await self._answer(*protocol.part_frame_pieces(seq, parts.pop(0)))
         return out
 
     async def _pack_idle(self) -> None:

@@ -31,7 +31,7 @@ from daemon.stores.schemas import time_column
 __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"]
 
 CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
-                "after_arrow_rename", "before_outbox_delete")
+                "after_arrow_rename", "before_outbox_delete", "after_state_staged")
 MAX_FILE_ROWS = 1_000_000
 STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this often (_stream_chunk)
 # LmdbState.recycle gives LMDB's page pool and the pages read through its map back: after commits
@@ -82,6 +82,7 @@ class Checkpoint:
         self._commits = 0
         self._commit_ms_total = 0.0
         self._last_commit_ms = 0.0
+        self._staged_bytes = 0      # state segments written ahead of their commit (stage)
         self._flushes = 0
         self._last_flush_ms = 0.0
         self._rows_since_recycle = self._read_since_recycle = 0
@@ -112,10 +113,11 @@ class Checkpoint:
         return cp
 
     def _load(self) -> None:
-        def check(txn: Txn) -> tuple[int, bytes | None, int]:
+        def check(txn: Txn) -> tuple[int, bytes | None, int, int]:
             fmt = txn.get("sys", layout.FORMAT_KEY)
             seq = layout.get_u64(txn, "sys", layout.SEQ_KEY)
             moved = 0
+            dropped, _ = layout.drop_staged(txn)   # written ahead of a commit that never came
             if fmt in layout.OLD_FORMATS:
                 moved = layout.migrate_state(txn, seq)
                 layout.migrate_latest(txn)
@@ -123,9 +125,11 @@ class Checkpoint:
                 raise StoreError(f"data_dir has store format {fmt!r}, this build reads {layout.FORMAT!r}")
             if fmt != layout.FORMAT:
                 txn.put("sys", layout.FORMAT_KEY, layout.FORMAT)
-            return seq, fmt, moved
+            return seq, fmt, moved, dropped
 
-        self._seq, fmt, moved = self._db.write(check)
+        self._seq, fmt, moved, dropped = self._db.write(check)
+        if dropped and self._log is not None:
+            self._log.info("staged_state_dropped", segments=dropped, commit_seq=self._seq)
         if fmt in layout.OLD_FORMATS and self._log is not None:
             self._log.info("store_format_migrated", from_format=fmt.decode(), to_format=layout.FORMAT.decode(),
                            state_records=moved)
@@ -171,6 +175,43 @@ class Checkpoint:
         with self._db.reading() as txn:
             return layout.scan_state_chunk(txn, namespace, after, max_bytes)
 
+    def stage(self, namespace: str, rnd: int, pieces: list[tuple[int, bytes]]) -> bool:
+        """Write a round of a namespace's state segments ahead of the next commit, in a transaction of
+        their own (a SegmentBuilder's `spill`: a full state write then holds ~SPILL_BYTES of them at
+        a time, not all, and its commit's transaction ~that much, not a copy of all). Until that commit
+        they are no part of the state: readers skip them, and the next open removes them if it never
+        came. False if the write failed (logged): the builder keeps them for the commit itself."""
+        with self._write_lock:
+            seq = self._seq + 1
+            try:
+                n = self._db.write(lambda txn: layout.stage_segments(txn, namespace, seq, rnd, pieces))
+            except StoreError as exc:
+                if self._log is not None:
+                    self._log.warning("state_stage_failed", namespace=namespace, error=str(exc))
+                return False
+            self._staged_bytes += n
+        self._crash.hit("after_state_staged")
+        return True
+
+    def _stage_answers(self, unit: CommitUnit, seq: int) -> None:
+        """Write the unit's packed answers (the recommendations process's, one per PART frame) ahead of
+        its commit, each in a transaction of its own, and mark each done in the unit (lmdb_state.Staged)
+        so that a retry of the unit does not write it again: the commit's transaction then holds none of
+        them (an answer of ~40 MiB was that much more of the daemon's heap while it committed). Only
+        for a namespace without changes of its own in the unit (its answers then number from 1)."""
+        for ns, answers in unit.state_segments.items():
+            if ns in unit.state:
+                continue
+            for sub, answer in enumerate(answers, 1):
+                if isinstance(answer, layout.Staged) or not answer:
+                    continue
+                pieces = [(b, blob) for b, blob in answer]
+                self._db.write(lambda txn: layout.stage_segments(txn, ns, seq, sub, pieces))
+                answers[sub - 1] = layout.Staged((b, len(blob)) for b, blob in pieces)
+                self._staged_bytes += sum(len(blob) for _, blob in pieces)
+                del pieces
+                self._crash.hit("after_state_staged")
+
     def commit(self, unit: CommitUnit) -> int:
         """Write `unit` in one LMDB transaction; return its commit seq. Rows wait in the outbox."""
         t0 = time.perf_counter()
@@ -181,6 +222,7 @@ class Checkpoint:
                 outbox.append((table, rows.num_rows, _encode_rows(rows)))
         with self._write_lock:
             seq = self._seq + 1
+            self._stage_answers(unit, seq)
             more = self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))   # buckets due
             self._seq = seq
             with self._count_lock:
@@ -332,7 +374,7 @@ class Checkpoint:
             commit_seq=self._seq, commits=self._commits, last_commit_ms=self._last_commit_ms,
             avg_commit_ms=self._commit_ms_total / self._commits if self._commits else 0.0,
             flushes=self._flushes, last_flush_ms=self._last_flush_ms, outbox_rows=pending,
-            lmdb=self._db.statistics(), arrow=self._files.statistics())
+            lmdb=self._db.statistics(), arrow=self._files.statistics(), staged_bytes=self._staged_bytes)
 
     def close(self) -> None:
         """Close LMDB and release the lock. Does not flush: call flush() first at shutdown."""

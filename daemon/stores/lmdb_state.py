@@ -14,7 +14,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -370,9 +370,14 @@ def _round_down(n: int) -> int:
 #   positions     source name (utf-8) → bytes
 #   segments      ns \x00 u16 bucket u64 commit_seq [u16 n] → a segment of that namespace's state
 #                 records (stores/segments.py: keys by crc32 bucket, a chain of segments per bucket,
-#                 merged when it has doubled; with n, the n-th packed change of that commit, after
-#                 its own: CommitUnit.state_segments); sys b"segments:" ns → per bucket: chain
-#                 bytes, bytes at its last merge, segments in the chain (3 × BUCKETS u64, little-endian)
+#                 merged when it has doubled; n numbers a commit's segments of one bucket when it
+#                 has several, in order: the rounds its own changes were written ahead of it
+#                 (stage_segments), then the rest of them, then its packed changes:
+#                 CommitUnit.state_segments); sys b"segments:" ns → per bucket: chain
+#                 bytes, bytes at its last merge, segments in the chain (3 × BUCKETS u64, little-endian).
+#                 A segment of a commit seq above sys commit_seq is not part of the state (yet):
+#                 readers skip it; sys b"staged:" + its key marks it until its commit (or the next
+#                 open) removes the mark (or it)
 #   state         format 2's one record per key (ns \x00 key → value; a key too long for LMDB:
 #                 ns \x01 blake2b(key) → u32 len, key, value), moved into segments at open
 #   dedupe        u64 bucket_start_ms, u64 commit_seq → the ids a commit added that expire in that
@@ -388,6 +393,7 @@ DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
 FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"3", b"commit_seq", b"anomalies"
 OLD_FORMATS = (b"2",)   # read at open and rewritten: migrate_state, migrate_latest
 SEGMENTS_META = b"segments:"
+STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments).
 MERGE_BYTES_PER_WRITE = 16 * 2**20
 DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest counts) given back this often
@@ -425,9 +431,20 @@ def _bucket_prefix(nsb: bytes, bucket: int) -> bytes:
     return nsb + b"\x00" + U16.pack(bucket)
 
 
+def _segment_seq(key: bytes) -> int:
+    """The commit seq in a `segments` key (ns \x00 u16 bucket u64 seq [u16 n])."""
+    return U64.unpack_from(key, key.index(b"\x00") + 3)[0]
+
+
+def _committed(txn: Txn, pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """The `segments` pairs of committed seqs: one written ahead of its commit (stage_segments) is skipped."""
+    through = get_u64(txn, "sys", SEQ_KEY)
+    return ((k, v) for k, v in pairs if _segment_seq(k) <= through)
+
+
 def _chain(txn: Txn, nsb: bytes, bucket: int) -> list[tuple[bytes, bytes]]:
     """(LMDB key, segment) of one bucket's chain, oldest first."""
-    return list(txn.scan("segments", _bucket_prefix(nsb, bucket)))
+    return list(_committed(txn, txn.scan("segments", _bucket_prefix(nsb, bucket))))
 
 
 def get_state(txn: Txn, namespace: str, key: bytes) -> bytes | None:
@@ -438,7 +455,8 @@ def get_state(txn: Txn, namespace: str, key: bytes) -> bytes | None:
 def scan_state(txn: Txn, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
     """The live records of a namespace whose key starts with `prefix`, in key order."""
     ns = _name(namespace, "namespace")
-    merged = segments.merge(v for _, v in txn.scan("segments", ns + b"\x00"))   # buckets hold disjoint keys
+    chains = _committed(txn, txn.scan("segments", ns + b"\x00"))
+    merged = segments.merge(v for _, v in chains)   # buckets hold disjoint keys
     return sorted((k, v) for k, v in segments.live(merged).items() if k.startswith(prefix))
 
 
@@ -463,10 +481,15 @@ def scan_state_chunk(txn: Txn, namespace: str, after: bytes | None,
 def read_state(txn: Txn) -> dict[str, list[tuple[bytes, bytes]]]:
     """Every namespace's live records, each in key order."""
     merged: dict[bytes, dict[bytes, bytes | None]] = {}
-    for k, v in txn.scan("segments"):
+    for k, v in _committed(txn, txn.scan("segments")):
         nsb = k[:k.index(b"\x00")]
         segments.merge([v], merged.setdefault(nsb, {}))
     return {nsb.decode(): sorted(segments.live(m).items()) for nsb, m in merged.items()}
+
+
+class Staged(list):
+    """An answer of CommitUnit.state_segments already written ahead of its commit (Checkpoint.commit
+    stages them one by one): its (bucket, segment bytes), for the chains' sizes."""
 
 
 def _apply_state(txn: Txn, state: Mapping[str, Mapping[bytes, bytes | None] | segments.SegmentBuilder], seq: int,
@@ -476,21 +499,67 @@ def _apply_state(txn: Txn, state: Mapping[str, Mapping[bytes, bytes | None] | se
     buckets are now due for a merge (`compact_segments`, in transactions of their own)."""
     due = 0
     packed = packed or {}
+    staged: set[bytes] = set()
     for ns in dict.fromkeys([*state, *packed]):
         changes, answers = state.get(ns), packed.get(ns, [])
-        if not changes and not any(answers):
+        spilled = changes.spilled if isinstance(changes, segments.SegmentBuilder) else []
+        if not changes and not any(answers) and not spilled:
             continue
-        chains = _Chains(txn, _name(ns, "namespace"))
+        nsb = _name(ns, "namespace")
+        chains = _Chains(txn, nsb)
+        for rnd, bucket, nbytes in spilled:   # written ahead (Checkpoint.stage): now part of the chain
+            key = _bucket_prefix(nsb, bucket) + U64.pack(seq) + U16.pack(rnd)
+            chains.note(bucket, nbytes)
+            staged.add(key)
+        rounds = spilled[-1][0] if spilled else 0
+        own = U64.pack(seq) + U16.pack(rounds + 1) if rounds else U64.pack(seq)
         if changes:
             built = changes if isinstance(changes, segments.SegmentBuilder) else segments.SegmentBuilder.of(changes)
             for bucket, blob in built.segments():
-                chains.append(bucket, blob, U64.pack(seq))
-        for sub, answer in enumerate(answers, 1):
+                chains.append(bucket, blob, own)
+        for sub, answer in enumerate(answers, rounds + 2 if rounds else 1):
+            if isinstance(answer, Staged):
+                for bucket, nbytes in answer:
+                    chains.note(bucket, nbytes)
+                    staged.add(_bucket_prefix(nsb, bucket) + U64.pack(seq) + U16.pack(sub))
+                continue
             for bucket, blob in answer:
                 chains.append(bucket, blob, U64.pack(seq) + U16.pack(sub))
         chains.save()
         due += len(chains.due())
+    _, missing = drop_staged(txn, keep=staged)
+    if missing:
+        raise StoreError(f"{len(missing)} segment(s) this commit wrote ahead of it are gone")
     return due
+
+
+def stage_segments(txn: Txn, namespace: str, seq: int, rnd: int, pieces: Iterable[tuple[int, bytes]]) -> int:
+    """Write a round of a namespace's state segments ahead of commit `seq` (see the layout above);
+    the commit adds them to their chains (`_apply_state`). Returns the bytes written."""
+    nsb = _name(namespace, "namespace")
+    suffix = U64.pack(seq) + U16.pack(rnd)
+    n = 0
+    for bucket, blob in pieces:
+        key = _bucket_prefix(nsb, bucket) + suffix
+        txn.put("segments", key, blob)
+        txn.put("sys", STAGED + key, b"")
+        n += len(blob)
+    return n
+
+
+def drop_staged(txn: Txn, keep: Collection[bytes] = ()) -> tuple[int, set[bytes]]:
+    """Remove every mark of a segment written ahead of its commit, and the segments not in `keep` (a
+    crashed or abandoned write's); return (segments removed, the keys of `keep` that were not marked)."""
+    missing, dropped = set(keep), 0
+    for mark in list(txn.keys("sys", STAGED)):
+        key = mark[len(STAGED):]
+        if key in missing:
+            missing.discard(key)
+        else:
+            txn.delete("segments", key)
+            dropped += 1
+        txn.delete("sys", mark)
+    return dropped, missing
 
 
 def compact_segments(txn: Txn, budget: int | None = None) -> tuple[int, int]:
@@ -532,10 +601,14 @@ class _Chains:
         """Add a segment to a bucket's chain under prefix + `suffix` (keys sort in write order)."""
         if not blob:
             return
-        chain_bytes, _, chain_len = self.meta
-        chain_bytes[bucket] += len(blob)
-        chain_len[bucket] += 1
+        self.note(bucket, len(blob))
         self.txn.put("segments", _bucket_prefix(self.nsb, bucket) + suffix, blob)
+
+    def note(self, bucket: int, nbytes: int) -> None:
+        """Count a segment of `nbytes` in a bucket's chain (`append`, or one already written)."""
+        chain_bytes, _, chain_len = self.meta
+        chain_bytes[bucket] += nbytes
+        chain_len[bucket] += 1
 
     def due(self) -> list[int]:
         """The buckets whose chain has passed twice its size at its last merge (plus SLACK_BYTES), or

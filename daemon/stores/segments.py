@@ -27,13 +27,14 @@ from __future__ import annotations
 import struct
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import accumulate
 
 BUCKETS = 64
 SLACK_BYTES = 256 * 1024     # a bucket's chain may grow this much past 2x its base before merging
 MAX_CHAIN = 32               # ... or this many segments (many tiny writes of a hot key)
 TOMBSTONE = 0xFFFFFFFF
+SPILL_BYTES = 8 * 2**20      # a SegmentBuilder with a `spill` hands its segments over past this many bytes
 _U32 = struct.Struct(">I")
 
 
@@ -72,16 +73,28 @@ class SegmentBuilder:
     Why: a full state write serialises every changed state; held as a dict of key -> value bytes
     until the commit, 200-300k changed sessions were ~130 MiB of the daemon's heap for the second
     or so the write took (a bytes object per key and per value, the dict's entries). Here a record
-    costs its bytes and two 4-byte lengths."""
+    costs its bytes and two 4-byte lengths.
 
-    __slots__ = ("_keys", "_values", "_klen", "_vlen", "_n")
+    With `spill`, the builder holds at most ~`spill_bytes`: past that it hands every bucket's
+    segment to `spill(round, [(bucket, segment), ...])` (rounds count from 1) and, if that returns
+    True (the checkpoint wrote them ahead of the commit: Checkpoint.stage), starts empty again;
+    `spilled` lists them in order. What the builder holds at the end follows them (a bucket's later
+    records win, as in a chain). If `spill` returns False the records stay here, and so do the
+    ones after (no more spills): spilling bounds memory, it never decides what is written."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_keys", "_values", "_klen", "_vlen", "_n", "_bytes", "_spill", "spill_bytes", "spilled")
+
+    def __init__(self, spill: Callable[[int, list[tuple[int, bytes]]], bool] | None = None,
+                 spill_bytes: int = SPILL_BYTES) -> None:
         self._keys = [bytearray() for _ in range(BUCKETS)]
         self._values = [bytearray() for _ in range(BUCKETS)]
         self._klen = [array("I") for _ in range(BUCKETS)]
         self._vlen = [array("I") for _ in range(BUCKETS)]
         self._n = 0
+        self._bytes = 0
+        self._spill = spill
+        self.spill_bytes = spill_bytes
+        self.spilled: list[tuple[int, int, int]] = []   # (round, bucket, segment bytes) handed to `spill`
 
     def put(self, key: bytes, value: bytes | None) -> None:
         """Add a record (None: a tombstone)."""
@@ -90,10 +103,34 @@ class SegmentBuilder:
         self._klen[b].append(len(key))
         if value is None:
             self._vlen[b].append(TOMBSTONE)
+            self._bytes += len(key) + 8
         else:
             self._values[b] += value
             self._vlen[b].append(len(value))
+            self._bytes += len(key) + len(value) + 8
         self._n += 1
+        if self._bytes >= self.spill_bytes and self._spill is not None:
+            self._spill_out()
+
+    @property
+    def rounds(self) -> int:
+        """How many times the builder spilled (its segments then follow under round `rounds + 1`)."""
+        return self.spilled[-1][0] if self.spilled else 0
+
+    def _spill_out(self) -> None:
+        assert self._spill is not None
+        rnd = self.rounds + 1
+        pieces = list(self.segments())
+        if not self._spill(rnd, pieces):
+            self._spill = None
+            return
+        self.spilled += [(rnd, b, len(seg)) for b, seg in pieces]
+        del pieces
+        for b in range(BUCKETS):
+            if self._klen[b]:
+                self._keys[b], self._values[b] = bytearray(), bytearray()
+                self._klen[b], self._vlen[b] = array("I"), array("I")
+        self._bytes = 0
 
     @classmethod
     def of(cls, records: Mapping[bytes, bytes | None]) -> SegmentBuilder:
@@ -103,6 +140,7 @@ class SegmentBuilder:
         return builder
 
     def __len__(self) -> int:
+        """Records put (spilled ones included)."""
         return self._n
 
     def segments(self) -> Iterator[tuple[int, bytes]]:
@@ -117,7 +155,7 @@ class SegmentBuilder:
             self._keys[b], self._values[b] = bytearray(), bytearray()
             self._klen[b], self._vlen[b] = array("I"), array("I")
             yield b, seg
-        self._n = 0
+        self._n = self._bytes = 0
 
 
 def unpack(segment: bytes | memoryview) -> list[tuple[bytes, bytes | None]]:

@@ -601,3 +601,157 @@ def test_a_failed_compaction_does_not_fail_the_commit_and_runs_after_the_next(tm
     assert dict(cp.restore().state["agg:s"]) == model
     assert cp.flush() == 3          # each commit's row once
     cp.close()
+
+
+def _spilling(cp: Checkpoint, ns: str, records: dict[bytes, bytes | None], spill_bytes: int = 4096) -> segments.SegmentBuilder:
+    """A full state write's builder: records put one by one, rounds written ahead through `cp.stage`."""
+    built = segments.SegmentBuilder(lambda rnd, pieces: cp.stage(ns, rnd, pieces), spill_bytes=spill_bytes)
+    for k, v in records.items():
+        built.put(k, v)
+    return built
+
+
+def _segment_keys(cp: Checkpoint) -> list[tuple[bytes, int]]:
+    with cp._db.reading() as txn:
+        return [(k, layout._segment_seq(k)) for k in txn.keys("segments")]
+
+
+def _marks(cp: Checkpoint) -> list[bytes]:
+    with cp._db.reading() as txn:
+        return list(txn.keys("sys", layout.STAGED))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from([b"k%d" % i for i in range(200)]),
+                                st.none() | st.binary(min_size=1, max_size=400), max_size=120),
+                min_size=1, max_size=6),
+       st.sampled_from([512, 4096, 10**9]))
+def test_state_written_ahead_of_its_commit_is_invisible_until_it_and_then_reads_as_one_write(
+        tmp_path_factory, commits, spill_bytes):
+    """A full state write whose builder spills rounds into LMDB ahead of its commit (Checkpoint.stage):
+    until the commit, restore, get, scan and chunks read the previous commit's state; after it, the
+    same as a dict updated commit by commit, with answers after it, through merges and a reopen; no
+    mark of a written-ahead segment is left."""
+    data_dir = tmp_path_factory.mktemp("stage")
+    cp = Checkpoint.open(_cfg(data_dir), environ={})
+    model: dict[bytes, bytes] = {}
+    for n, changes in enumerate(commits):
+        built = _spilling(cp, "agg:s", changes, spill_bytes)
+        assert dict(cp.restore().state.get("agg:s", [])) == model            # written ahead: not yet state
+        assert cp.scan("agg:s") == sorted(model.items())
+        assert all(cp.get("agg:s", k) == model.get(k) for k in changes)
+        assert bool(_marks(cp)) == bool(built.spilled)
+        answers = [list(segments.SegmentBuilder.of({b"k0": b"answer%d" % n}).segments())] if n % 2 else []
+        cp.commit(CommitUnit(state={"agg:s": built}, state_segments={"agg:s": answers} if answers else {},
+                             state_complete=True))
+        for k, v in changes.items():
+            if v is None:
+                model.pop(k, None)
+            else:
+                model[k] = v
+        if answers:
+            model[b"k0"] = b"answer%d" % n
+        assert _marks(cp) == []
+    for store in (cp, None):
+        if store is None:
+            cp.close()
+            store = cp = Checkpoint.open(_cfg(data_dir), environ={})
+        assert dict(store.restore().state.get("agg:s", [])) == model
+        assert store.scan("agg:s") == sorted(model.items())
+        got, after = [], None
+        while True:
+            items, after = store.scan_chunk("agg:s", after, 1024)
+            got += items
+            if after is None:
+                break
+        assert sorted(got) == sorted(model.items())
+    cp.close()
+
+
+def test_state_written_ahead_of_a_commit_that_never_came_is_dropped(tmp_path):
+    """Rounds staged for a commit that was abandoned (the process died, or a new unit was built for
+    the same seq) never become state: the next open removes them, and so does the commit of that seq."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.commit(CommitUnit(state={"agg:s": {b"a": b"1"}}))
+    abandoned = _spilling(cp, "agg:s", {b"k%d" % i: b"x" * 100 for i in range(200)})
+    assert abandoned.spilled and _marks(cp)
+    assert max(seq for _, seq in _segment_keys(cp)) == 2
+    cp.commit(CommitUnit(state={"agg:s": {b"b": b"2"}}))               # seq 2, another unit: orphans go
+    assert _marks(cp) == [] and dict(cp.restore().state["agg:s"]) == {b"a": b"1", b"b": b"2"}
+    assert len(_segment_keys(cp)) == 2
+    _spilling(cp, "agg:s", {b"k%d" % i: b"y" * 100 for i in range(200)})   # for seq 3, then the "crash"
+    cp.close()
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    assert _marks(cp) == [] and all(seq <= 2 for _, seq in _segment_keys(cp))
+    assert dict(cp.restore().state["agg:s"]) == {b"a": b"1", b"b": b"2"}
+    cp.close()
+
+
+def stage_workload(data_dir: str, commits: int, environ: dict[str, str] | None = None) -> None:
+    """Commits of 300 keys each, their builders spilling 2 rounds ahead; the crash test runs this in a child."""
+    cp = Checkpoint.open(_cfg(Path(data_dir)), environ=environ)
+    for i in range(1, commits + 1):
+        cp.commit(CommitUnit(state={"agg:s": _spilling(cp, "agg:s", {b"k%d" % k: b"%d" % i * 20 for k in range(300)})},
+                             meta={"i": b"%d" % i}))
+    cp.close()
+
+
+@pytest.mark.parametrize("after_n", [1, 3, 6])
+def test_a_crash_after_state_was_written_ahead_restores_the_last_commit(tmp_path, after_n):
+    """SIGKILL-like exit right after a round was written ahead of its commit: the reopened store holds
+    exactly the last committed state, and the run resumed from it ends as a clean one."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STOREPULSE_CRASH_AT": "after_state_staged",
+           "STOREPULSE_CRASH_AFTER_N": str(after_n)}
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_checkpoint as t; "
+            "t.stage_workload(sys.argv[1], 3)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 137, proc.stderr.decode()
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    restored = cp.restore()
+    seq = restored.commit_seq
+    assert _marks(cp) == [] and all(s <= seq for _, s in _segment_keys(cp))
+    want = {b"k%d" % k: b"%d" % seq * 20 for k in range(300)} if seq else {}
+    assert dict(restored.state.get("agg:s", [])) == want and restored.meta.get("i", b"0") == b"%d" % seq
+    assert seq < 3
+    cp.close()
+
+
+def test_answers_are_written_ahead_of_their_commit_once_even_when_it_is_retried(tmp_path, monkeypatch):
+    """A unit's packed answers (the recommendations process's parts) are each written in a transaction
+    of their own before the commit and marked so in the unit; a commit that fails after that and is
+    retried with the same unit writes none of them twice, and the store reads as one write."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.commit(CommitUnit(state={"agg:s": {b"a": b"1"}}))
+    parts = [{b"u%d" % i: b"first" for i in range(300)}, {b"u%d" % i: b"second" for i in range(0, 300, 2)},
+             {b"u7": None}]
+    answers = [list(segments.SegmentBuilder.of(p).segments()) for p in parts]
+    unit = CommitUnit(state={"agg:s": {b"b": b"2"}}, state_segments={"recs": answers})
+    real = layout.apply_commit
+    calls = []
+
+    def failing_once(txn, unit, seq, outbox):
+        calls.append(seq)
+        if len(calls) == 1:
+            raise StoreError("injected: the disk is full")
+        return real(txn, unit, seq, outbox)
+
+    monkeypatch.setattr(layout, "apply_commit", failing_once)
+    with pytest.raises(StoreError):
+        cp.commit(unit)
+    assert all(isinstance(a, layout.Staged) for a in unit.state_segments["recs"]) and _marks(cp)
+    assert cp.restore().commit_seq == 1 and "recs" not in cp.restore().state     # not state yet
+    staged = cp.statistics().staged_bytes
+    assert cp.commit(unit) == 2 and calls == [2, 2]
+    assert cp.statistics().staged_bytes == staged and _marks(cp) == []
+    want = {b"u%d" % i: b"second" if i % 2 == 0 else b"first" for i in range(300)}
+    del want[b"u7"]
+    for store in (cp, None):
+        if store is None:
+            cp.close()
+            store = cp = Checkpoint.open(_cfg(tmp_path), environ={})
+        assert dict(store.restore().state["recs"]) == want
+        assert dict(store.restore().state["agg:s"]) == {b"a": b"1", b"b": b"2"}
+        with store._db.reading() as txn:
+            assert len(list(txn.keys("segments", b"recs\x00"))) == sum(len(a) for a in answers)
+    cp.close()

@@ -258,14 +258,17 @@ def sigkill_rounds(factory: DaemonFactory, feed: Feed, data_dir: Path, kills: in
     """Kill the daemon `kills` times at random moments while the shop sells, then let it finish.
 
     Every fourth kill lands during start-up (store open, outbox recovery, restore); the others
-    0.3-2 s after /healthz answers, while events flow, windows close and files are written.
+    0.3-2 s after /healthz answers, while events flow, windows close and files are written. Every
+    other run writes its full states' segments ahead of their commits in small rounds (as a large
+    state write does), so kills land between those writes too.
     """
     seed = crash_seed()
     rng = random.Random(seed)
     with feed.serve(kills * KILL_RELEASE_S_PER_KILL) as shop:
         body = config_for(shop)
         for i in range(kills):
-            d = factory.start(body, data_dir=data_dir, wait=False)
+            d = factory.start(body, data_dir=data_dir, wait=False,
+                              env={"STOREPULSE_STATE_SPILL_BYTES": "4096"} if i % 2 else None)
             if i % 4 == 1:
                 time.sleep(rng.uniform(0.05, 0.8))
             else:
@@ -302,9 +305,11 @@ def test_injected_exit_inside_commit_converges(daemon_factory, feed, reference, 
     data_dir = tmp_path / "data"
     with feed.serve(FAST_RELEASE_S) as shop:
         body = config_for(shop)
+        # A tiny spill bound: every full state write writes its segments ahead of its commit, in rounds.
+        spill = {"STOREPULSE_STATE_SPILL_BYTES": "2048"} if point == "after_state_staged" else {}
         for after_n in (2, 6):
             d = daemon_factory.start(body, data_dir=data_dir, wait=False,
-                                     env={"STOREPULSE_CRASH_AT": point, "STOREPULSE_CRASH_AFTER_N": str(after_n)})
+                                     env={"STOREPULSE_CRASH_AT": point, "STOREPULSE_CRASH_AFTER_N": str(after_n), **spill})
             try:
                 rc = d.popen.wait(30)
             except Exception:

@@ -34,10 +34,21 @@ class NoCollector:
         pass
 
 
-def new_replica(answers: list[bytes]) -> Replica:
+def new_replica(answers: list[bytes], part_bytes: int = protocol.ANSWER_PART_BYTES) -> Replica:
     async def answer(*pieces: bytes) -> None:
         answers.append(b"".join(pieces))
-    return Replica(Recommender(RecommendationsConfig(half_life_s=600.0, user_ttl_s=120.0)), NoCollector(), answer)
+    rep = Replica(Recommender(RecommendationsConfig(half_life_s=600.0, user_ttl_s=120.0)), NoCollector(), answer)
+    rep.answer_part_bytes = part_bytes
+    return rep
+
+
+def take_answer(answers: list[bytes], seq: int) -> list[bytes]:
+    """The answer to CUT seq, as the daemon's feed takes it: its PART payloads, then its CHANGES payload."""
+    frames = [f for data in answers for f in protocol.FrameReader().feed(data)]
+    answers.clear()
+    assert [k for k, _ in frames] == [protocol.PART] * (len(frames) - 1) + [protocol.CHANGES]
+    assert all(protocol.read_changes(p)[0] == seq for _, p in frames)
+    return [p for _, p in frames]
 
 
 def apply(rep: Replica, frames: list[bytes]) -> None:
@@ -61,9 +72,10 @@ def batches(seed: int, n: int, size: int):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 500), n_folds=st.integers(2, 14), crash_after=st.integers(0, 14),
-       commits=st.sets(st.integers(1, 14)), state_writes=st.sets(st.integers(1, 14)))
+       commits=st.sets(st.integers(1, 14)), state_writes=st.sets(st.integers(1, 14)),
+       part_bytes=st.sampled_from([300, 5000, protocol.ANSWER_PART_BYTES]))
 def test_stored_changes_plus_replayed_log_equal_the_process_that_folded_everything(
-        seed, n_folds, crash_after, commits, state_writes):
+        seed, n_folds, crash_after, commits, state_writes, part_bytes):
     """Folds go to process A as OBSERVE frames; after fold i the daemon commits if i in `commits`
     (a fold-log entry) and also writes its full state if i in `state_writes` (a CUT, whose answer
     the next commit stores). After `crash_after` folds the daemon dies (answers not yet stored are
@@ -74,23 +86,24 @@ def test_stored_changes_plus_replayed_log_equal_the_process_that_folded_everythi
     stream = batches(seed, 16, 120)
     crash_after = min(crash_after, n_folds)
     answers: list[bytes] = []
-    a = new_replica(answers)
+    a = new_replica(answers, part_bytes)
     apply(a, list(protocol.records_frames([])))
     log = FoldLog()
     stored: dict[bytes, bytes] = {}
     recs_cut, seq = 0, 0
     entries: dict[int, bytes] = {}    # committed fold-log entries by commit seq
-    waiting: list[tuple[int, bytes]] = []
+    waiting: list[tuple[int, list[bytes]]] = []
     for i, batch in enumerate(stream[:crash_after], start=1):
         apply(a, [protocol.observe_frame(step, batch.ts[-1]) for step in log.observe(batch)])
         if i in commits or i in state_writes:
             seq += 1
-            for cut, payload in waiting:          # answers received: written by this commit
-                for k, v in protocol.unpack_changes(protocol.read_changes(payload)[1]).items():
-                    if v is None:
-                        stored.pop(k, None)
-                    else:
-                        stored[k] = v
+            for cut, payloads in waiting:         # answers received: written by this commit
+                for payload in payloads:          # its parts in order, then the rest
+                    for k, v in protocol.unpack_changes(protocol.read_changes(payload)[1]).items():
+                        if v is None:
+                            stored.pop(k, None)
+                        else:
+                            stored[k] = v
                 recs_cut = cut
             waiting = []
             blob = log.take()
@@ -100,9 +113,7 @@ def test_stored_changes_plus_replayed_log_equal_the_process_that_folded_everythi
                 del entries[s]                    # the lower cut is the recommender's here
             if i in state_writes:
                 apply(a, [protocol.cut_frame(seq)])
-                ((kind, answer),) = protocol.FrameReader().feed(answers.pop())
-                assert kind == protocol.CHANGES and protocol.read_changes(answer)[0] == seq
-                waiting.append((seq, answer))
+                waiting.append((seq, take_answer(answers, seq)))
     pending = log.peek()
 
     b = new_replica([])

@@ -47,6 +47,48 @@ def test_a_key_put_twice_in_a_builder_reads_as_its_last_record(puts):
     assert segments.merge(seg for _, seg in builder.segments()) == dict(puts)
 
 
+@given(st.lists(st.tuples(st.binary(max_size=8), st.none() | st.binary(max_size=40)), max_size=80),
+       st.integers(min_value=1, max_value=400), st.integers(min_value=0, max_value=6))
+def test_a_spilling_builder_hands_over_rounds_that_chain_to_its_records(puts, spill_bytes, refuse_at):
+    """With `spill`, a builder holds about `spill_bytes` (it spills once past them): its rounds, in
+    order, then what it holds at the end, merge per bucket to the records put (the later wins). A
+    spill that is refused keeps the records, and every later one, in the builder."""
+    rounds: list[list[tuple[int, bytes]]] = []
+    refused = []
+
+    def spill(rnd: int, pieces: list[tuple[int, bytes]]) -> bool:
+        assert rnd == len(rounds) + 1 and pieces and not refused
+        if rnd == refuse_at:
+            refused.append(rnd)
+            return False
+        rounds.append(pieces)
+        return True
+
+    built = segments.SegmentBuilder(spill, spill_bytes=spill_bytes)
+    for k, v in puts:
+        built.put(k, v)
+        assert built._bytes < spill_bytes or built._spill is None
+    assert len(built) == len(puts)
+    assert built.rounds == len(rounds) and [r for r, _, _ in built.spilled] == [
+        n for n, pieces in enumerate(rounds, 1) for _ in pieces]
+    assert [(b, len(seg)) for pieces in rounds for b, seg in pieces] == [(b, n) for _, b, n in built.spilled]
+    assert (built._spill is None) == bool(refused)
+    if refused:
+        assert built.rounds == refuse_at - 1
+    chains: dict[int, list[bytes]] = {}
+    for pieces in [*rounds, list(built.segments())]:
+        for b, seg in pieces:
+            chains.setdefault(b, []).append(seg)
+    model: dict[bytes, bytes | None] = {}
+    for k, v in puts:
+        model.pop(k, None)
+        model[k] = v
+    merged: dict[bytes, bytes | None] = {}
+    for b in sorted(chains):
+        merged.update(segments.merge(chains[b]))
+    assert merged == model
+
+
 def test_bucket_of_is_fixed_by_the_layout():
     """Stored chains are found by it: it must not change between versions or processes."""
     assert [segments.bucket_of(k) for k in (b"", b"u:alice", b"s[\"bob\"]")] == [0, 35, 53]
