@@ -397,7 +397,14 @@ STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments).
 MERGE_BYTES_PER_WRITE = 16 * 2**20
 DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest counts) given back this often
-LATEST_SLICE = 4096         # latest-index entries put per C call between two read_through_map notes
+# Latest-window entries put per C call, the map's pages given back after each. A put at a random key
+# maps far more than its leaf: the kernel maps the page-cache pages around each page fault too (fault
+# around, 64 KiB), ~30 pages per put into a table of 1M random keys (measured in process: 100 puts +12
+# MiB of RssFile, 1,000 +45 MiB). Of 20k puts in slices of 4,096 / 512 / 256, the largest RssFile was
+# +82 / +36 / +22 MiB in 54 / 46 / 52 ms: in the daemon, the final close's commits of 20k session rows
+# had RssFile spikes of 200-320 MiB (the latest tables' pages), its largest samples.
+LATEST_SLICE = 512
+RANDOM_TOUCH_BYTES = DROP_READ_BYTES // LATEST_SLICE   # noted per random-key access: a drop every slice
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
 U64, U32, U16 = struct.Struct(">Q"), struct.Struct(">I"), struct.Struct(">H")
@@ -766,8 +773,8 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
     The rows sit in window-end order because a close brings many rows of one end (a hopping close of
     200k items): they land side by side on a few pages of the B-tree's right edge, while the per-key
     index, whose keys are random, holds ~100 entries per page (with the rows there each of them had
-    dirtied a page of its own: ~130k pages, 512 MiB of one transaction). The rows go in one C call, the
-    index entries in calls of LATEST_SLICE; a row is new unless a window was emitted twice (only
+    dirtied a page of its own: ~130k pages, 512 MiB of one transaction). The rows and the index entries
+    go in calls of LATEST_SLICE, the map's pages given back between; a row is new unless a window was emitted twice (only
     possible across a config change), and only then are the affected keys counted from the index."""
     if not unit.latest:
         return
@@ -785,7 +792,7 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
         if c is None:
             v = txn.get("latest_count", base)
             c = counts[base] = [agg, 0 if v is None else U32.unpack(v)[0]]
-            txn.read_through_map(256)   # a leaf page (of 4 KiB) per random key: given back every 4096 keys
+            txn.read_through_map(RANDOM_TOUCH_BYTES)   # given back every LATEST_SLICE keys
         c[1] += 1
         index.append((base + end, b""))
         rows.append((aggb + end + h, row))
@@ -796,11 +803,16 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
     for i in range(0, len(index), LATEST_SLICE):
         piece = index[i:i + LATEST_SLICE]
         added += txn.put_new("latest", piece)
-        txn.read_through_map(256 * len(piece))
+        txn.read_through_map(RANDOM_TOUCH_BYTES * len(piece))
     if added != len(index):
         for base, c in counts.items():
             c[1] = sum(1 for _ in txn.keys("latest", base))
-    txn.put_many("latest_time", rows)   # the newer row wins; in window-end order: the B-tree's right edge
+    # The newer row wins. In window-end order, one end's rows land side by side; a close of sessions
+    # (each ending at its own ms) spreads them over the table: in slices too.
+    for i in range(0, len(rows), LATEST_SLICE):
+        piece = rows[i:i + LATEST_SLICE]
+        txn.put_many("latest_time", piece)
+        txn.read_through_map(RANDOM_TOUCH_BYTES * len(piece))
     for base, (agg, n) in counts.items():
         keep = unit.keep_latest.get(agg, DEFAULT_KEEP_LATEST)
         if n > keep:
@@ -810,7 +822,7 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
                 txn.delete("latest_time", aggb + k[-8:] + base[-16:])
             n = keep
         txn.put("latest_count", base, U32.pack(n))
-        txn.read_through_map(256)
+        txn.read_through_map(RANDOM_TOUCH_BYTES)
 
 
 def migrate_latest(txn: Txn) -> int:
