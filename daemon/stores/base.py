@@ -104,7 +104,7 @@ class StoreStats:
     outbox_rows: Mapping[str, int]
     lmdb: LmdbStats
     arrow: ArrowStats
-    staged_bytes: int = 0      # state segments written ahead of their commits (Checkpoint.stage), total
+    staged_bytes: int = 0      # state segments written ahead of their commits (Checkpoint.stage, answers), total
 
 
 def frozen_map(d: Mapping[str, int]) -> Mapping[str, int]:

@@ -33,7 +33,8 @@ __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"
 CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
                 "after_arrow_rename", "before_outbox_delete", "after_state_staged")
 MAX_FILE_ROWS = 1_000_000
-STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this often (_stream_chunk)
+STREAM_DROP_BYTES = 8 * 2**20
+STAGE_ANSWER_BYTES = 1 << 20    # an answer part at least this big is written ahead of its commit (_stage_answers)   # a flush gives back the map pages it read this often (_stream_chunk)
 # LmdbState.recycle gives LMDB's page pool and the pages read through its map back: after commits
 # that wrote this many latest-window rows (a mass close puts 3 records per row), once this many
 # bytes were read through the map (state segment merges, outbox flushes), and after a flush when
@@ -198,12 +199,13 @@ class Checkpoint:
         its commit, each in a transaction of its own, and mark each done in the unit (lmdb_state.Staged)
         so that a retry of the unit does not write it again: the commit's transaction then holds none of
         them (an answer of ~40 MiB was that much more of the daemon's heap while it committed). Only
-        for a namespace without changes of its own in the unit (its answers then number from 1)."""
+        for a namespace without changes of its own in the unit (its answers then number from 1), and
+        parts of STAGE_ANSWER_BYTES or more (a transaction of its own costs its fsyncs)."""
         for ns, answers in unit.state_segments.items():
             if ns in unit.state:
                 continue
             for sub, answer in enumerate(answers, 1):
-                if isinstance(answer, layout.Staged) or not answer:
+                if isinstance(answer, layout.Staged) or sum(len(blob) for _, blob in answer) < STAGE_ANSWER_BYTES:
                     continue
                 pieces = [(b, blob) for b, blob in answer]
                 self._db.write(lambda txn: layout.stage_segments(txn, ns, seq, sub, pieces))

@@ -74,7 +74,7 @@ SCALARS = (
     Fig("store.avg_commit_ms", "storepulse_store_commit_duration_seconds_average", GAUGE, "Mean commit duration since start in seconds.", MS),
     Fig("store.flushes", "storepulse_store_flushes_total", COUNTER, "Flushes of committed rows to Arrow files."),
     Fig("store.last_flush_ms", "storepulse_store_last_flush_duration_seconds", GAUGE, "Duration of the last Arrow flush in seconds.", MS),
-    Fig("store.staged_bytes", "storepulse_store_staged_bytes_total", COUNTER, "Bytes of full state writes written ahead of their commit, in rounds."),
+    Fig("store.staged_bytes", "storepulse_store_staged_bytes_total", COUNTER, "Bytes of state segments written ahead of their commit (full state writes' rounds, large answer parts of the recommendations process)."),
     Fig("store.lmdb.used_bytes", "storepulse_lmdb_used_bytes", GAUGE, "Bytes of the LMDB map in use."),
     Fig("store.lmdb.map_size_bytes", "storepulse_lmdb_map_size_bytes", GAUGE, "Current LMDB map size in bytes."),
     Fig("store.lmdb.map_size_max_bytes", "storepulse_lmdb_map_size_max_bytes", GAUGE, "Largest LMDB map size allowed (storage.map_size_max) in bytes."),

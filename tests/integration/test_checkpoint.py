@@ -21,6 +21,7 @@ from daemon.errors import StoreError, StoreLocked
 from daemon.events import EventBatch
 from daemon.stores import lmdb_state as layout
 from daemon.stores import segments
+from daemon.stores import checkpoint as checkpoint_module
 from daemon.stores.checkpoint import Checkpoint, CommitUnit, CrashPoints
 from daemon.stores.schemas import TS, events_to_record_batch
 
@@ -719,8 +720,10 @@ def test_a_crash_after_state_was_written_ahead_restores_the_last_commit(tmp_path
 
 def test_answers_are_written_ahead_of_their_commit_once_even_when_it_is_retried(tmp_path, monkeypatch):
     """A unit's packed answers (the recommendations process's parts) are each written in a transaction
-    of their own before the commit and marked so in the unit; a commit that fails after that and is
-    retried with the same unit writes none of them twice, and the store reads as one write."""
+    of their own before the commit and marked so in the unit (a small one goes in the commit's own);
+    a commit that fails after that and is retried with the same unit writes none of them twice, and
+    the store reads as one write."""
+    monkeypatch.setattr(checkpoint_module, "STAGE_ANSWER_BYTES", 2000)
     cp = Checkpoint.open(_cfg(tmp_path), environ={})
     cp.commit(CommitUnit(state={"agg:s": {b"a": b"1"}}))
     parts = [{b"u%d" % i: b"first" for i in range(300)}, {b"u%d" % i: b"second" for i in range(0, 300, 2)},
@@ -739,7 +742,8 @@ def test_answers_are_written_ahead_of_their_commit_once_even_when_it_is_retried(
     monkeypatch.setattr(layout, "apply_commit", failing_once)
     with pytest.raises(StoreError):
         cp.commit(unit)
-    assert all(isinstance(a, layout.Staged) for a in unit.state_segments["recs"]) and _marks(cp)
+    assert [isinstance(a, layout.Staged) for a in unit.state_segments["recs"]] == [True, True, False]
+    assert _marks(cp)
     assert cp.restore().commit_seq == 1 and "recs" not in cp.restore().state     # not state yet
     staged = cp.statistics().staged_bytes
     assert cp.commit(unit) == 2 and calls == [2, 2]
