@@ -264,7 +264,7 @@ class ReplicaFeed:
                 await self._wake.wait()
 
     async def _read_answers(self, proc: Process) -> None:
-        """READY and CHANGES frames from the process's stdout until it ends."""
+        """READY, PART and CHANGES frames from the process's stdout until it ends."""
         assert proc.stdout is not None
         reader = protocol.FrameReader()
         parts: list[bytes] = []   # of the answer being received (dropped with this process if it dies)

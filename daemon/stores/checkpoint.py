@@ -33,8 +33,8 @@ __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"
 CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
                 "after_arrow_rename", "before_outbox_delete", "after_state_staged")
 MAX_FILE_ROWS = 1_000_000
-STREAM_DROP_BYTES = 8 * 2**20
-STAGE_ANSWER_BYTES = 1 << 20    # an answer part at least this big is written ahead of its commit (_stage_answers)   # a flush gives back the map pages it read this often (_stream_chunk)
+STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this often (_stream_chunk)
+STAGE_ANSWER_BYTES = 1 << 20    # an answer part at least this big is written ahead of its commit (_stage_answers)
 # LmdbState.recycle gives LMDB's page pool and the pages read through its map back: after commits
 # that wrote this many latest-window rows (a mass close puts 3 records per row), once this many
 # bytes were read through the map (state segment merges, outbox flushes), and after a flush when
@@ -207,11 +207,8 @@ class Checkpoint:
             for sub, answer in enumerate(answers, 1):
                 if isinstance(answer, layout.Staged) or sum(len(blob) for _, blob in answer) < STAGE_ANSWER_BYTES:
                     continue
-                pieces = [(b, blob) for b, blob in answer]
-                self._db.write(lambda txn: layout.stage_segments(txn, ns, seq, sub, pieces))
-                answers[sub - 1] = layout.Staged((b, len(blob)) for b, blob in pieces)
-                self._staged_bytes += sum(len(blob) for _, blob in pieces)
-                del pieces
+                self._staged_bytes += self._db.write(lambda txn: layout.stage_segments(txn, ns, seq, sub, answer))
+                answers[sub - 1] = layout.Staged((b, len(blob)) for b, blob in answer)
                 self._crash.hit("after_state_staged")
 
     def commit(self, unit: CommitUnit) -> int:
