@@ -71,6 +71,16 @@ def run_workload(data_dir: str, start: int, stop: int, environ: dict[str, str] |
     cp.close()
 
 
+def _all_chunks(store: Checkpoint, namespace: str, max_bytes: int) -> list[tuple[bytes, bytes]]:
+    """Every record of a namespace, read chunk by chunk (Checkpoint.scan_chunk) as a sync reads them."""
+    got, after = [], None
+    while True:
+        items, after = store.scan_chunk(namespace, after, max_bytes)
+        got += items
+        if after is None:
+            return got
+
+
 def _snapshot(data_dir: Path) -> dict[str, list[dict]]:
     """Relative path → rows, for every Arrow file below data_dir."""
     return {str(p.relative_to(data_dir)): pa.ipc.open_file(p).read_all().to_pylist()
@@ -457,13 +467,7 @@ def test_state_segments_match_a_model_through_merges_and_reopen(tmp_path_factory
         assert store.scan("agg:s") == sorted(model.items())
         assert all(store.get("agg:s", k) == v for k, v in model.items())
         assert store.get("agg:s", b"absent") is None
-        got, after = [], None
-        while True:
-            items, after = store.scan_chunk("agg:s", after, 2048)
-            got += items
-            if after is None:
-                break
-        assert sorted(got) == sorted(model.items())
+        assert sorted(_all_chunks(store, "agg:s", 2048)) == sorted(model.items())
     cp.close()
 
 
@@ -659,13 +663,7 @@ def test_state_written_ahead_of_its_commit_is_invisible_until_it_and_then_reads_
             store = cp = Checkpoint.open(_cfg(data_dir), environ={})
         assert dict(store.restore().state.get("agg:s", [])) == model
         assert store.scan("agg:s") == sorted(model.items())
-        got, after = [], None
-        while True:
-            items, after = store.scan_chunk("agg:s", after, 1024)
-            got += items
-            if after is None:
-                break
-        assert sorted(got) == sorted(model.items())
+        assert sorted(_all_chunks(store, "agg:s", 1024)) == sorted(model.items())
     cp.close()
 
 
