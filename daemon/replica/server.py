@@ -208,19 +208,21 @@ class Replica:
             parts.append(pieces)   # sent at the next turn (writing waits for the daemon to read)
             return True
 
+        async def send_parts() -> None:
+            while parts:
+                await self._answer(*protocol.part_frame_pieces(seq, parts.pop(0)))
+
         out = SegmentBuilder(spill, spill_bytes=self.answer_part_bytes)
         for key in deleted:
             out.put(key, None)
         for i in range(0, max(len(items), len(users), 1), RECORDS_SLICE):
             rec.records_into(out.put, items[i:i + RECORDS_SLICE], users[i:i + RECORDS_SLICE])
-            while parts:
-                await self._answer(*protocol.part_frame_pieces(seq, parts.pop(0)))
+            await send_parts()
             for _ in range(3):
                 await asyncio.sleep(0)
         for key, value in trending.items():
             out.put(key, value)
-        while parts:
-            await self._answer(*protocol.part_frame_pieces(seq, parts.pop(0)))
+        await send_parts()
         return out
 
     async def _pack_idle(self) -> None:
