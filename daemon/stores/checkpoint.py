@@ -114,26 +114,28 @@ class Checkpoint:
         return cp
 
     def _load(self) -> None:
-        def check(txn: Txn) -> tuple[int, bytes | None, int, int]:
+        def check(txn: Txn) -> tuple[int, bytes | None, int, int, int]:
             fmt = txn.get("sys", layout.FORMAT_KEY)
             seq = layout.get_u64(txn, "sys", layout.SEQ_KEY)
-            moved = 0
+            moved = counts = 0
             dropped, _ = layout.drop_staged(txn)   # written ahead of a commit that never came
-            if fmt in layout.OLD_FORMATS:
+            if fmt == b"2":
                 moved = layout.migrate_state(txn, seq)
                 layout.migrate_latest(txn)
+            if fmt in layout.OLD_FORMATS:
+                counts = layout.migrate_latest_counts(txn)
             elif fmt is not None and fmt != layout.FORMAT:
                 raise StoreError(f"data_dir has store format {fmt!r}, this build reads {layout.FORMAT!r}")
             if fmt != layout.FORMAT:
                 txn.put("sys", layout.FORMAT_KEY, layout.FORMAT)
-            return seq, fmt, moved, dropped
+            return seq, fmt, moved, counts, dropped
 
-        self._seq, fmt, moved, dropped = self._db.write(check)
+        self._seq, fmt, moved, counts, dropped = self._db.write(check)
         if dropped and self._log is not None:
             self._log.info("staged_state_dropped", segments=dropped, commit_seq=self._seq)
         if fmt in layout.OLD_FORMATS and self._log is not None:
             self._log.info("store_format_migrated", from_format=fmt.decode(), to_format=layout.FORMAT.decode(),
-                           state_records=moved)
+                           state_records=moved, latest_counts=counts)
         with self._db.reading() as txn:
             for key, value in txn.scan("outbox"):
                 table = layout.outbox_table(key)

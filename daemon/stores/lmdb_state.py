@@ -132,6 +132,10 @@ class Txn:
     def delete(self, db: str, key: bytes) -> bool:
         return self._txn.delete(key, db=self._dbs[db])
 
+    def clear(self, db: str) -> None:
+        """Delete every record of `db` (the table stays)."""
+        self._txn.drop(self._dbs[db], delete=False)
+
     def put_many(self, db: str, items: list[tuple[bytes, bytes]]) -> None:
         """Put many items in one C call (Cursor.putmulti)."""
         if items:
@@ -384,14 +388,16 @@ def _round_down(n: int) -> int:
 #                 minute: u32 n, n × u64 expiry_ms, n × u16 length, the ids (see pack_ids)
 #   outbox        table (utf-8) \x00 u64 commit_seq → u64 rows, Arrow IPC stream bytes
 #   latest        agg \x00 blake2b16(key) u64 window_end_ms → b""   (a key's rows; format 2: the row json)
+#                 agg \x00 blake2b16(key) → u32 rows kept (the key's count, just before its rows:
+#                 format 3 kept it in latest_count, a table of its own, moved here at open)
 #   latest_time   agg \x00 u64 window_end_ms blake2b16(key) → row json (newest across keys)
-#   latest_count  agg \x00 blake2b16(key) → u32 rows kept
+#   latest_count  formats 2 and 3 only (emptied at open)
 #   anomalies     u64 ts_ms, u64 commit_seq, u32 index → anomaly json
 #   foldlog       u64 commit_seq → fold steps of that commit not yet in `state` (pipeline/foldlog.py)
 DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
        "latest", "latest_time", "latest_count", "anomalies", "foldlog")
-FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"3", b"commit_seq", b"anomalies"
-OLD_FORMATS = (b"2",)   # read at open and rewritten: migrate_state, migrate_latest
+FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"4", b"commit_seq", b"anomalies"
+OLD_FORMATS = (b"2", b"3")   # read at open and rewritten: migrate_state, migrate_latest (2), migrate_latest_counts
 SEGMENTS_META = b"segments:"
 STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments).
@@ -768,20 +774,28 @@ def read_dedupe(txn: Txn) -> list[tuple[bytes, int]]:
 
 def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
     """Each closed window's row under (aggregation, window end, key hash), its (aggregation, key hash,
-    window end) index entry per key, and a row count per key that trims the oldest past `keep_latest`.
+    window end) index entry per key, and a row count per key, stored just before the key's index
+    entries, that trims the oldest past `keep_latest`.
 
     The rows sit in window-end order because a close brings many rows of one end (a hopping close of
     200k items): they land side by side on a few pages of the B-tree's right edge, while the per-key
-    index, whose keys are random, holds ~100 entries per page (with the rows there each of them had
-    dirtied a page of its own: ~130k pages, 512 MiB of one transaction). The rows and the index entries
-    go in calls of LATEST_SLICE, the map's pages given back between; a row is new unless a window was emitted twice (only
-    possible across a config change), and only then are the affected keys counted from the index."""
+    index, whose keys are random, holds ~80 entries per page (with the rows there each of them had
+    dirtied a page of its own: ~130k pages, 512 MiB of one transaction). A key's count sits on its
+    index entries' page, so a closed row reads and dirties one random page, not two (format 3 kept the
+    counts in a table of their own: twice the pages copied into the transaction and mapped).
+
+    A read at a random key maps far more than its page (the kernel maps the page-cache pages around
+    each fault, 64 KiB): the counts are read and the index entries put a slice of LATEST_SLICE rows at
+    a time, the map's pages given back after each. A row is new unless a window was emitted twice
+    (only possible across a config change), and only then are the affected keys counted from the
+    index."""
     if not unit.latest:
         return
     names: dict[str, bytes] = {}
     counts: dict[bytes, list[Any]] = {}      # aggregation \x00 key hash -> [aggregation, rows kept]
     index: list[tuple[bytes, bytes]] = []
     rows: list[tuple[bytes, bytes]] = []
+    added = 0
     for agg, key, end_ms, row in unit.latest:
         aggb = names.get(agg)
         if aggb is None:
@@ -790,39 +804,36 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
         base, end = aggb + h, U64.pack(end_ms)
         c = counts.get(base)
         if c is None:
-            v = txn.get("latest_count", base)
+            v = txn.get("latest", base)
             c = counts[base] = [agg, 0 if v is None else U32.unpack(v)[0]]
-            txn.read_through_map(RANDOM_TOUCH_BYTES)   # given back every LATEST_SLICE keys
         c[1] += 1
         index.append((base + end, b""))
         rows.append((aggb + end + h, row))
-    # The index entries and counts land on random leaf pages, each read through the map as LMDB copies
-    # it (RssFile): a hopping chunk of 20k rows read ~100 MiB of them before its commit ended. They go
-    # in slices, the pages read given back after each (read_through_map, as for the counts above).
-    added = 0
-    for i in range(0, len(index), LATEST_SLICE):
-        piece = index[i:i + LATEST_SLICE]
-        added += txn.put_new("latest", piece)
-        txn.read_through_map(RANDOM_TOUCH_BYTES * len(piece))
-    if added != len(index):
+        if len(index) == LATEST_SLICE:   # the counts' pages just read are the ones these puts copy
+            added += txn.put_new("latest", index)
+            txn.read_through_map(DROP_READ_BYTES)
+            index.clear()
+    added += txn.put_new("latest", index)
+    txn.read_through_map(RANDOM_TOUCH_BYTES * len(index))
+    if added != len(unit.latest):
         for base, c in counts.items():
-            c[1] = sum(1 for _ in txn.keys("latest", base))
+            c[1] = sum(1 for _ in txn.keys("latest", base, start=base + b"\x00"))
     # The newer row wins. In window-end order, one end's rows land side by side; a close of sessions
     # (each ending at its own ms) spreads them over the table: in slices too.
     for i in range(0, len(rows), LATEST_SLICE):
         piece = rows[i:i + LATEST_SLICE]
         txn.put_many("latest_time", piece)
         txn.read_through_map(RANDOM_TOUCH_BYTES * len(piece))
+    # The counts go on the pages their index entries dirtied above: nothing more is read or copied.
     for base, (agg, n) in counts.items():
         keep = unit.keep_latest.get(agg, DEFAULT_KEEP_LATEST)
         if n > keep:
             aggb = base[:-16]
-            for k in list(islice(txn.keys("latest", base), n - keep)):
+            for k in list(islice(txn.keys("latest", base, start=base + b"\x00"), n - keep)):
                 txn.delete("latest", k)
                 txn.delete("latest_time", aggb + k[-8:] + base[-16:])
             n = keep
-        txn.put("latest_count", base, U32.pack(n))
-        txn.read_through_map(RANDOM_TOUCH_BYTES)
+        txn.put("latest", base, U32.pack(n))
 
 
 def migrate_latest(txn: Txn) -> int:
@@ -835,6 +846,17 @@ def migrate_latest(txn: Txn) -> int:
         txn.put("latest_time", aggb + end + h, row)
         txn.put("latest", k, b"")
         moved += 1
+    return moved
+
+
+def migrate_latest_counts(txn: Txn) -> int:
+    """Format 3 kept each key's latest-row count in `latest_count`: move them before the key's entries
+    in `latest` (see _apply_latest) and empty that table. Returns the counts moved."""
+    moved = 0
+    for k, v in txn.scan("latest_count"):   # written to another table: the walk is not disturbed
+        txn.put("latest", k, bytes(v))
+        moved += 1
+    txn.clear("latest_count")
     return moved
 
 
@@ -858,7 +880,8 @@ def latest_windows(txn: Txn, aggregation: str, key: bytes | None, limit: int) ->
         return [v for _, v in islice(txn.scan("latest_time", aggb, reverse=True), limit)]
     h = _h(key)
     out = []
-    for k, _ in islice(txn.scan("latest", aggb + h, reverse=True), limit):
+    entry = len(aggb) + len(h) + 8   # longer than the key's count, which sorts first (last here)
+    for k in islice((k for k, _ in txn.scan("latest", aggb + h, reverse=True) if len(k) == entry), limit):
         row = txn.get("latest_time", aggb + k[-8:] + h)
         if row is not None:
             out.append(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -237,6 +238,56 @@ def test_latest_keeps_newest_per_key(tmp_path):
     assert cp.latest_windows("sales", None, 4) == [b"b5", b"a5-again", b"b4", b"a4"]
     assert cp.latest_windows("sales", None, 100) == [b"b5", b"a5-again", b"b4", b"a4", b"b3", b"a3"]
     assert cp.latest_windows("other", None, 10) == []
+    with cp._db.reading() as txn:   # each key's count sits just before its entries (format 4)
+        h = hashlib.blake2b(b'["a"]', digest_size=16).digest()
+        assert [(bytes(k), bytes(v)) for k, v in txn.scan("latest", b"sales\x00" + h)][0] == (
+            b"sales\x00" + h, layout.U32.pack(3))
+        assert list(txn.scan("latest_count")) == []
+    cp.close()
+
+
+def test_latest_in_commits_of_several_slices(tmp_path):
+    """A commit of more latest rows than one slice (LATEST_SLICE) of index puts, keys repeated across
+    slices, trims each key to keep_latest and counts each row once, also in the next commit."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    n = layout.LATEST_SLICE * 2 + 77
+    keys = [b'["k%d"]' % (i % 300) for i in range(n)]   # 3 or 4 rows each: those with 4 are trimmed
+    cp.commit(CommitUnit(latest=[("sales", k, 1000 + i, b"r%d" % i) for i, k in enumerate(keys)],
+                         keep_latest={"sales": 3}))
+    cp.commit(CommitUnit(latest=[("sales", b'["k0"]', 10**9, b"last")], keep_latest={"sales": 3}))
+    kept = 0
+    for j in range(300):
+        rows = [b"r%d" % i for i in range(n) if i % 300 == j] + ([b"last"] if j == 0 else [])
+        want = rows[::-1][:3]
+        assert cp.latest_windows("sales", b'["k%d"]' % j, 10) == want
+        kept += len(want)
+    assert len(cp.latest_windows("sales", None, 10_000)) == kept == 900
+    cp.close()
+
+
+def test_a_format_3_data_dir_gets_its_latest_counts_moved_at_open(tmp_path):
+    """Format 3 kept the latest-row counts in a table of their own: at open they move before their
+    keys' entries, the table is emptied, and trimming goes on from the moved counts."""
+    data_dir = tmp_path / "data"
+    cp = Checkpoint.open(_cfg(data_dir), environ={})
+    for end in range(1, 4):
+        cp.commit(CommitUnit(latest=[("sales", b'["a"]', end * 1000, b"a%d" % end)], keep_latest={"sales": 3}))
+
+    def to_format_3(txn):
+        for k, v in list(txn.scan("latest")):
+            if len(k) == len(b"sales\x00") + 16:
+                txn.put("latest_count", bytes(k), bytes(v))
+                txn.delete("latest", bytes(k))
+        txn.put("sys", layout.FORMAT_KEY, b"3")
+    cp._db.write(to_format_3)
+    cp.close()
+    cp = Checkpoint.open(_cfg(data_dir), environ={})
+    assert cp.latest_windows("sales", b'["a"]', 10) == [b"a3", b"a2", b"a1"]
+    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 4000, b"a4")], keep_latest={"sales": 3}))
+    assert cp.latest_windows("sales", b'["a"]', 10) == [b"a4", b"a3", b"a2"]
+    assert cp.latest_windows("sales", None, 10) == [b"a4", b"a3", b"a2"]
+    with cp._db.reading() as txn:
+        assert txn.get("sys", layout.FORMAT_KEY) == layout.FORMAT and list(txn.scan("latest_count")) == []
     cp.close()
 
 
@@ -513,6 +564,7 @@ def test_a_format_2_data_dir_is_migrated_to_segments_at_open(tmp_path):
     assert len(cp.restore().state["agg:a"]) == 500 and cp.get("agg:a", b"k000") is None
     with cp._db.reading() as txn:
         assert txn.get("sys", layout.FORMAT_KEY) == layout.FORMAT and list(txn.scan("state")) == []
+        assert list(txn.scan("latest_count")) == []
     cp.close()
 
 
