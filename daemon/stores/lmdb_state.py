@@ -403,13 +403,15 @@ STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments).
 MERGE_BYTES_PER_WRITE = 16 * 2**20
 DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest counts) given back this often
-# Latest-window entries put per C call, the map's pages given back after each. A put at a random key
+# Latest-window entries put per C call, the map's pages given back after each. A read at a random key
 # maps far more than its leaf: the kernel maps the page-cache pages around each page fault too (fault
-# around, 64 KiB), ~30 pages per put into a table of 1M random keys (measured in process: 100 puts +12
-# MiB of RssFile, 1,000 +45 MiB). Of 20k puts in slices of 4,096 / 512 / 256, the largest RssFile was
-# +82 / +36 / +22 MiB in 54 / 46 / 52 ms: in the daemon, the final close's commits of 20k session rows
-# had RssFile spikes of 200-320 MiB (the latest tables' pages), its largest samples.
-LATEST_SLICE = 512
+# around, 64 KiB), and after each give-back the branch pages above it are faulted in again: ~150 KiB
+# per get into a table of 2M random keys (measured in process, 26 Nov: 11 gets +3 MiB of RssFile, 111
+# +16, 623 +56). Commits of 20k rows into a store of 1M keys (format 4, /work-local script, 26 Nov):
+# slices of 512 / 256 / 128 / 64 peaked at +65 / +37 / +22 / +22 MiB of RssFile, at 618-711 / 623 /
+# 733 / 786 ms per commit (±15% run to run); in the daemon, the final close's commits of 20k session
+# rows had RssFile spikes of 130-210 MiB with 512 (its largest samples), up to 114 with 64.
+LATEST_SLICE = 128
 RANDOM_TOUCH_BYTES = DROP_READ_BYTES // LATEST_SLICE   # noted per random-key access: a drop every slice
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000

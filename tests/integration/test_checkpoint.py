@@ -250,7 +250,8 @@ def test_latest_in_commits_of_several_slices(tmp_path):
     """A commit of more latest rows than one slice (LATEST_SLICE) of index puts, keys repeated across
     slices, trims each key to keep_latest and counts each row once, also in the next commit."""
     cp = Checkpoint.open(_cfg(tmp_path), environ={})
-    n = layout.LATEST_SLICE * 2 + 77
+    n = 1101
+    assert n > 2 * layout.LATEST_SLICE
     keys = [b'["k%d"]' % (i % 300) for i in range(n)]   # 3 or 4 rows each: those with 4 are trimmed
     cp.commit(CommitUnit(latest=[("sales", k, 1000 + i, b"r%d" % i) for i, k in enumerate(keys)],
                          keep_latest={"sales": 3}))
