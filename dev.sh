@@ -31,7 +31,8 @@ case "$cmd" in
     "$VENV/bin/storepulse" run -c "${STOREPULSE_CONFIG:-config/storepulse.toml}" "$@" ;;
   test)
     setup
-    "$VENV/bin/python" -m pytest -m "not slow" -q "$@" ;;
+    # Two workers, a test file each at a time (module fixtures run once); TEST_WORKERS=0 runs in-process.
+    "$VENV/bin/python" -m pytest -m "not slow" -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   bench)
     setup
     "$VENV/bin/python" -m benchmarks.run "$@" ;;

@@ -403,11 +403,14 @@ STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments).
 MERGE_BYTES_PER_WRITE = 16 * 2**20
 DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest counts) given back this often
-# Latest-window entries put per C call, the map's pages given back after each. A read at a random key
-# maps far more than its leaf: the kernel maps the page-cache pages around each page fault too (fault
-# around, 64 KiB), and after each give-back the branch pages above it are faulted in again: ~150 KiB
-# per get into a table of 2M random keys (measured in process, 26 Nov: 11 gets +3 MiB of RssFile, 111
-# +16, 623 +56). Commits of 20k rows into a store of 1M keys (format 4, /work-local script, 26 Nov):
+# Latest-window rows handled per slice, the map's pages given back after each. A read at a random key
+# maps far more than its leaf: on a fault the kernel maps the page-cache folio around the page whole
+# (Linux 6.18: fault-around maps entire large folios; ext4 makes large folios of LMDB's pwrite()s and
+# of read()'s readahead), and after each give-back the branch pages above it are faulted in again.
+# Measured in process on a table of 2M random keys (27 Nov, 2,048 random gets): +12-18 MiB of RssFile
+# when the cache was filled by faults (MADV_RANDOM: single pages), +72-80 after 20k-put commits,
+# +256-284 after a read() of the file, MADV_NOHUGEPAGE or not (it only turns PMD maps into PTE maps of
+# the same folios). MDB_WRITEMAP (its pages faulted in singly) made a 20k-put commit 6x slower. Commits of 20k rows into a store of 1M keys (format 4, /work-local script, 26 Nov):
 # slices of 512 / 256 / 128 / 64 peaked at +65 / +37 / +22 / +22 MiB of RssFile, at 618-711 / 623 /
 # 733 / 786 ms per commit (±15% run to run); in the daemon, the final close's commits of 20k session
 # rows had RssFile spikes of 130-210 MiB with 512 (its largest samples), up to 114 with 64.
@@ -786,8 +789,8 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
     index entries' page, so a closed row reads and dirties one random page, not two (format 3 kept the
     counts in a table of their own: twice the pages copied into the transaction and mapped).
 
-    A read at a random key maps far more than its page (the kernel maps the page-cache pages around
-    each fault, 64 KiB): the rows go a slice of LATEST_SLICE at a time, counts read, index entries,
+    A read at a random key maps far more than its page (the kernel maps the page-cache folio around
+    each fault whole, see LATEST_SLICE): the rows go a slice of LATEST_SLICE at a time, counts read, index entries,
     rows and counts put, and the map's pages given back after each slice. (Putting every count at the
     end of the commit mapped 37-85 MiB of pages again in the final close of 725k sessions.) A row is
     new unless a window was emitted twice (only possible across a config change), and only then are
