@@ -397,7 +397,7 @@ def _round_down(n: int) -> int:
 DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
        "latest", "latest_time", "latest_count", "anomalies", "foldlog")
 FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"4", b"commit_seq", b"anomalies"
-OLD_FORMATS = (b"2", b"3")   # read at open and rewritten: migrate_state, migrate_latest (2), migrate_latest_counts
+OLD_FORMATS = (b"2", b"3")   # rewritten at open: migrate_state + migrate_latest (2), migrate_latest_counts
 SEGMENTS_META = b"segments:"
 STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments).
@@ -410,10 +410,11 @@ DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest c
 # Measured in process on a table of 2M random keys (27 Nov, 2,048 random gets): +12-18 MiB of RssFile
 # when the cache was filled by faults (MADV_RANDOM: single pages), +72-80 after 20k-put commits,
 # +256-284 after a read() of the file, MADV_NOHUGEPAGE or not (it only turns PMD maps into PTE maps of
-# the same folios). MDB_WRITEMAP (its pages faulted in singly) made a 20k-put commit 6x slower. Commits of 20k rows into a store of 1M keys (format 4, /work-local script, 26 Nov):
-# slices of 512 / 256 / 128 / 64 peaked at +65 / +37 / +22 / +22 MiB of RssFile, at 618-711 / 623 /
-# 733 / 786 ms per commit (±15% run to run); in the daemon, the final close's commits of 20k session
-# rows had RssFile spikes of 130-210 MiB with 512 (its largest samples), up to 114 with 64.
+# the same folios). MDB_WRITEMAP (its pages faulted in singly) made a 20k-put commit 6x slower.
+# Commits of 20k rows into a store of 1M keys (format 4, a local script, 26 Nov): slices of 512 / 256 /
+# 128 / 64 peaked at +65 / +37 / +22 / +22 MiB of RssFile, at 618-711 / 623 / 733 / 786 ms per commit
+# (±15% run to run); in the daemon, the final close's commits of 20k session rows had RssFile spikes
+# of 130-210 MiB with 512 (its largest samples), up to 114 with 64.
 LATEST_SLICE = 128
 RANDOM_TOUCH_BYTES = DROP_READ_BYTES // LATEST_SLICE   # noted per random-key access: a drop every slice
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
@@ -790,11 +791,11 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
     counts in a table of their own: twice the pages copied into the transaction and mapped).
 
     A read at a random key maps far more than its page (the kernel maps the page-cache folio around
-    each fault whole, see LATEST_SLICE): the rows go a slice of LATEST_SLICE at a time, counts read, index entries,
-    rows and counts put, and the map's pages given back after each slice. (Putting every count at the
-    end of the commit mapped 37-85 MiB of pages again in the final close of 725k sessions.) A row is
-    new unless a window was emitted twice (only possible across a config change), and only then are
-    the slice's keys counted from the index."""
+    each fault whole, see LATEST_SLICE): the rows go a slice of LATEST_SLICE at a time, counts read,
+    index entries, rows and counts put, and the map's pages given back after each slice. (Putting
+    every count at the end of the commit mapped 37-85 MiB of pages again in the final close of 725k
+    sessions.) A row is new unless a window was emitted twice (only possible across a config change),
+    and only then are the slice's keys counted from the index."""
     names: dict[str, bytes] = {}
     counts: dict[bytes, int] = {}      # aggregation \x00 key hash -> rows kept, once read
     for i in range(0, len(unit.latest), LATEST_SLICE):
