@@ -307,7 +307,9 @@ def test_injected_exit_inside_commit_converges(daemon_factory, feed, reference, 
         body = config_for(shop)
         # A tiny spill bound: every full state write writes its segments ahead of its commit, in rounds.
         spill = {"STOREPULSE_STATE_SPILL_BYTES": "2048"} if point == "after_state_staged" else {}
-        for after_n in (2, 6):
+        # The second run's exit comes at its 3rd commit: when it starts after the feed was all released
+        # (a loaded machine), it catches up and closes in as few as 5 commits (a 6th was never reached).
+        for after_n in (2, 3):
             d = daemon_factory.start(body, data_dir=data_dir, wait=False,
                                      env={"STOREPULSE_CRASH_AT": point, "STOREPULSE_CRASH_AFTER_N": str(after_n), **spill})
             try:
