@@ -10,10 +10,12 @@ setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
   fi
-  local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+  # Installed again when the dependencies or the compiled loops' sources (setup.py) change.
+  local stamp="$VENV/.installed-$(cat pyproject.toml setup.py daemon/*/*.pyx | sha1sum | cut -c1-12)"
   if [ ! -e "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e '.[test]'
+    rm -f "$VENV"/.installed-*
     touch "$stamp"
   fi
 }

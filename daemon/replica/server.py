@@ -29,7 +29,7 @@ import anyio
 import orjson
 from aiohttp import web
 
-from daemon.analyzers.recommend import Recommender
+from daemon.analyzers.recommend import COMPILED, Recommender
 from daemon.log import configure_logging, get_logger
 from daemon.pipeline import foldlog
 from daemon.replica import protocol
@@ -378,7 +378,7 @@ async def serve(config_payload: bytes, log: Any) -> int:
         await runner.cleanup()
         return 1
     rep.port = site.bound_port()
-    log.info("replica_started", listen=f"{host}:{rep.port}")
+    log.info("replica_started", listen=f"{host}:{rep.port}", compiled_fold=COMPILED)
     frames = protocol.FrameReader()
     bad_input: list[str] = []
 

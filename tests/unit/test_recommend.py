@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.analyzers import recommend
 from daemon.analyzers.recommend import Recommender, new_user
 from daemon.analyzers.recusers import from_record, is_dirty
 from daemon.analyzers.trending import Trending
@@ -279,14 +284,35 @@ def dense_rows(draw: st.DrawFn) -> tuple[int, str, str, str | None, str | None, 
 DENSE_BATCHES = st.lists(dense_rows(), min_size=5, max_size=80).map(batch)
 
 
+LOOPS = ["compiled", "python"]
+
+
+@contextmanager
+def observe_loop(kind: str) -> Iterator[None]:
+    """Run observe's compiled loop (analyzers/_recfold.pyx) or its pure-Python original."""
+    built = recommend._recfold
+    if kind == "compiled" and built is None:
+        if os.environ.get("STOREPULSE_NO_EXTENSIONS"):
+            pytest.skip("STOREPULSE_NO_EXTENSIONS is set")
+        pytest.fail("daemon/analyzers/_recfold.pyx was not compiled: `pip install -e .` needs gcc and the Python headers")
+    recommend._recfold = built if kind == "compiled" else None
+    try:
+        yield
+    finally:
+        recommend._recfold = built
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 @settings(max_examples=300, deadline=None)
 @given(cfg=SMALL_CONFIGS,
        batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=4))
-def test_observe_equals_the_per_event_reference(cfg, batches):
-    """observe leaves exactly the state (floats, orders, changes, deletions) a plain per-event fold leaves."""
+def test_observe_equals_the_per_event_reference(loop, cfg, batches):
+    """observe, compiled or not, leaves exactly the state (floats, orders, changes, deletions) a plain
+    per-event fold leaves."""
     rec, ref = Recommender(cfg), Recommender(cfg)
     for b in batches:
-        rec.observe(b)
+        with observe_loop(loop):
+            rec.observe(b)
         reference_observe(ref, b)
         assert rec.take_changes() == ref.take_changes()
     assert rec.snapshot() == ref.snapshot()
@@ -352,15 +378,16 @@ def test_incremental_changes_add_up_to_the_records_and_restore_the_same_values(c
     assert copy.take_changes() == {b"r#": store[b"r#"], **copy.trending.records([])}   # restored: nothing dirty
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @settings(max_examples=300, deadline=None)
 @given(cfg=SMALL_CONFIGS,
        batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=6),
        packs=st.lists(st.one_of(st.none(), st.tuples(st.integers(min_value=0, max_value=4), st.booleans())),
                       min_size=6, max_size=6))
-def test_packing_idle_users_changes_no_answer_record_or_state(cfg, batches, packs):
+def test_packing_idle_users_changes_no_answer_record_or_state(loop, cfg, batches, packs):
     """Users kept as their records beyond the `hot` most recent (`pack`: clean ones after a take, as
     the process does after an answer, or changed ones while it folds) fold, expire, rebase, answer and
-    store exactly as the twin that never packs."""
+    store exactly as the twin that never packs (each loop, compiled or not, against the pure one)."""
     rec, twin = Recommender(cfg), Recommender(cfg)
 
     def pack(hot: int) -> None:
@@ -374,8 +401,10 @@ def test_packing_idle_users_changes_no_answer_record_or_state(cfg, batches, pack
 
     now = T0
     for b, packing in zip(batches, packs):
-        rec.observe(b)
-        twin.observe(b)
+        with observe_loop(loop):
+            rec.observe(b)
+        with observe_loop("python"):
+            twin.observe(b)
         if packing is not None and not packing[1]:
             pack(packing[0])
         assert rec._dirty_user_count == twin._dirty_user_count
