@@ -1,12 +1,13 @@
 """The compiled forms of hot loops; everything else about the package is in pyproject.toml.
 
 Each extension has its pure-Python original beside it, which runs when the build had no C compiler
-(`optional`: the install then goes on without it) or with STOREPULSE_NO_EXTENSIONS=1; the tests run
-both. setuptools compiles the .pyx with Cython (a build requirement in pyproject.toml).
+(`optional`: the install then goes on without it) or with STOREPULSE_NO_EXTENSIONS=1 (daemon/native.py);
+the tests run both. setuptools compiles the .pyx with Cython (a build requirement in pyproject.toml).
 """
 
 from setuptools import Extension, setup
 
 setup(ext_modules=[
     Extension("daemon.analyzers._recfold", ["daemon/analyzers/_recfold.pyx"], optional=True),   # Recommender.observe
+    Extension("daemon.metrics._distinct", ["daemon/metrics/_distinct.pyx"], optional=True),    # Distinct's group folds
 ])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
 from collections.abc import Callable, Iterable
 from itertools import islice
 from dataclasses import dataclass
@@ -32,20 +31,15 @@ from daemon.analyzers.recusers import (_BOUGHT, _DIRTY, _LAST, _START, User, fro
 from daemon.analyzers.trending import TYPE_WEIGHTS, Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
-from daemon import jsonbytes
+from daemon import jsonbytes, native
 
 __all__ = ["COMPILED", "Recommender", "RecommenderStats", "new_user", "user_cats"]
 
 # observe's loop compiled (analyzers/_recfold.pyx: the same statements with C locals, ~1.5x faster),
 # unless the build had no C compiler or STOREPULSE_NO_EXTENSIONS is set; the loop in `observe` is
 # the reference it must equal (tests/unit/test_recommend.py runs both).
-_recfold: Any = None
-if not os.environ.get("STOREPULSE_NO_EXTENSIONS"):
-    try:
-        from daemon.analyzers import _recfold
-    except ImportError:
-        pass
-COMPILED = _recfold is not None
+_compiled: Any = native.compiled("daemon.analyzers._recfold")
+COMPILED = _compiled is not None
 
 _REBASE_HALF_LIVES = 500.0
 _MAX_CATS = 4          # categories remembered per user, for the fallback
@@ -116,8 +110,8 @@ class Recommender:
         """
         if trending:
             self.trending.observe(batch)
-        if _recfold is not None:
-            events, lists_made = _recfold.observe_events(
+        if _compiled is not None:
+            events, lists_made = _compiled.observe_events(
                 self, batch.type, batch.user_id, batch.session_id, batch.item_id, batch.category, batch.ts,
                 from_record, _REBASE_HALF_LIVES, _MAX_CATS)
             self._end_observe(batch, events, lists_made)

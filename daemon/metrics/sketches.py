@@ -24,9 +24,10 @@ import orjson
 
 from daemon.aggconfig import MetricSpec
 from daemon.metrics.sharing import shared
-from daemon import jsonbytes
+from daemon import jsonbytes, native
 
 HLL_LG_K = 16
+_compiled: Any = native.compiled("daemon.metrics._distinct")   # Distinct's group loops compiled (_distinct.pyx)
 SMALL_DISTINCT = 16  # a distinct state keeps up to this many values in a tuple before it becomes an HLL
 KLL_K = 200
 _KLL_BULK_MIN = 16  # below this, per-value update beats building a numpy array
@@ -125,6 +126,9 @@ class Distinct:
                     hi: list[int]) -> None:
         """Fold group g, values[lo[g]:hi[g]], into states[g][j] for every g (see MetricSet.fold_groups);
         a one-event group is fold_one inline, without a call per group."""
+        if _compiled is not None:
+            _compiled.fold_groups(self, states, j, values, lo, hi)
+            return
         fold, small = self.fold, self.small
         for s, a, b in zip(states, lo, hi):
             if b - a > 1:
@@ -139,6 +143,9 @@ class Distinct:
     def fold_column(self, column: list[Any], slots: list[int], values: Sequence[Any], lo: list[int],
                     hi: list[int]) -> None:
         """Fold group g into column[slots[g]] for every g (see MetricSet.fold_slots); as fold_groups."""
+        if _compiled is not None:
+            _compiled.fold_column(self, column, slots, values, lo, hi)
+            return
         fold, small = self.fold, self.small
         for s, a, b in zip(slots, lo, hi):
             if b - a > 1:

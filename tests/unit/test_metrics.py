@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from daemon.aggconfig import parse_metric
 from daemon.metrics import METRICS, MetricSet, build_metric
 from daemon.metrics.basic import exact_partials
+from daemon.metrics import sketches
 from daemon.metrics.sketches import HLL_LG_K, KLL_K, Quantile, TopK, topk_lg_size
+from tests.native import LOOPS
+from tests.native import loop as loop_of
 from tests.strategies import label_values, numeric_values
 
 EXACT = {"count": "count", "sum": "sum(price)", "mean": "mean(price)", "min": "min(price)", "max": "max(price)"}
@@ -248,12 +251,13 @@ def _row_columns(rows: list[tuple]) -> dict[str, list]:
             "session_id": [r[3] for r in rows], "ts": list(range(len(rows)))}
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @settings(max_examples=200, deadline=None)
 @given(rows=st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
                                st.one_of(st.none(), st.sampled_from("abcdef")),
                                st.sampled_from(["view", "cart", "purchase", "search"]),
                                st.sampled_from(["s1", "s2", None])), max_size=30), data=st.data())
-def test_fold_groups_equals_fold_of_each_group_for_every_metric_kind(rows, data):
+def test_fold_groups_equals_fold_of_each_group_for_every_metric_kind(loop, rows, data):
     """MetricSet.fold_groups (a batch's groups, one metric at a time, one-event groups inline) leaves
     the same states as fold() of each group, for every metric kind; one group gives the results of
     folding the rows one by one."""
@@ -265,7 +269,8 @@ def test_fold_groups_equals_fold_of_each_group_for_every_metric_kind(rows, data)
     bounds = [0, *(c for c in cuts if c < len(rows)), len(rows)] if rows else [0]
     lo, hi = bounds[:-1], bounds[1:]
     bulk = [ms.empty() for _ in lo]
-    ms.fold_groups(bulk, lo, hi, order, ms.gather(columns, order))
+    with loop_of(sketches, loop):
+        ms.fold_groups(bulk, lo, hi, order, ms.gather(columns, order))
     for states, a, b in zip(bulk, lo, hi):
         each = ms.empty()
         ms.fold(each, order[a:b], ms.gather(columns, order[a:b]))
@@ -274,17 +279,19 @@ def test_fold_groups_equals_fold_of_each_group_for_every_metric_kind(rows, data)
     for i in every:
         ms.fold(one_by_one, [i], ms.gather(columns, [i]))
     if rows:   # groups are never empty
-        ms.fold_groups(whole, [0], [len(rows)], every, ms.gather(columns, every))
+        with loop_of(sketches, loop):
+            ms.fold_groups(whole, [0], [len(rows)], every, ms.gather(columns, every))
     assert ms.results(whole[0]) == ms.results(one_by_one)
 
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @settings(max_examples=200, deadline=None)
 @given(rows=st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
                                st.one_of(st.none(), st.sampled_from("abcdefghijk")),
                                st.sampled_from(["view", "cart", "purchase", "search"]),
                                st.sampled_from(["s1", "s2", None])), max_size=40), data=st.data())
-def test_fold_slots_equals_fold_groups_for_every_metric_kind(rows, data):
+def test_fold_slots_equals_fold_groups_for_every_metric_kind(loop, rows, data):
     """MetricSet.fold_slots (states in one list per metric, groups at any slots, over states that
     already hold values) leaves the same states as fold_groups over lists of states."""
     ms = MetricSet([parse_metric(n, e) for n, e in _ROW_METRICS.items()])
@@ -304,8 +311,10 @@ def test_fold_slots_equals_fold_groups_for_every_metric_kind(rows, data):
             ms.fold(start, order[:3], ms.gather(columns, order[:3]))
         for j, state in enumerate(twin):
             store[j][s] = state
-    ms.fold_groups(lists, lo, hi, order, values)
-    ms.fold_slots(store, slots, lo, hi, order, values)
+    with loop_of(sketches, "python"):
+        ms.fold_groups(lists, lo, hi, order, values)
+    with loop_of(sketches, loop):
+        ms.fold_slots(store, slots, lo, hi, order, values)
     for states, s in zip(lists, slots):
         assert ms.dump([column[s] for column in store]) == ms.dump(states)
 
@@ -372,10 +381,11 @@ def test_distinct_loads_hll_blobs_dumped_before_the_tuple_state():
         assert m.result(m.fold(state, ["u0", "new"])) == n + 1
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @settings(max_examples=100, deadline=None)
 @given(groups=st.lists(st.tuples(st.sampled_from(list(EXACT.values()) + ["distinct(price)"]),
                                  numeric_values(8)), min_size=1, max_size=12))
-def test_fold_groups_equals_fold_per_group(groups):
+def test_fold_groups_equals_fold_per_group(loop, groups):
     """MetricSet.fold_groups (one call per metric for a batch's groups) leaves the states fold() leaves."""
     exprs = sorted({e for e, _ in groups})
     ms = MetricSet([parse_metric(f"m{i}", e) for i, e in enumerate(exprs)])
@@ -387,7 +397,8 @@ def test_fold_groups_equals_fold_per_group(groups):
     keep = [g for g in range(len(groups)) if bounds[g + 1] > bounds[g]]
     bulk = [ms.empty() for _ in keep]
     each = [ms.empty() for _ in keep]
-    ms.fold_groups(bulk, [bounds[g] for g in keep], [bounds[g + 1] for g in keep], rows, ms.gather([price], rows))
+    with loop_of(sketches, loop):
+        ms.fold_groups(bulk, [bounds[g] for g in keep], [bounds[g + 1] for g in keep], rows, ms.gather([price], rows))
     for states, g in zip(each, keep):
         part = rows[bounds[g]:bounds[g + 1]]
         ms.fold(states, part, ms.gather([price], part))
@@ -462,3 +473,36 @@ def test_dump_is_each_metric_dump_joined_as_before(rows):
     assert ms.dump(states) == jsonbytes.dumps([len(b) for b in blobs]) + b"\n" + b"".join(blobs)
     assert b"".join(ms.dump_parts(states)) == ms.dump(states)
     assert [ms.results(ms.load(ms.dump(states)))] == [ms.results(states)]
+
+
+_DISTINCT_VALUES = [f"v{i}" for i in range(30)] + [7, 2.5]
+
+
+@settings(max_examples=200, deadline=None)
+@given(starts=st.lists(st.lists(st.sampled_from(_DISTINCT_VALUES), max_size=24), min_size=1, max_size=8),
+       data=st.data())
+def test_compiled_distinct_group_folds_equal_the_pure_ones_across_the_tuple_bound(starts, data):
+    """Distinct.fold_groups and fold_column compiled (metrics/_distinct.pyx) leave the states the pure
+    loops leave, over states of 0-24 values (either side of the 16 a tuple holds, so one-event groups
+    fill a tuple, turn it into an HLL or update an HLL) and groups of 1-3 values, None among them."""
+    from daemon.metrics.sketches import Distinct
+
+    m = Distinct()
+    groups = [data.draw(st.lists(st.one_of(st.none(), st.sampled_from(_DISTINCT_VALUES)), min_size=1, max_size=3))
+              for _ in starts]
+    values = [v for g in groups for v in g]
+    hi = [sum(map(len, groups[:g + 1])) for g in range(len(groups))]
+    lo = [h - len(g) for h, g in zip(hi, groups)]
+    slots = data.draw(st.permutations(range(len(starts))))
+    out = {}
+    for kind in LOOPS:
+        states = [[None, m.fold(m.empty(), s)] for s in starts]
+        column = [None] * len(starts)
+        for s, start in zip(slots, starts):
+            column[s] = m.fold(m.empty(), start)
+        with loop_of(sketches, kind):
+            m.fold_groups(states, 1, values, lo, hi)
+            m.fold_column(column, slots, values, lo, hi)
+        out[kind] = ([m.dump(s[1]) for s in states], [m.dump(c) for c in column])
+        assert out[kind][1] == [out[kind][0][g] for g in sorted(range(len(slots)), key=slots.__getitem__)]
+    assert out["compiled"] == out["python"]

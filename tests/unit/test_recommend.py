@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import orjson
 import pytest
@@ -20,6 +17,8 @@ from daemon.analyzers.recusers import from_record, is_dirty
 from daemon.analyzers.trending import Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
+from tests.native import LOOPS
+from tests.native import loop as loop_of
 from tests.strategies import USERS, event_batches, timestamps
 
 T0 = 1_700_000_000_000
@@ -284,24 +283,6 @@ def dense_rows(draw: st.DrawFn) -> tuple[int, str, str, str | None, str | None, 
 DENSE_BATCHES = st.lists(dense_rows(), min_size=5, max_size=80).map(batch)
 
 
-LOOPS = ["compiled", "python"]
-
-
-@contextmanager
-def observe_loop(kind: str) -> Iterator[None]:
-    """Run observe's compiled loop (analyzers/_recfold.pyx) or its pure-Python original."""
-    built = recommend._recfold
-    if kind == "compiled" and built is None:
-        if os.environ.get("STOREPULSE_NO_EXTENSIONS"):
-            pytest.skip("STOREPULSE_NO_EXTENSIONS is set")
-        pytest.fail("daemon/analyzers/_recfold.pyx was not compiled: `pip install -e .` needs gcc and the Python headers")
-    recommend._recfold = built if kind == "compiled" else None
-    try:
-        yield
-    finally:
-        recommend._recfold = built
-
-
 @pytest.mark.parametrize("loop", LOOPS)
 @settings(max_examples=300, deadline=None)
 @given(cfg=SMALL_CONFIGS,
@@ -311,7 +292,7 @@ def test_observe_equals_the_per_event_reference(loop, cfg, batches):
     per-event fold leaves."""
     rec, ref = Recommender(cfg), Recommender(cfg)
     for b in batches:
-        with observe_loop(loop):
+        with loop_of(recommend, loop):
             rec.observe(b)
         reference_observe(ref, b)
         assert rec.take_changes() == ref.take_changes()
@@ -401,9 +382,9 @@ def test_packing_idle_users_changes_no_answer_record_or_state(loop, cfg, batches
 
     now = T0
     for b, packing in zip(batches, packs):
-        with observe_loop(loop):
+        with loop_of(recommend, loop):
             rec.observe(b)
-        with observe_loop("python"):
+        with loop_of(recommend, "python"):
             twin.observe(b)
         if packing is not None and not packing[1]:
             pack(packing[0])
