@@ -10,4 +10,5 @@ from setuptools import Extension, setup
 setup(ext_modules=[
     Extension("daemon.analyzers._recfold", ["daemon/analyzers/_recfold.pyx"], optional=True),   # Recommender.observe
     Extension("daemon.metrics._distinct", ["daemon/metrics/_distinct.pyx"], optional=True),    # Distinct's group folds
+    Extension("daemon.stores._arrowcols", ["daemon/stores/_arrowcols.pyx"], optional=True),    # str lists -> Arrow
 ])

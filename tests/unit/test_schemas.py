@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from daemon.events import Anomaly, EventBatch, Reason, Rejected, WindowResult
 from daemon.stores import schemas
+from tests.native import LOOPS
+from tests.native import loop as loop_of
 from daemon.stores.schemas import (
     TOPK, TS, anomalies_to_record_batch, events_to_record_batch, rejected_to_record_batch,
     time_column, window_schema, windows_to_record_batch,
@@ -143,3 +145,42 @@ def test_json_metric_is_stored_as_json_text():
     row = rb.to_pylist()[0]
     assert orjson.loads(row["funnel"]) == funnel
     assert row["user_id"] == "42"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@given(values=st.lists(st.one_of(st.none(), st.text(max_size=12), st.sampled_from(["", "é", "日本", "a\x00b", "🛒"])),
+                       max_size=70))
+def test_string_array_equals_pyarrows_conversion(loop, values):
+    """string_array (compiled: one C pass into Arrow's buffers) gives the array pa.array gives: values,
+    nulls (validity bits across byte bounds), empty and non-ASCII strings."""
+    with loop_of(schemas, loop):
+        got = schemas.string_array(values)
+    want = pa.array(values, pa.string())
+    assert got.type == pa.string() and got.null_count == want.null_count
+    assert got.equals(want) and got.to_pylist() == values
+    got.validate(full=True)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("values", [["a", 1], ["a", b"bytes"], ["a", b"\xff"], ["lone \ud800 surrogate"]])
+def test_string_array_takes_or_refuses_what_pyarrow_does(loop, values):
+    """A value that is no str is pyarrow's to convert (bytes of UTF-8) or refuse, with its own error."""
+    try:
+        want = pa.array(values, pa.string())
+    except Exception as exc:   # noqa: BLE001 - whatever pyarrow raises is the expected answer
+        with loop_of(schemas, loop), pytest.raises(type(exc)):
+            schemas.string_array(values)
+    else:
+        with loop_of(schemas, loop):
+            assert schemas.string_array(values).equals(want)
+
+
+def test_archived_events_round_trip_through_the_compiled_string_columns():
+    """events_to_record_batch's string columns (compiled or not) read back as the batch's values."""
+    b = _batch(5)
+    b.category[1] = None
+    b.session_id[3] = None
+    rb = schemas.events_to_record_batch(b, 123)
+    rb.validate(full=True)
+    for name in ("event_id", "type", "user_id", "session_id", "item_id", "category"):
+        assert rb.column(name).to_pylist() == b.column(name)
