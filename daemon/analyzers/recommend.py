@@ -35,7 +35,7 @@ from daemon import jsonbytes, native
 
 __all__ = ["COMPILED", "Recommender", "RecommenderStats", "new_user", "user_cats"]
 
-# observe's loop compiled (analyzers/_recfold.pyx: the same statements with C locals, ~1.5x faster),
+# observe's loop compiled (analyzers/_recfold.pyx: the same statements with C locals, ~1.6x faster),
 # unless the build had no C compiler or STOREPULSE_NO_EXTENSIONS is set; the loop in `observe` is
 # the reference it must equal (tests/unit/test_recommend.py runs both).
 _compiled: Any = native.compiled("daemon.analyzers._recfold")

@@ -2,9 +2,9 @@
 """A list of str (or None) as the three buffers of an Arrow string array, in one pass in C
 (stores/schemas.py's `string_array`; its pure-Python original is `pa.array(values, pa.string())`).
 
-pyarrow's conversion of a Python list goes through its generic per-object converter (~100-180 ns a
-string here); this copies each str's UTF-8 (CPython's cached form: the str's own bytes for ASCII) into
-one buffer (~20-30 ns). Equal arrays: tests/unit/test_schemas.py runs both.
+pyarrow's conversion of a Python list goes through its generic per-object converter (~90 ns a string
+here); this copies each str's UTF-8 (CPython's cached form: the str's own bytes for ASCII) into one
+buffer (~30-40 ns). Equal arrays: tests/unit/test_schemas.py runs both.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize

@@ -104,7 +104,7 @@ def window_schema(group_by: Sequence[str], metric_kinds: Iterable[tuple[str, str
 
 def string_array(values: list[Any]) -> pa.Array:
     """`pa.array(values, pa.string())`, made by the compiled `_arrowcols.string_buffers` when it was built
-    (~5x cheaper); anything it refuses (a value not a str, a lone surrogate) goes to pyarrow, which raises
+    (~2-3x cheaper); anything it refuses (a value not a str, a lone surrogate) goes to pyarrow, which raises
     the same error it always did."""
     if _compiled is not None:
         try:
