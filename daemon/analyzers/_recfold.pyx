@@ -1,4 +1,4 @@
-# cython: language_level=3, wraparound=False, initializedcheck=False
+# cython: language_level=3, wraparound=False
 """`Recommender.observe`'s loop compiled (analyzers/recommend.py): the same statements in the same
 order, with C locals for the indices and the float arithmetic. Every value it stores is the Python
 object the pure loop stores (the weights and ts objects as they came, floats from the same IEEE double
@@ -37,7 +37,7 @@ def observe_events(rec, list types, list user_ids, list sessions, list item_col,
     cdef Py_ssize_t events = 0, lists_made = 0
     cdef Py_ssize_t n = len(tss), i, k, j, start, paired, ulen
     cdef double g, wd, c
-    cdef list u, items
+    cdef list u
     cdef dict mine, theirs, bought
     cdef tuple shared_ts
     if not (len(types) == len(user_ids) == len(sessions) == len(item_col) == len(cat_col) == n):

@@ -9,15 +9,23 @@ A change to one is made to the other.
 from sys import intern
 
 
-cdef inline object _shared(object v):
-    return intern(v) if type(v) is str else v
+cdef inline object _fold_value(metric, object state, object v, Py_ssize_t small):
+    """`state` after one value that is not None: an HLL updated in place, a small tuple as it was or with
+    `v` added (interned), or an HLL of the tuple's values and `v` past `small`."""
+    if type(state) is not tuple:
+        state.update(v)
+        return state
+    if v in <tuple>state:
+        return state
+    if len(<tuple>state) < small:
+        return state + ((intern(v) if type(v) is str else v),)
+    return metric.sketch((*state, v))
 
 
 def fold_groups(metric, list states, Py_ssize_t j, list values, list lo, list hi):
     """Group g, values[lo[g]:hi[g]], folded into states[g][j] for every g."""
     cdef Py_ssize_t g, a, b, n = len(states)
     cdef Py_ssize_t small = metric.small
-
     if len(lo) != n or len(hi) != n:
         raise ValueError("fold_groups: states, lo and hi of unequal length")
     fold = metric.fold
@@ -27,15 +35,8 @@ def fold_groups(metric, list states, Py_ssize_t j, list values, list lo, list hi
         s = states[g]
         if b - a > 1:
             s[j] = fold(s[j], values[a:b])
-            continue
-        v = values[a]
-        if v is None:
-            continue
-        state = s[j]
-        if type(state) is not tuple:
-            state.update(v)
-        elif v not in <tuple>state:
-            s[j] = state + (_shared(v),) if len(<tuple>state) < small else metric.sketch((*state, v))
+        elif values[a] is not None:
+            s[j] = _fold_value(metric, s[j], values[a], small)
 
 
 def fold_column(metric, list column, list slots, list values, list lo, list hi):
@@ -51,12 +52,5 @@ def fold_column(metric, list column, list slots, list values, list lo, list hi):
         k = slots[g]
         if b - a > 1:
             column[k] = fold(column[k], values[a:b])
-            continue
-        v = values[a]
-        if v is None:
-            continue
-        state = column[k]
-        if type(state) is not tuple:
-            state.update(v)
-        elif v not in <tuple>state:
-            column[k] = state + (_shared(v),) if len(<tuple>state) < small else metric.sketch((*state, v))
+        elif values[a] is not None:
+            column[k] = _fold_value(metric, column[k], values[a], small)

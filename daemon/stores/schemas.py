@@ -106,15 +106,14 @@ def string_array(values: list[Any]) -> pa.Array:
     """`pa.array(values, pa.string())`, made by the compiled `_arrowcols.string_buffers` when it was built
     (~2-3x cheaper); anything it refuses (a value not a str, a lone surrogate) goes to pyarrow, which raises
     the same error it always did."""
-    if _compiled is not None:
-        try:
-            offsets, data, validity, nulls = _compiled.string_buffers(values)
-        except (TypeError, ValueError, OverflowError):   # UnicodeEncodeError is a ValueError
-            pass
-        else:
-            return pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), pa.py_buffer(data),
-                                               None if validity is None else pa.py_buffer(validity), nulls)
-    return pa.array(values, pa.string())
+    if _compiled is None:
+        return pa.array(values, pa.string())
+    try:
+        offsets, data, validity, nulls = _compiled.string_buffers(values)
+    except (TypeError, ValueError, OverflowError):   # UnicodeEncodeError is a ValueError
+        return pa.array(values, pa.string())         # converts it, or raises pyarrow's own error
+    return pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), pa.py_buffer(data),
+                                       None if validity is None else pa.py_buffer(validity), nulls)
 
 
 def events_to_record_batch(batch: EventBatch, received_ms: int) -> pa.RecordBatch:
