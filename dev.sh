@@ -11,7 +11,7 @@ setup() {
     "$PY" -m venv "$VENV"
   fi
   # Installed again when the dependencies or the compiled loops' sources (setup.py) change.
-  local stamp="$VENV/.installed-$(cat pyproject.toml setup.py daemon/*/*.pyx | sha1sum | cut -c1-12)"
+  local stamp="$VENV/.installed-$(cat pyproject.toml setup.py $(find daemon -name "*.pyx" | sort) | sha1sum | cut -c1-12)"
   if [ ! -e "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e '.[test]'

@@ -8,6 +8,7 @@ the tests run both. setuptools compiles the .pyx with Cython (a build requiremen
 from setuptools import Extension, setup
 
 setup(ext_modules=[
+    Extension("daemon._columns", ["daemon/_columns.pyx"], optional=True),                     # rows taken, key codes
     Extension("daemon.analyzers._recfold", ["daemon/analyzers/_recfold.pyx"], optional=True),   # Recommender.observe
     Extension("daemon.metrics._distinct", ["daemon/metrics/_distinct.pyx"], optional=True),    # Distinct's group folds
     Extension("daemon.stores._arrowcols", ["daemon/stores/_arrowcols.pyx"], optional=True),    # str lists -> Arrow

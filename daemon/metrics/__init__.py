@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from daemon.aggconfig import MetricSpec
+from daemon.columns import take
 from daemon.metrics.base import Kind, Metric
 from daemon.metrics.basic import Count, Max, Mean, Min, Sum
 from daemon.metrics.funnel import Funnel
@@ -68,7 +69,7 @@ class MetricSet:
 
     def gather(self, columns: Sequence[list[Any]], rows: list[int]) -> list[list[Any]]:
         """The values of `rows` in each needed column (columns in `self.fields` order)."""
-        return [[col[i] for i in rows] for col in columns]
+        return [take(col, rows) for col in columns]
 
     def fold(self, states: list[Any], rows: list[int], values: list[list[Any]]) -> None:
         """Fold one group (its row indices and gathered values) into `states`, in place."""

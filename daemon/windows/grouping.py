@@ -2,7 +2,7 @@
 
 Why this shape: a batch of ~4k events holds ~3k distinct users and ~1.5k (item, pane) pairs, so
 most groups hold one event and any per-row Python step costs as much as the fold itself. Here the
-only per-row Python step is giving each key an integer code (one dict lookup); panes, sorting, run
+only per-row step is giving each key an integer code (one dict lookup, daemon/columns.py); panes, sorting, run
 cuts and group bounds are numpy over those codes and the timestamps. The caller then walks groups,
 not rows: it finds each group's states, and folds every group of the batch metric by metric
 (`MetricSet.fold_groups`) over the rows in group order.
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from daemon.columns import key_codes, take_ints
 
 SMALL_ROWS = 64   # below this many selected rows, fixed-window grouping uses a dict (see _few_pane_groups)
 
@@ -36,31 +38,12 @@ def _no_groups(keys: list[Any]) -> Groups:
     return Groups(empty, empty, empty, empty, empty, empty, keys)
 
 
-def key_codes(columns: Sequence[list[Any]], rows: list[int] | None, n: int,
-              bare: bool = False) -> tuple[np.ndarray, list[Any]]:
-    """A code per selected row (0, 1, ... in order of first appearance) and the key tuple of each code
-    (with `bare` and one column, the value itself: no tuple per key).
-
-    Keys compare as dict keys do (as the row-at-a-time grouping did); no columns make one key ().
-    """
-    if rows is not None:
-        columns = [[c[i] for i in rows] for c in columns]
-        n = len(rows)
-    if not columns:
-        return np.zeros(n, dtype=np.int64), [()]
-    index: dict[Any, int] = {}
-    values = columns[0] if len(columns) == 1 else zip(*columns)
-    codes = [index.setdefault(v, len(index)) for v in values]
-    keys = [(v,) for v in index] if len(columns) == 1 and not bare else list(index)
-    return np.asarray(codes, dtype=np.int64), keys
-
-
 def selected_ts(ts: list[int], rows: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
     """The selected rows' indices and timestamps as int64 arrays."""
     if rows is None:
         return np.arange(len(ts), dtype=np.int64), np.asarray(ts, dtype=np.int64)
     # A filter often keeps few rows (purchases): convert only those.
-    return np.asarray(rows, dtype=np.int64), np.asarray([ts[i] for i in rows], dtype=np.int64)
+    return np.asarray(rows, dtype=np.int64), take_ints(ts, rows)
 
 
 def pane_groups(ts: list[int], rows: list[int] | None, columns: Sequence[list[Any]], slide_ms: int) -> Groups:

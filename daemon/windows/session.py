@@ -9,12 +9,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import numpy as np
 
 from daemon.aggconfig import WindowSpec
+from daemon.columns import lookup
 from daemon.windows.base import Window
 
 
@@ -136,7 +136,7 @@ class SessionStore:
         open session, which the run touches, extends it. Returns the positions of the runs so placed
         and their slots; the others go through `place`. Eligible runs must have distinct keys."""
         n = len(keys)
-        slot = np.fromiter(map(self._slot.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
+        slot = lookup(self._slot, keys)
         ok = eligible & (slot >= 0)
         if self._more:
             ok &= ~np.fromiter((k in self._more for k in keys), dtype=bool, count=n)
