@@ -10,6 +10,7 @@ from setuptools import Extension, setup
 setup(ext_modules=[
     Extension("daemon._columns", ["daemon/_columns.pyx"], optional=True),                     # rows taken, key codes
     Extension("daemon.analyzers._recfold", ["daemon/analyzers/_recfold.pyx"], optional=True),   # Recommender.observe
+    Extension("daemon.pipeline._dedupe", ["daemon/pipeline/_dedupe.pyx"], optional=True),    # the seen-id table's probe
     Extension("daemon.metrics._distinct", ["daemon/metrics/_distinct.pyx"], optional=True),    # Distinct's group folds
     Extension("daemon.stores._arrowcols", ["daemon/stores/_arrowcols.pyx"], optional=True),    # str lists -> Arrow
 ])

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from daemon import native
+
+# `_insert_each`'s probe compiled (_dedupe.pyx, the same loop in C): then used for batches of any size.
+_compiled: Any = native.compiled("daemon.pipeline._dedupe")
 
 _BUCKET_MS = 60_000
 _EMPTY, _GONE = 0, -1      # table cells: never used, used by an id since forgotten (hash() is never -1)
@@ -89,7 +95,7 @@ class DedupeFilter:
         np.unique), so repeats are not looked for."""
         if 2 * (self._used + len(hashes)) > len(self._table):
             self._rebuild(self._ids + len(hashes))
-        if len(hashes) < _NUMPY_MIN:
+        if _compiled is not None or len(hashes) < _NUMPY_MIN:
             return self._insert_each(hashes)
         found = self._find(hashes)
         if repeats:
@@ -103,7 +109,14 @@ class DedupeFilter:
         return new
 
     def _insert_each(self, hashes: np.ndarray) -> np.ndarray:
-        """_insert id by id (a few ids: numpy's fixed cost per call would exceed the probing)."""
+        """_insert id by id (a few ids: numpy's fixed cost per call would exceed the probing; any
+        number when compiled)."""
+        if _compiled is not None:
+            out = np.zeros(len(hashes), dtype=bool)
+            added = _compiled.insert_each(self._table, np.ascontiguousarray(hashes, dtype=np.int64), out.view(np.uint8))
+            self._ids += added
+            self._used += added
+            return out
         table, mask = memoryview(self._table), len(self._table) - 1   # its items are Python ints
         added = []
         for j, h in enumerate(hashes.tolist()):

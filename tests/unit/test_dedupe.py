@@ -1,8 +1,11 @@
 """Dedupe: repeated event ids count once within the TTL; state round-trips."""
 
+import pytest
 from hypothesis import given, strategies as st
 
 from daemon.pipeline.dedupe import DedupeFilter, DedupeStats
+from tests.native import LOOPS
+from tests.native import loop as loop_of
 
 
 def test_repeats_are_dropped_within_and_across_batches():
@@ -129,46 +132,84 @@ _big_steps = st.lists(st.one_of(
 ), max_size=25)
 
 
-@given(_big_steps, st.sampled_from((60_000, 90_000)), st.sampled_from((50, 300, 10_000)),
-       st.sampled_from((0, 64, 10**9)))
-def test_hash_table_equals_the_per_id_reference_on_any_path(steps, ttl_ms, max_ids, numpy_min):
-    """The hashed table (probed with numpy for batches of any size, or id by id; rebuilt as it grows,
-    after forgetting, and from take_changes after a restart) keeps exactly what the per-id filter keeps."""
+@pytest.mark.parametrize("loop", LOOPS)
+@given(steps=_big_steps, ttl_ms=st.sampled_from((60_000, 90_000)), max_ids=st.sampled_from((50, 300, 10_000)),
+       numpy_min=st.sampled_from((0, 64, 10**9)))
+def test_hash_table_equals_the_per_id_reference_on_any_path(loop, steps, ttl_ms, max_ids, numpy_min):
+    """The hashed table (probed with numpy for batches of any size, or id by id, or by the compiled
+    probe; rebuilt as it grows, after forgetting, and from take_changes after a restart) keeps exactly
+    what the per-id filter keeps."""
     import daemon.pipeline.dedupe as dedupe
 
     saved = dedupe._NUMPY_MIN
     dedupe._NUMPY_MIN = numpy_min
     try:
-        d, ref = DedupeFilter(ttl_ms, max_ids), _PerIdFilter(ttl_ms, max_ids)
-        stored: dict[bytes, int] = {}
-        for step in steps:
-            if step[0] == "keep":
-                rows, skip_odd = step[1], step[2]
-                ids, ts = [r[0] for r in rows], [r[1] for r in rows]
-                candidates = [i for i in range(len(rows)) if not (skip_odd and i % 2)]
-                assert d.keep(ids, ts, candidates) == ref.keep(ids, ts, candidates)
-            elif step[0] == "expire":
-                d.expire(step[1])
-                ref.expire(step[1])
-            elif step[0] == "take":
-                got = _pairs(d.take_changes())
-                assert got == ref.take_changes()
-                stored.update(got[0])
-                if got[1] is not None:   # the checkpoint drops what expired
-                    stored = {k: v for k, v in stored.items() if v >= got[1]}
-            else:   # a restart from what the checkpoint holds
-                got = _pairs(d.take_changes())
-                assert got == ref.take_changes()
-                stored.update(got[0])
-                d = DedupeFilter(ttl_ms, max_ids)
-                d.restore(stored.items())
-                ref = _PerIdFilter(ttl_ms, max_ids)
-                for eid, expiry in stored.items():
-                    ref.expiry[eid.decode()] = expiry
-                    ref.buckets.setdefault(expiry // 60_000, []).append(eid.decode())
-            assert d.statistics() == DedupeStats(len(ref.expiry), ref.duplicates, ref.evicted)
+        with loop_of(dedupe, loop):
+            d, ref = DedupeFilter(ttl_ms, max_ids), _PerIdFilter(ttl_ms, max_ids)
+            stored: dict[bytes, int] = {}
+            for step in steps:
+                if step[0] == "keep":
+                    rows, skip_odd = step[1], step[2]
+                    ids, ts = [r[0] for r in rows], [r[1] for r in rows]
+                    candidates = [i for i in range(len(rows)) if not (skip_odd and i % 2)]
+                    assert d.keep(ids, ts, candidates) == ref.keep(ids, ts, candidates)
+                elif step[0] == "expire":
+                    d.expire(step[1])
+                    ref.expire(step[1])
+                elif step[0] == "take":
+                    got = _pairs(d.take_changes())
+                    assert got == ref.take_changes()
+                    stored.update(got[0])
+                    if got[1] is not None:   # the checkpoint drops what expired
+                        stored = {k: v for k, v in stored.items() if v >= got[1]}
+                else:   # a restart from what the checkpoint holds
+                    got = _pairs(d.take_changes())
+                    assert got == ref.take_changes()
+                    stored.update(got[0])
+                    d = DedupeFilter(ttl_ms, max_ids)
+                    d.restore(stored.items())
+                    ref = _PerIdFilter(ttl_ms, max_ids)
+                    for eid, expiry in stored.items():
+                        ref.expiry[eid.decode()] = expiry
+                        ref.buckets.setdefault(expiry // 60_000, []).append(eid.decode())
+                assert d.statistics() == DedupeStats(len(ref.expiry), ref.duplicates, ref.evicted)
     finally:
         dedupe._NUMPY_MIN = saved
+
+
+@given(st.lists(st.integers(-2**63, 2**63 - 1) | st.sampled_from([1, 2, 1024, -1024]), max_size=300),
+       st.integers(0, 2))
+def test_compiled_probe_lays_out_the_table_as_the_python_loop(hashes, grow):
+    """The compiled probe and `_insert_each`'s Python loop add the same hashes to the same cells."""
+    import numpy as np
+
+    import daemon.pipeline.dedupe as dedupe
+
+    hashes = [h if h not in (0, -1) else 1 for h in hashes]
+    tables, masks = {}, {}
+    for loop in LOOPS:
+        d = DedupeFilter(60_000, 10**6)
+        d._rebuild(len(hashes) << grow)
+        with loop_of(dedupe, loop):
+            masks[loop] = d._insert_each(np.array(hashes, dtype=np.int64)).tolist()
+        tables[loop] = d._table.tolist()
+        assert d.statistics().ids == sum(masks[loop]) == len(set(hashes))
+    assert masks["compiled"] == masks["python"]
+    assert tables["compiled"] == tables["python"]
+
+
+def test_compiled_probe_refuses_a_full_table():
+    import numpy as np
+
+    import daemon.pipeline.dedupe as dedupe
+
+    if dedupe._compiled is None:
+        pytest.skip("not built (tests/native.py fails the compiled variants for that)")
+    table = np.array([5, 6], dtype=np.int64)
+    with pytest.raises(ValueError, match="full"):
+        dedupe._compiled.insert_each(table, np.array([7], dtype=np.int64), np.zeros(1, dtype=np.uint8))
+    with pytest.raises(ValueError, match="power of two"):
+        dedupe._compiled.insert_each(np.zeros(3, dtype=np.int64), np.array([7], dtype=np.int64), np.zeros(1, dtype=np.uint8))
 
 
 def test_restore_of_ids_stored_before_the_hash_table():
