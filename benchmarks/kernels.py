@@ -9,9 +9,9 @@ process: an A/B across processes on this VM showed a systematic 5-9% difference 
 arms (the length of the command line alone: it moves the stack), larger than some of the gains.
 
 - aggregations: the benchmark config's four aggregations folding batches of 4,096 events from empty
-  state (`StateParts.observe`: grouping, states, metric folds), with the row loops of daemon/columns.py
-  compiled or not ("row loops"), and with Distinct's group folds (metrics/_distinct.pyx) compiled or
-  not ("distinct"; the other compiled loops stay as built);
+  state (`StateParts.observe`: filters, grouping, states, metric folds), with the row loops of
+  daemon/columns.py compiled or not ("row loops"), and with Distinct's group folds
+  (metrics/_distinct.pyx: "distinct"); the other compiled loops stay as built;
 - dedupe: `DedupeFilter.keep` over the events' ids (pipeline/_dedupe.pyx);
 - archive rows: `events_to_record_batch` (stores/_arrowcols.pyx);
 - recommender: `Recommender.observe` over the same events (analyzers/_recfold.pyx).

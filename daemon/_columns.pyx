@@ -107,3 +107,21 @@ def key_codes(list columns, list rows, bint bare):
             code = <object>got
         out[k] = code
     return arr, keys
+
+
+def select(list column, allowed):
+    """The indices of the values in `allowed` (a frozenset); with one allowed value, those == it."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(column)
+    cdef list out = []
+    cdef object v, value
+    if len(allowed) == 1:
+        (value,) = allowed
+        for i in range(n):
+            v = <object>PyList_GET_ITEM(column, i)
+            if v == value:
+                out.append(i)
+    else:
+        for i in range(n):
+            if <object>PyList_GET_ITEM(column, i) in allowed:
+                out.append(i)
+    return out

@@ -1,4 +1,5 @@
-"""A batch's columns are Python lists: the values at some rows, and a code per row's key (pure).
+"""A batch's columns are Python lists: the rows a filter keeps, the values at some rows, and a code per
+row's key (pure).
 
 The folds of windows/ select rows (a `where`), group them by key codes and gather the metrics' values
 in group order; these are the per-row steps of that, each a loop over a list with one dict probe or
@@ -18,6 +19,16 @@ import numpy as np
 from daemon import native
 
 _compiled: Any = native.compiled("daemon._columns")
+
+
+def select(column: list[Any], allowed: frozenset[Any]) -> list[int]:
+    """The indices of the rows whose value is in `allowed` (with one allowed value: == it)."""
+    if _compiled is not None and type(column) is list and type(allowed) is frozenset:
+        return _compiled.select(column, allowed)
+    if len(allowed) == 1:
+        (value,) = allowed
+        return [i for i, v in enumerate(column) if v == value]
+    return [i for i, v in enumerate(column) if v in allowed]
 
 
 def take(column: list[Any], rows: list[int]) -> list[Any]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from types import ModuleType
 
 import pytest
@@ -31,3 +31,12 @@ def loop(module: ModuleType, kind: str) -> Iterator[None]:
         yield
     finally:
         module._compiled = built
+
+
+@contextmanager
+def loops(modules: Sequence[ModuleType], kind: str) -> Iterator[None]:
+    """`loop` for several modules at once (a fold that runs more than one compiled loop)."""
+    with ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(loop(module, kind))
+        yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from daemon.columns import select as select_rows
 from daemon.events import FIELDS, EventBatch
 
 RowFilter = Callable[[EventBatch], list[int]]
@@ -25,7 +26,7 @@ def compile_where(where: Sequence[tuple[str, Sequence[Any]]]) -> RowFilter:
         if not conditions:
             return list(range(len(batch)))
         field, allowed = conditions[0]
-        rows = _first_pass(batch.column(field), allowed)
+        rows = select_rows(batch.column(field), allowed)
         for field, allowed in conditions[1:]:
             col = batch.column(field)
             rows = [i for i in rows if col[i] in allowed]
@@ -33,9 +34,3 @@ def compile_where(where: Sequence[tuple[str, Sequence[Any]]]) -> RowFilter:
 
     return select
 
-
-def _first_pass(col: list[Any], allowed: frozenset[Any]) -> list[int]:
-    if len(allowed) == 1:
-        (value,) = allowed
-        return [i for i, v in enumerate(col) if v == value]
-    return [i for i, v in enumerate(col) if v in allowed]

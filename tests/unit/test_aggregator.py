@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 
 from daemon import columns
 from daemon.aggconfig import AggregationConfig, WindowSpec
+from daemon.metrics import sketches
 from daemon.events import WindowResult
 from daemon.windows import build_windower
 from daemon.windows.aggregator import META_KEY, Aggregator, key_order
 from daemon.windows.session import sessionize
 from tests.native import LOOPS
-from tests.native import loop as loop_of
+from tests.native import loops as loops_of
 from tests.strategies import (ALL_METRICS, T0_MS, aggregation, batch_from_rows, event_rows, group_bys, splits,
                               timestamps, window_specs)
 
@@ -118,11 +119,11 @@ def shop_rows(n: int, seed: int, span_ms: int = 3_600_000) -> list[dict[str, Any
 @pytest.mark.parametrize("loop", LOOPS)
 def test_results_equal_a_per_event_reference(window, group_by, where, loop):
     """On 3000 shop events every window's metrics equal a straightforward per-event computation
-    (with the compiled key codes and row gathers, daemon/columns.py, and with the pure ones)."""
+    (with the fold's compiled loops: daemon/columns.py's and Distinct's; and with none)."""
     cfg = aggregation(window, group_by=group_by, where=where)
     rows = shop_rows(3_000, seed=11)
     batches = [rows[i:i + 250] for i in range(0, len(rows), 250)]
-    with loop_of(columns, loop):
+    with loops_of((columns, sketches), loop):
         results = run_all(cfg, batches)
     assert as_dict(results) == reference(cfg, rows)
     assert_emission_order(results)

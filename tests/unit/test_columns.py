@@ -106,3 +106,13 @@ def test_key_codes_without_columns_make_one_key() -> None:
     assert codes.tolist() == [0, 0, 0] and keys == [()]
     codes, keys = columns.key_codes([], [2, 0], 3)
     assert codes.tolist() == [0, 0] and keys == [()]
+
+
+@given(st.lists(VALUES, max_size=15), st.frozensets(VALUES, min_size=1, max_size=3))
+def test_select_matches_the_pure_loop(col: list[Any], allowed: frozenset[Any]) -> None:
+    status, rows = _both(columns.select, col, allowed)
+    assert status == "ok"
+    if len(allowed) > 1:
+        assert rows == [i for i, v in enumerate(col) if v in allowed]
+    else:
+        assert rows == [i for i, v in enumerate(col) if v == next(iter(allowed))]

@@ -425,7 +425,7 @@ def test_distinct_tuples_hold_one_copy_of_each_string_value():
     assert m.fold(m.empty(), [1.5, 2]) == (1.5, 2)   # other values are kept as given
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(rows=st.lists(st.lists(st.tuples(st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
                                                             st.one_of(st.none(), st.integers(0, 40).map(str)),
                                                             st.sampled_from(["view", "cart", "purchase"])),

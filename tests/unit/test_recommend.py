@@ -360,7 +360,7 @@ def test_incremental_changes_add_up_to_the_records_and_restore_the_same_values(c
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(cfg=SMALL_CONFIGS,
        batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=6),
        packs=st.lists(st.one_of(st.none(), st.tuples(st.integers(min_value=0, max_value=4), st.booleans())),
