@@ -8,9 +8,9 @@ the tests run both. setuptools compiles the .pyx with Cython (a build requiremen
 from setuptools import Extension, setup
 
 setup(ext_modules=[
-    Extension("daemon._columns", ["daemon/_columns.pyx"], optional=True),                     # rows taken, key codes
-    Extension("daemon.analyzers._recfold", ["daemon/analyzers/_recfold.pyx"], optional=True),   # Recommender.observe
-    Extension("daemon.pipeline._dedupe", ["daemon/pipeline/_dedupe.pyx"], optional=True),    # the seen-id table's probe
-    Extension("daemon.metrics._distinct", ["daemon/metrics/_distinct.pyx"], optional=True),    # Distinct's group folds
-    Extension("daemon.stores._arrowcols", ["daemon/stores/_arrowcols.pyx"], optional=True),    # str lists -> Arrow
+    Extension("daemon._columns", ["daemon/_columns.pyx"], optional=True),                        # the folds' row loops (columns.py)
+    Extension("daemon.analyzers._recfold", ["daemon/analyzers/_recfold.pyx"], optional=True),    # Recommender.observe
+    Extension("daemon.pipeline._dedupe", ["daemon/pipeline/_dedupe.pyx"], optional=True),        # the seen-id table's probe
+    Extension("daemon.metrics._distinct", ["daemon/metrics/_distinct.pyx"], optional=True),      # Distinct's group folds
+    Extension("daemon.stores._arrowcols", ["daemon/stores/_arrowcols.pyx"], optional=True),      # str lists -> Arrow
 ])

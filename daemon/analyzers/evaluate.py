@@ -23,7 +23,6 @@ import orjson
 from daemon.aggconfig import AggregationConfig, AnomalySpec, MetricSpec, WindowSpec
 from daemon.analyzers.anomaly import AnomalyDetector
 from daemon.analyzers.recommend import Recommender
-from daemon.analyzers.trending import Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch, WindowResult
 

@@ -15,7 +15,6 @@ from daemon.metrics.base import Kind, Metric
 from daemon.metrics.basic import Count, Max, Mean, Min, Sum
 from daemon.metrics.funnel import Funnel
 from daemon.metrics.sketches import Distinct, Quantile, TopK
-from daemon import jsonbytes
 
 METRICS = {
     "count": Count,
