@@ -64,9 +64,9 @@ class EventLog:
 
     __slots__ = ("_items", "_base", "_keep", "_slack")
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, first: int = 0) -> None:
         self._items: list[bytes] = []
-        self._base = 0
+        self._base = first   # the position of the first event appended
         self._keep = max(1, keep)
         self._slack = max(1, keep // 16)     # trim in chunks: one memmove per `slack` appends
 
@@ -99,7 +99,12 @@ class Storefront:
         self.config, self._clock = config, clock
         start_ms = clock.now_ms() if config.start_ms is None else config.start_ms
         self.generator = Generator(config.seed, start_ms, config.rate, config.anomalies, plan=config.plan)
-        self.logs = {name: EventLog(config.keep_events) for name in CHANNELS}
+        # Positions (the poll cursor, the feed's seq) start at start_ms * 1000, not at 0: a storefront
+        # restarted later numbers its events above everything the one before it served (at under 1000
+        # events per ms), so a daemon that kept its position resumes with the new events. From 0, the
+        # daemon's stored seq was above the new numbering and its websocket source skipped the new
+        # events as replays until the numbering passed it (~40 s of clicks at the default rate).
+        self.logs = {name: EventLog(config.keep_events, first=max(0, start_ms) * 1000) for name in CHANNELS}
         self._appended = anyio.Event()
         self._fail_rng = random.Random(config.seed * 977 + 3)
         self._closing = False

@@ -137,6 +137,27 @@ async def test_stale_cursor_restarts_at_the_oldest_kept():
         assert page == {"events": [], "next_cursor": str(head)}
 
 
+async def test_a_restarted_storefront_numbers_its_events_above_the_last_run():
+    """Positions start at start_ms * 1000: a later run's first cursor and seq lie above every position
+    an earlier run served, so a daemon that kept its position resumes with the new events (a poll
+    cursor below the new tail starts at its oldest event; a feed's frames carry higher seqs)."""
+    first = replace(CONFIG, start_ms=1_000_000)
+    async with open_storefront(first, produce=False) as shop, aiohttp.ClientSession() as http:
+        pump_until(shop.storefront, 1_060_000)
+        served = await poll_everything(http, shop.url + "/api/all")
+        last_cursor = shop.storefront.logs["all"].head
+        async with http.ws_connect(shop.feed_url + "?channel=all") as ws:
+            last_seq = max(e["seq"] for e in await read_feed(ws, 50))
+    assert served and last_cursor >= 1_000_000_000 + len(served)
+    later = replace(CONFIG, start_ms=1_061_000)   # restarted a second after the first run's last event
+    async with open_storefront(later, produce=False) as shop, aiohttp.ClientSession() as http:
+        pump_until(shop.storefront, 1_062_000)
+        page = await get_page(http, shop.url + "/api/all", cursor=last_cursor, limit=10)
+        assert page["events"] and int(page["next_cursor"]) == 1_061_000_000 + 10 > last_cursor
+        async with http.ws_connect(shop.feed_url + f"?channel=all&from_seq={last_seq + 1}") as ws:
+            assert min(e["seq"] for e in await read_feed(ws, 5)) == 1_061_000_000 > last_seq
+
+
 async def test_feed_frames_carry_increasing_seq_and_resume():
     """Feed frames are arrays of click events whose seq counts up from 0; from_seq resumes exactly there."""
     async with open_storefront(CONFIG, produce=False) as shop, aiohttp.ClientSession() as http:
