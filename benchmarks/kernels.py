@@ -6,7 +6,8 @@ For each compiled loop (daemon/native.py), the work that uses it runs over the s
 round, once with the compiled form and once with the Python original (which goes first alternates),
 in this one process, and the least CPU time of the rounds is reported in µs per event. Why one
 process: an A/B across processes on this VM showed a systematic 5-9% difference between two identical
-arms (the length of the command line alone: it moves the stack), larger than some of the gains.
+arms (they differed only in their command line's length, which moves the stack; that is the likely
+cause, not a proven one), larger than some of the gains.
 
 - aggregations: the benchmark config's four aggregations folding batches of 4,096 events from empty
   state (`StateParts.observe`: filters, grouping, states, metric folds), with the row loops of

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-
 from daemon.clock import Clock
 from daemon.pipeline.queue import BoundedQueue, Delivery
 from daemon.pipeline.validate import Decoded, Validator
