@@ -128,6 +128,7 @@ def main() -> None:
     for name, (modules, run) in work.items():
         built = {m: m._compiled for m in modules}
         times: dict[str, list[float]] = {"python": [], "compiled": []}
+        run()   # warm-up, not timed (imports, first allocations)
         for r in range(args.rounds):
             for kind in ("python", "compiled") if r % 2 == 0 else ("compiled", "python"):
                 for m in modules:
