@@ -5,9 +5,13 @@ Each extension has its pure-Python original beside it, which runs when the build
 the tests run both. setuptools compiles the .pyx with Cython (a build requirement in pyproject.toml).
 """
 
+import os
+
 from setuptools import Extension, setup
 
-setup(ext_modules=[
+# The extensions compile in parallel, one per core (gcc -O3 of Cython's C: ~38 -> 23 s of a fresh
+# install on two cores); a failure of one still skips only that one (optional).
+setup(options={"build_ext": {"parallel": os.cpu_count() or 1}}, ext_modules=[
     Extension("daemon._columns", ["daemon/_columns.pyx"], optional=True),                        # the folds' row loops (columns.py)
     Extension("daemon.analyzers._recfold", ["daemon/analyzers/_recfold.pyx"], optional=True),    # Recommender.observe
     Extension("daemon.pipeline._dedupe", ["daemon/pipeline/_dedupe.pyx"], optional=True),        # the seen-id table's probe
