@@ -70,7 +70,7 @@ class DedupeFilter:
             return kept
         ids = list(map(event_ids.__getitem__, kept))
         hashes = _hashes(ids)
-        new = self._insert(hashes, repeats=len(set(ids)) < len(ids))
+        new = self._insert(hashes, ids)
         if not new.all():
             self._duplicates += len(kept) - int(np.count_nonzero(new))
             keep_at = np.flatnonzero(new).tolist()
@@ -88,17 +88,17 @@ class DedupeFilter:
 
     # -- the table ------------------------------------------------------------------------------
 
-    def _insert(self, hashes: np.ndarray, repeats: bool = True) -> np.ndarray:
+    def _insert(self, hashes: np.ndarray, ids: list[str] | None = None) -> np.ndarray:
         """Add the hashes not held yet (the first of repeats); True where one was added.
 
-        `repeats=False` says the hashes are distinct (their ids are: a set of str is cheaper than
-        np.unique), so repeats are not looked for."""
+        `ids`, the hashes' ids when known: the numpy path looks for repeats only when they are not
+        distinct (a set of str is cheaper than np.unique); the id-by-id probe needs neither."""
         if 2 * (self._used + len(hashes)) > len(self._table):
             self._rebuild(self._ids + len(hashes))
         if _compiled is not None or len(hashes) < _NUMPY_MIN:
             return self._insert_each(hashes)
         found = self._find(hashes)
-        if repeats:
+        if ids is None or len(set(ids)) < len(ids):
             _, first = np.unique(hashes, return_index=True)
             if len(first) < len(hashes):   # repeats in the batch: only the first is new
                 later = np.ones(len(hashes), dtype=bool)
