@@ -44,6 +44,7 @@ from daemon.web.context import ProcessHealth, WebContext
 
 DRAIN_TIMEOUT_S = 8.0
 LOOP_PROBE_S = 0.25
+SLOW_START_S = 3.0     # STOREPULSE_FAULT=slow_start: a loaded machine's start (fold-log replay, recs process)
 
 
 class Daemon:
@@ -145,6 +146,7 @@ class Daemon:
         with anyio.CancelScope() as scope:
             self._source_scopes[name] = scope
             task_status.started()
+            self.runner.source_started(name)
             await source.run()
 
     async def _serve(self) -> None:
@@ -167,6 +169,8 @@ class Daemon:
                 tg.start_soon(runner.replica.run)
             async with anyio.create_task_group() as source_tg:
                 self._source_tg = source_tg
+                if "slow_start" in self.faults:
+                    await anyio.sleep(SLOW_START_S)
                 for name, source in self.sources.items():
                     await source_tg.start(self._run_source, name, source)
                 self.health.ready = True

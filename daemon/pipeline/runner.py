@@ -104,7 +104,7 @@ class Runner:
         self.clock = clock
         self.log = log
         self.watermarks = Watermarks(list(queues), allowed_lateness_ms=cfg.pipeline.allowed_lateness_ms,
-                                     idle_timeout_ms=cfg.pipeline.idle_timeout_ms, start_mono=clock.monotonic())
+                                     idle_timeout_ms=cfg.pipeline.idle_timeout_ms, start_mono=None)   # see source_started
         self.dedupe = DedupeFilter(cfg.pipeline.dedupe_ttl_ms, cfg.pipeline.dedupe_max_ids)
         self._pending = _Pending()
         self._reasons: Counter[str] = Counter()
@@ -387,6 +387,10 @@ class Runner:
     @property
     def _alert_urls(self) -> dict[str, str]:
         return {a.name: a.anomaly.alert_url for a in self.cfg.aggregations if a.anomaly and a.anomaly.alert_url}
+
+    def source_started(self, name: str) -> None:
+        """A source's task began: from now on its silence counts toward idle_timeout."""
+        self.watermarks.started(name, self.clock.monotonic())
 
     def add_source(self, name: str) -> None:
         """Start consuming a source added by a reload (its queue is already in `queues`)."""

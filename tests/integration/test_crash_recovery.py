@@ -326,6 +326,24 @@ def test_injected_exit_inside_commit_converges(daemon_factory, feed, reference, 
     assert_matches_reference(read_outcome(data_dir), reference, feed, f"exit at {point}")
 
 
+def test_a_slow_start_judges_no_source_idle(daemon_factory, feed, reference, tmp_path):
+    """Seconds between the daemon's start and its sources' (on a loaded machine: restore, fold-log
+    replay, the recommender's process starting; here an injected 3 s) are not silence. The whole feed
+    waits in the shop; the websocket pushes its clicks at once while the poller's orders take a page
+    per request: the orders must not look idle, or the watermark jumps past them and they go late."""
+    data_dir = tmp_path / "data"
+    with feed.serve(FAST_RELEASE_S) as shop:
+        shop.wait_released(30)
+        body = config_for(shop)
+        d = daemon_factory.start(body, data_dir=data_dir, env={"STOREPULSE_FAULT": "slow_start"})
+        n = len(feed.orders) + len(feed.clicks)
+        wait_until(lambda: (s := d.get_json("/stats")["events"])["accepted"] + s["late"] >= n, 60,
+                   what="every event accepted or judged late")
+        wait_finished(d, shop)
+        assert d.stop() == 0, d.log()[-3000:]
+    assert_matches_reference(read_outcome(data_dir), reference, feed, "slow start")
+
+
 def test_tiny_map_grows_and_loses_nothing(daemon_factory, feed, reference, tmp_path):
     """A 64 KiB initial LMDB map doubles several times, survives a SIGKILL, and loses no event."""
     data_dir = tmp_path / "data"

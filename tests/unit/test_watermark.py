@@ -81,3 +81,18 @@ def test_a_pause_is_not_silence_but_an_idle_source_stays_idle():
     assert w.advance(0, 19.0) == 105_000
     assert w.statistics(28.0).idle_sources == ("a",)
     assert w.statistics(29.0).idle_sources == ("a", "b")
+
+
+def test_silence_counts_from_a_sources_start():
+    """Before its task starts a source is never idle (the daemon's start-up is not its silence); after,
+    idle_timeout counts from the start, restore included."""
+    w = Watermarks(["a", "b"], allowed_lateness_ms=5000, idle_timeout_ms=10_000, start_mono=None)
+    w.restore({"watermark": 40_000, "sources": {"a": 45_000, "b": 60_000}}, 0.0)
+    assert w.advance(1_000_000, 100.0) == 40_000        # nothing started: no source idle, no wall clock
+    assert w.statistics(100.0).idle_sources == ()
+    w.started("a", 100.0)
+    w.started("b", 103.0)
+    w.observe("b", 500_000, 104.0)
+    assert w.advance(1_000_000, 109.9) == 40_000        # a: 9.9 s since its start, still holds back
+    assert w.advance(1_000_000, 110.0) == 495_000       # a idle now; b delivered 6 s ago
+    assert w.statistics(114.0).idle_sources == ("a", "b")
