@@ -65,8 +65,9 @@ class Aggregator:
         self._session = windower if isinstance(windower, Session) else None
         self._fixed: Hopping | None = windower if isinstance(windower, Hopping) else None
         self._max_states = config.max_keys
-        # Sessions of a one-field group_by are keyed by the bare value (a tuple per open key costs 56 bytes).
-        self._bare_keys = self._session is not None and len(config.group_by) == 1
+        # The states of a one-field group_by are keyed by the bare value (a tuple per open state costs
+        # 56 bytes, and hashes and compares ~2x slower than a str); results and stored entries carry lists.
+        self._bare_keys = len(config.group_by) == 1
         self._signature = {"window": [config.window.type, config.window.size_ms, config.window.slide_ms,
                                       config.window.gap_ms],
                            "group_by": list(config.group_by), "metrics": self._metrics.signature()}
@@ -75,13 +76,14 @@ class Aggregator:
     def _reset(self) -> None:
         # Tumbling and hopping windows keep one state per (pane, key) (windows/panes.py), sessions
         # one per session (windows/session.py); exactly one of the two stores exists.
-        self._panes = PaneStore(self._fixed, self._metrics.empty) if self._fixed is not None else None
+        self._panes = (PaneStore(self._fixed, self._metrics.empty, bare=self._bare_keys)
+                       if self._fixed is not None else None)
         self._store = (SessionStore(self._session, self._metrics.empty, self._metrics.merge)
                        if self._session is not None else None)
         self._touched: set[Any] = set()   # session store keys
         self._emitted = self._folded = self._overflowed = self._late = 0
         self._watermark_ms: int | None = None
-        self._partial: tuple[int, tuple[Any, ...]] | None = None   # (window end, last key) a close stopped at
+        self._partial: tuple[int, Any] | None = None   # (window end, last store key) a close stopped at
         self._counters_dumped: tuple[Any, ...] | None = None
 
     # -- adding -------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class Aggregator:
         fixed = self._fixed
         assert fixed is not None
         key_columns = [batch.column(f) for f in self.config.group_by]
-        g = pane_groups(batch.ts, rows, key_columns, fixed.slide_ms)
+        g = pane_groups(batch.ts, rows, key_columns, fixed.slide_ms, bare=self._bare_keys)
         wm = self._watermark_ms
         if wm is not None:   # drop the groups of panes whose every window was emitted
             late = g.lead + fixed.size_ms <= wm
@@ -228,8 +230,12 @@ class Aggregator:
             if not closed.windows:   # most closes (one per fold) pass no window end
                 return []
             metrics = self._metrics.results_rows(closed.states, closed.bounds)
-            out = [WindowResult(name, start, end, key, values)
-                   for (start, end, key), values in zip(closed.windows, metrics)]
+            if self._bare_keys:
+                out = [WindowResult(name, start, end, (key,), values)
+                       for (start, end, key), values in zip(closed.windows, metrics)]
+            else:
+                out = [WindowResult(name, start, end, key, values)
+                       for (start, end, key), values in zip(closed.windows, metrics)]
         self._emitted += len(out)
         return out
 
@@ -294,10 +300,11 @@ class Aggregator:
         if self._panes is not None:
             slide = self._panes.windower.slide_ms
             parts = self._metrics.dump_parts
+            key_list = self._key_list
             for start, keys in self._panes.take_touched().items():
                 for key in keys:
                     states = self._panes.get(start, key)
-                    ident = [start, list(key)]
+                    ident = [start, key_list(key)]
                     put(_entry_key(b"w", ident), None if states is None else b"".join(
                         [orjson.dumps([start, start + slide, ident[1]]), b"\n", *parts(states)]))
         else:
@@ -310,13 +317,17 @@ class Aggregator:
             put(META_KEY, jsonbytes.dumps({"emitted": self._emitted, "folded": self._folded,
                                            "overflowed": self._overflowed, "late": self._late,
                                            "watermark_ms": self._watermark_ms,
-                                           "partial": None if partial is None else [partial[0], list(partial[1])],
+                                           "partial": None if partial is None else [partial[0], self._key_list(partial[1])],
                                            **self._signature}))
             self._counters_dumped = counters
 
     def _key_list(self, key: Any) -> list[Any]:
-        """A session store key as the key's list of group-by values."""
+        """A store key as the key's list of group-by values."""
         return [key] if self._bare_keys else list(key)
+
+    def _store_key(self, key_list: list[Any]) -> Any:
+        """A list of group-by values (stored, or a result's) as the store's key."""
+        return key_list[0] if self._bare_keys else tuple(key_list)
 
     def _dump_sessions(self, key: Any) -> bytes | None:
         sessions = self._store.sessions_of(key)  # type: ignore[union-attr]
@@ -345,7 +356,7 @@ class Aggregator:
             head, _, body = v.partition(b"\n")
             if k[:1] == b"w":
                 start, _end, key_list = orjson.loads(head)
-                self._panes.open(start, tuple(key_list), self._metrics.load(body))  # type: ignore[union-attr]
+                self._panes.open(start, self._store_key(key_list), self._metrics.load(body))  # type: ignore[union-attr]
             elif k[:1] == b"s":
                 self._restore_sessions(head, body)
 
@@ -357,7 +368,7 @@ class Aggregator:
         self._overflowed, self._late = meta["overflowed"], meta["late"]
         self._watermark_ms = meta["watermark_ms"]
         partial = meta.get("partial")   # (absent before window ends were closed in parts)
-        self._partial = None if partial is None else (partial[0], tuple(partial[1]))
+        self._partial = None if partial is None else (partial[0], self._store_key(partial[1]))
         self._counters_dumped = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms,
                                  self._partial)
 
@@ -367,5 +378,4 @@ class Aggregator:
         for first, last, n in spans:
             sessions.append([first, last, self._metrics.load(body[pos:pos + n])])
             pos += n
-        key = key_list[0] if self._bare_keys else tuple(key_list)
-        self._store.load(key, sessions)  # type: ignore[union-attr]
+        self._store.load(self._store_key(key_list), sessions)  # type: ignore[union-attr]

@@ -46,11 +46,12 @@ def selected_ts(ts: list[int], rows: list[int] | None) -> tuple[np.ndarray, np.n
     return np.asarray(rows, dtype=np.int64), take_ints(ts, rows)
 
 
-def pane_groups(ts: list[int], rows: list[int] | None, columns: Sequence[list[Any]], slide_ms: int) -> Groups:
+def pane_groups(ts: list[int], rows: list[int] | None, columns: Sequence[list[Any]], slide_ms: int,
+                bare: bool = False) -> Groups:
     """Rows grouped by (pane start, key), groups in order of their first row (as the row-wise
-    grouping made them, so max_keys overflows the same rows)."""
+    grouping made them, so max_keys overflows the same rows). `bare`: see key_codes."""
     sel, t = selected_ts(ts, rows)
-    codes, keys = key_codes(columns, rows, len(ts))
+    codes, keys = key_codes(columns, rows, len(ts), bare)
     if not len(t):
         return _no_groups(keys)
     if len(t) <= SMALL_ROWS:

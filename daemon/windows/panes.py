@@ -15,43 +15,55 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from daemon.metrics.sharing import shared_key
+from daemon.metrics.sharing import shared, shared_key
 from daemon.windows.fixed import Hopping
 
-Key = tuple[Any, ...]
+Key = Any   # a tuple of the group-by values, or with `bare` keys (one group-by field) the value itself
 
 
-def key_order(key: Key) -> tuple[tuple[int, Any], ...]:
+def key_order(key: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
     """A sort key for group keys mixing None, numbers and strings."""
     return tuple((0, 0) if v is None else (1, v) if isinstance(v, (int, float)) else (2, str(v)) for v in key)
 
 
-def sorted_keys(keys: Iterable[Key]) -> list[Key]:
-    """Keys in key_order."""
+def bare_key_order(value: Any) -> tuple[tuple[int, Any], ...]:
+    """key_order of a bare key: the order of its 1-tuple."""
+    return key_order((value,))
+
+
+def sorted_keys(keys: Iterable[Key], order: Callable[[Key], Any] = key_order) -> list[Key]:
+    """Keys in `order` (key_order, or bare_key_order for bare keys)."""
     out = list(keys)
-    try:   # plain tuple order equals key_order whenever it does not raise
+    try:   # plain order equals key_order whenever it does not raise (a bare value's, its 1-tuple's)
         out.sort()
     except TypeError:   # keys mix None/str/numbers at some position
-        out.sort(key=key_order)
+        out.sort(key=order)
     return out
 
 
-def by_key(states: dict[Key, Any]) -> list[tuple[Key, Any]]:
-    """A dict's (key, value) items in key_order."""
+def by_key(states: dict[Key, Any], order: Callable[[Key], Any] = key_order) -> list[tuple[Key, Any]]:
+    """A dict's (key, value) items in `order`."""
     items = list(states.items())
-    try:   # plain tuple order equals key_order whenever it does not raise
+    try:   # plain order equals key_order whenever it does not raise
         items.sort(key=itemgetter(0))
     except TypeError:   # keys mix None/str/numbers at some position
-        items.sort(key=lambda item: key_order(item[0]))
+        items.sort(key=lambda item: order(item[0]))
     return items
 
 
 class PaneStore:
-    """The (pane, key) states of one tumbling or hopping aggregation; `empty` makes a pane's states."""
+    """The (pane, key) states of one tumbling or hopping aggregation; `empty` makes a pane's states.
 
-    def __init__(self, windower: Hopping, empty: Callable[[], Any]) -> None:
+    Keys are tuples of the group-by values, or with `bare` (a one-field group_by) the values
+    themselves, as sessions are keyed: a str key hashes once per string (cached) and compares
+    without a tuple's extra level, and no tuple is kept per state (~56 bytes).
+    """
+
+    def __init__(self, windower: Hopping, empty: Callable[[], Any], bare: bool = False) -> None:
         self.windower = windower
         self._empty = empty
+        self._share = shared if bare else shared_key   # one copy of a value for all its states (metrics/sharing.py)
+        self._order = bare_key_order if bare else key_order
         self._panes: dict[int, dict[Key, Any]] = {}   # pane start -> key -> states
         self._key_panes: dict[Key, int] = {}           # key -> open panes
         self._touched: dict[int, set[Key]] = {}        # changed since `take_touched`: pane start -> keys
@@ -79,7 +91,7 @@ class PaneStore:
         states = self._empty() if states is None else states
         if self._split is not None and start < self._split[0]:
             self._split = None   # (never while closing: a window the watermark passed takes no events)
-        key = shared_key(key)   # one copy of the value for all its panes and other states (metrics/sharing.py)
+        key = self._share(key)
         self._panes.setdefault(start, {})[key] = states
         self._key_panes[key] = self._key_panes.get(key, 0) + 1
         self.n_states += 1
@@ -150,12 +162,12 @@ class PaneStore:
             if cached is not None and cached[0] == end:
                 keys = cached[1]
             elif len(panes) == 1:   # tumbling, or a window with one pane open
-                keys = list(map(itemgetter(0), by_key(panes[0])))
+                keys = list(map(itemgetter(0), by_key(panes[0], self._order)))
             else:
-                keys = sorted_keys(set().union(*panes))
+                keys = sorted_keys(set().union(*panes), self._order)
             lo = 0
             if after is not None and after[0] == end:
-                lo = bisect_right(keys, key_order(after[1]), key=key_order)
+                lo = bisect_right(keys, self._order(after[1]), key=self._order)
             hi = len(keys) if budget is None else min(len(keys), lo + budget)
             if hi < len(keys):   # stopped inside this end: the rest of its keys go next time
                 self._split = (end, keys)

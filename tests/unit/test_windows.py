@@ -229,3 +229,37 @@ def test_pane_keys_are_interned():
     kept = [k for pane in store._panes.values() for k in pane]
     assert kept == [a, a] and kept[0][0] is kept[1][0]
     assert store.find([0, 60], [b, a]) == [[0], [0]]
+
+
+_PANE_KEYS = st.one_of(st.none(), st.sampled_from(["a", "b", "item-7"]), st.integers(-2, 2), st.sampled_from([1.0, 2.5, True]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(opens=st.lists(st.tuples(st.integers(0, 5), _PANE_KEYS), max_size=40),
+       watermark=st.integers(0, 480), max_rows=st.one_of(st.none(), st.integers(1, 5)))
+def test_bare_pane_keys_close_as_their_1_tuples(opens, watermark, max_rows):
+    """A store keyed by bare values (one group_by field) finds, merges and closes in the order of a store
+    keyed by 1-tuples, keys mixing None, str and numbers (1 == 1.0 == True are one key in both),
+    including a close stopped inside a window end and resumed after its last key."""
+    from daemon.windows.panes import PaneStore
+
+    stores = {bare: PaneStore(Hopping(120, 60), list, bare=bare) for bare in (False, True)}
+    for pane, value in opens:
+        for bare, store in stores.items():
+            key = value if bare else (value,)
+            states = store.find([pane * 60], [key])[0]
+            if states is None:
+                states = store.open(pane * 60, key)
+            states.append(value)
+    got = {}
+    for bare, store in stores.items():
+        out, after, before = [], None, None
+        while True:
+            c = store.close(before, watermark, max_rows, after)
+            out += [(s, e, k if bare else k[0], st_) for (s, e, k), st_ in
+                    zip(c.windows, [c.states[a:b] for a, b in zip(c.bounds, c.bounds[1:])])]
+            if c.cursor is None and c.through == watermark:
+                break
+            before, after = (c.through, c.cursor)
+        got[bare] = (out, store.n_states, store.n_keys)
+    assert got[True] == got[False]
