@@ -35,6 +35,7 @@ CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
 MAX_FILE_ROWS = 1_000_000
 STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this often (_stream_chunk)
 STAGE_ANSWER_BYTES = 1 << 20    # an answer part at least this big is written ahead of its commit (_stage_answers)
+UPKEEP_S = 0.02               # after a commit, merge due state chains for about this long (_upkeep)
 # LmdbState.recycle gives LMDB's page pool and the pages read through its map back: after commits
 # that wrote this many latest-window rows (a mass close puts 3 records per row), once this many
 # bytes were read through the map (state segment merges, outbox flushes), and after a flush when
@@ -88,7 +89,8 @@ class Checkpoint:
         self._last_flush_ms = 0.0
         self._rows_since_recycle = self._read_since_recycle = 0
         self._last_recycle = time.monotonic()
-        self._compact_due = False   # a compaction after a commit failed: run it after the next one
+        self._compact_due = False   # chains still due after the last commit's upkeep (or its failure): merged after the next
+        self.last_commit_parts_ms: dict[str, float] = {}
 
     @classmethod
     def open(cls, cfg: StorageConfig, *, environ: Mapping[str, str] | None = None,
@@ -224,7 +226,9 @@ class Checkpoint:
         with self._write_lock:
             seq = self._seq + 1
             self._stage_answers(unit, seq)
+            t_staged = time.perf_counter()
             more = self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))   # buckets due
+            t_applied = time.perf_counter()
             self._seq = seq
             with self._count_lock:
                 for table, n, _ in outbox:
@@ -237,7 +241,12 @@ class Checkpoint:
                 self._compact_due = True
                 if self._log is not None:
                     self._log.warning("store_upkeep_failed", error=str(exc))
-            ms = (time.perf_counter() - t0) * 1000.0
+            t_end = time.perf_counter()
+            ms = (t_end - t0) * 1000.0
+            # Where the last commit's time went (the runner's debug `committed` line shows it).
+            self.last_commit_parts_ms.update(stage=round((t_staged - t0) * 1000, 2),
+                                             apply=round((t_applied - t_staged) * 1000, 2),
+                                             upkeep=round((t_end - t_applied) * 1000, 2))
             self._commits += 1
             self._commit_ms_total += ms
             self._last_commit_ms = ms
@@ -245,13 +254,24 @@ class Checkpoint:
         return seq
 
     def _upkeep(self, due: int, latest_rows: int) -> None:
-        """After a commit: merge the state chains that fell due, ~16 MiB per transaction of its own
-        (compact_segments), then give back the map pages read or recycle the environment."""
-        more, self._compact_due = due or self._compact_due, False
-        read = 0
+        """After a commit: merge state chains that fell due, in transactions of ~16 MiB of them
+        (compact_segments) for at most UPKEEP_S (at least one; the rest after the next commits), then
+        give back the map pages read or recycle the environment. Not all that are due at once: a
+        namespace's buckets fall due together, and merging all of them after one commit stopped the
+        folds for 150-360 ms (a window closing then waited that out); the chains meanwhile grow by a
+        few commits' segments."""
+        read, more = 0, bool(due or self._compact_due)
+        self._compact_due = False
+        t0 = time.perf_counter()
         while more:
-            more, n = self._db.write(layout.compact_segments)
+            merged, n = self._db.write(layout.compact_segments)
             read += n
+            more = merged > 0
+            if time.perf_counter() - t0 >= UPKEEP_S:
+                break
+        self._compact_due = more
+        self.last_commit_parts_ms["compact"] = round((time.perf_counter() - t0) * 1000, 2)
+        self.last_commit_parts_ms["merged_bytes"] = read
         self._rows_since_recycle += latest_rows
         self._read_since_recycle += read
         if self._rows_since_recycle >= RECYCLE_AFTER_ROWS or self._read_since_recycle >= RECYCLE_AFTER_BYTES:

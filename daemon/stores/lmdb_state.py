@@ -400,8 +400,10 @@ FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"4", b"commit_seq",
 OLD_FORMATS = (b"2", b"3")   # rewritten at open: migrate_state + migrate_latest (2), migrate_latest_counts
 SEGMENTS_META = b"segments:"
 STAGED = b"staged:"
-# The most bytes of bucket chains one compaction transaction merges (compact_segments).
-MERGE_BYTES_PER_WRITE = 16 * 2**20
+# The most bytes of bucket chains one compaction transaction merges (compact_segments): 16 MiB took
+# 66-156 ms under load (the latency benchmark at 20k events/s), time the folds wait; 4 MiB is ~1-2 of
+# the recommender's buckets at 1M open states.
+MERGE_BYTES_PER_WRITE = 4 * 2**20
 DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest counts) given back this often
 # Latest-window rows handled per slice, the map's pages given back after each. A read at a random key
 # maps far more than its leaf: on a fault the kernel maps the page-cache folio around the page whole

@@ -106,6 +106,22 @@ def test_malloc_is_trimmed_once_the_pipeline_is_quiet(daemon_factory):
     assert status == 200 and f"storepulse_process_malloc_trims_total {trims}".encode() in metrics
 
 
+def test_archived_events_reach_their_file_within_flush_interval_while_idle(daemon_factory, tmp_path):
+    """Events committed just after a flush wait at most ~flush_interval (200 ms here) for their Arrow
+    file even when nothing else comes: the runner's idle turn writes them, no later commit needed."""
+    d = start(daemon_factory, ack="durable")
+    now = int(time.time() * 1000)
+
+    def archived() -> int:
+        root = tmp_path / "data" / "events"
+        return ds.dataset(root, format="ipc", partitioning="hive").count_rows() if root.exists() else 0
+
+    for first, last in ((0, 10), (10, 30)):   # the second right after the first one's flush
+        assert http_post(d.url + "/ingest", orjson.dumps([event(i, now) for i in range(first, last)]))[0] == 202
+        wait_until(lambda n=last: archived() == n, 5, interval=0.05, what=f"{last} events in Arrow files, daemon running")
+    assert d.get_json("/stats")["events"]["accepted"] == 30
+
+
 def test_body_over_max_body_is_413(daemon_factory, tmp_path):
     """A body larger than http.max_body is refused with 413 and counts nothing."""
     d = start(daemon_factory)
