@@ -33,7 +33,10 @@ class CommitUnit:
     rows: Arrow table name ("windows/<agg>", "events", "deadletter", "anomalies") → rows for
       the outbox; they reach the Arrow files at the next flush of that table.
     latest: (aggregation, key, window_end_ms, row json) for GET /windows; at most
-      keep_latest[aggregation] (default 1000) are kept per (aggregation, key).
+      keep_latest[aggregation] (default 1000) are kept per (aggregation, key). With `defer_latest`
+      they are stored as one record and put into the index by the next write (the next commit, or
+      Checkpoint.apply_pending_latest): a close's rows reach their Arrow file ~10 us per row sooner,
+      and GET /windows shows them one commit later.
     anomalies: (ts_ms, anomaly json) for GET /anomalies; the newest keep_anomalies are kept.
     fold_log: the fold steps since the previous commit (pipeline/foldlog.py), stored under this
       commit's seq; fold_log_drop_through deletes the stored entries of commits up to that seq
@@ -52,6 +55,7 @@ class CommitUnit:
     rows: dict[str, pa.RecordBatch | pa.Table] = field(default_factory=dict)
     latest: list[tuple[str, bytes, int, bytes]] = field(default_factory=list)
     keep_latest: dict[str, int] = field(default_factory=dict)
+    defer_latest: bool = False
     anomalies: list[tuple[int, bytes]] = field(default_factory=list)
     keep_anomalies: int = DEFAULT_KEEP_ANOMALIES
     fold_log: bytes | None = None

@@ -91,6 +91,7 @@ class Checkpoint:
         self._last_recycle = time.monotonic()
         self._compact_due = False   # chains still due after the last commit's upkeep (or its failure): merged after the next
         self.last_commit_parts_ms: dict[str, float] = {}
+        self.latest_pending = False   # the last commit deferred its latest-window entries (CommitUnit.defer_latest)
 
     @classmethod
     def open(cls, cfg: StorageConfig, *, environ: Mapping[str, str] | None = None,
@@ -124,12 +125,13 @@ class Checkpoint:
             if fmt == b"2":
                 moved = layout.migrate_state(txn, seq)
                 layout.migrate_latest(txn)
-            if fmt in layout.OLD_FORMATS:
+            if fmt in (b"2", b"3"):
                 counts = layout.migrate_latest_counts(txn)
-            elif fmt is not None and fmt != layout.FORMAT:
+            elif fmt is not None and fmt != layout.FORMAT and fmt not in layout.OLD_FORMATS:
                 raise StoreError(f"data_dir has store format {fmt!r}, this build reads {layout.FORMAT!r}")
             if fmt != layout.FORMAT:
                 txn.put("sys", layout.FORMAT_KEY, layout.FORMAT)
+            layout.apply_pending_latest(txn)   # the last commit's, if the next write never came
             return seq, fmt, moved, counts, dropped
 
         self._seq, fmt, moved, counts, dropped = self._db.write(check)
@@ -230,6 +232,7 @@ class Checkpoint:
             more = self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))   # buckets due
             t_applied = time.perf_counter()
             self._seq = seq
+            self.latest_pending = unit.defer_latest and bool(unit.latest)   # (the write applied earlier ones)
             with self._count_lock:
                 for table, n, _ in outbox:
                     self._pending[table] = self._pending.get(table, 0) + n
@@ -252,6 +255,16 @@ class Checkpoint:
             self._last_commit_ms = ms
         self._crash.hit("after_lmdb_commit")
         return seq
+
+    def apply_pending_latest(self) -> int:
+        """Put the latest-window entries the last commit deferred into the index now (an idle runner
+        does, so GET /windows need not wait for a next commit); how many entries that was."""
+        with self._write_lock:
+            if not self.latest_pending:
+                return 0
+            n = self._db.write(layout.apply_pending_latest)
+            self.latest_pending = False
+            return n
 
     def _upkeep(self, due: int, latest_rows: int) -> None:
         """After a commit: merge state chains that fell due, in transactions of ~16 MiB of them

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
+import orjson
 import numpy as np
 
 from daemon.errors import StoreError, StoreFull, StoreLocked, map_exceptions
@@ -369,7 +370,9 @@ def _round_down(n: int) -> int:
 
 
 # ---- The StorePulse layout: databases and key formats (integers are big-endian, so keys sort) ----
-#   sys           b"format" → FORMAT;  b"commit_seq" → u64;  b"anomalies" → u64 count
+#   sys           b"format" → FORMAT;  b"commit_seq" → u64;  b"anomalies" → u64 count;
+#                 b"latest_pending:" u64 commit_seq → that commit's latest-window entries, put into
+#                 `latest`/`latest_time` by the next write (format 5; see apply_commit)
 #   meta          name (utf-8) → bytes
 #   positions     source name (utf-8) → bytes
 #   segments      ns \x00 u16 bucket u64 commit_seq [u16 n] → a segment of that namespace's state
@@ -396,8 +399,11 @@ def _round_down(n: int) -> int:
 #   foldlog       u64 commit_seq → fold steps of that commit not yet in `state` (pipeline/foldlog.py)
 DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
        "latest", "latest_time", "latest_count", "anomalies", "foldlog")
-FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"4", b"commit_seq", b"anomalies"
-OLD_FORMATS = (b"2", b"3")   # rewritten at open: migrate_state + migrate_latest (2), migrate_latest_counts
+FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"5", b"commit_seq", b"anomalies"
+# Rewritten at open: migrate_state + migrate_latest (2), migrate_latest_counts (2, 3); 4 lacks only
+# the pending latest entries, which it never has.
+OLD_FORMATS = (b"2", b"3", b"4")
+LATEST_PENDING = b"latest_pending:"
 SEGMENTS_META = b"segments:"
 STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments): 16 MiB took
@@ -693,7 +699,11 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
     _apply_dedupe(txn, unit, seq)
     for table, n, value in outbox:
         txn.put("outbox", outbox_prefix(table) + U64.pack(seq), U64.pack(n) + value)
-    _apply_latest(txn, unit)
+    apply_pending_latest(txn)
+    if unit.latest and unit.defer_latest:
+        txn.put("sys", LATEST_PENDING + U64.pack(seq), pack_latest(unit.latest, unit.keep_latest))
+    elif unit.latest:
+        _apply_latest(txn, unit.latest, unit.keep_latest)
     _apply_anomalies(txn, unit, seq)
     drop = unit.fold_log_drop_through
     if drop is not None:
@@ -780,7 +790,55 @@ def read_dedupe(txn: Txn) -> list[tuple[bytes, int]]:
     return [(i, e) for _, v in txn.scan("dedupe") for i, e in unpack_ids(bytes(v)) if e >= bound]
 
 
-def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
+def pack_latest(entries: Sequence[tuple[str, bytes, int, bytes]], keep_latest: Mapping[str, int]) -> bytes:
+    """A commit's latest-window entries (aggregation, key, window end, row json) and its keep_latest
+    as one record: a JSON head (the aggregations, keep_latest, the entry count), then per entry u16
+    aggregation index, u64 window end, u32 key length, u32 row length, then the keys, then the rows."""
+    names: dict[str, int] = {}
+    idx = [names.setdefault(e[0], len(names)) for e in entries]
+    n = len(entries)
+    head = orjson.dumps({"aggregations": list(names), "keep_latest": dict(keep_latest), "n": n})
+    fixed = np.empty(n, dtype=[("agg", ">u2"), ("end", ">u8"), ("klen", ">u4"), ("rlen", ">u4")])
+    fixed["agg"] = idx
+    fixed["end"] = np.fromiter((e[2] for e in entries), dtype=np.int64, count=n)
+    fixed["klen"] = np.fromiter((len(e[1]) for e in entries), dtype=np.int64, count=n)
+    fixed["rlen"] = np.fromiter((len(e[3]) for e in entries), dtype=np.int64, count=n)
+    return b"".join([U32.pack(len(head)), head, fixed.tobytes(), *(e[1] for e in entries), *(e[3] for e in entries)])
+
+
+def unpack_latest(blob: bytes | memoryview) -> tuple[list[tuple[str, bytes, int, bytes]], dict[str, int]]:
+    """The entries and keep_latest `pack_latest` packed."""
+    data = bytes(blob)
+    hlen = U32.unpack_from(data)[0]
+    head = orjson.loads(data[4:4 + hlen])
+    n, names = head["n"], head["aggregations"]
+    fixed = np.frombuffer(data, dtype=[("agg", ">u2"), ("end", ">u8"), ("klen", ">u4"), ("rlen", ">u4")],
+                          count=n, offset=4 + hlen)
+    pos = 4 + hlen + fixed.nbytes
+    out = []
+    klens, rlens = fixed["klen"].tolist(), fixed["rlen"].tolist()
+    kpos = pos
+    rpos = pos + sum(klens)
+    for a, end, kl, rl in zip(fixed["agg"].tolist(), fixed["end"].tolist(), klens, rlens):
+        out.append((names[a], data[kpos:kpos + kl], end, data[rpos:rpos + rl]))
+        kpos += kl
+        rpos += rl
+    return out, head["keep_latest"]
+
+
+def apply_pending_latest(txn: Txn) -> int:
+    """Put the latest-window entries earlier commits left pending into the index, oldest first, and
+    drop their records; how many entries that was."""
+    applied = 0
+    for key, blob in list(txn.scan("sys", LATEST_PENDING)):
+        entries, keep = unpack_latest(blob)
+        _apply_latest(txn, entries, keep)
+        txn.delete("sys", key)
+        applied += len(entries)
+    return applied
+
+
+def _apply_latest(txn: Txn, latest: Sequence[tuple[str, bytes, int, bytes]], keep_latest: Mapping[str, int]) -> None:
     """Each closed window's row under (aggregation, window end, key hash), its (aggregation, key hash,
     window end) index entry per key, and a row count per key, stored just before the key's index
     entries, that trims the oldest past `keep_latest`.
@@ -800,11 +858,11 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
     and only then are the slice's keys counted from the index."""
     names: dict[str, bytes] = {}
     counts: dict[bytes, int] = {}      # aggregation \x00 key hash -> rows kept, once read
-    for i in range(0, len(unit.latest), LATEST_SLICE):
+    for i in range(0, len(latest), LATEST_SLICE):
         index: list[tuple[bytes, bytes]] = []
         rows: list[tuple[bytes, bytes]] = []
         touched: dict[bytes, str] = {}   # the slice's keys -> their aggregation
-        for agg, key, end_ms, row in unit.latest[i:i + LATEST_SLICE]:
+        for agg, key, end_ms, row in latest[i:i + LATEST_SLICE]:
             aggb = names.get(agg)
             if aggb is None:
                 aggb = names[agg] = _name(agg, "aggregation") + b"\x00"
@@ -823,7 +881,7 @@ def _apply_latest(txn: Txn, unit: CommitUnit) -> None:
                 counts[base] = sum(1 for _ in txn.keys("latest", base, start=base + b"\x00"))
         txn.put_many("latest_time", rows)   # the newer row wins
         for base, agg in touched.items():
-            n, keep = counts[base], unit.keep_latest.get(agg, DEFAULT_KEEP_LATEST)
+            n, keep = counts[base], keep_latest.get(agg, DEFAULT_KEEP_LATEST)
             if n > keep:
                 aggb = base[:-16]
                 for k in list(islice(txn.keys("latest", base, start=base + b"\x00"), n - keep)):

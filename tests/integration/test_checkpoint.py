@@ -266,6 +266,80 @@ def test_latest_in_commits_of_several_slices(tmp_path):
     cp.close()
 
 
+_LATEST_COMMITS = st.lists(st.tuples(
+    st.lists(st.tuples(st.sampled_from(["sales", "größe"]), st.sampled_from([b'["a"]', b""]),
+                       st.sampled_from([1, 2, 2**40]), st.binary(max_size=8)), max_size=8),
+    st.booleans(), st.sampled_from(["commit", "apply", "reopen"])), min_size=1, max_size=8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(commits=_LATEST_COMMITS)
+def test_deferred_latest_entries_read_as_entries_put_at_once(tmp_path_factory, commits):
+    """Latest-window entries a commit defers (CommitUnit.defer_latest) are invisible until the next
+    write (a commit, apply_pending_latest, or the next open), then the index reads as if every commit
+    had put its own at once: same rows per key, same trimming to keep_latest, newest first."""
+    tmp = tmp_path_factory.mktemp("deferred")
+    stores = {True: Checkpoint.open(_cfg(tmp / "deferred"), environ={}), False: Checkpoint.open(_cfg(tmp / "now"), environ={})}
+    keep = {"sales": 2}
+
+    def view(cp):
+        return {(agg, k): cp.latest_windows(agg, k, 10) for agg in ("sales", "größe") for k in (None, b'["a"]', b"")}
+
+    try:
+        for c, (drawn, defer, then) in enumerate(commits):
+            entries = [(agg, k, end, row + b"#%d.%d" % (c, i)) for i, (agg, k, end, row) in enumerate(drawn)]   # the newer row wins: tell them apart
+            before = view(stores[False])
+            for deferred, cp in stores.items():
+                cp.commit(CommitUnit(latest=entries, keep_latest=keep, defer_latest=deferred and defer))
+            if defer and entries:
+                assert stores[True].latest_pending and view(stores[True]) == before
+            if then == "apply":
+                stores[True].apply_pending_latest()
+            elif then == "reopen":
+                stores[True].close()
+                stores[True] = Checkpoint.open(_cfg(tmp / "deferred"), environ={})
+            if then != "commit" or not (defer and entries):
+                assert not stores[True].latest_pending and view(stores[True]) == view(stores[False])
+        for cp in stores.values():
+            cp.commit(CommitUnit())
+        assert view(stores[True]) == view(stores[False])
+    finally:
+        for cp in stores.values():
+            cp.close()
+
+
+def test_deferred_latest_entries_go_before_the_next_commits_own(tmp_path):
+    """A window emitted again (a config change) in the commit after a deferred one: the newer row wins."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"old")], defer_latest=True))
+    assert cp.latest_pending and cp.latest_windows("sales", b'["a"]', 10) == []
+    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"new")]))
+    assert not cp.latest_pending and cp.latest_windows("sales", b'["a"]', 10) == [b"new"]
+    cp.close()
+
+
+def test_pack_latest_round_trips():
+    """pack_latest / unpack_latest keep every entry and keep_latest, in order."""
+    entries = [("sales", b'["a"]', 2**40 + 5, b'{"x":1}'), ("größe", b"", 0, b""), ("sales", b"[null]", 7, b"r" * 1000)]
+    assert layout.unpack_latest(layout.pack_latest(entries, {"sales": 2})) == (entries, {"sales": 2})
+    assert layout.unpack_latest(layout.pack_latest([], {})) == ([], {})
+
+
+def test_a_format_4_data_dir_opens_as_format_5(tmp_path):
+    """Format 4 differs only by having no pending latest entries: it opens, its latest rows read the
+    same, and the format becomes 5."""
+    data_dir = tmp_path / "data"
+    cp = Checkpoint.open(_cfg(data_dir), environ={})
+    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"a1")], keep_latest={"sales": 3}))
+    cp._db.write(lambda txn: txn.put("sys", layout.FORMAT_KEY, b"4"))
+    cp.close()
+    cp = Checkpoint.open(_cfg(data_dir), environ={})
+    assert cp.latest_windows("sales", b'["a"]', 10) == [b"a1"]
+    with cp._db.reading() as txn:
+        assert txn.get("sys", layout.FORMAT_KEY) == layout.FORMAT == b"5"
+    cp.close()
+
+
 def test_a_format_3_data_dir_gets_its_latest_counts_moved_at_open(tmp_path):
     """Format 3 kept the latest-row counts in a table of their own: at open they move before their
     keys' entries, the table is emptied, and trimming goes on from the moved counts."""
