@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase", "search")
 PRICED_TYPES = ("cart", "purchase")   # price is required for these
@@ -121,13 +121,17 @@ class EventBatch:
         return [dict(zip(FIELDS, values)) for values in zip(*cols)]
 
 
-@dataclass(frozen=True, slots=True)
-class WindowResult:
+class WindowResult(NamedTuple):
     """One closed window of one aggregation and one group key.
 
     `key` holds the group-by values in `group_by` order (empty tuple without group_by);
     `metrics` maps metric name to its value (int/float/None, or a list for topk);
     moving averages are added as `<metric>_sma` and `<metric>_ema` entries.
+
+    A typed NamedTuple rather than a frozen dataclass, unlike the other records here: a close makes
+    one per row (a mass close, hundreds of thousands), and a frozen slots dataclass's `__init__`
+    (one `object.__setattr__` per field) cost ~1.4 us per row, ~28% of closing a hopping count per
+    item; `WindowResult._make` builds one from a tuple at C speed. Immutable all the same.
     """
 
     aggregation: str

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -104,7 +103,7 @@ class MovingAverages:
                 extra[f"{m}_sma"] = series.sma()
                 extra[f"{m}_ema"] = series.ema
             self._touched.add(r.key)
-            out.append(replace(r, metrics={**r.metrics, **extra}))
+            out.append(r._replace(metrics={**r.metrics, **extra}))
         return out
 
     def snapshot(self) -> bytes:

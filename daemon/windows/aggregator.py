@@ -217,12 +217,11 @@ class Aggregator:
             except TypeError:   # keys mix None/str/numbers at some position
                 found.sort(key=lambda r: (r[1], r[0], key_order((r[2],) if bare else r[2])))
             metrics = self._metrics.results_rows([f[3] for f in found])
+            make = WindowResult._make   # (a tuple's constructor: no Python call per row)
             if bare:
-                out = [WindowResult(name, start, end, (key,), values)
-                       for (start, end, key, _), values in zip(found, metrics)]
+                out = [make((name, start, end, (key,), values)) for (start, end, key, _), values in zip(found, metrics)]
             else:
-                out = [WindowResult(name, start, end, key, values)
-                       for (start, end, key, _), values in zip(found, metrics)]
+                out = [make((name, start, end, key, values)) for (start, end, key, _), values in zip(found, metrics)]
         else:
             assert self._panes is not None
             closed = self._panes.close(before, watermark_ms, max_rows, self._partial)
@@ -230,12 +229,11 @@ class Aggregator:
             if not closed.windows:   # most closes (one per fold) pass no window end
                 return []
             metrics = self._metrics.results_rows(closed.states, closed.bounds)
+            make = WindowResult._make
             if self._bare_keys:
-                out = [WindowResult(name, start, end, (key,), values)
-                       for (start, end, key), values in zip(closed.windows, metrics)]
+                out = [make((name, start, end, (key,), values)) for (start, end, key), values in zip(closed.windows, metrics)]
             else:
-                out = [WindowResult(name, start, end, key, values)
-                       for (start, end, key), values in zip(closed.windows, metrics)]
+                out = [make((name, start, end, key, values)) for (start, end, key), values in zip(closed.windows, metrics)]
         self._emitted += len(out)
         return out
 
