@@ -113,7 +113,7 @@ class Runner:
         self._commits = 0
         self._last_commit_mono = clock.monotonic()
         self._last_flush_mono = clock.monotonic()
-        self._flush_owed = True          # committed events / dead letters wait in the outbox for their Arrow file
+        self._flush_owed = True          # events / dead letters committed but not flushed (at start: maybe)
         self._commit_failed = ""
         self.positions: dict[str, bytes] = {}   # newest position per source folded into state (committed or not)
         self.fold_log = FoldLog()               # steps folded since the last full state write

@@ -267,7 +267,7 @@ class Checkpoint:
             return n
 
     def _upkeep(self, due: int, latest_rows: int) -> None:
-        """After a commit: merge state chains that fell due, in transactions of ~16 MiB of them
+        """After a commit: merge state chains that fell due, in transactions of MERGE_BYTES_PER_WRITE
         (compact_segments) for at most UPKEEP_S (at least one; the rest after the next commits), then
         give back the map pages read or recycle the environment. Not all that are due at once: a
         namespace's buckets fall due together, and merging all of them after one commit stopped the

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
-import orjson
 import numpy as np
+import orjson
 
 from daemon.errors import StoreError, StoreFull, StoreLocked, map_exceptions
 from daemon.runtime import memory
