@@ -89,6 +89,12 @@ class _Pending:
     dirty: bool = False
 
 
+def _flushed_each_commit(table: str) -> bool:
+    """Closed windows and anomalies reach their Arrow files at every commit; the other tables every
+    flush_interval."""
+    return table.startswith("windows/") or table == "anomalies"
+
+
 class Runner:
     """Consumes every source queue in one task; commits on `storage.commit_interval`."""
 
@@ -113,7 +119,6 @@ class Runner:
         self._commits = 0
         self._last_commit_mono = clock.monotonic()
         self._last_flush_mono = clock.monotonic()
-        self._flush_owed = True          # events / dead letters committed but not flushed (at start: maybe)
         self._commit_failed = ""
         self.positions: dict[str, bytes] = {}   # newest position per source folded into state (committed or not)
         self.fold_log = FoldLog()               # steps folded since the last full state write
@@ -440,9 +445,8 @@ class Runner:
         if not self._pending.dirty:
             if self.checkpoint.latest_pending:   # a quiet pipeline: no next commit to index the last close's rows
                 await self.cpu.run(self.checkpoint.apply_pending_latest)
-            elif self._flush_owed and self._flush_due():
+            elif self._flush_due() and self._flush_owed():
                 self._last_flush_mono = self.clock.monotonic()
-                self._flush_owed = False
                 await anyio.to_thread.run_sync(self.checkpoint.flush, None)
             elif self._trim_owed and self.clock.monotonic() - self._last_commit_mono >= TRIM_IDLE_S:
                 await self._trim()
@@ -454,6 +458,10 @@ class Runner:
 
     def _flush_due(self) -> bool:
         return self.clock.monotonic() - self._last_flush_mono >= self.cfg.storage.flush_interval_s
+
+    def _flush_owed(self) -> bool:
+        """Rows that only the all-table flush writes (events, dead letters) wait in the outbox."""
+        return any(not _flushed_each_commit(t) for t in self.checkpoint.pending_rows())
 
     async def commit(self, *, flush_all: bool = False) -> None:
         """One durable commit of everything since the last one, then the Arrow flush it allows."""
@@ -534,16 +542,14 @@ class Runner:
             url = self._alert_urls.get(a.aggregation)
             if url and self.alerts is not None:
                 self.alerts.submit(url, anomaly_json(a))
-        tables = [t for t in unit.rows if t.startswith("windows/") or t == "anomalies"]
+        tables = [t for t in unit.rows if _flushed_each_commit(t)]
         # The other tables (events, dead letters: 5 s of archive is 100-200 ms of Arrow writing under
         # load) wait for flush_interval, and not in a full state write's commit (it would add that to
         # the longest stop of the folds, which a window closing then waits out): the next commit, or
         # the next idle turn of the loop (`_maybe_commit`), writes them.
-        self._flush_owed = self._flush_owed or len(tables) < len(unit.rows)
-        if flush_all or (self._flush_owed and not unit.state_complete and self._flush_due()):
+        if flush_all or (not unit.state_complete and self._flush_due() and self._flush_owed()):
             tables = None
             self._last_flush_mono = self.clock.monotonic()
-            self._flush_owed = False
         t_flush = time.perf_counter()
         if tables is None or tables:
             await anyio.to_thread.run_sync(self.checkpoint.flush, tables)

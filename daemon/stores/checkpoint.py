@@ -274,7 +274,6 @@ class Checkpoint:
         folds for 150-360 ms (a window closing then waited that out); the chains meanwhile grow by a
         few commits' segments."""
         read, more = 0, bool(due or self._compact_due)
-        self._compact_due = False
         t0 = time.perf_counter()
         while more:
             merged, n = self._db.write(layout.compact_segments)

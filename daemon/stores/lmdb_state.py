@@ -790,6 +790,9 @@ def read_dedupe(txn: Txn) -> list[tuple[bytes, int]]:
     return [(i, e) for _, v in txn.scan("dedupe") for i, e in unpack_ids(bytes(v)) if e >= bound]
 
 
+_LATEST_FIXED = np.dtype([("agg", ">u2"), ("end", ">u8"), ("klen", ">u4"), ("rlen", ">u4")])   # per entry in pack_latest
+
+
 def pack_latest(entries: Sequence[tuple[str, bytes, int, bytes]], keep_latest: Mapping[str, int]) -> bytes:
     """A commit's latest-window entries (aggregation, key, window end, row json) and its keep_latest
     as one record: a JSON head (the aggregations, keep_latest, the entry count), then per entry u16
@@ -798,7 +801,7 @@ def pack_latest(entries: Sequence[tuple[str, bytes, int, bytes]], keep_latest: M
     idx = [names.setdefault(e[0], len(names)) for e in entries]
     n = len(entries)
     head = orjson.dumps({"aggregations": list(names), "keep_latest": dict(keep_latest), "n": n})
-    fixed = np.empty(n, dtype=[("agg", ">u2"), ("end", ">u8"), ("klen", ">u4"), ("rlen", ">u4")])
+    fixed = np.empty(n, dtype=_LATEST_FIXED)
     fixed["agg"] = idx
     fixed["end"] = np.fromiter((e[2] for e in entries), dtype=np.int64, count=n)
     fixed["klen"] = np.fromiter((len(e[1]) for e in entries), dtype=np.int64, count=n)
@@ -812,8 +815,7 @@ def unpack_latest(blob: bytes | memoryview) -> tuple[list[tuple[str, bytes, int,
     hlen = U32.unpack_from(data)[0]
     head = orjson.loads(data[4:4 + hlen])
     n, names = head["n"], head["aggregations"]
-    fixed = np.frombuffer(data, dtype=[("agg", ">u2"), ("end", ">u8"), ("klen", ">u4"), ("rlen", ">u4")],
-                          count=n, offset=4 + hlen)
+    fixed = np.frombuffer(data, dtype=_LATEST_FIXED, count=n, offset=4 + hlen)
     pos = 4 + hlen + fixed.nbytes
     out = []
     klens, rlens = fixed["klen"].tolist(), fixed["rlen"].tolist()

@@ -204,7 +204,6 @@ class Aggregator:
         before = self._watermark_ms
         if before is not None and watermark_ms <= before:
             return []
-        name = self.config.name
         if self._store is not None:
             self._watermark_ms = watermark_ms
             found = self._store.close(watermark_ms)
@@ -216,26 +215,24 @@ class Aggregator:
                 found.sort(key=itemgetter(1, 0, 2))
             except TypeError:   # keys mix None/str/numbers at some position
                 found.sort(key=lambda r: (r[1], r[0], key_order((r[2],) if bare else r[2])))
-            metrics = self._metrics.results_rows([f[3] for f in found])
-            make = WindowResult._make   # (a tuple's constructor: no Python call per row)
-            if bare:
-                out = [make((name, start, end, (key,), values)) for (start, end, key, _), values in zip(found, metrics)]
-            else:
-                out = [make((name, start, end, key, values)) for (start, end, key, _), values in zip(found, metrics)]
+            out = self._results(found, self._metrics.results_rows([f[3] for f in found]))
         else:
             assert self._panes is not None
             closed = self._panes.close(before, watermark_ms, max_rows, self._partial)
             self._watermark_ms, self._partial = closed.through, closed.cursor
             if not closed.windows:   # most closes (one per fold) pass no window end
                 return []
-            metrics = self._metrics.results_rows(closed.states, closed.bounds)
-            make = WindowResult._make
-            if self._bare_keys:
-                out = [make((name, start, end, (key,), values)) for (start, end, key), values in zip(closed.windows, metrics)]
-            else:
-                out = [make((name, start, end, key, values)) for (start, end, key), values in zip(closed.windows, metrics)]
+            out = self._results(closed.windows, self._metrics.results_rows(closed.states, closed.bounds))
         self._emitted += len(out)
         return out
+
+    def _results(self, windows: list[Any], metrics: list[dict[str, Any]]) -> list[WindowResult]:
+        """A WindowResult per (start, end, store key, ...) and its metrics; `_make` is a tuple's
+        constructor (no Python call per row)."""
+        make, name = WindowResult._make, self.config.name
+        if self._bare_keys:
+            return [make((name, w[0], w[1], (w[2],), values)) for w, values in zip(windows, metrics)]
+        return [make((name, w[0], w[1], w[2], values)) for w, values in zip(windows, metrics)]
 
     @property
     def closed_through_ms(self) -> int | None:

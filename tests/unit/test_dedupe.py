@@ -105,12 +105,20 @@ _steps = st.lists(st.one_of(
 ), max_size=25)
 
 
-def _keep_both(d, ref, rows, skip_odd):
-    """One keep step: the filter and the per-id reference keep the same rows (odd rows not candidates
-    with skip_odd)."""
-    ids, ts = [r[0] for r in rows], [r[1] for r in rows]
-    candidates = [i for i in range(len(rows)) if not (skip_odd and i % 2)]
-    assert d.keep(ids, ts, candidates) == ref.keep(ids, ts, candidates)
+def _step_both(d, ref, step) -> bool:
+    """A keep or expire step on the filter and the per-id reference (a keep: both keep the same rows,
+    odd rows not candidates with skip_odd); False for the other steps, left to the caller."""
+    if step[0] == "keep":
+        rows, skip_odd = step[1], step[2]
+        ids, ts = [r[0] for r in rows], [r[1] for r in rows]
+        candidates = [i for i in range(len(rows)) if not (skip_odd and i % 2)]
+        assert d.keep(ids, ts, candidates) == ref.keep(ids, ts, candidates)
+    elif step[0] == "expire":
+        d.expire(step[1])
+        ref.expire(step[1])
+    else:
+        return False
+    return True
 
 
 @given(_steps, st.sampled_from((1, 60_000, 90_000)), st.sampled_from((3, 8, 100)))
@@ -118,12 +126,7 @@ def test_batch_filter_equals_the_per_id_reference(steps, ttl_ms, max_ids):
     """keep, expire and take_changes give what the per-id filter gives, on any sequence with repeats."""
     d, ref = DedupeFilter(ttl_ms, max_ids), _PerIdFilter(ttl_ms, max_ids)
     for step in steps:
-        if step[0] == "keep":
-            _keep_both(d, ref, step[1], step[2])
-        elif step[0] == "expire":
-            d.expire(step[1])
-            ref.expire(step[1])
-        else:
+        if not _step_both(d, ref, step):
             assert _pairs(d.take_changes()) == ref.take_changes()
         assert d.statistics() == DedupeStats(len(ref.expiry), ref.duplicates, ref.evicted)
 
@@ -153,11 +156,8 @@ def test_hash_table_equals_the_per_id_reference_on_any_path(loop, steps, ttl_ms,
             d, ref = DedupeFilter(ttl_ms, max_ids), _PerIdFilter(ttl_ms, max_ids)
             stored: dict[bytes, int] = {}
             for step in steps:
-                if step[0] == "keep":
-                    _keep_both(d, ref, step[1], step[2])
-                elif step[0] == "expire":
-                    d.expire(step[1])
-                    ref.expire(step[1])
+                if _step_both(d, ref, step):
+                    pass
                 elif step[0] == "take":
                     got = _pairs(d.take_changes())
                     assert got == ref.take_changes()
