@@ -17,4 +17,5 @@ setup(options={"build_ext": {"parallel": os.cpu_count() or 1}}, ext_modules=[
     Extension("daemon.pipeline._dedupe", ["daemon/pipeline/_dedupe.pyx"], optional=True),        # the seen-id table's probe
     Extension("daemon.metrics._distinct", ["daemon/metrics/_distinct.pyx"], optional=True),      # Distinct's group folds
     Extension("daemon.stores._arrowcols", ["daemon/stores/_arrowcols.pyx"], optional=True),      # str lists -> Arrow
+    Extension("daemon.windows._statedump", ["daemon/windows/_statedump.pyx"], optional=True),    # a full state write's records
 ])

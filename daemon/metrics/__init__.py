@@ -58,7 +58,8 @@ class MetricSet:
         self._slots = tuple(None if not inp else self.fields.index(inp[0]) if len(inp) == 1
                             else tuple(self.fields.index(f) for f in inp) for inp in inputs)
         self._folds = tuple(m.fold for m in self.metrics)
-        self._dumps = tuple(getattr(m, "dump_temporary", m.dump) for m in self.metrics)
+        # Per metric, its state's bytes for a record that copies them (dump_temporary where it has one).
+        self.dumps = tuple(getattr(m, "dump_temporary", m.dump) for m in self.metrics)
         self._plan = tuple(zip(range(len(self.metrics)), self._folds, self._slots))
         self._plan_groups = tuple(zip(range(len(self.metrics)), self.metrics, self._slots))
 
@@ -185,7 +186,7 @@ class MetricSet:
         a full state write dumps ~10^5 states, and jsonbytes' right-sized copy of each piece and of
         their join was a third of it). A metric's `dump_temporary`, where it has one, gives its
         dump's bytes without a copy of their own."""
-        blobs = [dump(s) for dump, s in zip(self._dumps, states)]
+        blobs = [dump(s) for dump, s in zip(self.dumps, states)]
         return [orjson.dumps([len(b) for b in blobs]), b"\n", *blobs]
 
     def load(self, data: bytes | memoryview) -> list[Any]:

@@ -7,7 +7,6 @@ windows/session.py for sessions), and each metric then folds all of the batch's 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -19,7 +18,7 @@ import orjson
 from daemon.aggconfig import AggregationConfig
 from daemon.events import EventBatch, WindowResult
 from daemon.metrics import MetricSet
-from daemon.windows import build_windower
+from daemon.windows import build_windower, statedump
 from daemon.windows.fixed import Hopping
 from daemon.windows.grouping import pane_groups, session_runs
 from daemon.windows.panes import PaneStore, key_order
@@ -28,7 +27,6 @@ from daemon.windows.where import compile_where
 from daemon import jsonbytes
 
 META_KEY = b"m"
-_MAX_KEY_BYTES = 480  # LMDB keys stop at 511 bytes; longer identities are hashed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,13 +40,6 @@ class AggregatorStats:
     overflowed: int        # events not folded because max_keys open states were reached
     late: int              # events whose windows had all closed already (the caller should prevent it)
     watermark_ms: int | None
-
-
-def _entry_key(prefix: bytes, identity: list[Any]) -> bytes:
-    raw = orjson.dumps(identity)   # copied by the concatenation below
-    if len(raw) > _MAX_KEY_BYTES:
-        return prefix + b"#" + hashlib.blake2b(raw, digest_size=20).digest()
-    return prefix + raw
 
 
 class Aggregator:
@@ -292,19 +283,20 @@ class Aggregator:
     def take_changes_into(self, put: Callable[[bytes, bytes | None], None]) -> None:
         """`take_changes`, each entry handed to `put(key, value)` as it is made (a full state write
         packs them at once: stores/segments.py SegmentBuilder)."""
+        dumps = self._metrics.dumps
         if self._panes is not None:
             slide = self._panes.windower.slide_ms
-            parts = self._metrics.dump_parts
-            key_list = self._key_list
             for start, keys in self._panes.take_touched().items():
-                for key in keys:
-                    states = self._panes.get(start, key)
-                    ident = [start, key_list(key)]
-                    put(_entry_key(b"w", ident), None if states is None else b"".join(
-                        [orjson.dumps([start, start + slide, ident[1]]), b"\n", *parts(states)]))
-        else:
-            for key in self._touched:
-                put(_entry_key(b"s", self._key_list(key)), self._dump_sessions(key))
+                keys = list(keys)
+                statedump.pane_records(put, start, start + slide, keys, self._panes.pane_states(start, keys),
+                                       dumps, self._bare_keys)
+        elif self._touched:
+            store = self._store
+            assert store is not None
+            keys, slots, firsts, lasts, rest = store.single_sessions(list(self._touched))
+            statedump.session_records(put, keys, slots, firsts, lasts, store.columns, dumps, self._bare_keys)
+            for key in rest:   # none open (a tombstone), or several
+                put(statedump.entry_key(b"s", statedump.key_json(key, self._bare_keys)), self._dump_sessions(key))
         self._touched.clear()
         counters = (self._emitted, self._folded, self._overflowed, self._late, self._watermark_ms, self._partial)
         if counters != self._counters_dumped:

@@ -86,6 +86,10 @@ class PaneStore:
     def get(self, start: int, key: Key) -> Any:
         return self._panes.get(start, {}).get(key)
 
+    def pane_states(self, start: int, keys: Sequence[Key]) -> list[Any]:
+        """The states of each key in pane `start`, None where there are none."""
+        return list(map(self._panes.get(start, {}).get, keys))
+
     def open(self, start: int, key: Key, states: Any = None) -> Any:
         """New states for (pane start, key) (fresh ones, or `states` when restoring)."""
         states = self._empty() if states is None else states

@@ -123,6 +123,24 @@ class SessionStore:
         slots = self._slots_of(key)
         return sorted(((int(self._first[s]), int(self._last[s]), self.states(s)) for s in slots), key=_first)
 
+    def single_sessions(self, keys: Sequence[Any]) -> tuple[list[Any], list[int], list[int], list[int], list[Any]]:
+        """`keys` split for a bulk dump: those with exactly one open session, with its slot, first and
+        last ms (lists, in that order), and the others (none open, or several: `sessions_of`)."""
+        keys = keys if type(keys) is list else list(keys)
+        slot = lookup(self._slot, keys)
+        one = slot >= 0
+        if self._more:
+            more = self._more
+            one &= np.fromiter((k not in more for k in keys), dtype=bool, count=len(keys))
+        if one.all():
+            single, rest = keys, []
+        else:
+            pick = np.flatnonzero(one).tolist()
+            single = [keys[i] for i in pick]
+            rest = [keys[i] for i in np.flatnonzero(~one).tolist()]
+            slot = slot[one]
+        return single, slot.tolist(), self._first[slot].tolist(), self._last[slot].tolist(), rest
+
     def _slots_of(self, key: Any) -> list[int]:
         one = self._slot.get(key)
         if one is None:
