@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,16 @@ def _no_crash(point: str) -> None:
 
 
 class ArrowFiles:
-    """Writes one outbox chunk of one table as one file per UTC date of its time column."""
+    """Writes one outbox chunk of one table as one file per UTC date of its time column.
+
+    Chunks of different tables may be written at once, from different threads (their folders differ);
+    the caller keeps those of one table one at a time."""
 
     def __init__(self, root: str | os.PathLike[str], *, crash: Callable[[str], None] = _no_crash) -> None:
         self.root = Path(root)
         self._crash = crash
         self._known_dirs: set[Path] = set()
+        self._count_lock = threading.Lock()
         self._files = 0
         self._rows = 0
         self._bytes = 0
@@ -84,6 +89,12 @@ class ArrowFiles:
                         os.unlink(os.path.join(dirpath, fname))
                         removed += 1
         return removed
+
+    def _written(self, rows: int, size: int) -> None:
+        with self._count_lock:
+            self._files += 1
+            self._rows += rows
+            self._bytes += size
 
     def statistics(self) -> ArrowStats:
         return ArrowStats(root=str(self.root), files_written=self._files,
@@ -144,9 +155,7 @@ class ChunkFiles:
                 self.abort()   # this file too: it stays in _open until it is in place
                 raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
             del self._open[date]
-            self._files._files += 1
-            self._files._rows += self._rows[date]
-            self._files._bytes += size
+            self._files._written(self._rows[date], size)
             paths.append(str(final))
         return paths
 

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Collection, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,9 @@ class CrashPoints:
 
 
 class Checkpoint:
-    """The durable store. One writer thread calls commit/flush; readers may run concurrently."""
+    """The durable store. Commits come from one thread at a time; flushes may run beside a commit and
+    beside each other (the runner's all-table flush runs in the background while the commits of
+    closed windows flush theirs), and readers beside all of them."""
 
     def __init__(self, state: LmdbState, files: ArrowFiles, crash: CrashPoints,
                  max_file_rows: int, log: Any) -> None:
@@ -77,7 +80,11 @@ class Checkpoint:
         self._crash = crash
         self._max_file_rows = max_file_rows
         self._log = log
-        self._write_lock = threading.Lock()     # commit and flush never interleave
+        self._write_lock = threading.Lock()     # commits (and stage, recycle, close) never interleave
+        # Two flushes of one table never interleave (they would write the same outbox entries' files);
+        # a flush holds the write lock only to recycle: its Arrow writing and fsyncs (100-300 ms for
+        # 5 s of archived events) hold up neither a commit nor another table's flush.
+        self._table_locks: dict[str, threading.Lock] = {}   # (made under _count_lock)
         self._count_lock = threading.Lock()     # guards _pending for statistics readers
         self._pending: dict[str, int] = {}
         self._seq = 0
@@ -306,27 +313,41 @@ class Checkpoint:
         Idempotent: a chunk's files are named from its first commit seq and its outbox
         entries are deleted only after the files are durable, so a rerun rewrites the same files.
         """
-        with self._write_lock:
-            t0 = time.perf_counter()
-            with self._count_lock:
-                targets = [t for t in (self._pending if tables is None else tables) if self._pending.get(t)]
-            total = sum(self._flush_table(t) for t in targets)
-            if targets:
+        t0 = time.perf_counter()
+        with self._count_lock:
+            targets = [t for t in (self._pending if tables is None else tables) if self._pending.get(t)]
+        total = read = 0
+        for table in targets:
+            with self._table_lock(table):
+                rows, n = self._flush_table(table)
+            total, read = total + rows, read + n
+        if targets:
+            with self._write_lock:
                 self._flushes += 1
+                self._read_since_recycle += read
                 if (time.monotonic() - self._last_recycle >= RECYCLE_INTERVAL_S
                         or self._read_since_recycle >= RECYCLE_AFTER_BYTES):
                     self._recycle()
-                self._last_flush_ms = (time.perf_counter() - t0) * 1000.0
-            return total
+            self._last_flush_ms = (time.perf_counter() - t0) * 1000.0
+        return total
 
-    def _flush_table(self, table: str) -> int:
+    def _table_lock(self, table: str) -> threading.Lock:
+        with self._count_lock:
+            lock = self._table_locks.get(table)
+            if lock is None:
+                lock = self._table_locks[table] = threading.Lock()
+            return lock
+
+    def _flush_table(self, table: str) -> tuple[int, int]:
+        """Flush one table's outbox (its lock held); (rows written, outbox bytes read)."""
         prefix = layout.outbox_prefix(table)
-        total = 0
+        total = read = 0
         while True:
             with self._db.reading() as txn:
-                keys, rows = self._stream_chunk(txn, table, prefix)
+                keys, rows, n = self._stream_chunk(txn, table, prefix)
+            read += n
             if not keys:
-                return total
+                return total, read
             self._crash.hit("before_outbox_delete")
             self._db.write(lambda txn: [txn.delete("outbox", k) for k in keys])
             self._db.drop_read_pages()   # deleting them read ~30 MiB of the map (the B-tree and free list)
@@ -334,17 +355,18 @@ class Checkpoint:
                 self._pending[table] -= rows
             total += rows
 
-    def _stream_chunk(self, txn: Txn, table: str, prefix: bytes) -> tuple[list[bytes], int]:
+    def _stream_chunk(self, txn: Txn, table: str, prefix: bytes) -> tuple[list[bytes], int, int]:
         """Write the oldest outbox entries of `table` (up to max_file_rows, and those sharing the first
         one's schema: a schema change, e.g. an aggregation reconfigured, starts the next file,
-        deterministically) to their files, an entry at a time; (their outbox keys, rows).
+        deterministically) to their files, an entry at a time; (their outbox keys, rows, bytes read).
 
         One entry is held at a time, and the map pages read are given back every STREAM_DROP_BYTES: a
         flush of 5 s of archived events (~300k rows) read as one chunk held ~45 MiB of copies and as
-        much of the map (the memory benchmark's RssFile spikes). (drop_read_pages takes LMDB's write
-        lock inside this read transaction: no write is under way, as the caller holds `_write_lock`.)"""
+        much of the map (the memory benchmark's RssFile spikes). Only when no write is under way
+        (`wait=False`): waiting for LMDB's write lock inside this read transaction could deadlock with
+        a commit that grows or recycles the map, which waits for the readers to finish."""
         keys: list[bytes] = []
-        rows = unread = 0
+        rows = unread = read = 0
         schema = None
         chunk = None
         try:
@@ -358,9 +380,9 @@ class Checkpoint:
                 keys.append(key)
                 rows += part.num_rows
                 unread += len(value)
-                self._read_since_recycle += len(value)
+                read += len(value)
                 if unread >= STREAM_DROP_BYTES:
-                    self._db.drop_read_pages()
+                    self._db.drop_read_pages(wait=False)
                     unread = 0
                 if rows >= self._max_file_rows:
                     break
@@ -372,8 +394,8 @@ class Checkpoint:
             raise
         finally:
             if keys:
-                self._db.drop_read_pages()
-        return keys, rows
+                self._db.drop_read_pages(wait=False)
+        return keys, rows, read
 
     def pending_rows(self) -> dict[str, int]:
         """Rows waiting in the outbox per table."""
@@ -411,7 +433,12 @@ class Checkpoint:
 
     def close(self) -> None:
         """Close LMDB and release the lock. Does not flush: call flush() first at shutdown."""
-        with self._write_lock:
+        with ExitStack() as held:   # no flush under way either
+            with self._count_lock:
+                locks = list(self._table_locks.values())
+            for lock in locks:
+                held.enter_context(lock)
+            held.enter_context(self._write_lock)
             self._db.close()
 
 

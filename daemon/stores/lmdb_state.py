@@ -269,11 +269,18 @@ class LmdbState:
                 self._map_range = None
                 self._recycles += 1
 
-    def drop_read_pages(self) -> None:
-        """Give the pages read through the map back to the kernel (they stay in the page cache)."""
-        with self._write_lock:
+    def drop_read_pages(self, wait: bool = True) -> None:
+        """Give the pages read through the map back to the kernel (they stay in the page cache).
+
+        With `wait` False, only if no write is under way (from inside a read transaction: a write that
+        grows or recycles the map waits for the readers, so waiting for it there would deadlock)."""
+        if not self._write_lock.acquire(blocking=wait):
+            return
+        try:
             self._check_open()
             self._drop_read()
+        finally:
+            self._write_lock.release()
 
     def _drop_read(self) -> None:
         # Only from the writer (write lock held): the map is not moved (grow, recycle) meanwhile.
