@@ -62,11 +62,12 @@ class NotifyListener:
                 return
             now = time.monotonic()
             for line in data.decode().splitlines():
-                self.messages.append((now, line))
                 if line == "READY=1":
-                    # Ask the daemon at the moment READY arrives: it must be ready already.
+                    # Ask the daemon at the moment READY arrives: it must be ready already. (Before the
+                    # line is recorded: a test that saw READY=1 then finds the checks' answers.)
                     for check in self.on_ready:
                         self.ready_checks.append(check())
+                self.messages.append((now, line))
 
     def close(self) -> None:
         self._stop.set()
