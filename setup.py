@@ -18,4 +18,5 @@ setup(options={"build_ext": {"parallel": os.cpu_count() or 1}}, ext_modules=[
     Extension("daemon.metrics._distinct", ["daemon/metrics/_distinct.pyx"], optional=True),      # Distinct's group folds
     Extension("daemon.stores._arrowcols", ["daemon/stores/_arrowcols.pyx"], optional=True),      # str lists -> Arrow
     Extension("daemon.windows._statedump", ["daemon/windows/_statedump.pyx"], optional=True),    # a full state write's records
+    Extension("daemon.stores._segments", ["daemon/stores/_segments.pyx"], optional=True),        # SegmentBuilder.put
 ])
