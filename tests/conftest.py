@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,7 +22,28 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out on its own (to `bind(0)` and to outgoing connections)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port free now, below the kernel's ephemeral range when it leaves room: a port from
+    `bind(0)` comes from that range, where any outgoing connection (the tests' clients, a daemon's
+    poller) may take it before the daemon binds it (one run failed a test on "address already in use")."""
+    low = _ephemeral_low()
+    if low > 12_000:
+        for _ in range(50):
+            port = random.randrange(10_000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
