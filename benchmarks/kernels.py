@@ -15,7 +15,11 @@ cause, not a proven one), larger than some of the gains.
   (metrics/_distinct.pyx: "distinct"); the other compiled loops stay as built;
 - dedupe: `DedupeFilter.keep` over the events' ids (pipeline/_dedupe.pyx);
 - archive rows: `events_to_record_batch` (stores/_arrowcols.pyx);
-- recommender: `Recommender.observe` over the same events (analyzers/_recfold.pyx).
+- recommender: `Recommender.observe` over the same events (analyzers/_recfold.pyx);
+- state write: a full state write's build after the four aggregations folded the events
+  (`StateParts.take_changes(packed=True)`: windows/_statedump.pyx and stores/_segments.pyx's
+  SegmentBuilder.put against windows/statedump.py and PySegmentBuilder), in µs per record; the
+  folds before it are not timed.
 """
 
 from __future__ import annotations
@@ -139,9 +143,43 @@ def main() -> None:
                 times[kind].append((time.thread_time() - t0) / n * 1e6)
         for m in modules:
             m._compiled = built[m]
-        py, c = times["python"], times["compiled"]
-        print(f"| {name} | {min(py):.3f} ({statistics.median(py):.3f}) | {min(c):.3f} ({statistics.median(c):.3f}) "
-              f"| {min(c) / min(py):.2f} |", flush=True)
+        _row(name, times)
+    if not args.only or "state write" in args.only.split(","):
+        _row("state write (µs per record)", _state_write(cfg, batches, args.rounds))
+
+
+def _row(name: str, times: dict[str, list[float]]) -> None:
+    py, c = times["python"], times["compiled"]
+    print(f"| {name} | {min(py):.3f} ({statistics.median(py):.3f}) | {min(c):.3f} ({statistics.median(c):.3f}) "
+          f"| {min(c) / min(py):.2f} |", flush=True)
+
+
+def _state_write(cfg: Any, batches: list[Any], rounds: int) -> dict[str, list[float]]:
+    """µs per record of `take_changes(packed=True)` after folding every batch, compiled and Python
+    alternating (each round folds afresh, untimed)."""
+    from daemon.pipeline import stateparts
+    from daemon.pipeline.stateparts import StateParts
+    from daemon.stores import segments
+    from daemon.windows import statedump
+
+    built = statedump._compiled
+    times: dict[str, list[float]] = {"python": [], "compiled": []}
+    try:
+        for r in range(rounds):
+            for kind in ("python", "compiled") if r % 2 == 0 else ("compiled", "python"):
+                statedump._compiled = built if kind == "compiled" else None
+                stateparts.SegmentBuilder = segments.SegmentBuilder if kind == "compiled" else segments.PySegmentBuilder
+                parts = StateParts(cfg)
+                for b in batches:
+                    parts.observe(b)
+                gc.collect()
+                t0 = time.thread_time()
+                out = parts.take_changes(packed=True)
+                times[kind].append((time.thread_time() - t0) / sum(map(len, out.values())) * 1e6)
+    finally:
+        statedump._compiled = built
+        stateparts.SegmentBuilder = segments.SegmentBuilder
+    return times
 
 
 if __name__ == "__main__":
