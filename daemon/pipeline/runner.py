@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 FOLD_EVENTS = 4096        # events taken from the queues for one fold in the worker thread
 COMMIT_RETRY_S = 5.0
 SLOW_COMMIT_S = 1.5       # the "slow_commit" fault (tests): every commit takes this much longer
+SLOW_FLUSH_S = 3.0        # the "slow_flush" fault (tests): every all-table flush takes this much longer
 EARLY_COMMIT_S = 0.05     # the least time between commits when windows closed
 # The most window rows one commit carries (a window end with more is split by key: windows/closing.py;
 # only many sessions ending at the same ms can exceed it). Each row's per-key
@@ -481,16 +482,21 @@ class Runner:
         the final commit's flush (`flush_all`) waits for it and writes the rest."""
         self._last_flush_mono = self.clock.monotonic()
         if self._background is None:   # commit() outside `run`
-            await anyio.to_thread.run_sync(self.checkpoint.flush, None)
+            await anyio.to_thread.run_sync(self._flush_every_table)
             return
         self._flushing = True
         self._background.start_soon(self._flush_in_background)
 
     async def _flush_in_background(self) -> None:
         try:
-            await anyio.to_thread.run_sync(self.checkpoint.flush, None)
+            await anyio.to_thread.run_sync(self._flush_every_table)
         finally:
             self._flushing = False
+
+    def _flush_every_table(self) -> None:
+        if "slow_flush" in self._faults:
+            time.sleep(SLOW_FLUSH_S)   # a slow disk, in the flush's own thread
+        self.checkpoint.flush(None)
 
     def _flush_owed(self) -> bool:
         """Rows that only the all-table flush writes (events, dead letters) wait in the outbox."""

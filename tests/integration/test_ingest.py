@@ -122,6 +122,25 @@ def test_archived_events_reach_their_file_within_flush_interval_while_idle(daemo
     assert d.get_json("/stats")["events"]["accepted"] == 30
 
 
+def test_a_slow_archive_flush_holds_up_no_durable_ack(daemon_factory, tmp_path):
+    """The archive's Arrow flush (every flush_interval) runs beside the commits: with every such flush
+    3 s slower (STOREPULSE_FAULT=slow_flush: a slow disk), durable acks still come a commit after
+    their POST (awaited in the commit, the flush held each ack behind it for up to 3 s), and the
+    events still reach their files."""
+    d = start(daemon_factory, ack="durable", env={"STOREPULSE_FAULT": "slow_flush"})
+    now = int(time.time() * 1000)
+    waits = []
+    for i in range(40):   # ~6 s: two or more slow flushes under way
+        t0 = time.monotonic()
+        assert http_post(d.url + "/ingest", orjson.dumps([event(i, now)]))[0] == 202
+        waits.append(time.monotonic() - t0)
+        time.sleep(0.15)
+    assert max(waits) < 2.0, sorted(waits)[-5:]
+    root = tmp_path / "data" / "events"
+    wait_until(lambda: root.exists() and ds.dataset(root, format="ipc", partitioning="hive").count_rows() == 40,
+               30, interval=0.2, what="the 40 events in Arrow files")
+
+
 def test_body_over_max_body_is_413(daemon_factory, tmp_path):
     """A body larger than http.max_body is refused with 413 and counts nothing."""
     d = start(daemon_factory)
