@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskGroup
 import orjson
 import pyarrow as pa
+from anyio.abc import TaskGroup
 
 from daemon.clock import Clock
 from daemon.config import Config
@@ -476,10 +476,11 @@ class Runner:
 
         Why: every flush_interval it writes 5 s of archived events (and dead letters), 100-230 ms of
         Arrow writing and fsync at 20k events/s, most of it outside the GIL. Awaited, that stopped the
-        folds for as long (a window closing then waited it out). In the background the folds go on;
-        a commit meanwhile waits for it only if it comes before the flush is done (the checkpoint
-        serialises the two). One at a time: a flush takes the rows committed while it runs too, and
-        the final commit's flush (`flush_all`) waits for it and writes the rest."""
+        folds for as long (a window closing then waited it out). In the background the folds and the
+        commits go on (the checkpoint serialises flushes per table, not with commits; a closed
+        window's flush waits only while this one writes that window's table). One at a time: a flush
+        takes the rows committed while it runs too, and the final commit's flush (`flush_all`) waits
+        for it table by table and writes the rest."""
         self._last_flush_mono = self.clock.monotonic()
         if self._background is None:   # commit() outside `run`
             await anyio.to_thread.run_sync(self._flush_every_table)
