@@ -277,4 +277,4 @@ class Daemon:
             wm_lag_ms = None if st.watermark_ms == NO_WATERMARK else self.clock.now_ms() - st.watermark_ms
             heartbeat.tick(now, loop_lag_ms=self.health.loop_lag_ms, accepted=st.accepted,
                            last_commit_age_ms=st.last_commit_ms, pending_work=st.pending_work,
-                           watermark_lag_ms=wm_lag_ms, queued=self.runner.queued())
+                           watermark_lag_ms=wm_lag_ms, queued=self.runner.queued(), flush_running_ms=st.flush_running_ms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -73,6 +74,7 @@ class PipelineStats:
     pending_acks: int
     commit_failed: str
     pending_work: bool      # uncommitted changes, queued deliveries or a commit in flight
+    flush_running_ms: int   # how long the background all-table flush has run (0: none under way)
     closed_through_ms: int  # windows ending at or before this are emitted; < watermark_ms mid chunked close
 
 
@@ -131,6 +133,7 @@ class Runner:
         self._committing = False
         self._background: TaskGroup | None = None   # while `run` runs: where the all-table flush goes
         self._flushing = False                        # that flush is under way
+        self._flush_started_mono = 0.0
         self._turn = 0
         self.cpu = cpu if cpu is not None else CpuLane()
         # Held while a fold runs and while a commit builds its unit (both in the CPU lane's worker
@@ -486,6 +489,7 @@ class Runner:
             await anyio.to_thread.run_sync(self._flush_every_table)
             return
         self._flushing = True
+        self._flush_started_mono = self.clock.monotonic()
         self._background.start_soon(self._flush_in_background)
 
     async def _flush_in_background(self) -> None:
@@ -497,6 +501,8 @@ class Runner:
     def _flush_every_table(self) -> None:
         if "slow_flush" in self._faults:
             time.sleep(SLOW_FLUSH_S)   # a slow disk, in the flush's own thread
+        if "wedge_flush" in self._faults:
+            threading.Event().wait()   # a disk that never answers: the flush never ends
         self.checkpoint.flush(None)
 
     def _flush_owed(self) -> bool:
@@ -720,6 +726,7 @@ class Runner:
             last_commit_ms=round((self.clock.monotonic() - self._last_commit_mono) * 1000),
             pending_acks=len(self._pending.acks), commit_failed=self._commit_failed,
             pending_work=self._pending.dirty or self._committing or self.queued() > 0 or self.closing,
+            flush_running_ms=round((self.clock.monotonic() - self._flush_started_mono) * 1000) if self._flushing else 0,
             closed_through_ms=self._closed_ms,
         )
 

@@ -89,22 +89,29 @@ class WatchdogBounds:
                    max_commit_age_ms=max(timeout_s, MIN_COMMIT_STALL_S, 10 * commit_interval_s) * 1000)
 
 
-def wedged_reason(loop_lag_ms: float, last_commit_age_ms: float, pending_work: bool, bounds: WatchdogBounds) -> str:
+def wedged_reason(loop_lag_ms: float, last_commit_age_ms: float, pending_work: bool, bounds: WatchdogBounds,
+                  flush_running_ms: float = 0.0) -> str:
     """Why the daemon counts as wedged ("" when healthy).
 
     `pending_work` is true while the runner holds uncommitted changes, queued deliveries or a
-    commit in flight; without it an old commit only means nothing happened.
+    commit in flight; without it an old commit only means nothing happened. `flush_running_ms`:
+    how long the background Arrow flush of the archive has run. The commits no longer wait for
+    it, so a hung one (a disk that stopped answering) would otherwise go unnoticed while the
+    outbox grows; it gets the commit's bound.
     """
     if loop_lag_ms > bounds.max_loop_lag_ms:
         return f"event loop lag {loop_lag_ms / 1000:.1f}s > {bounds.max_loop_lag_ms / 1000:.1f}s"
     if pending_work and last_commit_age_ms > bounds.max_commit_age_ms:
         return f"no commit for {last_commit_age_ms / 1000:.1f}s with work pending (> {bounds.max_commit_age_ms / 1000:.1f}s)"
+    if flush_running_ms > bounds.max_commit_age_ms:
+        return f"an Arrow flush running for {flush_running_ms / 1000:.1f}s (> {bounds.max_commit_age_ms / 1000:.1f}s)"
     return ""
 
 
-def should_feed_watchdog(loop_lag_ms: float, last_commit_age_ms: float, pending_work: bool, bounds: WatchdogBounds) -> bool:
-    """True when WATCHDOG=1 may be sent: the loop turns and commits keep up with pending work."""
-    return not wedged_reason(loop_lag_ms, last_commit_age_ms, pending_work, bounds)
+def should_feed_watchdog(loop_lag_ms: float, last_commit_age_ms: float, pending_work: bool, bounds: WatchdogBounds,
+                         flush_running_ms: float = 0.0) -> bool:
+    """True when WATCHDOG=1 may be sent: the loop turns, and commits and flushes keep up."""
+    return not wedged_reason(loop_lag_ms, last_commit_age_ms, pending_work, bounds, flush_running_ms)
 
 
 def format_status(*, events_per_s: float, watermark_lag_ms: float | None, queued: int, wedged: str = "") -> str:
@@ -136,7 +143,7 @@ class ServiceHeartbeat:
         self._pending_since_s: float | None = None
 
     def tick(self, now_s: float, *, loop_lag_ms: float, accepted: int, last_commit_age_ms: float,
-             pending_work: bool, watermark_lag_ms: float | None, queued: int) -> bool:
+             pending_work: bool, watermark_lag_ms: float | None, queued: int, flush_running_ms: float = 0.0) -> bool:
         """Decide and notify; return whether the daemon counts as healthy.
 
         Work that turned up after a long idle spell has waited only since it turned up, not since
@@ -149,7 +156,7 @@ class ServiceHeartbeat:
         waited_ms = last_commit_age_ms
         if self._pending_since_s is not None:
             waited_ms = min(waited_ms, (now_s - self._pending_since_s) * 1000)
-        reason = wedged_reason(loop_lag_ms, waited_ms, pending_work, self.bounds)
+        reason = wedged_reason(loop_lag_ms, waited_ms, pending_work, self.bounds, flush_running_ms)
         changed = bool(reason) != bool(self.wedged)    # the figures in the text change every tick
         if changed and self.log is not None:
             if reason:

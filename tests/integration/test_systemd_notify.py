@@ -151,6 +151,24 @@ def test_no_watchdog_once_a_commit_is_wedged(daemon_factory: DaemonFactory, list
     proc.kill()
 
 
+def test_no_watchdog_once_the_archive_flush_hangs(daemon_factory: DaemonFactory, listener: NotifyListener) -> None:
+    """With STOREPULSE_FAULT=wedge_flush the archive's Arrow flush never ends. The commits do not wait
+    for it (it runs in the background), so only the watchdog's own bound on it stops the pings."""
+    config = CONFIG.replace('commit_interval = "100ms"', 'commit_interval = "100ms"\narchive_events = true\nflush_interval = "200ms"')
+    env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": str(WATCHDOG_USEC), "STOREPULSE_FAULT": "wedge_flush"}
+    proc = daemon_factory.start(config, env=env)
+    wait_until(lambda: len(listener.times("WATCHDOG=1")) >= 2, 15, what="WATCHDOG=1 before any flush")
+    hung_at = time.monotonic()
+    assert post_event(proc, "e1") == 202            # archived: the flush that writes it hangs
+    wait_until(lambda: any("Arrow flush" in s for s in listener.lines("STATUS=wedged")), 20, interval=0.2,
+               what="STATUS=wedged naming the flush")
+    pings = listener.times("WATCHDOG=1")
+    assert pings[-1] - hung_at < 5.0 + 2 * PING_S    # the bound: max(WatchdogSec, 5 s, 10 commit intervals)
+    assert post_event(proc, "e2") == 202 and http_get(proc.url + "/healthz", timeout=2)[0] == 200
+    wait_until(lambda: proc.get_json("/stats")["events"]["accepted"] == 2, 5, what="the commits go on")
+    proc.kill()
+
+
 def test_without_notify_socket_the_daemon_runs(daemon_factory: DaemonFactory) -> None:
     """No NOTIFY_SOCKET: notifying is a no-op and the daemon serves and stops normally."""
     proc = daemon_factory.start(CONFIG)

@@ -129,6 +129,9 @@ def test_wedged_reason_says_what_is_stuck() -> None:
     """The reason names the stuck part and the figures."""
     assert wedged_reason(2500, 0, False, BOUNDS) == "event loop lag 2.5s > 1.0s"
     assert wedged_reason(0, 7000, True, BOUNDS) == "no commit for 7.0s with work pending (> 5.0s)"
+    # The archive's Arrow flush runs beside the commits: one that hangs is a wedge of its own.
+    assert wedged_reason(0, 0, False, BOUNDS, flush_running_ms=6000) == "an Arrow flush running for 6.0s (> 5.0s)"
+    assert wedged_reason(0, 0, False, BOUNDS, flush_running_ms=5000) == ""
 
 
 def test_format_status() -> None:
