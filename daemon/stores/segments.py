@@ -81,6 +81,7 @@ class _Buffers:
     _spill: Callable[[int, list[tuple[int, bytes]]], bool] | None
     spill_bytes: int
     spilled: list[tuple[int, int, int]]
+    _spill_out: Callable[[], None]   # (_Builder's)
 
     def put(self, key: bytes, value: bytes | None) -> None:
         """Add a record (None: a tombstone)."""
@@ -97,9 +98,6 @@ class _Buffers:
         self._n += 1
         if self._bytes >= self.spill_bytes and self._spill is not None:
             self._spill_out()
-
-    def _spill_out(self) -> None:   # (the builder's: _Builder)
-        raise NotImplementedError
 
 
 _compiled: Any = native.compiled("daemon.stores._segments")

@@ -6,13 +6,13 @@ runs both. A change to one is made to the other.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy
 
 import orjson
 
 cdef object _dumps = orjson.dumps
 cdef Py_ssize_t MAX_KEY_BYTES = 480   # statedump.MAX_KEY_BYTES
-cdef Py_ssize_t MAX_METRICS = 64       # more metrics than this go through the Python loop's layout here too
 
 
 cdef inline Py_ssize_t _int_len(long long v) noexcept:
@@ -93,18 +93,33 @@ cdef char* _put_parts(char* p, list blobs, Py_ssize_t* lens, Py_ssize_t m) noexc
     return p
 
 
+cdef Py_ssize_t* _lengths(Py_ssize_t m) except NULL:
+    """Room for each metric's blob length (freed by the caller)."""
+    cdef Py_ssize_t* lens = <Py_ssize_t*>PyMem_Malloc((m if m > 0 else 1) * sizeof(Py_ssize_t))
+    if lens == NULL:
+        raise MemoryError()
+    return lens
+
+
 def pane_records(put, long long start, long long end, list keys, list states, tuple dumps, bint bare, long_key):
     """statedump.pane_records."""
+    cdef Py_ssize_t n = len(keys)
+    if len(states) != n:
+        raise ValueError("pane_records: keys and states of unequal length")
+    cdef Py_ssize_t* lens = _lengths(len(dumps))
+    try:
+        _pane_loop(put, start, end, keys, states, dumps, bare, long_key, lens)
+    finally:
+        PyMem_Free(lens)
+
+
+cdef _pane_loop(put, long long start, long long end, list keys, list states, tuple dumps, bint bare, long_key,
+                Py_ssize_t* lens):
     cdef Py_ssize_t i, n = len(keys), m = len(dumps), kn, ident_n, total, parts
     cdef Py_ssize_t sw = _int_len(start), ew = _int_len(end)
-    cdef Py_ssize_t lens[64]
     cdef bytes kj, ek, value
     cdef char* p
     cdef list blobs = [None] * m
-    if m > MAX_METRICS:
-        raise ValueError(f"pane_records: {m} metrics, more than {MAX_METRICS}")
-    if len(states) != n:
-        raise ValueError("pane_records: keys and states of unequal length")
     for i in range(n):
         key = keys[i]
         kj = _dumps((key,) if bare else key)
@@ -144,18 +159,25 @@ def pane_records(put, long long start, long long end, list keys, list states, tu
 def session_records(put, list keys, list slots, list firsts, list lasts, list columns, tuple dumps, bint bare,
                     long_key):
     """statedump.session_records."""
-    cdef Py_ssize_t i, n = len(keys), m = len(dumps), kn, total, parts, fw, lw, nw, slot
-    cdef long long first, last
-    cdef Py_ssize_t lens[64]
-    cdef bytes kj, ek, value
-    cdef char* p
-    cdef list blobs = [None] * m
-    if m > MAX_METRICS:
-        raise ValueError(f"session_records: {m} metrics, more than {MAX_METRICS}")
+    cdef Py_ssize_t n = len(keys), m = len(dumps)
     if len(columns) != m:
         raise ValueError("session_records: a column per metric")
     if len(slots) != n or len(firsts) != n or len(lasts) != n:
         raise ValueError("session_records: keys, slots, firsts and lasts of unequal length")
+    cdef Py_ssize_t* lens = _lengths(m)
+    try:
+        _session_loop(put, keys, slots, firsts, lasts, columns, dumps, bare, long_key, lens)
+    finally:
+        PyMem_Free(lens)
+
+
+cdef _session_loop(put, list keys, list slots, list firsts, list lasts, list columns, tuple dumps, bint bare,
+                   long_key, Py_ssize_t* lens):
+    cdef Py_ssize_t i, n = len(keys), m = len(dumps), kn, total, parts, fw, lw, nw, slot
+    cdef long long first, last
+    cdef bytes kj, ek, value
+    cdef char* p
+    cdef list blobs = [None] * m
     for i in range(n):
         key = keys[i]
         slot = slots[i]

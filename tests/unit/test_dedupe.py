@@ -156,8 +156,8 @@ def test_hash_table_equals_the_per_id_reference_on_any_path(loop, steps, ttl_ms,
             d, ref = DedupeFilter(ttl_ms, max_ids), _PerIdFilter(ttl_ms, max_ids)
             stored: dict[bytes, int] = {}
             for step in steps:
-                if _step_both(d, ref, step):
-                    pass
+                if step[0] in ("keep", "expire"):
+                    _step_both(d, ref, step)
                 elif step[0] == "take":
                     got = _pairs(d.take_changes())
                     assert got == ref.take_changes()

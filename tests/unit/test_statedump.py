@@ -129,3 +129,22 @@ def test_session_changes_of_every_shape_restore(kind):
     assert [(r.key, r.window_start_ms, r.metrics) for r in fresh.close(T0_MS + 10**9)] == \
            [(r.key, r.window_start_ms, r.metrics) for r in expected]
     assert len(expected) == 4
+
+
+def test_records_of_an_aggregation_with_many_metrics():
+    """No bound on the metrics per aggregation (the compiled loops once kept 64 lengths on the stack)."""
+    many = MetricSet([MetricSpec(name=f"n{j}", func="count") for j in range(70)])
+    states = many.empty()
+    many.fold(states, [0, 1], [])
+    expected_pane = [(b'w[0,["a"]]', orjson.dumps([0, 60, ["a"]]) + b"\n" + many.dump(states))]
+    blob = many.dump(states)
+    expected_session = [(b's["a"]', orjson.dumps([["a"], [[5, 9, len(blob)]]]) + b"\n" + blob)]
+    for kind in LOOPS:
+        got: list = []
+        with loop(statedump, kind):
+            statedump.pane_records(lambda k, v: got.append((k, v)), 0, 60, ["a"], [states], many.dumps, True)
+            assert got == expected_pane, kind
+            got.clear()
+            statedump.session_records(lambda k, v: got.append((k, v)), ["a"], [0], [5], [9], [[s] for s in states],
+                                      many.dumps, True)
+            assert got == expected_session, kind
