@@ -430,7 +430,14 @@ DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest c
 # 128 / 64 peaked at +65 / +37 / +22 / +22 MiB of RssFile, at 618-711 / 623 / 733 / 786 ms per commit
 # (±15% run to run); in the daemon, the final close's commits of 20k session rows had RssFile spikes
 # of 130-210 MiB with 512 (its largest samples), up to 114 with 64.
-LATEST_SLICE = 128
+# 27 Nov, with the map's resident size read in the daemon after every slice: the memory benchmark's
+# peak (VmHWM) was set inside one slice of the final close, +130-160 MiB of RssFile above the
+# commit's start with 128 (1.2 MiB per row: whole 2 MiB folios). In process on that run's store
+# (20k random get+put, alternating): 128 / 64 / 32 / 16 / 8 mapped +86-91 / 58-70 / 34-38 / 24-25 /
+# 14-15 MiB at 196-220 / 188 / 193-198 / 210-217 / 245-256 ms. In the daemon (memory scenario,
+# alternating runs) the daemon's VmHWM was 755-793 MiB with 128, 680-731 with 32 and 658-694 with 16,
+# the final close's commits as long with 32 as with 128 and 7-26% longer with 16.
+LATEST_SLICE = 32
 RANDOM_TOUCH_BYTES = DROP_READ_BYTES // LATEST_SLICE   # noted per random-key access: a drop every slice
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
