@@ -514,7 +514,8 @@ def test_dedupe_commits_restore_every_id_at_or_over_the_bound(tmp_path_factory, 
        st.integers(1, 4))
 def test_latest_matches_a_model_with_repeated_windows(tmp_path_factory, commits, keep):
     """Per key the newest `keep` window ends survive, a window written again keeps its newest row,
-    and the per-key count stays exact, whatever mix of new and repeated windows each commit brings."""
+    and the per-key count stays exact, whatever mix of new and repeated windows each commit brings;
+    the rows across keys are those same rows (a trimmed window's row goes too)."""
     cp = Checkpoint.open(_cfg(tmp_path_factory.mktemp("latest")), environ={})
     model: dict[bytes, dict[int, bytes]] = {}
     for n, windows in enumerate(commits):
@@ -526,6 +527,7 @@ def test_latest_matches_a_model_with_repeated_windows(tmp_path_factory, commits,
             model[key] = dict(sorted(rows.items())[-keep:])
     for key, rows in model.items():
         assert cp.latest_windows("sales", key, 100) == [rows[e] for e in sorted(rows, reverse=True)]
+    assert sorted(cp.latest_windows("sales", None, 1000)) == sorted(r for rows in model.values() for r in rows.values())
     cp.close()
 
 
