@@ -146,13 +146,6 @@ class Txn:
         if items:
             self._txn.cursor(db=self._dbs[db]).putmulti(items)
 
-    def put_new(self, db: str, items: list[tuple[bytes, bytes]]) -> int:
-        """Put the items whose key is absent, in one C call; return how many that was (present keys
-        keep their value)."""
-        if not items:
-            return 0
-        return self._txn.cursor(db=self._dbs[db]).putmulti(items, overwrite=False)[1]
-
     def scan(self, db: str, prefix: bytes = b"", *, start: bytes | None = None, end: bytes | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Items whose key starts with `prefix`, in key order (or reversed).
@@ -876,8 +869,8 @@ def _apply_latest(txn: Txn, latest: Sequence[tuple[str, bytes, int, bytes]], kee
     pages again in the final close of 725k sessions.) Per row one cursor on the index reads the key's
     count, puts the entry and puts the count: LMDB's cursor looks on the page it stands on before it
     goes down from the root, so that is one descent, not three (in process, 20k rows into the memory
-    benchmark's store of 870k keys: 206-211 vs 226-281 ms). A window emitted twice (only possible
-    across a config change) keeps its count and gets the newer row."""
+    benchmark's store of 870k keys, alternating, warm: 209-226 vs 227-265 ms). A window emitted twice
+    (only possible across a config change) keeps its count and gets the newer row."""
     names: dict[str, bytes] = {}
     counts: dict[bytes, int] = {}      # aggregation \x00 key hash -> rows kept, once read
     index = txn.cursor("latest")
