@@ -432,8 +432,8 @@ DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest c
 # commit's start with 128 (1.2 MiB per row: whole 2 MiB folios). In process on that run's store
 # (20k random get+put, alternating): 128 / 64 / 32 / 16 / 8 mapped +86-91 / 58-70 / 34-38 / 24-25 /
 # 14-15 MiB at 196-220 / 188 / 193-198 / 210-217 / 245-256 ms. In the daemon (memory scenario,
-# alternating runs) the daemon's VmHWM was 755-793 MiB with 128, 680-731 with 32 and 658-694 with 16,
-# the final close's commits as long with 32 as with 128 and 7-26% longer with 16.
+# alternating runs) the daemon's VmHWM was 755-824 MiB with 128 (7 runs), 680-736 with 32 (10) and
+# 658-694 with 16 (3), the final close's commits as long with 32 as with 128 and 7-26% longer with 16.
 LATEST_SLICE = 32
 RANDOM_TOUCH_BYTES = DROP_READ_BYTES // LATEST_SLICE   # noted per random-key access: a drop every slice
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
