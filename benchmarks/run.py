@@ -640,6 +640,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ingest-clients", type=int, default=16, help="concurrent POST /ingest connections")
     p.add_argument("--no-recommendations", action="store_true", help="leave [recommendations] out of the config")
     p.add_argument("--profile", metavar="DIR", help="also run http_poll under py-spy; write the profile to DIR")
+    p.add_argument("--memprobe", metavar="FILE", help="append a JSON line per LMDB write transaction of each daemon "
+                   "(its RSS and peak around and inside it) to FILE: benchmarks/memprobe/sitecustomize.py")
     p.add_argument("--rss-cap-gib", type=float, default=round(min(8.0, _ram_gib() / 3), 1),
                    help="kill a daemon whose RSS passes this and report it (default: 8 GiB or a third of RAM)")
     p.add_argument("--log-level", default="info", help="the daemon's log_level (its log is kept with --keep)")
@@ -983,6 +985,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.workdir:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.memprobe:   # inherited by the daemons this starts (the probe acts in `python -m daemon run` only)
+        os.environ["STOREPULSE_MEMPROBE"] = str(Path(args.memprobe).resolve())
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO / "benchmarks" / "memprobe"), os.environ.get("PYTHONPATH")) if p)
     results = asyncio.run(run_all(args))
     table = markdown(results)
     results["markdown"] = table
