@@ -881,10 +881,10 @@ def _apply_latest(txn: Txn, latest: Sequence[tuple[str, bytes, int, bytes]], kee
             aggb = names.get(agg)
             if aggb is None:
                 aggb = names[agg] = _name(agg, "aggregation") + b"\x00"
-            heads.append((aggb, _h(key), U64.pack(end_ms)))
+            heads.append((agg, aggb, _h(key), U64.pack(end_ms)))
         # The rows first (the newer row wins), so that a trim below deletes a row put in this slice.
-        txn.put_many("latest_time", [(aggb + end + h, e[3]) for (aggb, h, end), e in zip(heads, part)])
-        for (aggb, h, end), (agg, *_) in zip(heads, part):
+        txn.put_many("latest_time", [(aggb + end + h, e[3]) for (_, aggb, h, end), e in zip(heads, part)])
+        for agg, aggb, h, end in heads:
             base = aggb + h
             n = counts.get(base)
             if n is None:

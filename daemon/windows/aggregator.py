@@ -317,14 +317,11 @@ class Aggregator:
         return key_list[0] if self._bare_keys else tuple(key_list)
 
     def _dump_sessions(self, key: Any) -> bytes | None:
+        """The record of a key with no open session (None) or several (one open session each is
+        statedump.session_records' bulk loop)."""
         sessions = self._store.sessions_of(key)  # type: ignore[union-attr]
         if not sessions:
             return None
-        if len(sessions) == 1:   # the usual key: its one session's pieces joined once
-            first, last, states = sessions[0]
-            parts = self._metrics.dump_parts(states)
-            head = [self._key_list(key), [[first, last, sum(map(len, parts))]]]
-            return b"".join([orjson.dumps(head), b"\n", *parts])
         blobs = [self._metrics.dump(s[2]) for s in sessions]
         head = [self._key_list(key), [[s[0], s[1], len(b)] for s, b in zip(sessions, blobs)]]
         return b"".join([orjson.dumps(head), b"\n", *blobs])

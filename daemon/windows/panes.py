@@ -79,12 +79,9 @@ class PaneStore:
         """The states of each (pane start, key), None where there are none yet."""
         none: dict[Key, Any] = {}
         if starts and starts[0] == starts[-1] and starts.count(starts[0]) == len(starts):
-            return list(map(self._panes.get(starts[0], none).get, keys))   # the usual batch: one pane
+            return self.pane_states(starts[0], keys)   # the usual batch: one pane
         get_pane = self._panes.get
         return [get_pane(p, none).get(k) for p, k in zip(starts, keys)]
-
-    def get(self, start: int, key: Key) -> Any:
-        return self._panes.get(start, {}).get(key)
 
     def pane_states(self, start: int, keys: Sequence[Key]) -> list[Any]:
         """The states of each key in pane `start`, None where there are none."""

@@ -60,8 +60,7 @@ def pane_records(put: Put, start: int, end: int, keys: Sequence[Any], states: Se
     head_open = b"[%d,%d," % (start, end)
     for key, st in zip(keys, states):
         kj = key_json(key, bare)
-        ident = key_open + kj + b"]"
-        ek = b"w" + ident if len(ident) <= MAX_KEY_BYTES else long_key(b"w", ident)
+        ek = entry_key(b"w", key_open + kj + b"]")
         if st is None:
             put(ek, None)
             continue
@@ -79,7 +78,7 @@ def session_records(put: Put, keys: Sequence[Any], slots: Sequence[int], firsts:
         return
     for key, slot, first, last in zip(keys, slots, firsts, lasts):
         kj = key_json(key, bare)
-        ek = b"s" + kj if len(kj) <= MAX_KEY_BYTES else long_key(b"s", kj)
+        ek = entry_key(b"s", kj)
         blobs = [dump(c[slot]) for dump, c in zip(dumps, columns)]
         lengths = orjson.dumps([len(b) for b in blobs])
         n = len(lengths) + 1 + sum(map(len, blobs))
