@@ -20,7 +20,10 @@ def test_matching_needs_the_key_and_an_overlapping_window():
 
 @pytest.fixture(scope="module")
 def report():
-    return run_evaluation(seed=21, minutes=30, rate=200, rec_rate=100)
+    # Half the evaluate command's rates: the incidents are as many (their schedule is in event time), each
+    # window's counts are smaller and so noisier, and the run takes half the time (27 -> 13 s). At seed 21:
+    # ours F1 1.0, fixed threshold 0.66, HST 0.68; 533 purchases judged (rate 200/100: 1.0, 0.24, 0.71; 999).
+    return run_evaluation(seed=21, minutes=30, rate=100, rec_rate=50)
 
 
 def test_anomaly_goals_on_a_short_run(report):
