@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -436,6 +437,11 @@ DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest c
 # 658-694 with 16 (3), the final close's commits as long with 32 as with 128 and 7-26% longer with 16.
 LATEST_SLICE = 32
 RANDOM_TOUCH_BYTES = DROP_READ_BYTES // LATEST_SLICE   # noted per random-key access: a drop every slice
+# A bucket chain's segment read by a merge is noted as at least this much: the pages go back every 8
+# segments. Each segment's read maps whole page-cache folios (up to 2 MiB, as above), and a chain holds
+# up to 32 segments: with the pages given back once per chain, a merge transaction of the memory
+# benchmark mapped up to 50-60 MiB of the file and set the daemon's peak RSS in one run of two (27 Nov).
+SEGMENT_TOUCH_BYTES = DROP_READ_BYTES // 8
 DEDUPE_BEFORE_KEY = b"dedupe_before"   # sys: u64, ids expiring before it are gone
 DEDUPE_BUCKET_MS = 60_000
 U64, U32, U16 = struct.Struct(">Q"), struct.Struct(">I"), struct.Struct(">H")
@@ -659,9 +665,13 @@ class _Chains:
         """Replace a bucket's chain by one segment of its live records, under its last segment's key
         (later segments sort after it); return the bytes read."""
         chain_bytes, base_bytes, chain_len = self.meta
-        chain = _chain(self.txn, self.nsb, bucket)
+        chain = []
+        for k, v in _committed(self.txn, self.txn.scan("segments", _bucket_prefix(self.nsb, bucket))):
+            chain.append((k, v))
+            # Each segment is a random read: noted at least at SEGMENT_TOUCH_BYTES, so that the pages
+            # go back every few segments, not once a whole chain (up to MAX_CHAIN) was copied.
+            self.txn.read_through_map(max(len(v), SEGMENT_TOUCH_BYTES))
         read = sum(len(v) for _, v in chain)
-        self.txn.read_through_map(read)   # the chain's pages leave the RSS once copied, every ~MiB
         merged = segments.live(segments.merge(v for _, v in chain))
         for k, _ in chain:
             self.txn.delete("segments", k)
@@ -869,23 +879,29 @@ def _apply_latest(txn: Txn, latest: Sequence[tuple[str, bytes, int, bytes]], kee
     pages again in the final close of 725k sessions.) Per row one cursor on the index reads the key's
     count, puts the entry and puts the count: LMDB's cursor looks on the page it stands on before it
     goes down from the root, so that is one descent, not three (in process, 20k rows into the memory
-    benchmark's store of 870k keys, alternating, warm: 209-226 vs 227-265 ms). A window emitted twice
-    (only possible across a config change) keeps its count and gets the newer row."""
+    benchmark's store of 870k keys, alternating, warm: 209-226 vs 227-265 ms). The rows go in key
+    order (by their index key; a key's own rows in the order given): a slice then walks one narrow
+    stretch of the index, its rows share their branch pages and often a leaf, so that after each
+    give-back the pages above the leaves are faulted in once per slice instead of once per row (in
+    process, 20k rows into the memory benchmark's store of 2.45M index entries, alternating: 10-15 vs
+    20-32 MiB of the map at a slice's most, 336-657 vs 413-502 ms). A window emitted twice (only possible
+    across a config change) keeps its count and gets the newer row."""
     names: dict[str, bytes] = {}
     counts: dict[bytes, int] = {}      # aggregation \x00 key hash -> rows kept, once read
+    heads = []
+    for agg, key, end_ms, row in latest:
+        aggb = names.get(agg)
+        if aggb is None:
+            aggb = names[agg] = _name(agg, "aggregation") + b"\x00"
+        h = _h(key)
+        heads.append((aggb + h, agg, aggb, h, U64.pack(end_ms), row))
+    heads.sort(key=itemgetter(0))      # stable: one key's rows keep their order
     index = txn.cursor("latest")
-    for i in range(0, len(latest), LATEST_SLICE):
-        part = latest[i:i + LATEST_SLICE]
-        heads = []
-        for agg, key, end_ms, _ in part:
-            aggb = names.get(agg)
-            if aggb is None:
-                aggb = names[agg] = _name(agg, "aggregation") + b"\x00"
-            heads.append((agg, aggb, _h(key), U64.pack(end_ms)))
+    for i in range(0, len(heads), LATEST_SLICE):
+        part = heads[i:i + LATEST_SLICE]
         # The rows first (the newer row wins), so that a trim below deletes a row put in this slice.
-        txn.put_many("latest_time", [(aggb + end + h, e[3]) for (_, aggb, h, end), e in zip(heads, part)])
-        for agg, aggb, h, end in heads:
-            base = aggb + h
+        txn.put_many("latest_time", [(aggb + end + h, row) for _, _, aggb, h, end, row in part])
+        for base, agg, aggb, h, end, _ in part:
             n = counts.get(base)
             if n is None:
                 n = U32.unpack(index.value())[0] if index.set_key(base) else 0
