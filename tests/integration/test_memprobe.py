@@ -25,5 +25,8 @@ def test_memprobe_logs_each_write_transaction_with_its_peak(daemon_factory, tmp_
     commits = [x for x in lines if x["fn"] == "Checkpoint.commit.<locals>.<lambda>"]
     assert commits and all(x["hwm_after"] >= x["hwm_before"] > 0 and x["ms"] >= 0 for x in lines)
     assert all(x["anon_max"] >= x["anon_start"] > 0 and x["file_max"] >= x["file_start"] > 0 for x in lines)
+    # What the heap held as each began: malloc's bytes in use (glibc), Python's blocks, Arrow's pool.
+    assert all(x["malloc_used"] > 0 and x["malloc_free"] >= 0 and x["py_blocks_k"] > 100 and x["arrow"] >= 0
+               for x in lines)
     # The recommendations process and anything else started with it leave the file alone.
     assert {x["fn"].split(".")[0] for x in lines} <= {"Checkpoint", "compact_segments", "apply_pending_latest"}
