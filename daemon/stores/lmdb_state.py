@@ -488,7 +488,12 @@ def _committed(txn: Txn, pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple
 
 def _chain(txn: Txn, nsb: bytes, bucket: int) -> list[tuple[bytes, bytes]]:
     """(LMDB key, segment) of one bucket's chain, oldest first."""
-    return list(_committed(txn, txn.scan("segments", _bucket_prefix(nsb, bucket))))
+    return list(_chain_items(txn, nsb, bucket))
+
+
+def _chain_items(txn: Txn, nsb: bytes, bucket: int) -> Iterator[tuple[bytes, bytes]]:
+    """`_chain`, read as it is walked."""
+    return _committed(txn, txn.scan("segments", _bucket_prefix(nsb, bucket)))
 
 
 def get_state(txn: Txn, namespace: str, key: bytes) -> bytes | None:
@@ -666,7 +671,7 @@ class _Chains:
         (later segments sort after it); return the bytes read."""
         chain_bytes, base_bytes, chain_len = self.meta
         chain = []
-        for k, v in _committed(self.txn, self.txn.scan("segments", _bucket_prefix(self.nsb, bucket))):
+        for k, v in _chain_items(self.txn, self.nsb, bucket):
             chain.append((k, v))
             # Each segment is a random read: noted at least at SEGMENT_TOUCH_BYTES, so that the pages
             # go back every few segments, not once a whole chain (up to MAX_CHAIN) was copied.
