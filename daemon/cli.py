@@ -51,7 +51,9 @@ def tune_interpreter() -> None:
     # with CPython's default thresholds the cyclic GC walks them often, pausing the loop for tens of ms.
     # Generation 1 is collected every 5 young collections, not 50: it then holds <= 100k survivors, so
     # its pause stays ~15 ms (with (50_000, 50, 1000) it reached 2.5M objects and 250-280 ms pauses;
-    # same total GC time, measured with the benchmark's /stats process.gc_* figures).
+    # same total GC time, measured with the benchmark's /stats process.gc_* figures). On the slower machine
+    # of 27 Nov the longest collection in the latency benchmark was 31-36 ms (wall time, descheduling
+    # included); (20_000, 2, 2500) did not shorten it (47-54 ms, benchmarks/README.md, session 17).
     gc.set_threshold(20_000, 5, 1000)
     # Before any thread starts: the CPU lane's worker threads take turns, one glibc arena each (runtime/memory.py).
     memory.limit_arenas()
