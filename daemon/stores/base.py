@@ -34,9 +34,9 @@ class CommitUnit:
       the outbox; they reach the Arrow files at the next flush of that table.
     latest: (aggregation, key, window_end_ms, row json) for GET /windows; at most
       keep_latest[aggregation] (default 1000) are kept per (aggregation, key). With `defer_latest`
-      they are stored as one record and put into the index by later writes, a bounded number per
-      write (the next commits, or Checkpoint.apply_pending_latest): a close's rows reach their Arrow
-      file ~10 us per row sooner, and GET /windows shows them a few commits later.
+      they are stored as one record and put into the index by the next write (the next commit, or
+      Checkpoint.apply_pending_latest): a close's rows reach their Arrow file ~10 us per row sooner,
+      and GET /windows shows them one commit later.
     anomalies: (ts_ms, anomaly json) for GET /anomalies; the newest keep_anomalies are kept.
     fold_log: the fold steps since the previous commit (pipeline/foldlog.py), stored under this
       commit's seq; fold_log_drop_through deletes the stored entries of commits up to that seq
@@ -109,7 +109,6 @@ class StoreStats:
     lmdb: LmdbStats
     arrow: ArrowStats
     staged_bytes: int = 0      # state segments written ahead of their commits (Checkpoint.stage, answers), total
-    latest_pending_rows: int = 0   # closed windows' rows not yet in GET /windows's index (CommitUnit.defer_latest)
 
 
 def frozen_map(d: Mapping[str, int]) -> Mapping[str, int]:

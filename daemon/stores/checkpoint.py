@@ -44,16 +44,6 @@ UPKEEP_S = 0.02               # after a commit, merge due state chains for about
 RECYCLE_AFTER_ROWS = 100_000
 RECYCLE_AFTER_BYTES = 64 * 2**20
 RECYCLE_INTERVAL_S = 30.0
-# Latest-window entries (GET /windows's index) one write transaction puts in, at most. liblmdb keeps
-# every page a write dirtied in its pool until the environment is recycled, so the largest write sets
-# the pool: 20k random keys into an index of 1M keys dirtied 58 MiB of malloc'd pages, 8,192 31 MiB,
-# 4,096 17 MiB, 2,048 9.5 MiB, at 13 / 14-15 / 17-19 / 20-22 us per entry (in process, 27 Nov).
-LATEST_PER_WRITE = 4096
-# Entries left pending (queued by deferring commits, not yet in the index) that a commit lets wait
-# for the next commits, LATEST_PER_WRITE each; past it, the commit puts the rest in at once, in
-# transactions of LATEST_PER_WRITE. A minute close of ~19k rows (the latency benchmark at 30k
-# events/s) then goes in over the next ~5 commits (~1 s), not in one 170-250 ms stop of the next.
-LATEST_BACKLOG_ROWS = 16_384
 
 
 @dataclass(slots=True)
@@ -84,8 +74,7 @@ class Checkpoint:
     closed windows flush theirs), and readers beside all of them."""
 
     def __init__(self, state: LmdbState, files: ArrowFiles, crash: CrashPoints,
-                 max_file_rows: int, log: Any, *, latest_per_write: int = LATEST_PER_WRITE,
-                 latest_backlog_rows: int = LATEST_BACKLOG_ROWS) -> None:
+                 max_file_rows: int, log: Any) -> None:
         self._db = state
         self._files = files
         self._crash = crash
@@ -109,14 +98,11 @@ class Checkpoint:
         self._last_recycle = time.monotonic()
         self._compact_due = False   # chains still due after the last commit's upkeep (or its failure): merged after the next
         self.last_commit_parts_ms: dict[str, float] = {}
-        self._latest_per_write = latest_per_write
-        self._latest_backlog_rows = latest_backlog_rows
-        self._latest_backlog = 0      # latest-window entries left pending (CommitUnit.defer_latest), not yet in the index
+        self.latest_pending = False   # the last commit deferred its latest-window entries (CommitUnit.defer_latest)
 
     @classmethod
     def open(cls, cfg: StorageConfig, *, environ: Mapping[str, str] | None = None,
-             log: Any = None, max_file_rows: int = MAX_FILE_ROWS, latest_per_write: int = LATEST_PER_WRITE,
-             latest_backlog_rows: int = LATEST_BACKLOG_ROWS) -> Checkpoint:
+             log: Any = None, max_file_rows: int = MAX_FILE_ROWS) -> Checkpoint:
         """Lock data_dir, open LMDB, remove leftover .tmp files, flush any pending outbox."""
         crash = CrashPoints.from_env(os.environ if environ is None else environ)
         data_dir = Path(cfg.data_dir)
@@ -126,8 +112,7 @@ class Checkpoint:
         try:
             files = ArrowFiles(data_dir, crash=crash.hit)
             removed = files.cleanup_tmp()
-            cp = cls(state, files, crash, max_file_rows, log, latest_per_write=latest_per_write,
-                     latest_backlog_rows=latest_backlog_rows)
+            cp = cls(state, files, crash, max_file_rows, log)
             cp._load()
             recovered = cp.flush()
         except BaseException:
@@ -153,11 +138,10 @@ class Checkpoint:
                 raise StoreError(f"data_dir has store format {fmt!r}, this build reads {layout.FORMAT!r}")
             if fmt != layout.FORMAT:
                 txn.put("sys", layout.FORMAT_KEY, layout.FORMAT)
-            backlog = layout.pending_latest_rows(txn)   # left by the last commits, put in below
-            return seq, fmt, moved, counts, dropped, backlog
+            layout.apply_pending_latest(txn)   # the last commit's, if the next write never came
+            return seq, fmt, moved, counts, dropped
 
-        self._seq, fmt, moved, counts, dropped, self._latest_backlog = self._db.write(check)
-        self._drain_latest(0)
+        self._seq, fmt, moved, counts, dropped = self._db.write(check)
         if dropped and self._log is not None:
             self._log.info("staged_state_dropped", segments=dropped, commit_seq=self._seq)
         if fmt in layout.OLD_FORMATS and self._log is not None:
@@ -252,18 +236,15 @@ class Checkpoint:
             seq = self._seq + 1
             self._stage_answers(unit, seq)
             t_staged = time.perf_counter()
-            more, applied, queued = self._db.write(lambda txn: layout.apply_commit(
-                txn, unit, seq, outbox, self._latest_per_write, self._latest_backlog))   # buckets due, entries
+            more = self._db.write(lambda txn: layout.apply_commit(txn, unit, seq, outbox))   # buckets due
             t_applied = time.perf_counter()
             self._seq = seq
-            self._latest_backlog += queued - applied
+            self.latest_pending = unit.defer_latest and bool(unit.latest)   # (the write applied earlier ones)
             with self._count_lock:
                 for table, n, _ in outbox:
                     self._pending[table] = self._pending.get(table, 0) + n
             try:
-                # A unit that does not defer its entries has them in the index when this returns.
-                applied += self._drain_latest(self._latest_backlog_rows if unit.defer_latest else 0)
-                self._upkeep(more, applied + len(unit.latest) - queued)
+                self._upkeep(more, len(unit.latest))
             except StoreError as exc:
                 # The commit is durable: what follows it is upkeep, done again after the next commit.
                 # Failing the commit here would make the runner write the same unit a second time.
@@ -282,33 +263,15 @@ class Checkpoint:
         self._crash.hit("after_lmdb_commit")
         return seq
 
-    @property
-    def latest_pending(self) -> bool:
-        """Latest-window entries wait to go into the index (CommitUnit.defer_latest)."""
-        return self._latest_backlog > 0
-
     def apply_pending_latest(self) -> int:
-        """Put every latest-window entry left pending into the index now, in transactions of
-        latest_per_write (an idle runner does, so GET /windows need not wait for the next commits);
-        how many entries that was."""
+        """Put the latest-window entries the last commit deferred into the index now (an idle runner
+        does, so GET /windows need not wait for a next commit); how many entries that was."""
         with self._write_lock:
-            n = self._drain_latest(0)
-            if n:
-                self._upkeep(0, n)
+            if not self.latest_pending:
+                return 0
+            n = self._db.write(layout.apply_pending_latest)
+            self.latest_pending = False
             return n
-
-    def _drain_latest(self, bound: int) -> int:
-        """Put pending latest-window entries in, latest_per_write per transaction, until at most
-        `bound` are left (write lock held)."""
-        done = 0
-        while self._latest_backlog > bound:
-            n = self._db.write(lambda txn: layout.apply_pending_latest(txn, self._latest_per_write))
-            if n == 0:   # nothing was pending after all
-                self._latest_backlog = 0
-                break
-            self._latest_backlog -= n
-            done += n
-        return done
 
     def _upkeep(self, due: int, latest_rows: int) -> None:
         """After a commit: merge state chains that fell due, in transactions of MERGE_BYTES_PER_WRITE
@@ -466,8 +429,7 @@ class Checkpoint:
             commit_seq=self._seq, commits=self._commits, last_commit_ms=self._last_commit_ms,
             avg_commit_ms=self._commit_ms_total / self._commits if self._commits else 0.0,
             flushes=self._flushes, last_flush_ms=self._last_flush_ms, outbox_rows=pending,
-            lmdb=self._db.statistics(), arrow=self._files.statistics(), staged_bytes=self._staged_bytes,
-            latest_pending_rows=self._latest_backlog)
+            lmdb=self._db.statistics(), arrow=self._files.statistics(), staged_bytes=self._staged_bytes)
 
     def close(self) -> None:
         """Close LMDB and release the lock. Does not flush: call flush() first at shutdown."""

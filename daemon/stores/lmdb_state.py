@@ -377,9 +377,7 @@ def _round_down(n: int) -> int:
 # ---- The StorePulse layout: databases and key formats (integers are big-endian, so keys sort) ----
 #   sys           b"format" → FORMAT;  b"commit_seq" → u64;  b"anomalies" → u64 count;
 #                 b"latest_pending:" u64 commit_seq → that commit's latest-window entries, put into
-#                 `latest`/`latest_time` by later writes (format 5; see apply_commit), at most
-#                 LATEST_PER_WRITE per write; b"latest_done:" u64 commit_seq → u32, how many of
-#                 that record's entries are in when only some are
+#                 `latest`/`latest_time` by the next write (format 5; see apply_commit)
 #   meta          name (utf-8) → bytes
 #   positions     source name (utf-8) → bytes
 #   segments      ns \x00 u16 bucket u64 commit_seq [u16 n] → a segment of that namespace's state
@@ -410,8 +408,7 @@ FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"5", b"commit_seq",
 # Rewritten at open: migrate_state + migrate_latest (2), migrate_latest_counts (2, 3); 4 lacks only
 # the pending latest entries, which it never has.
 OLD_FORMATS = (b"2", b"3", b"4")
-LATEST_PENDING = b"latest_pending:"   # + u64 commit seq: a commit's entries not yet in the index (pack_latest)
-LATEST_DONE = b"latest_done:"         # + the same seq: u32, how many of them are in
+LATEST_PENDING = b"latest_pending:"
 SEGMENTS_META = b"segments:"
 STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments): 16 MiB took
@@ -463,11 +460,6 @@ def _name(name: str, what: str) -> bytes:
 def get_u64(txn: Txn, db: str, key: bytes) -> int:
     v = txn.get(db, key)
     return 0 if v is None else U64.unpack(v)[0]
-
-
-def get_u32(txn: Txn, db: str, key: bytes) -> int:
-    v = txn.get(db, key)
-    return 0 if v is None else U32.unpack(v)[0]
 
 
 def decode_state(k: bytes, v: bytes) -> tuple[str, bytes, bytes]:
@@ -722,15 +714,9 @@ def outbox_table(key: bytes) -> str:
     return key[:-9].decode()
 
 
-def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]],
-                 latest_budget: int | None = None, latest_backlog: int = 0) -> tuple[int, int, int]:
+def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, int, bytes]]) -> int:
     """Every write of one commit (runs inside one write transaction; may be rerun after a grow).
-
-    Latest-window entries: up to `latest_budget` (None: no bound) of those left pending go into the
-    index first, oldest first (`latest_backlog` says how many are pending); then the unit's own go in
-    too if it does not defer them, nothing is left pending and they fit in what is left of the budget,
-    else they are left pending as one record. Returns how many state buckets are due for a merge
-    (compact_segments), how many pending entries went in, and how many the unit left pending."""
+    Returns how many state buckets are due for a merge (compact_segments)."""
     due = _apply_state(txn, unit.state, seq, unit.state_segments)
     for name, pos in unit.positions.items():
         txn.put("positions", _name(name, "source"), pos)
@@ -739,15 +725,11 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
     _apply_dedupe(txn, unit, seq)
     for table, n, value in outbox:
         txn.put("outbox", outbox_prefix(table) + U64.pack(seq), U64.pack(n) + value)
-    applied = apply_pending_latest(txn, latest_budget) if latest_backlog else 0
-    queued = 0
-    if unit.latest:
-        room = None if latest_budget is None else latest_budget - applied
-        if not unit.defer_latest and applied == latest_backlog and (room is None or len(unit.latest) <= room):
-            _apply_latest(txn, unit.latest, unit.keep_latest)
-        else:
-            txn.put("sys", LATEST_PENDING + U64.pack(seq), pack_latest(unit.latest, unit.keep_latest))
-            queued = len(unit.latest)
+    apply_pending_latest(txn)
+    if unit.latest and unit.defer_latest:
+        txn.put("sys", LATEST_PENDING + U64.pack(seq), pack_latest(unit.latest, unit.keep_latest))
+    elif unit.latest:
+        _apply_latest(txn, unit.latest, unit.keep_latest)
     _apply_anomalies(txn, unit, seq)
     drop = unit.fold_log_drop_through
     if drop is not None:
@@ -756,7 +738,7 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
     if unit.fold_log is not None and (drop is None or seq > drop):
         txn.put("foldlog", U64.pack(seq), unit.fold_log)
     txn.put("sys", SEQ_KEY, U64.pack(seq))
-    return due, applied, queued
+    return due
 
 
 def _walked_keys(txn: Txn, db: str, *, end: bytes) -> list[bytes]:
@@ -853,64 +835,34 @@ def pack_latest(entries: Sequence[tuple[str, bytes, int, bytes]], keep_latest: M
     return b"".join([U32.pack(len(head)), head, fixed.tobytes(), *(e[1] for e in entries), *(e[3] for e in entries)])
 
 
-def unpack_latest(blob: bytes | memoryview, start: int = 0,
-                  stop: int | None = None) -> tuple[list[tuple[str, bytes, int, bytes]], dict[str, int]]:
-    """The entries (those from `start` to `stop`, by default all) and keep_latest `pack_latest` packed."""
+def unpack_latest(blob: bytes | memoryview) -> tuple[list[tuple[str, bytes, int, bytes]], dict[str, int]]:
+    """The entries and keep_latest `pack_latest` packed."""
     data = bytes(blob)
     hlen = U32.unpack_from(data)[0]
     head = orjson.loads(data[4:4 + hlen])
     n, names = head["n"], head["aggregations"]
     fixed = np.frombuffer(data, dtype=_LATEST_FIXED, count=n, offset=4 + hlen)
-    klens, rlens = fixed["klen"].astype(np.int64), fixed["rlen"].astype(np.int64)
-    kpos = 4 + hlen + fixed.nbytes + int(klens[:start].sum())
-    rpos = 4 + hlen + fixed.nbytes + int(klens.sum()) + int(rlens[:start].sum())
-    part = fixed[start:stop]
+    pos = 4 + hlen + fixed.nbytes
     out = []
-    for a, end, kl, rl in zip(part["agg"].tolist(), part["end"].tolist(), part["klen"].tolist(), part["rlen"].tolist()):
+    klens, rlens = fixed["klen"].tolist(), fixed["rlen"].tolist()
+    kpos = pos
+    rpos = pos + sum(klens)
+    for a, end, kl, rl in zip(fixed["agg"].tolist(), fixed["end"].tolist(), klens, rlens):
         out.append((names[a], data[kpos:kpos + kl], end, data[rpos:rpos + rl]))
         kpos += kl
         rpos += rl
     return out, head["keep_latest"]
 
 
-def latest_record_rows(blob: bytes | memoryview) -> int:
-    """How many entries a `pack_latest` record holds (its head alone is read)."""
-    hlen = U32.unpack_from(blob)[0]
-    return int(orjson.loads(bytes(blob[4:4 + hlen]))["n"])
-
-
-def pending_latest_rows(txn: Txn) -> int:
-    """The latest-window entries left pending (queued by commits, not yet in the index)."""
-    rows = 0
-    for key in list(txn.keys("sys", LATEST_PENDING)):
-        blob = txn.get("sys", key)
-        rows += latest_record_rows(blob) - get_u32(txn, "sys", LATEST_DONE + key[len(LATEST_PENDING):])
-        txn.read_through_map(len(blob))
-    return rows
-
-
-def apply_pending_latest(txn: Txn, budget: int | None = None) -> int:
-    """Put the latest-window entries commits left pending into the index, oldest first, at most
-    `budget` of them (None: all); a record whose entries are all in is dropped, one partly in keeps
-    how many are (`latest_done:` seq). Returns how many entries went in."""
+def apply_pending_latest(txn: Txn) -> int:
+    """Put the latest-window entries earlier commits left pending into the index, oldest first, and
+    drop their records; how many entries that was."""
     applied = 0
-    while budget is None or applied < budget:
-        key = next(txn.keys("sys", LATEST_PENDING), None)
-        if key is None:
-            break
-        done_key = LATEST_DONE + key[len(LATEST_PENDING):]
-        blob = txn.get("sys", key)
-        txn.read_through_map(len(blob))
-        n, done = latest_record_rows(blob), get_u32(txn, "sys", done_key)
-        stop = n if budget is None else min(n, done + budget - applied)
-        entries, keep = unpack_latest(blob, done, stop)
+    for key, blob in list(txn.scan("sys", LATEST_PENDING)):
+        entries, keep = unpack_latest(blob)
         _apply_latest(txn, entries, keep)
-        applied += stop - done
-        if stop < n:
-            txn.put("sys", done_key, U32.pack(stop))
-        else:
-            txn.delete("sys", key)
-            txn.delete("sys", done_key)
+        txn.delete("sys", key)
+        applied += len(entries)
     return applied
 
 

@@ -75,7 +75,6 @@ SCALARS = (
     Fig("store.flushes", "storepulse_store_flushes_total", COUNTER, "Flushes of committed rows to Arrow files."),
     Fig("store.last_flush_ms", "storepulse_store_last_flush_duration_seconds", GAUGE, "Duration of the last Arrow flush in seconds.", MS),
     Fig("store.staged_bytes", "storepulse_store_staged_bytes_total", COUNTER, "Bytes of state segments written ahead of their commit (full state writes' rounds, large answer parts of the recommendations process)."),
-    Fig("store.latest_pending_rows", "storepulse_store_latest_pending_rows", GAUGE, "Closed windows' rows committed but not yet in GET /windows's index (they go in a bounded number per write)."),
     Fig("store.lmdb.used_bytes", "storepulse_lmdb_used_bytes", GAUGE, "Bytes of the LMDB map in use."),
     Fig("store.lmdb.map_size_bytes", "storepulse_lmdb_map_size_bytes", GAUGE, "Current LMDB map size in bytes."),
     Fig("store.lmdb.map_size_max_bytes", "storepulse_lmdb_map_size_max_bytes", GAUGE, "Largest LMDB map size allowed (storage.map_size_max) in bytes."),

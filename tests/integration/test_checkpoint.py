@@ -292,17 +292,11 @@ _LATEST_COMMITS = st.lists(st.tuples(
 @settings(max_examples=40, deadline=None)
 @given(commits=_LATEST_COMMITS)
 def test_deferred_latest_entries_read_as_entries_put_at_once(tmp_path_factory, commits):
-    """Latest-window entries a commit defers (CommitUnit.defer_latest) go into the index a few per
-    write (here at most 3 per transaction, and a commit lets at most 4 wait): whenever none are left
-    pending (after apply_pending_latest, the next open, or a commit that does not defer), the index
-    reads as if every commit had put its own at once: same rows per key, same trimming to
-    keep_latest, newest first."""
+    """Latest-window entries a commit defers (CommitUnit.defer_latest) are invisible until the next
+    write (a commit, apply_pending_latest, or the next open), then the index reads as if every commit
+    had put its own at once: same rows per key, same trimming to keep_latest, newest first."""
     tmp = tmp_path_factory.mktemp("deferred")
-
-    def open_deferred():
-        return Checkpoint.open(_cfg(tmp / "deferred"), environ={}, latest_per_write=3, latest_backlog_rows=4)
-
-    stores = {True: open_deferred(), False: Checkpoint.open(_cfg(tmp / "now"), environ={})}
+    stores = {True: Checkpoint.open(_cfg(tmp / "deferred"), environ={}), False: Checkpoint.open(_cfg(tmp / "now"), environ={})}
     keep = {"sales": 2}
 
     def view(cp):
@@ -311,47 +305,24 @@ def test_deferred_latest_entries_read_as_entries_put_at_once(tmp_path_factory, c
     try:
         for c, (drawn, defer, then) in enumerate(commits):
             entries = [(agg, k, end, row + b"#%d.%d" % (c, i)) for i, (agg, k, end, row) in enumerate(drawn)]   # the newer row wins: tell them apart
+            before = view(stores[False])
             for deferred, cp in stores.items():
                 cp.commit(CommitUnit(latest=entries, keep_latest=keep, defer_latest=deferred and defer))
-            pending = stores[True].statistics().latest_pending_rows
-            assert pending <= (4 if defer else 0) and stores[True].latest_pending == (pending > 0)
+            if defer and entries:
+                assert stores[True].latest_pending and view(stores[True]) == before
             if then == "apply":
                 stores[True].apply_pending_latest()
             elif then == "reopen":
                 stores[True].close()
-                stores[True] = open_deferred()
-            if not stores[True].latest_pending:
-                assert view(stores[True]) == view(stores[False])
-            if then != "commit":
-                assert not stores[True].latest_pending
+                stores[True] = Checkpoint.open(_cfg(tmp / "deferred"), environ={})
+            if then != "commit" or not (defer and entries):
+                assert not stores[True].latest_pending and view(stores[True]) == view(stores[False])
         for cp in stores.values():
             cp.commit(CommitUnit())
-        assert not stores[True].latest_pending and view(stores[True]) == view(stores[False])
+        assert view(stores[True]) == view(stores[False])
     finally:
         for cp in stores.values():
             cp.close()
-
-
-def test_latest_entries_go_in_at_most_latest_per_write_per_transaction(tmp_path):
-    """A write puts at most latest_per_write pending entries in; a deferring commit leaves at most
-    latest_backlog_rows waiting, and one that does not defer leaves none."""
-    cp = Checkpoint.open(_cfg(tmp_path), environ={}, latest_per_write=3, latest_backlog_rows=5)
-    entries = [("sales", b'["k%d"]' % i, 1000, b"row%d" % i) for i in range(10)]
-    txns = cp.statistics().lmdb.write_txns
-    cp.commit(CommitUnit(latest=entries, defer_latest=True))     # 10 queued; 3 + 3 more in two writes: 4 left
-    assert cp.statistics().latest_pending_rows == 4 and cp.statistics().lmdb.write_txns - txns == 3
-    assert len(cp.latest_windows("sales", None, 100)) == 6
-    cp.commit(CommitUnit(defer_latest=True))                     # 3 in the commit's own write
-    assert cp.statistics().latest_pending_rows == 1
-    more = [("sales", b'["m%d"]' % i, 2000, b"more%d" % i) for i in range(2)]
-    txns = cp.statistics().lmdb.write_txns
-    cp.commit(CommitUnit(latest=more))     # the last pending one, then its own two fit in the same write
-    assert cp.statistics().latest_pending_rows == 0 and cp.statistics().lmdb.write_txns - txns == 1
-    txns = cp.statistics().lmdb.write_txns
-    cp.commit(CommitUnit(latest=[("sales", b'["n%d"]' % i, 3000, b"n") for i in range(7)]))   # too many: queued, then 3 writes
-    assert cp.statistics().latest_pending_rows == 0 and cp.statistics().lmdb.write_txns - txns == 4
-    assert len(cp.latest_windows("sales", None, 100)) == 19
-    cp.close()
 
 
 def test_deferred_latest_entries_go_before_the_next_commits_own(tmp_path):
@@ -369,10 +340,6 @@ def test_pack_latest_round_trips():
     entries = [("sales", b'["a"]', 2**40 + 5, b'{"x":1}'), ("größe", b"", 0, b""), ("sales", b"[null]", 7, b"r" * 1000)]
     assert layout.unpack_latest(layout.pack_latest(entries, {"sales": 2})) == (entries, {"sales": 2})
     assert layout.unpack_latest(layout.pack_latest([], {})) == ([], {})
-    packed = layout.pack_latest(entries, {"sales": 2})
-    assert layout.latest_record_rows(packed) == 3
-    assert [layout.unpack_latest(packed, a, b)[0] for a, b in ((0, 1), (1, 3), (2, None), (3, 3))] == [
-        entries[:1], entries[1:], entries[2:], []]
 
 
 def test_a_format_4_data_dir_opens_as_format_5(tmp_path):
@@ -943,11 +910,11 @@ def test_answers_are_written_ahead_of_their_commit_once_even_when_it_is_retried(
     real = layout.apply_commit
     calls = []
 
-    def failing_once(txn, unit, seq, outbox, *latest):
+    def failing_once(txn, unit, seq, outbox):
         calls.append(seq)
         if len(calls) == 1:
             raise StoreError("injected: the disk is full")
-        return real(txn, unit, seq, outbox, *latest)
+        return real(txn, unit, seq, outbox)
 
     monkeypatch.setattr(layout, "apply_commit", failing_once)
     with pytest.raises(StoreError):
