@@ -10,7 +10,7 @@ starts. For every write transaction it appends one JSON line to the file:
      "anon_start"/"file_start": RssAnon/RssFile MiB (from /proc/self/statm) as it began,
      "anon_max"/"file_max": the largest of them at the samples inside it,
      "malloc_used"/"malloc_free"/"malloc_mmapped", "py_blocks_k", "arrow": what the anonymous memory
-     held as it began (_heap_reader)}
+     held as it began (heap_reader)}
 
 sampled as the transaction begins, at each `read_through_map` (each slice of the latest-window index,
 each merged chain, each walked fold-log or dedupe record) and as it ends. A line whose `hwm_after`
@@ -62,7 +62,7 @@ def _install(path: str) -> None:
             marks[1] = max(marks[1], file)
 
     write, read_through_map = lmdb_state.LmdbState.write, lmdb_state.Txn.read_through_map
-    heap = _heap_reader()
+    heap = heap_reader()
 
     def probed_write(self, fn):   # type: ignore[no-untyped-def]
         before, t0 = hwm(), time.perf_counter()
@@ -89,7 +89,7 @@ def _install(path: str) -> None:
     lmdb_state.Txn.read_through_map = probed_read_through_map
 
 
-def _heap_reader():   # type: ignore[no-untyped-def]
+def heap_reader():   # type: ignore[no-untyped-def]
     """What the anonymous memory holds as a transaction begins, in MiB: glibc malloc's bytes in use and
     free in its arenas (`mallinfo2`; LMDB's dirty pages and most C buffers), its mmapped chunks, Python's
     small-object blocks in use (`sys.getallocatedblocks`, a count: pymalloc's own arenas are mmapped,
