@@ -9,8 +9,8 @@ Replica does (trending per piece, the recommender per `protocol.cut` batch) and 
 left allocated: by tracemalloc in one run, and as the growth of RssAnon in another (tracemalloc's own
 bookkeeping would count in RSS); that run also times the fold in CPU time of its thread (one run per
 side: for CPU, benchmarks/replica_cpu.py's interleaved rounds are the measure). The other revision's
-`daemon` package comes from `git archive`. Both sides must end with the same records (checked by digest;
-the run fails if not).
+`daemon` package comes from `git archive`. Both sides must end with the same records, users compared
+by the state their records hold (checked by digest; the run fails if not).
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ def _rss_anon_bytes() -> int:
 
 
 def work(steps_path: str, traced: bool, top: int) -> None:
-    """Fold the steps as the replica does; print the bytes it left allocated and a digest of the records."""
+    """Fold the steps as the replica does (packing the users beyond `hot_users` as its _pack_idle does);
+    print the bytes it left allocated and a digest of the records."""
     from daemon.analyzers.recommend import Recommender
     from daemon.config import RecommendationsConfig
     from daemon.pipeline import foldlog
     from daemon.replica import protocol
+    from daemon.replica.server import PACK_AFTER_LISTS
 
     import daemon
     assert Path(daemon.__file__).resolve().is_relative_to(Path.cwd().resolve()), daemon.__file__
@@ -88,11 +90,16 @@ def work(steps_path: str, traced: bool, top: int) -> None:
         rec.trending.observe(piece)
         for batch in protocol.cut(piece):
             rec.observe(batch, trending=False)
+            if rec.lists_made >= PACK_AFTER_LISTS:
+                rec.pack(rec.idle_users(rec.cfg.hot_users))
         del piece
+    rec.pack(rec.idle_users(rec.cfg.hot_users))   # as after an answer
     fold_cpu_s = time.thread_time() - cpu0
     gc.collect()
+    kept = [u for u in rec._users.values() if u.__class__ is not list]
     out: dict[str, object] = {"users": len(rec._users), "items": len(rec._count), "rss_bytes": _rss_anon_bytes() - rss0,
-                              "fold_us_per_event": fold_cpu_s / rec._events * 1e6}
+                              "fold_us_per_event": fold_cpu_s / rec._events * 1e6, "packed": len(kept),
+                              "packed_record_bytes": sum(map(len, kept)) / max(1, len(kept))}
     if traced:
         out["traced_bytes"] = tracemalloc.get_traced_memory()[0]
         if top:
@@ -100,8 +107,11 @@ def work(steps_path: str, traced: bool, top: int) -> None:
             out["top"] = [f"{s.size / len(rec._users):7.1f} B/user  {s.count:>9,} blocks  {s.traceback[0]}"
                           for s in snap.statistics("lineno")[:top]]
         tracemalloc.stop()
-    digest = hashlib.sha256()
+    from daemon.analyzers.recusers import from_record
+    digest = hashlib.sha256()   # a user by its state, not its record: the record format may differ
     for key, value in sorted({**rec.records(list(rec._count), list(rec._users)), **rec.trending.records()}.items()):
+        if key.startswith(b"u:") and value is not None:
+            value = orjson.dumps(from_record(value, {}, {}))
         digest.update(key + b"\0" + (value or b"") + b"\0")
     out["digest"] = digest.hexdigest()
     print(orjson.dumps(out).decode())
@@ -150,6 +160,9 @@ def main() -> None:
         print(f"| {label} | {before:,.0f} | {after:,.0f} | {after / before - 1:+.0%} |")
     before, after = res[args.rev]["fold_us_per_event"], res["new"]["fold_us_per_event"]
     print(f"| fold CPU µs/event (one run each: a hint, not an A/B) | {before:.2f} | {after:.2f} "
+          f"| {after / before - 1:+.0%} |")
+    before, after = res[args.rev]["packed_record_bytes"], res["new"]["packed_record_bytes"]
+    print(f"| bytes per kept record ({res['new']['packed']:,} users beyond hot_users) | {before:.0f} | {after:.0f} "
           f"| {after / before - 1:+.0%} |")
     for name in sides:
         for line in res[name].get("top", []):

@@ -10,7 +10,8 @@ Each round runs one worker process per side, in alternating order, on the same f
 the frames to the real `Replica` (its event loop, frame reader and collector) in 1 MiB reads, as the process's
 stdin loop does, and times the parts in CPU time of its thread (other agents share the 2 cores: wall time would
 count their turns too). The other revision's `daemon` package comes from `git archive`. Both sides must answer
-the cuts with the same records and end with the same records (checked, order-free; the run fails if not).
+the cuts with the same records and end with the same records (checked, order-free, users by the state their
+records hold; the run fails if not).
 Prints medians (and least) over the rounds, in µs per event: `observe + batching` is the fold of the steps less
 trending and GC (Recommender.observe, cutting pieces into 16-event batches, the loop's turns); `decode` is the
 total less the fold and the cut answers (frame parsing, JSON, building the batches of the steps).
@@ -75,6 +76,7 @@ def make_frames(events: int, cut_every: int, seed: int) -> bytes:
 def work(frames_path: str) -> None:
     """Feed the frames to a Replica as server.py's stdin loop does; print the timings and answer digests."""
     from daemon.analyzers.recommend import Recommender
+    from daemon.analyzers.recusers import from_record
     from daemon.config import RecommendationsConfig
     from daemon.replica import protocol, server
 
@@ -132,13 +134,21 @@ def work(frames_path: str) -> None:
                  "cut answers": spent["cut answers"], "gc": spent["gc"],
                  "decode": total - spent["fold"] - spent["cut answers"], "total CPU": total}
         final = {**rec.records(list(rec._count), list(rec._users)), **rec.trending.records()}
+
+        def canonical(records: dict[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
+            """Sorted (order-free: the daemon writes a CHANGES frame's records into LMDB, where their order
+            is lost), a user by the state its record holds (the record format may differ between sides)."""
+            return sorted((k, orjson.dumps(from_record(v, {}, {})) if k.startswith(b"u:") and v is not None else v)
+                          for k, v in records.items())
         # A revision from before bucketed answers packed them as one record list.
         unpack = getattr(protocol, "unpack_changes", None) or protocol.unpack_records
-        for frame in frames:
-            # Order-free: the daemon writes a CHANGES frame's records into LMDB, where their order is lost.
-            _, packed = protocol.read_changes(frame[protocol.HEADER.size:])
-            answers.update(protocol.pack_records(sorted(unpack(packed).items())))
-        answers.update(protocol.pack_records(sorted(final.items())))
+        by_cut: dict[int, dict[bytes, bytes | None]] = {}
+        for frame in frames:   # an answer by its cut, whatever its split into PART frames (it follows sizes)
+            seq, packed = protocol.read_changes(frame[protocol.HEADER.size:])
+            by_cut.setdefault(seq, {}).update(unpack(packed))
+        for seq in sorted(by_cut):
+            answers.update(protocol.pack_records(canonical(by_cut[seq])))
+        answers.update(protocol.pack_records(canonical(final)))
         return {k: v / rep.events * 1e6 for k, v in parts.items()} | {"events": rep.events}
 
     result = asyncio.run(main())

@@ -127,7 +127,7 @@ class RecommendationsConfig:
     user_ttl_s: float = 7 * 86400.0
     max_users: int = 1_000_000
     max_items: int = 1_000_000
-    # Users beyond this many most recently active are kept as their records while idle (~150 bytes
+    # Users beyond this many most recently active are kept as their records while idle (~120 bytes
     # instead of ~460; daemon/analyzers/recusers.py); 0 keeps every idle user that way.
     hot_users: int = 100_000
     # The recommender runs in its own process (daemon/replica/); with `listen` it also answers

@@ -473,7 +473,7 @@ class Recommender:
         return [uid for uid, u in islice(self._users.items(), beyond) if u.__class__ is list]
 
     def pack(self, uids: Iterable[str]) -> int:
-        """Keep these users as their records (recusers.py: ~150 instead of ~460 bytes for a user with
+        """Keep these users as their records (recusers.py: ~120 instead of ~460 bytes for a user with
         two recent items) until an event touches one (`observe` makes it a list again; reads use a
         copy); return how many were packed. A user changed since the last take is kept as a bytearray
         (it stays among the changed: its record is due in the next take). Invisible to every answer

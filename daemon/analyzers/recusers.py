@@ -5,11 +5,12 @@ memory scenario) that was ~920 bytes per user, a _User with `recent` and `cats` 
 before their entries) and a tuple per recent item; see benchmarks/recs_memory.py. The fold indexes it
 with literal numbers (a name per field would be a global lookup in the hot loop).
 
-A user's record is what the recommender stores (`Recommender.records`): `[last_ms, recent, bought,
-cats]`. An idle user can also be *kept* as its record (`Recommender.pack`): ~150 bytes instead
-of ~460 for a user with two recent items, made back into the same list (`from_record`) when it is
-touched or read. Packing is invisible: floats and ints round-trip exactly through orjson, and a list's
-behaviour depends on its contents only. A user is kept as `bytes` when it is clean and as a
+A user's record is what the recommender stores (`Recommender.records`): the list as JSON, without
+its dirty flag and with repeated timestamps and sessions written short (`to_record`: format 2; the
+nested format 1 of older stores is still read). An idle user can also be *kept* as its record
+(`Recommender.pack`): ~120 bytes instead of ~460 for a user with two recent items, made back into
+the same list (`from_record`) when it is touched or read. Packing is invisible: floats and ints
+round-trip exactly through orjson, and a list's behaviour depends on its contents only. A user is kept as `bytes` when it is clean and as a
 `bytearray` of the same record when it changed since the last take (`dirty`): its record is still
 due in the next answer.
 """
@@ -44,17 +45,55 @@ def user_cats(u: User) -> dict[str, float]:
 
 
 def to_record(u: User) -> bytes:
-    """The user's record: JSON [last_ms, [[item, ts_ms, weight, session], ...], bought, cats]."""
-    start = u[_START]
-    recent = [u[k:k + 4] for k in range(start, len(u), 4)]
-    return jsonbytes.dumps([u[_LAST], recent, u[_BOUGHT] or {}, user_cats(u)])
+    """The user's record: the list itself as JSON, without the dirty flag and with two repeats written
+    short (format 2): [last_ms, bought, start, *cats, *(item, last_ms - ts_ms, weight, session)], a
+    session equal to the previous recent item's written as 0 (sessions are str or null).
+
+    ~40% smaller than format 1's nested [last_ms, [[item, ts_ms, weight, session], ...], bought, cats]
+    (a two-event user: 149 -> 87 bytes), and no nested lists or dicts to build or parse."""
+    start, last = u[_START], u[_LAST]
+    rec = u[:]
+    del rec[_DIRTY]
+    session: object = None
+    for k in range(start - 1, len(rec), 4):   # the recent items, one index lower in the record
+        rec[k + 1] = last - rec[k + 1]
+        s = rec[k + 3]
+        if s == session and k >= start:
+            rec[k + 3] = 0
+        session = s
+    return jsonbytes.dumps(rec)
 
 
 def from_record(value: bytes | bytearray, names: dict[str, str], cat_names: dict[str, str],
                 dirty: bool = False) -> User:
-    """The user of a record, its item and category names the shared str objects of `names` /
-    `cat_names` where they have one, one session str per run of equal sessions."""
-    last_ms, recent, bought, cats = orjson.loads(value)
+    """The user of a record (either format), its item and category names the shared str objects of
+    `names` / `cat_names` where they have one, one session str per run of equal sessions, and one
+    ts int per run of entries at last_ms."""
+    rec = orjson.loads(value)
+    if rec[1].__class__ is list:   # format 1 (stores written before format 2): the recent items second
+        return _from_record_v1(rec, names, cat_names, dirty)
+    last, start = rec[0], rec[2]
+    u = [last, dirty, *rec[1:]]
+    for k in range(4, start, 2):
+        u[k] = cat_names.setdefault(u[k], u[k])
+    session: object = None
+    for k in range(start, len(u), 4):
+        u[k] = names.get(u[k], u[k])
+        ago = u[k + 1]
+        u[k + 1] = last if ago == 0 else last - ago
+        s = u[k + 3]
+        if s.__class__ is int:   # 0: the previous entry's session
+            u[k + 3] = session
+        else:
+            session = s
+    if u[_BOUGHT] is not None:
+        u[_BOUGHT] = {names.get(item, item): ts for item, ts in u[_BOUGHT].items()}
+    return u
+
+
+def _from_record_v1(rec: list, names: dict[str, str], cat_names: dict[str, str], dirty: bool) -> User:
+    """The user of a format-1 record, parsed: [last_ms, [[item, ts_ms, weight, session], ...], bought, cats]."""
+    last_ms, recent, bought, cats = rec
     # Built at its size (observe's appends leave a list room to grow).
     u = [last_ms, dirty, bought or None, 4 + 2 * len(cats), *chain.from_iterable(cats.items()),
          *chain.from_iterable(recent)]

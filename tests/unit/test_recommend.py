@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from daemon.analyzers import recommend
 from daemon.analyzers.recommend import Recommender, new_user
-from daemon.analyzers.recusers import from_record, is_dirty
+from daemon.analyzers.recusers import from_record, is_dirty, to_record
 from daemon.analyzers.trending import Trending
 from daemon.config import RecommendationsConfig
 from daemon.events import EventBatch
@@ -357,6 +357,77 @@ def test_incremental_changes_add_up_to_the_records_and_restore_the_same_values(c
     copy.restore_items(store.items())
     assert copy._users == rec._users and copy._count == rec._count and copy._cat == rec._cat
     assert copy.take_changes() == {b"r#": store[b"r#"], **copy.trending.records([])}   # restored: nothing dirty
+
+
+def format_1_record(u: list) -> bytes:
+    """A user's record as stores before format 2 held it: [last_ms, [[item, ts_ms, weight, session], ...],
+    bought, cats] (the encoder recusers.py had then)."""
+    start = u[3]
+    recent = [u[k:k + 4] for k in range(start, len(u), 4)]
+    return orjson.dumps([u[0], recent, u[2] or {}, dict(zip(u[4:start:2], u[5:start:2]))])
+
+
+SESSIONS = st.one_of(st.none(), st.sampled_from(["s1", "s2", "", "0", "null"]))
+FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def users(draw) -> list:
+    """A user's flat list as observe keeps it (recusers.new_user), any categories and recent items."""
+    last = draw(st.integers(min_value=0, max_value=2**53))
+    cats = draw(st.lists(st.tuples(st.text(max_size=4), FLOATS), max_size=4, unique_by=lambda c: c[0]))
+    recent = draw(st.lists(st.tuples(st.text(max_size=4), st.integers(min_value=0, max_value=last), FLOATS, SESSIONS),
+                           max_size=6, unique_by=lambda r: r[0]))
+    bought = draw(st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers(0, last), min_size=1, max_size=3)))
+    u = [last, draw(st.booleans()), bought, 4 + 2 * len(cats)]
+    for c in cats:
+        u += c
+    for r in recent:
+        u += r
+    return u
+
+
+@settings(max_examples=300, deadline=None)
+@given(u=users())
+def test_a_user_record_reads_back_as_the_same_list_in_either_format(u):
+    """to_record/from_record round-trip every field exactly (ints, floats, sessions equal to the previous
+    one or not, null sessions, no bought), whatever the dirty flag; a format-1 record reads as the same."""
+    record = to_record(u)
+    assert from_record(record, {}, {}, u[1]) == u
+    assert from_record(format_1_record(u), {}, {}, u[1]) == u
+    assert orjson.loads(record)[0] == u[0]   # record_last_ms reads the first element in both
+    names = {item: item for item in u[u[3]::4]}
+    v = from_record(record, names, {})
+    assert all(v[k] is names[v[k]] for k in range(u[3], len(v), 4))   # items share the process's str objects
+
+
+def test_format_2_records_are_smaller_for_the_same_user():
+    """The benchmark's two-event user: 143 bytes in format 1, 111 in format 2."""
+    u = [1_795_799_820_000, False, None, 8, "electronics", 1.2345678, "beauty", 0.987654321,
+         "w31658", 1_795_799_819_000, 1.0, "sess-1", "w39577", 1_795_799_820_000, 3.0, "sess-1"]
+    assert (len(format_1_record(u)), len(to_record(u))) == (143, 111)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cfg=SMALL_CONFIGS,
+       batches=st.lists(DENSE_BATCHES | event_batches(max_size=40, ts=BATCH_TS), min_size=1, max_size=4))
+def test_a_store_of_format_1_user_records_restores_the_same_recommender(cfg, batches):
+    """Records a store wrote before format 2 restore the same users, answers and next records."""
+    rec = Recommender(cfg)
+    for b in batches:
+        rec.observe(b)
+    store: dict[bytes, bytes] = {}
+    apply_changes(store, rec.take_changes())   # every user clean, as restored ones are
+    old = {k: format_1_record(from_record(v, {}, {})) if k.startswith(b"u:") else v for k, v in store.items()}
+    assert old != store or not rec._users
+    a, b = Recommender(cfg), Recommender(cfg)
+    a.restore_items(store.items())
+    b.restore_items(old.items())
+    assert a._users == b._users == {u: v if type(v) is list else from_record(v, {}, {}) for u, v in rec._users.items()}
+    now = max((max(x.ts, default=T0) for x in batches), default=T0)
+    for user in ["nobody", *USERS]:
+        assert a.recommend(user, 5, now) == b.recommend(user, 5, now)
+    assert a.records(a._count, a._users) == b.records(b._count, b._users) == rec.records(rec._count, rec._users)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
