@@ -404,10 +404,12 @@ def _round_down(n: int) -> int:
 #   foldlog       u64 commit_seq → fold steps of that commit not yet in `state` (pipeline/foldlog.py)
 DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
        "latest", "latest_time", "latest_count", "anomalies", "foldlog")
-FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"5", b"commit_seq", b"anomalies"
+FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"6", b"commit_seq", b"anomalies"
 # Rewritten at open: migrate_state + migrate_latest (2), migrate_latest_counts (2, 3); 4 lacks only
-# the pending latest entries, which it never has.
-OLD_FORMATS = (b"2", b"3", b"4")
+# the pending latest entries, which it never has; 5 lacks only the recommender's user records in
+# their format 2 (analyzers/recusers.py, which reads both): nothing to rewrite, but a build that
+# reads only format 1 must refuse the data_dir rather than fail on a record.
+OLD_FORMATS = (b"2", b"3", b"4", b"5")
 LATEST_PENDING = b"latest_pending:"
 SEGMENTS_META = b"segments:"
 STAGED = b"staged:"

@@ -342,19 +342,36 @@ def test_pack_latest_round_trips():
     assert layout.unpack_latest(layout.pack_latest([], {})) == ([], {})
 
 
-def test_a_format_4_data_dir_opens_as_format_5(tmp_path):
-    """Format 4 differs only by having no pending latest entries: it opens, its latest rows read the
-    same, and the format becomes 5."""
+@pytest.mark.parametrize("old", [b"4", b"5"])
+def test_a_format_4_or_5_data_dir_opens_as_format_6(tmp_path, old):
+    """Format 4 differs only by having no pending latest entries, 5 by having no recommender user
+    records of format 2 (read as they are): it opens, its rows and state read the same, and the
+    format becomes 6."""
     data_dir = tmp_path / "data"
     cp = Checkpoint.open(_cfg(data_dir), environ={})
-    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"a1")], keep_latest={"sales": 3}))
-    cp._db.write(lambda txn: txn.put("sys", layout.FORMAT_KEY, b"4"))
+    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"a1")], keep_latest={"sales": 3},
+                         state={"analyzer:recs": {b"u:a": b'[1,[["i",1,1.0,"s"]],{},{}]'}}))
+    cp._db.write(lambda txn: txn.put("sys", layout.FORMAT_KEY, old))
     cp.close()
     cp = Checkpoint.open(_cfg(data_dir), environ={})
     assert cp.latest_windows("sales", b'["a"]', 10) == [b"a1"]
+    assert dict(cp.restore().state["analyzer:recs"]) == {b"u:a": b'[1,[["i",1,1.0,"s"]],{},{}]'}
     with cp._db.reading() as txn:
-        assert txn.get("sys", layout.FORMAT_KEY) == layout.FORMAT == b"5"
+        assert txn.get("sys", layout.FORMAT_KEY) == layout.FORMAT == b"6"
     cp.close()
+
+
+def test_a_data_dir_of_a_newer_format_is_refused_untouched(tmp_path):
+    """A build opening a data_dir a newer build wrote stops with a StoreError naming both formats and
+    leaves it as it was (what a build from before format 6 does with a format-6 data_dir)."""
+    data_dir = tmp_path / "data"
+    cp = Checkpoint.open(_cfg(data_dir), environ={})
+    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"a1")], keep_latest={"sales": 3}))
+    cp._db.write(lambda txn: txn.put("sys", layout.FORMAT_KEY, b"7"))
+    cp.close()
+    for _ in range(2):   # the refused open rewrote nothing: the next one is refused the same way
+        with pytest.raises(StoreError, match=r"store format b'7', this build reads b'6'"):
+            Checkpoint.open(_cfg(data_dir), environ={})
 
 
 def test_a_format_3_data_dir_gets_its_latest_counts_moved_at_open(tmp_path):
