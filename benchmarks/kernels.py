@@ -16,6 +16,8 @@ cause, not a proven one), larger than some of the gains.
 - dedupe: `DedupeFilter.keep` over the events' ids (pipeline/_dedupe.pyx);
 - archive rows: `events_to_record_batch` (stores/_arrowcols.pyx);
 - recommender: `Recommender.observe` over the same events (analyzers/_recfold.pyx);
+- trending: `Trending.observe` over the same events in pieces of 1,024, as the recommendations process
+  calls it (analyzers/_recfold.pyx `trending_events`, `trending_add`);
 - state write: a full state write's build after the four aggregations folded the events
   (`StateParts.take_changes(packed=True)`: windows/_statedump.pyx and stores/_segments.pyx's
   SegmentBuilder.put against windows/statedump.py and PySegmentBuilder), in µs per record; the
@@ -74,8 +76,9 @@ def _batches(events: int, seed: int) -> tuple[Any, list[Any]]:
 def _work(cfg: Any, batches: list[Any]) -> dict[str, tuple[list[ModuleType], Callable[[], None]]]:
     """Per kernel: the modules whose `_compiled` it toggles, and one run over every batch from scratch."""
     from daemon import columns
-    from daemon.analyzers import recommend
+    from daemon.analyzers import recommend, trending
     from daemon.analyzers.recommend import Recommender
+    from daemon.analyzers.trending import Trending
     from daemon.metrics import sketches
     from daemon.pipeline import dedupe
     from daemon.pipeline.dedupe import DedupeFilter
@@ -102,9 +105,18 @@ def _work(cfg: Any, batches: list[Any]) -> dict[str, tuple[list[ModuleType], Cal
         for b in batches:
             rec.observe(b, trending=False)
 
+    pieces = [b.slice(i, i + 1024) for b in batches for i in range(0, len(b), 1024)]
+
+    def trending_observe() -> None:
+        assert cfg.recommendations is not None
+        tr = Trending(cfg.recommendations.half_life_s)
+        for piece in pieces:
+            tr.observe(piece)
+
     return {"aggregations: row loops": ([columns], aggregations), "aggregations: distinct": ([sketches], aggregations),
             "dedupe": ([dedupe], dedupe_keep),
-            "archive rows": ([schemas], archive_rows), "recommender": ([recommend], recommender)}
+            "archive rows": ([schemas], archive_rows), "recommender": ([recommend], recommender),
+            "trending": ([trending], trending_observe)}
 
 
 def main() -> None:

@@ -174,3 +174,63 @@ def observe_events(rec, list types, list user_ids, list sessions, list item_col,
             rec._drop_item(next(iter(count)))
     rec._dirty_user_count = dirty_user_count
     return events, lists_made
+
+
+def trending_events(tr, list types, list item_col, list cat_col, list tss, dict overall, dict by_cat,
+                    double rebase_half_lives):
+    """`Trending.observe`'s loop (analyzers/trending.py), the same statements with C locals for the
+    weights: the batch's decayed weights summed per item into `overall` and per category into `by_cat`
+    (flushed into the scores on a rebase, as there); returns the events counted. The decay factor per
+    timestamp is the same Python float arithmetic as there (once per distinct ts); each sum is the
+    same IEEE double addition, so the sums are equal bit for bit (tests/unit/test_trending.py runs both)."""
+    cdef dict weights = tr.weights
+    cdef double hl = tr.half_life_ms
+    cdef dict growth_by_ts = {}
+    cdef dict sums
+    cdef Py_ssize_t events = 0, i, n = len(tss)
+    cdef double f, g
+    if len(types) != n or len(item_col) != n or len(cat_col) != n:
+        raise ValueError("trending_events: columns of unequal length")
+    ref = tr._ref_ms
+    for i in range(n):
+        w = weights.get(types[i])
+        item = item_col[i]
+        if not w or item is None:
+            continue
+        ts = tss[i]
+        fo = growth_by_ts.get(ts)
+        if fo is None:
+            if ref is None or (ts - ref) / hl > rebase_half_lives:
+                tr._flush(overall, by_cat)
+                growth_by_ts.clear()
+                fo = tr.growth(ts)
+                ref = tr._ref_ms
+            else:
+                fo = 2.0 ** ((ts - ref) / hl)
+            growth_by_ts[ts] = fo
+        f = fo
+        g = f * <double>w
+        events += 1
+        prev = overall.get(item)
+        overall[item] = (0.0 if prev is None else <double>prev) + g
+        cat = cat_col[i]
+        if cat is not None:
+            sums = by_cat.get(cat)
+            if sums is None:
+                sums = by_cat[cat] = {}
+            prev = sums.get(item)
+            sums[item] = (0.0 if prev is None else <double>prev) + g
+    return events
+
+
+def trending_add(dict all_scores, list touched):
+    """`Trending._flush`'s adding loop: each (category, sums) of `touched` added into the category's
+    scores (made when missing), the same double additions in the same order as there."""
+    cdef dict scores, sums
+    for cat, sums in touched:
+        scores = all_scores.get(cat)
+        if scores is None:
+            scores = all_scores[cat] = {}
+        for item, g in sums.items():
+            prev = scores.get(item)
+            scores[item] = (0.0 if prev is None else <double>prev) + <double>g

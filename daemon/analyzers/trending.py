@@ -17,12 +17,16 @@ import orjson
 
 from daemon.analyzers.reads import read_consistently
 from daemon.events import EventBatch
-from daemon import jsonbytes
+from daemon import jsonbytes, native
 
 TYPE_WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0}   # remove_from_cart and search do not count
 OVERALL = None
 _REBASE_HALF_LIVES = 500.0    # 2^500 stays far from float overflow (2^1024); rebasing is O(state)
 _CACHE_SIZE = 100             # the sorted head kept per category for top() queries
+# observe's loop and _flush's adding loop compiled (analyzers/_recfold.pyx `trending_events`,
+# `trending_add`: the same statements with C locals), unless not built or STOREPULSE_NO_EXTENSIONS is
+# set; the loops here are the reference (tests/unit/test_trending.py runs both).
+_compiled = native.compiled("daemon.analyzers._recfold")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,11 @@ class Trending:
         overall: dict[str, float] = {}
         by_cat: dict[str, dict[str, float]] = {}
         growth_by_ts: dict[int, float] = {}
+        if _compiled is not None:
+            self._events += _compiled.trending_events(self, batch.type, batch.item_id, batch.category, batch.ts,
+                                                      overall, by_cat, _REBASE_HALF_LIVES)
+            self._flush(overall, by_cat)
+            return
         events = 0
         ref = self._ref_ms
         for etype, item, cat, ts in zip(batch.type, batch.item_id, batch.category, batch.ts):
@@ -97,12 +106,15 @@ class Trending:
         all_scores = self._scores
         touched = [(OVERALL, overall)] if overall else []
         touched += by_cat.items()
-        for cat, sums in touched:
-            scores = all_scores.get(cat)
-            if scores is None:
-                scores = all_scores[cat] = {}
-            for item, g in sums.items():
-                scores[item] = scores.get(item, 0.0) + g
+        if _compiled is not None:
+            _compiled.trending_add(all_scores, touched)
+        else:
+            for cat, sums in touched:
+                scores = all_scores.get(cat)
+                if scores is None:
+                    scores = all_scores[cat] = {}
+                for item, g in sums.items():
+                    scores[item] = scores.get(item, 0.0) + g
         for cat, _ in touched:
             self._settle(cat)
         overall.clear()
