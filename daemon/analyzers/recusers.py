@@ -10,9 +10,9 @@ its dirty flag and with repeated timestamps and sessions written short (`to_reco
 nested format 1 of older stores is still read). An idle user can also be *kept* as its record
 (`Recommender.pack`): ~120 bytes instead of ~460 for a user with two recent items, made back into
 the same list (`from_record`) when it is touched or read. Packing is invisible: floats and ints
-round-trip exactly through orjson, and a list's behaviour depends on its contents only. A user is kept as `bytes` when it is clean and as a
-`bytearray` of the same record when it changed since the last take (`dirty`): its record is still
-due in the next answer.
+round-trip exactly through orjson, and a list's behaviour depends on its contents only. A user is
+kept as `bytes` when it is clean and as a `bytearray` of the same record when it changed since the
+last take (`dirty`): its record is still due in the next answer.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def to_record(u: User) -> bytes:
     short (format 2): [last_ms, bought, start, *cats, *(item, last_ms - ts_ms, weight, session)], a
     session equal to the previous recent item's written as 0 (sessions are str or null).
 
-    ~40% smaller than format 1's nested [last_ms, [[item, ts_ms, weight, session], ...], bought, cats]
-    (a two-event user: 149 -> 87 bytes), and no nested lists or dicts to build or parse."""
+    Smaller than format 1's nested [last_ms, [[item, ts_ms, weight, session], ...], bought, cats]
+    (the benchmark memory scenario's two-event users: 149 -> 115 bytes on average), and no nested lists
+    or dicts to build or parse."""
     start, last = u[_START], u[_LAST]
     rec = u[:]
     del rec[_DIRTY]
