@@ -65,15 +65,15 @@ class Trending:
         per event, so nothing for the cyclic GC to count. A batch spans few distinct timestamps, so
         the decay factor is computed once per timestamp (`growth_by_ts`, emptied on a rebase).
         """
-        weights, hl = self.weights, self.half_life_ms
         overall: dict[str, float] = {}
         by_cat: dict[str, dict[str, float]] = {}
-        growth_by_ts: dict[int, float] = {}
         if _compiled is not None:
             self._events += _compiled.trending_events(self, batch.type, batch.item_id, batch.category, batch.ts,
                                                       overall, by_cat, _REBASE_HALF_LIVES)
             self._flush(overall, by_cat)
             return
+        weights, hl = self.weights, self.half_life_ms
+        growth_by_ts: dict[int, float] = {}
         events = 0
         ref = self._ref_ms
         for etype, item, cat, ts in zip(batch.type, batch.item_id, batch.category, batch.ts):
