@@ -2,9 +2,9 @@
 one worker process per side (benchmarks/replica_cpu.py, benchmarks/recs_memory.py).
 
 The revision's extensions are built in place (its setup.py, ~30-40 s on two cores), so that both sides
-run their compiled loops where this tree does: without them the old side would time its pure-Python
-twins (until session 19 it did, so the CPU figures those tools gave between a compiled tree and a
-revision were compiled against pure). If the build fails the tool stops: run it again with the
+run their compiled loops where this tree does: without them (until session 19) the old side timed its
+pure-Python twins, so a CPU comparison against a revision with compiled loops of its own would have been
+pure against compiled (the figures in benchmarks/README.md predate such revisions). If the build fails the tool stops: run it again with the
 extensions off on both sides (STOREPULSE_NO_EXTENSIONS=1) for a like-for-like comparison."""
 
 from __future__ import annotations
