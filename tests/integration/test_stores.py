@@ -221,6 +221,21 @@ def test_arrow_rewrite_replaces_the_same_file(tmp_path):
     assert pa.ipc.open_file(found[0]).read_all().num_rows == 2
 
 
+def test_arrow_write_error_is_a_store_error_and_leaves_no_partial_file(tmp_path):
+    """A file that cannot be written (here its temp name is taken by a folder) fails the chunk with a
+    StoreError naming the table; the chunk's other file, already begun, is removed with it."""
+    files = ArrowFiles(tmp_path)
+    base = 19_000 * DAY_MS
+    blocked = tmp_path / "events" / "date=2022-01-08" / ".part-0000000000000003.arrow.tmp"
+    blocked.mkdir(parents=True)
+    with pytest.raises(StoreError, match="cannot write events rows"):
+        files.write("events", 3, _rows([base - 1, base]))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert files.statistics().files_written == 0
+    blocked.rmdir()
+    assert len(files.write("events", 3, _rows([base - 1, base]))) == 2
+
+
 def test_cleanup_tmp_removes_only_leftovers(tmp_path):
     """cleanup_tmp deletes `.x.tmp` files in table folders and nothing else."""
     files = ArrowFiles(tmp_path)
