@@ -179,9 +179,10 @@ def _native_sink(path: Path) -> pa.NativeFile:
 
     Not a Python file object: through one, every small write of the IPC writer (each buffer, its
     padding, each message's metadata) is a call into Python that takes the GIL back from the CPU
-    lane. Measured writing 200k archived events while another thread held the GIL in a loop (as the
-    lane does): 0.9 s of wall time and 0.11 s of CPU through a Python file, 0.11 s and 0.025 s through
-    this (benchmarks/README.md, session 20)."""
+    lane. Writing 200k archived events while another thread holds the GIL in a loop (as the lane does):
+    0.60 s of wall time and 0.065 s of CPU through a Python file, 0.096 s and 0.020 s through this
+    (`python -m benchmarks.gil`; in http_poll +6.6%, benchmarks/README.md, session 20). A write error
+    is an OSError either way, and one that the buffer holds back surfaces at `close`."""
     return pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), WRITE_BUFFER)
 
 
