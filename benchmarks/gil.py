@@ -31,6 +31,8 @@ from pathlib import Path
 import lmdb
 import pyarrow as pa
 
+from daemon.stores.arrow_files import _native_sink
+
 SWITCH_INTERVAL_S = 0.0005   # as the daemon sets it (cli.py)
 
 
@@ -65,7 +67,7 @@ def _arrow_cases(folder: Path, schema: pa.Schema, blobs: list[pa.Buffer]) -> dic
             write(f)
 
     def arrow_stream() -> None:
-        with pa.BufferedOutputStream(pa.OSFile(str(folder / "native.arrow"), "wb"), 256 * 1024) as f:
+        with _native_sink(folder / "native.arrow") as f:   # the daemon's sink (stores/arrow_files.py)
             write(f)
 
     return {"Arrow file, Python file object": python_file, "Arrow file, Arrow buffered stream": arrow_stream}
