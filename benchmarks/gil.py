@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,8 +90,7 @@ def _lmdb_cases(folder: Path, keys: int) -> dict[str, Callable[[], None]]:
 
     def walk() -> None:
         with env.begin(db=db) as txn:
-            for _ in txn.cursor():
-                pass
+            deque(txn.cursor(), maxlen=0)   # consumed in C: only the cursor's steps are timed
 
     return {f"LMDB {keys:,} puts": put, f"LMDB {keys:,} putmulti": putmulti, f"LMDB cursor walk of {keys:,}": walk}
 
