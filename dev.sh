@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# StorePulse developer entry point: `./dev.sh run` (storefront + daemon), `./dev.sh test`, `./dev.sh bench`.
+# StorePulse developer entry point: `./dev.sh run` (storefront + daemon), `./dev.sh test`, `./dev.sh bench`,
+# `./dev.sh soak` (hours of event time at a steady rate: benchmarks/soak.py).
 # Creates .venv and installs the project on first use; needs only python3 (>= 3.11) and pip.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,7 +49,10 @@ case "$cmd" in
   bench)
     setup
     "$VENV/bin/python" -m benchmarks.run "$@" ;;
+  soak)
+    setup
+    "$VENV/bin/python" -m benchmarks.soak "$@" ;;
   *)
-    echo "usage: ./dev.sh run | test [pytest args] | bench | setup" >&2
+    echo "usage: ./dev.sh run | test [pytest args] | bench | soak | setup" >&2
     exit 2 ;;
 esac
