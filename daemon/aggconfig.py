@@ -63,6 +63,7 @@ class AggregationConfig:
     moving_average: MovingAverageSpec | None = None
     anomaly: AnomalySpec | None = None
     keep_latest: int = 1000     # closed windows kept in LMDB per key for GET /windows
+    keep_latest_rows: int = 1_000_000   # and in all (the oldest window ends go first)
     max_keys: int = 1_000_000   # bound on open (key, window) states; beyond it events are dead-lettered
 
     @classmethod
@@ -85,10 +86,11 @@ class AggregationConfig:
         ma = _read_moving_average(r.sub("moving_average"), names) if r.has("moving_average") else None
         an = _read_anomaly(r.sub("anomaly"), names) if r.has("anomaly") else None
         keep = r.int("keep_latest", 1000, min_value=1, max_value=1_000_000)
+        keep_rows = r.int("keep_latest_rows", 1_000_000, min_value=1, max_value=1_000_000_000)
         max_keys = r.int("max_keys", 1_000_000, min_value=1)
         r.finish()
         return cls(name=name, where=where, group_by=group_by, window=window, metrics=metrics,
-                   moving_average=ma, anomaly=an, keep_latest=keep, max_keys=max_keys)
+                   moving_average=ma, anomaly=an, keep_latest=keep, keep_latest_rows=keep_rows, max_keys=max_keys)
 
 
 def _read_where(r: TableReader) -> tuple[tuple[str, tuple[Any, ...]], ...]:

@@ -691,6 +691,7 @@ class Runner:
             rows=rows,
             latest=latest,
             keep_latest={a.name: a.keep_latest for a in self.cfg.aggregations},
+            keep_latest_rows={a.name: a.keep_latest_rows for a in self.cfg.aggregations},
             # The latest-window index (GET /windows) is updated by the next write, after this
             # commit's rows are flushed: ~10 us per closed row (random keys) off close->readable.
             defer_latest=not flush_all,

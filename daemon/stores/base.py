@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 # The Arrow tables the outbox accepts: "windows/<aggregation>" plus these three.
 ROW_TABLES = ("events", "deadletter", "anomalies")
 DEFAULT_KEEP_LATEST = 1000
+DEFAULT_KEEP_LATEST_ROWS = 1_000_000
 DEFAULT_KEEP_ANOMALIES = 100_000
 
 
@@ -33,7 +34,8 @@ class CommitUnit:
     rows: Arrow table name ("windows/<agg>", "events", "deadletter", "anomalies") → rows for
       the outbox; they reach the Arrow files at the next flush of that table.
     latest: (aggregation, key, window_end_ms, row json) for GET /windows; at most
-      keep_latest[aggregation] (default 1000) are kept per (aggregation, key). With `defer_latest`
+      keep_latest[aggregation] (default 1000) are kept per (aggregation, key), and at most
+      keep_latest_rows[aggregation] (default 1M) per aggregation, the oldest window ends going first. With `defer_latest`
       they are stored as one record and put into the index by the next write (the next commit, or
       Checkpoint.apply_pending_latest): a close's rows reach their Arrow file ~10 us per row sooner,
       and GET /windows shows them one commit later.
@@ -55,6 +57,7 @@ class CommitUnit:
     rows: dict[str, pa.RecordBatch | pa.Table] = field(default_factory=dict)
     latest: list[tuple[str, bytes, int, bytes]] = field(default_factory=list)
     keep_latest: dict[str, int] = field(default_factory=dict)
+    keep_latest_rows: dict[str, int] = field(default_factory=dict)
     defer_latest: bool = False
     anomalies: list[tuple[int, bytes]] = field(default_factory=list)
     keep_anomalies: int = DEFAULT_KEEP_ANOMALIES

@@ -124,10 +124,11 @@ class Checkpoint:
         return cp
 
     def _load(self) -> None:
-        def check(txn: Txn) -> tuple[int, bytes | None, int, int, int]:
+        def check(txn: Txn) -> tuple[int, bytes | None, int, int, int, dict[str, int]]:
             fmt = txn.get("sys", layout.FORMAT_KEY)
             seq = layout.get_u64(txn, "sys", layout.SEQ_KEY)
             moved = counts = 0
+            rows: dict[str, int] = {}
             dropped, _ = layout.drop_staged(txn)   # written ahead of a commit that never came
             if fmt == b"2":
                 moved = layout.migrate_state(txn, seq)
@@ -136,17 +137,19 @@ class Checkpoint:
                 counts = layout.migrate_latest_counts(txn)
             elif fmt is not None and fmt != layout.FORMAT and fmt not in layout.OLD_FORMATS:
                 raise StoreError(f"data_dir has store format {fmt!r}, this build reads {layout.FORMAT!r}")
+            if fmt is not None and fmt != layout.FORMAT:
+                rows = layout.count_latest_rows(txn)
             if fmt != layout.FORMAT:
                 txn.put("sys", layout.FORMAT_KEY, layout.FORMAT)
             layout.apply_pending_latest(txn)   # the last commit's, if the next write never came
-            return seq, fmt, moved, counts, dropped
+            return seq, fmt, moved, counts, dropped, rows
 
-        self._seq, fmt, moved, counts, dropped = self._db.write(check)
+        self._seq, fmt, moved, counts, dropped, rows = self._db.write(check)
         if dropped and self._log is not None:
             self._log.info("staged_state_dropped", segments=dropped, commit_seq=self._seq)
         if fmt in layout.OLD_FORMATS and self._log is not None:
             self._log.info("store_format_migrated", from_format=fmt.decode(), to_format=layout.FORMAT.decode(),
-                           state_records=moved, latest_counts=counts)
+                           state_records=moved, latest_counts=counts, latest_rows=rows)
         with self._db.reading() as txn:
             for key, value in txn.scan("outbox"):
                 table = layout.outbox_table(key)

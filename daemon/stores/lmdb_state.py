@@ -28,7 +28,7 @@ import orjson
 from daemon.errors import StoreError, StoreFull, StoreLocked, map_exceptions
 from daemon.runtime import memory
 from daemon.stores import segments
-from daemon.stores.base import DEFAULT_KEEP_LATEST, CommitUnit, LmdbStats
+from daemon.stores.base import DEFAULT_KEEP_LATEST, DEFAULT_KEEP_LATEST_ROWS, CommitUnit, LmdbStats
 
 T = TypeVar("T")
 MAX_DBS = 16
@@ -377,7 +377,8 @@ def _round_down(n: int) -> int:
 # ---- The StorePulse layout: databases and key formats (integers are big-endian, so keys sort) ----
 #   sys           b"format" → FORMAT;  b"commit_seq" → u64;  b"anomalies" → u64 count;
 #                 b"latest_pending:" u64 commit_seq → that commit's latest-window entries, put into
-#                 `latest`/`latest_time` by the next write (format 5; see apply_commit)
+#                 `latest`/`latest_time` by the next write (format 5; see apply_commit);
+#                 b"latest_rows:" aggregation → u64 rows of it in `latest_time` (format 7)
 #   meta          name (utf-8) → bytes
 #   positions     source name (utf-8) → bytes
 #   segments      ns \x00 u16 bucket u64 commit_seq [u16 n] → a segment of that namespace's state
@@ -404,13 +405,14 @@ def _round_down(n: int) -> int:
 #   foldlog       u64 commit_seq → fold steps of that commit not yet in `state` (pipeline/foldlog.py)
 DBS = ("sys", "meta", "positions", "state", "segments", "dedupe", "outbox",
        "latest", "latest_time", "latest_count", "anomalies", "foldlog")
-FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"6", b"commit_seq", b"anomalies"
-# Rewritten at open: migrate_state + migrate_latest (2), migrate_latest_counts (2, 3); 4 lacks only
-# the pending latest entries, which it never has; 5 lacks only the recommender's user records in
-# their format 2 (analyzers/recusers.py, which reads both): nothing to rewrite, but a build that
-# reads only format 1 must refuse the data_dir rather than fail on a record.
-OLD_FORMATS = (b"2", b"3", b"4", b"5")
+FORMAT_KEY, FORMAT, SEQ_KEY, ANOMALY_COUNT_KEY = b"format", b"7", b"commit_seq", b"anomalies"
+# Rewritten at open: migrate_state + migrate_latest (2), migrate_latest_counts (2, 3), and for every
+# older format count_latest_rows (each aggregation's row count, new in 7: a build that does not keep
+# it must not write to the index); 4 lacks only the pending latest entries, which it never has; 5 lacks
+# only the recommender's user records in their format 2 (analyzers/recusers.py, which reads both).
+OLD_FORMATS = (b"2", b"3", b"4", b"5", b"6")
 LATEST_PENDING = b"latest_pending:"
+LATEST_ROWS = b"latest_rows:"
 SEGMENTS_META = b"segments:"
 STAGED = b"staged:"
 # The most bytes of bucket chains one compaction transaction merges (compact_segments): 16 MiB took
@@ -438,6 +440,7 @@ DROP_READ_BYTES = 1 << 20   # reads through the map in a write (merges, latest c
 # alternating runs) the daemon's VmHWM was 755-824 MiB with 128 (7 runs), 680-736 with 32 (10) and
 # 658-694 with 16 (3), the final close's commits as long with 32 as with 128 and 7-26% longer with 16.
 LATEST_SLICE = 32
+LATEST_ROW_BYTES = 256      # a latest row's bytes, about (for the map's give-back while walking rows)
 RANDOM_TOUCH_BYTES = DROP_READ_BYTES // LATEST_SLICE   # noted per random-key access: a drop every slice
 # A bucket chain's segment read by a merge is noted as at least this much: the pages go back every 8
 # segments. Each segment's read maps whole page-cache folios (up to 2 MiB, as above), and a chain holds
@@ -729,9 +732,9 @@ def apply_commit(txn: Txn, unit: CommitUnit, seq: int, outbox: list[tuple[str, i
         txn.put("outbox", outbox_prefix(table) + U64.pack(seq), U64.pack(n) + value)
     apply_pending_latest(txn)
     if unit.latest and unit.defer_latest:
-        txn.put("sys", LATEST_PENDING + U64.pack(seq), pack_latest(unit.latest, unit.keep_latest))
+        txn.put("sys", LATEST_PENDING + U64.pack(seq), pack_latest(unit.latest, unit.keep_latest, unit.keep_latest_rows))
     elif unit.latest:
-        _apply_latest(txn, unit.latest, unit.keep_latest)
+        _apply_latest(txn, unit.latest, unit.keep_latest, unit.keep_latest_rows)
     _apply_anomalies(txn, unit, seq)
     drop = unit.fold_log_drop_through
     if drop is not None:
@@ -821,14 +824,17 @@ def read_dedupe(txn: Txn) -> list[tuple[bytes, int]]:
 _LATEST_FIXED = np.dtype([("agg", ">u2"), ("end", ">u8"), ("klen", ">u4"), ("rlen", ">u4")])   # per entry in pack_latest
 
 
-def pack_latest(entries: Sequence[tuple[str, bytes, int, bytes]], keep_latest: Mapping[str, int]) -> bytes:
-    """A commit's latest-window entries (aggregation, key, window end, row json) and its keep_latest
-    as one record: a JSON head (the aggregations, keep_latest, the entry count), then per entry u16
-    aggregation index, u64 window end, u32 key length, u32 row length, then the keys, then the rows."""
+def pack_latest(entries: Sequence[tuple[str, bytes, int, bytes]], keep_latest: Mapping[str, int],
+                keep_rows: Mapping[str, int] | None = None) -> bytes:
+    """A commit's latest-window entries (aggregation, key, window end, row json), its keep_latest and
+    keep_latest_rows as one record: a JSON head (the aggregations, keep_latest, keep_latest_rows, the
+    entry count), then per entry u16 aggregation index, u64 window end, u32 key length, u32 row length,
+    then the keys, then the rows."""
     names: dict[str, int] = {}
     idx = [names.setdefault(e[0], len(names)) for e in entries]
     n = len(entries)
-    head = orjson.dumps({"aggregations": list(names), "keep_latest": dict(keep_latest), "n": n})
+    head = orjson.dumps({"aggregations": list(names), "keep_latest": dict(keep_latest),
+                         "keep_latest_rows": dict(keep_rows or {}), "n": n})
     fixed = np.empty(n, dtype=_LATEST_FIXED)
     fixed["agg"] = idx
     fixed["end"] = np.fromiter((e[2] for e in entries), dtype=np.int64, count=n)
@@ -837,8 +843,9 @@ def pack_latest(entries: Sequence[tuple[str, bytes, int, bytes]], keep_latest: M
     return b"".join([U32.pack(len(head)), head, fixed.tobytes(), *(e[1] for e in entries), *(e[3] for e in entries)])
 
 
-def unpack_latest(blob: bytes | memoryview) -> tuple[list[tuple[str, bytes, int, bytes]], dict[str, int]]:
-    """The entries and keep_latest `pack_latest` packed."""
+def unpack_latest(blob: bytes | memoryview) -> tuple[list[tuple[str, bytes, int, bytes]], dict[str, int], dict[str, int]]:
+    """The entries, keep_latest and keep_latest_rows `pack_latest` packed (a record of format 5 or 6
+    has no keep_latest_rows: the defaults)."""
     data = bytes(blob)
     hlen = U32.unpack_from(data)[0]
     head = orjson.loads(data[4:4 + hlen])
@@ -853,7 +860,7 @@ def unpack_latest(blob: bytes | memoryview) -> tuple[list[tuple[str, bytes, int,
         out.append((names[a], data[kpos:kpos + kl], end, data[rpos:rpos + rl]))
         kpos += kl
         rpos += rl
-    return out, head["keep_latest"]
+    return out, head["keep_latest"], head.get("keep_latest_rows", {})
 
 
 def apply_pending_latest(txn: Txn) -> int:
@@ -861,17 +868,19 @@ def apply_pending_latest(txn: Txn) -> int:
     drop their records; how many entries that was."""
     applied = 0
     for key, blob in list(txn.scan("sys", LATEST_PENDING)):
-        entries, keep = unpack_latest(blob)
-        _apply_latest(txn, entries, keep)
+        entries, keep, keep_rows = unpack_latest(blob)
+        _apply_latest(txn, entries, keep, keep_rows)
         txn.delete("sys", key)
         applied += len(entries)
     return applied
 
 
-def _apply_latest(txn: Txn, latest: Sequence[tuple[str, bytes, int, bytes]], keep_latest: Mapping[str, int]) -> None:
+def _apply_latest(txn: Txn, latest: Sequence[tuple[str, bytes, int, bytes]], keep_latest: Mapping[str, int],
+                  keep_rows: Mapping[str, int] | None = None) -> None:
     """Each closed window's row under (aggregation, window end, key hash), its (aggregation, key hash,
     window end) index entry per key, and a row count per key, stored just before the key's index
-    entries, that trims the oldest past `keep_latest`.
+    entries, that trims the oldest past `keep_latest`. Then each aggregation's rows past
+    `keep_rows` (keep_latest_rows) go, oldest window end first (_trim_latest_rows).
 
     The rows sit in window-end order because a close brings many rows of one end (a hopping close of
     200k items): they land side by side on a few pages of the B-tree's right edge, while the per-key
@@ -895,6 +904,7 @@ def _apply_latest(txn: Txn, latest: Sequence[tuple[str, bytes, int, bytes]], kee
     across a config change) keeps its count and gets the newer row."""
     names: dict[str, bytes] = {}
     counts: dict[bytes, int] = {}      # aggregation \x00 key hash -> rows kept, once read
+    added: dict[str, int] = {}         # aggregation -> rows it gained (put less trimmed)
     heads = []
     for agg, key, end_ms, row in latest:
         aggb = names.get(agg)
@@ -914,15 +924,82 @@ def _apply_latest(txn: Txn, latest: Sequence[tuple[str, bytes, int, bytes]], kee
                 n = U32.unpack(index.value())[0] if index.set_key(base) else 0
             if index.put(base + end, b"", overwrite=False):   # else the window was emitted before
                 n += 1
+                gained = 1
                 keep = keep_latest.get(agg, DEFAULT_KEEP_LATEST)
                 if n > keep:
                     for k in list(islice(txn.keys("latest", base, start=base + b"\x00"), n - keep)):
                         txn.delete("latest", k)
                         txn.delete("latest_time", aggb + k[-8:] + h)
+                    gained -= n - keep
                     n = keep
+                added[agg] = added.get(agg, 0) + gained
             counts[base] = n
             index.put(base, U32.pack(n))
         txn.read_through_map(RANDOM_TOUCH_BYTES * len(part))
+    for agg, gained in added.items():
+        _trim_latest_rows(txn, names[agg], gained, (keep_rows or {}).get(agg, DEFAULT_KEEP_LATEST_ROWS))
+
+
+def _trim_latest_rows(txn: Txn, aggb: bytes, gained: int, keep_rows: int) -> int:
+    """Add `gained` to the aggregation's row count (sys LATEST_ROWS); past `keep_rows`, delete its rows
+    of the oldest window ends, with their index entries, and lower their keys' counts (a key left with
+    none loses its count too). Returns the rows deleted.
+
+    keep_latest bounds the rows of each key, but not the keys: an aggregation by user keeps a row per
+    session of every user ever seen, and a hopping window by item ~1,440 rows per item a day, so
+    without this the index grew for ever (`python -m benchmarks.soak`: 2.35M rows and 710 MiB of
+    LMDB after 1.6 hours of event time at ~1k events/s, and growing). The oldest rows are a run at the front of the
+    aggregation's `latest_time` (one walk); their index entries are random keys, deleted in key order
+    a slice at a time, the map's pages given back after each slice, as _apply_latest puts them."""
+    count_key = LATEST_ROWS + aggb[:-1]
+    n = get_u64(txn, "sys", count_key) + gained
+    excess = n - keep_rows
+    if excess <= 0:
+        txn.put("sys", count_key, U64.pack(max(n, 0)))
+        return 0
+    cut = len(aggb)
+    doomed = []
+    for k in txn.keys("latest_time", aggb):
+        doomed.append((aggb + k[cut + 8:], k[cut:cut + 8], k))   # (aggregation \x00 key hash, end, row key)
+        if len(doomed) == excess:
+            break
+    txn.read_through_map(LATEST_ROW_BYTES * len(doomed))
+    doomed.sort(key=itemgetter(0, 1))
+    index = txn.cursor("latest")
+    for i in range(0, len(doomed), LATEST_SLICE):
+        part = doomed[i:i + LATEST_SLICE]
+        for j, (base, end, row_key) in enumerate(part):
+            txn.delete("latest_time", row_key)
+            if index.set_key(base + end):
+                index.delete()
+            if j + 1 < len(part) and part[j + 1][0] == base:
+                continue      # the key's count once, after its last row of the slice
+            gone = sum(1 for b, _, _ in part if b == base)
+            if index.set_key(base):
+                left = U32.unpack(index.value())[0] - gone
+                if left > 0:
+                    index.put(base, U32.pack(left))
+                else:
+                    index.delete()
+        txn.read_through_map(RANDOM_TOUCH_BYTES * len(part))
+    txn.put("sys", count_key, U64.pack(n - len(doomed)))
+    return len(doomed)
+
+
+def count_latest_rows(txn: Txn) -> dict[str, int]:
+    """Each aggregation's rows in `latest_time`, stored as its count (sys LATEST_ROWS: format 7, the
+    migration from older formats); returns them. Walks every row key once, at the first open."""
+    counts: dict[bytes, int] = {}
+    walked = 0
+    for k in txn.keys("latest_time"):
+        aggb = k[:k.index(b"\x00")]
+        counts[aggb] = counts.get(aggb, 0) + 1
+        walked += 1
+        if walked % 4096 == 0:
+            txn.read_through_map(LATEST_ROW_BYTES * 4096)
+    for aggb, n in counts.items():
+        txn.put("sys", LATEST_ROWS + aggb, U64.pack(n))
+    return {a.decode(): n for a, n in counts.items()}
 
 
 def migrate_latest(txn: Txn) -> int:

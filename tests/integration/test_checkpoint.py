@@ -336,41 +336,85 @@ def test_deferred_latest_entries_go_before_the_next_commits_own(tmp_path):
 
 
 def test_pack_latest_round_trips():
-    """pack_latest / unpack_latest keep every entry and keep_latest, in order."""
+    """pack_latest / unpack_latest keep every entry, keep_latest and keep_latest_rows, in order."""
     entries = [("sales", b'["a"]', 2**40 + 5, b'{"x":1}'), ("größe", b"", 0, b""), ("sales", b"[null]", 7, b"r" * 1000)]
-    assert layout.unpack_latest(layout.pack_latest(entries, {"sales": 2})) == (entries, {"sales": 2})
-    assert layout.unpack_latest(layout.pack_latest([], {})) == ([], {})
+    assert layout.unpack_latest(layout.pack_latest(entries, {"sales": 2}, {"sales": 9})) == (entries, {"sales": 2}, {"sales": 9})
+    assert layout.unpack_latest(layout.pack_latest([], {})) == ([], {}, {})
 
 
-@pytest.mark.parametrize("old", [b"4", b"5"])
-def test_a_format_4_or_5_data_dir_opens_as_format_6(tmp_path, old):
+def test_a_pending_latest_record_of_format_6_reads_with_the_default_row_bound():
+    """A record a format-6 build left pending has no keep_latest_rows in its head: it reads as none
+    given (each aggregation's default)."""
+    entries = [("sales", b'["a"]', 1000, b"a1")]
+    blob = layout.pack_latest(entries, {"sales": 2})
+    hlen = layout.U32.unpack_from(blob)[0]
+    head = orjson.loads(blob[4:4 + hlen])
+    del head["keep_latest_rows"]
+    old_head = orjson.dumps(head)
+    old = layout.U32.pack(len(old_head)) + old_head + blob[4 + hlen:]
+    assert layout.unpack_latest(old) == (entries, {"sales": 2}, {})
+
+
+class _ListLog:
+    """A logger that keeps (event, fields) of every call."""
+
+    def __init__(self):
+        self.events = []
+
+    def _keep(self, event, **kw):
+        self.events.append((event, kw))
+
+    info = warning = error = debug = _keep
+
+
+def _drop_row_counts(txn):
+    """What a build before format 7 leaves: no per-aggregation row counts."""
+    for k in [bytes(k) for k, _ in txn.scan("sys", layout.LATEST_ROWS)]:
+        txn.delete("sys", k)
+
+
+@pytest.mark.parametrize("old", [b"4", b"5", b"6"])
+def test_a_format_4_5_or_6_data_dir_opens_as_format_7(tmp_path, old):
     """Format 4 differs only by having no pending latest entries, 5 by having no recommender user
-    records of format 2 (read as they are): it opens, its rows and state read the same, and the
-    format becomes 6."""
+    records of format 2 (read as they are), 6 by having no row count per aggregation: it opens, its
+    rows and state read the same, each aggregation's rows are counted, and the format becomes 7."""
     data_dir = tmp_path / "data"
     cp = Checkpoint.open(_cfg(data_dir), environ={})
-    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"a1")], keep_latest={"sales": 3},
+    cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"a1"), ("sales", b'["b"]', 1500, b"b1"),
+                                 ("größe", b'["a"]', 2000, b"g1")], keep_latest={"sales": 3},
                          state={"analyzer:recs": {b"u:a": b'[1,[["i",1,1.0,"s"]],{},{}]'}}))
-    cp._db.write(lambda txn: txn.put("sys", layout.FORMAT_KEY, old))
+
+    def downgrade(txn):
+        _drop_row_counts(txn)
+        txn.put("sys", layout.FORMAT_KEY, old)
+    cp._db.write(downgrade)
     cp.close()
-    cp = Checkpoint.open(_cfg(data_dir), environ={})
+    log = _ListLog()
+    cp = Checkpoint.open(_cfg(data_dir), environ={}, log=log)
     assert cp.latest_windows("sales", b'["a"]', 10) == [b"a1"]
     assert dict(cp.restore().state["analyzer:recs"]) == {b"u:a": b'[1,[["i",1,1.0,"s"]],{},{}]'}
     with cp._db.reading() as txn:
-        assert txn.get("sys", layout.FORMAT_KEY) == layout.FORMAT == b"6"
+        assert txn.get("sys", layout.FORMAT_KEY) == layout.FORMAT == b"7"
+        assert layout.get_u64(txn, "sys", layout.LATEST_ROWS + b"sales") == 2
+        assert layout.get_u64(txn, "sys", layout.LATEST_ROWS + "größe".encode()) == 1
+    migrated = [kw for event, kw in log.events if event == "store_format_migrated"]
+    assert migrated and migrated[0]["latest_rows"] == {"sales": 2, "größe": 1}
+    # trimming goes on from the counted rows
+    cp.commit(CommitUnit(latest=[("sales", b'["c"]', 3000, b"c3")], keep_latest_rows={"sales": 2}))
+    assert cp.latest_windows("sales", None, 10) == [b"c3", b"b1"]
     cp.close()
 
 
 def test_a_data_dir_of_a_newer_format_is_refused_untouched(tmp_path):
     """A build opening a data_dir a newer build wrote stops with a StoreError naming both formats and
-    leaves it as it was (what a build from before format 6 does with a format-6 data_dir)."""
+    leaves it as it was (what a build from before format 7 does with a format-7 data_dir)."""
     data_dir = tmp_path / "data"
     cp = Checkpoint.open(_cfg(data_dir), environ={})
     cp.commit(CommitUnit(latest=[("sales", b'["a"]', 1000, b"a1")], keep_latest={"sales": 3}))
-    cp._db.write(lambda txn: txn.put("sys", layout.FORMAT_KEY, b"7"))
+    cp._db.write(lambda txn: txn.put("sys", layout.FORMAT_KEY, b"8"))
     cp.close()
     for _ in range(2):   # the refused open rewrote nothing: the next one is refused the same way
-        with pytest.raises(StoreError, match=r"store format b'7', this build reads b'6'"):
+        with pytest.raises(StoreError, match=r"store format b'8', this build reads b'7'"):
             Checkpoint.open(_cfg(data_dir), environ={})
 
 
@@ -545,6 +589,52 @@ def test_latest_matches_a_model_with_repeated_windows(tmp_path_factory, commits,
     for key, rows in model.items():
         assert cp.latest_windows("sales", key, 100) == [rows[e] for e in sorted(rows, reverse=True)]
     assert sorted(cp.latest_windows("sales", None, 1000)) == sorted(r for rows in model.values() for r in rows.values())
+    cp.close()
+
+
+def _h(key: bytes) -> bytes:
+    return hashlib.blake2b(key, digest_size=16).digest()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.sampled_from([b'["a"]', b'["b"]', b'["c"]', b'["d"]']),
+                                             st.integers(1, 12), st.sampled_from(["sales", "views"])), max_size=10),
+                          st.booleans()),
+                min_size=1, max_size=8),
+       st.integers(1, 3), st.integers(1, 7))
+def test_latest_rows_per_aggregation_match_a_model(tmp_path_factory, commits, keep, keep_rows):
+    """Past keep_latest_rows an aggregation's rows of the oldest window ends go (ties: by key hash, the
+    index's order), after each key was trimmed to keep_latest; every key's count stays exact and a key
+    left with no row has no count; deferred commits read the same once applied; the row count held in
+    sys is the number of rows; another aggregation is not touched."""
+    cp = Checkpoint.open(_cfg(tmp_path_factory.mktemp("rows")), environ={})
+    model: dict[tuple[str, bytes], dict[int, bytes]] = {}
+    for n, (windows, defer) in enumerate(commits):
+        latest = [(agg, key, end, b"%s@%d#%d" % (key, end, n)) for key, end, agg in dict.fromkeys(windows)]
+        cp.commit(CommitUnit(latest=latest, keep_latest={"sales": keep, "views": keep},
+                             keep_latest_rows={"sales": keep_rows}, defer_latest=defer))
+        for agg, key, end, row in latest:
+            model.setdefault((agg, key), {})[end] = row
+        for ak, rows in model.items():
+            model[ak] = dict(sorted(rows.items())[-keep:])
+        if latest and any(agg == "sales" for agg, *_ in latest):
+            sales = sorted((end, _h(key), key) for (agg, key), rows in model.items() if agg == "sales" for end in rows)
+            for end, _, key in sales[:max(0, len(sales) - keep_rows)]:
+                del model[("sales", key)][end]
+    cp.apply_pending_latest()
+    for (agg, key), rows in model.items():
+        assert cp.latest_windows(agg, key, 100) == [rows[e] for e in sorted(rows, reverse=True)]
+    for agg in ("sales", "views"):
+        want = sorted(r for (a, _), rows in model.items() if a == agg for r in rows.values())
+        assert sorted(cp.latest_windows(agg, None, 1000)) == want
+    with cp._db.reading() as txn:
+        for (agg, key), rows in model.items():
+            base = agg.encode() + b"\x00" + _h(key)
+            count = txn.get("latest", base)
+            assert (layout.U32.unpack(count)[0] if count is not None else 0) == len(rows)
+        for agg in ("sales", "views"):
+            assert layout.get_u64(txn, "sys", layout.LATEST_ROWS + agg.encode()) == sum(
+                len(rows) for (a, _), rows in model.items() if a == agg)
     cp.close()
 
 

@@ -63,6 +63,18 @@ def test_aggregation_problems_name_the_entry():
     assert not any(".metrics.b" in p for p in problems)
 
 
+def test_latest_window_bounds_per_key_and_per_aggregation():
+    """keep_latest (per key) and keep_latest_rows (per aggregation) have defaults, are read, and a value
+    out of range names its key."""
+    agg = {"name": "x", "group_by": ["user_id"], "window": {"type": "session", "gap": "5m"}, "metrics": {"n": "count"}}
+    (default,) = parse_config({"aggregations": [agg]}).aggregations
+    assert (default.keep_latest, default.keep_latest_rows) == (1000, 1_000_000)
+    (given,) = parse_config({"aggregations": [{**agg, "keep_latest": 5, "keep_latest_rows": 200}]}).aggregations
+    assert (given.keep_latest, given.keep_latest_rows) == (5, 200)
+    problems = _problems({"aggregations": [{**agg, "keep_latest_rows": 0}]})
+    assert len(problems) == 1 and problems[0].startswith("aggregations[0].keep_latest_rows:")
+
+
 def test_non_loopback_listen_needs_a_token():
     """Listening on 0.0.0.0 without token_file is refused."""
     assert _problems({"http": {"listen": "0.0.0.0:8787"}}) == [
