@@ -1,6 +1,7 @@
 """Sustained load: does anything grow without bound while the daemon runs for hours of event time?
 
-    python -m benchmarks.soak [--minutes 20] [--rate 20000] [--event-hours 6] [--out bench-results/soak.json]
+    python -m benchmarks.soak [--minutes 20] [--rate 20000] [--event-hours 6] [--keep-latest-rows N]
+                              [--out bench-results/soak.json]
 
 The throughput scenarios of benchmarks/run.py feed 2M events spanning ~100 s of event time: no
 dedupe id reaches its 1 h TTL, no session is expired by a later one, the recommender's decay and
@@ -20,8 +21,10 @@ The verdict printed: RSS (both processes), open states, dedupe ids, descriptors 
 grow by more than `GROWTH_LIMIT` from the second quarter of the feed (past the first event-time hour,
 the dedupe TTL) to the last (medians of their samples); the LMDB file's high-water mark by no more
 than `LMDB_GROWTH_LIMIT` within the last quarter (it never shrinks; once every bound is reached, e.g.
-`keep_latest_rows` a third of the way into the default run, its free pages are reused). Arrow bytes
-grow with the archive by design (date-partitioned files; old partitions are the user's to delete).
+`keep_latest_rows`, its free pages are reused: at the default 1M rows the sessions by user of the
+benchmark's shop reach it after ~35M events, so `--keep-latest-rows` sets a lower one to see the
+plateau in a shorter run). Arrow bytes grow with the archive by design (date-partitioned files; old
+partitions are the user's to delete).
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +106,6 @@ class PacedPageServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-
-
-@dataclass
-class Soak:
-    samples: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _proc_counts(pids: list[int]) -> tuple[int, int]:
@@ -188,15 +185,19 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="soak-", dir=args.workdir))
     port = free_port()
     cfg = work / "soak.toml"
-    cfg.write_text(render_config(port=port, data_dir=work / "data", sources=source_toml("http_poll", server.url),
-                                 idle_timeout="2s", max_keys=1_000_000, recommendations=True))
+    text = render_config(port=port, data_dir=work / "data", sources=source_toml("http_poll", server.url),
+                         idle_timeout="2s", max_keys=1_000_000, recommendations=True)
+    if args.keep_latest_rows:
+        text = text.replace("\n[[aggregations]]\n", f"\n[[aggregations]]\nkeep_latest_rows = {args.keep_latest_rows}\n")
+    cfg.write_text(text)
     log(f"{total:,} events at {args.rate:,.0f}/s over {args.minutes:g} min, "
         f"{args.event_hours:g} h of event time ({event_rate:,.0f} events/s of it); work dir {work}")
     daemon = DaemonProc(cfg, port, work / "daemon.log")
-    run = Soak()
+    samples: list[dict[str, Any]] = []
     result: dict[str, Any] = {"command": " ".join(["python -m benchmarks.soak", *sys.argv[1:]]), "machine": machine(),
                               "events": total, "rate": args.rate, "minutes": args.minutes,
-                              "event_hours": args.event_hours, "event_rate": round(event_rate, 1)}
+                              "event_hours": args.event_hours, "event_rate": round(event_rate, 1),
+                              "keep_latest_rows": args.keep_latest_rows}
     t_start = time.monotonic()
     try:
         async with aiohttp.ClientSession() as http:
@@ -212,7 +213,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 last_stats = stats
                 t = time.monotonic() - t_start
                 s = _sample(t, daemon, stats, server.sent)
-                run.samples.append(s)
+                samples.append(s)
                 if t >= next_print:
                     log(f"{t:6.0f}s fed {s['fed']:>11,} processed {s['processed']:>11,} rss {s['rss_mib']:6.0f} MiB "
                         f"states {s['open_states']:>9,} dedupe {s['dedupe_ids']:>10,} lmdb {s['lmdb_used_mib']:6.0f} MiB "
@@ -232,8 +233,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         if daemon.popen.poll() is None:
             daemon.stop()
         await server.stop()
-    result["samples"] = run.samples
-    result["verdict"] = verdict(run.samples, total)
+    result["samples"] = samples
+    result["verdict"] = verdict(samples, total)
     result["data_dir_mib"] = round(sum(f.stat().st_blocks * 512 for f in (work / "data").rglob("*") if f.is_file()) / 2**20, 1)
     if args.keep:
         result["work_dir"] = str(work)
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default=None, help="where the throwaway data dir goes (default: the temp dir)")
+    parser.add_argument("--keep-latest-rows", type=int, default=0,
+                        help="set every aggregation's keep_latest_rows (default: the config's, 1M), to reach that bound sooner")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and the daemon's log")
     parser.add_argument("--out", default="bench-results/soak.json")
     parser.add_argument("--report", metavar="JSON", help="print the table of an earlier run's JSON and exit")
