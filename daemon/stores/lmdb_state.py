@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import islice
+from itertools import groupby, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
@@ -970,13 +970,12 @@ def _trim_latest_rows(txn: Txn, aggb: bytes, gained: int, keep_rows: int) -> int
     index = txn.cursor("latest")
     for i in range(0, len(doomed), LATEST_SLICE):
         part = doomed[i:i + LATEST_SLICE]
-        for j, (base, end, row_key) in enumerate(part):
-            txn.delete("latest_time", row_key)
-            if index.set_key(base + end):
-                index.delete()
-            if j + 1 < len(part) and part[j + 1][0] == base:
-                continue      # the key's count once, after its last row of the slice
-            gone = sum(1 for b, _, _ in part if b == base)
+        for base, rows in groupby(part, key=itemgetter(0)):   # a key's rows, then its count once
+            gone = 0
+            for _, end, row_key in rows:
+                txn.delete("latest_time", row_key)
+                txn.delete("latest", base + end)
+                gone += 1
             if index.set_key(base):
                 left = U32.unpack(index.value())[0] - gone
                 if left > 0:
