@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.feeder import PAGE_EVENTS, SHOP, _PageProtocol
+from benchmarks.feeder import PAGE_EVENTS, SHOP, PageServer
 from benchmarks.run import DaemonProc, check_outputs, free_port, machine, open_states, render_config, source_toml
 from daemon.storefront.generator import Generator, encode_ndjson
 
@@ -53,11 +53,13 @@ CACHED_PAGES = 64          # a cursor asked again (a retried GET) is answered fr
 DRAIN_TIMEOUT_S = 600.0
 
 
-class PacedPageServer:
+class PacedPageServer(PageServer):
     """GET /events?cursor=K → page K, generated on first request and due at K * PAGE_EVENTS / rate
-    seconds after the first; before that (or past `total` events) an empty page with the same cursor."""
+    seconds after the first; before that (or past `total` events) an empty page with the same cursor.
+    PageServer's listener (start, stop, url) over pages made as they fall due, not pre-encoded ones."""
 
     def __init__(self, gen: Generator, total: int, rate: float) -> None:
+        # Not PageServer.__init__ (it encodes every page up front): here only what its listener uses.
         self._gen, self.total, self.rate = gen, total, rate
         self._pages: dict[int, bytes] = {}
         self._next = 0           # the next page to generate
@@ -66,11 +68,6 @@ class PacedPageServer:
         self.last_s = 0.0
         self.port = 0
         self._server: asyncio.Server | None = None
-
-    @staticmethod
-    def _wrap(body: bytes) -> bytes:
-        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body)
 
     def _empty(self, cursor: int) -> bytes:
         return self._wrap(b'{"events":[],"next_cursor":"' + str(cursor).encode() + b'"}')
@@ -93,19 +90,6 @@ class PacedPageServer:
         self.sent += n
         self.last_s = time.monotonic()
         return page
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/events"
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _PageProtocol(self), "127.0.0.1", 0)  # type: ignore[arg-type]
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 def _proc_counts(pids: list[int]) -> tuple[int, int]:
