@@ -69,6 +69,40 @@ class HttpConfig:
         return cfg
 
 
+RETENTION_TABLES = ("events", "deadletter", "windows", "anomalies")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionConfig:
+    """`[storage.retention]`: how long each Arrow table's `date=` partitions are kept (None: for ever).
+
+    `windows` covers every `windows/<aggregation>` table. Ages are measured on the wall clock
+    against a partition's UTC date (stores/retention.py)."""
+
+    events_ms: int | None = None
+    deadletter_ms: int | None = None
+    windows_ms: int | None = None
+    anomalies_ms: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any(self.keep_ms(t) is not None for t in RETENTION_TABLES)
+
+    def keep_ms(self, kind: str) -> int | None:
+        """The retention of one table kind (`stores.retention.table_kind`); None for an unknown one."""
+        return getattr(self, f"{kind}_ms", None) if kind in RETENTION_TABLES else None
+
+    @classmethod
+    def from_toml(cls, r: TableReader) -> RetentionConfig:
+        kept: dict[str, int | None] = {}
+        for kind in RETENTION_TABLES:
+            kept[f"{kind}_ms"] = r.duration_ms(kind, 0) if r.has(kind) else None
+            if kept[f"{kind}_ms"] == 0:   # an invalid value was reported; keep everything then
+                kept[f"{kind}_ms"] = None
+        r.finish()
+        return cls(**kept)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageConfig:
     data_dir: str = "var/storepulse"
@@ -78,6 +112,7 @@ class StorageConfig:
     state_interval_s: float = 5.0          # most time between full state writes; commits between log fold steps
     map_size_initial_bytes: int = 64 * 2**20
     map_size_max_bytes: int = 64 * 2**30
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @classmethod
     def from_toml(cls, r: TableReader) -> StorageConfig:
@@ -89,6 +124,7 @@ class StorageConfig:
             state_interval_s=r.duration_s("state_interval", 5.0),
             map_size_initial_bytes=r.size_bytes("map_size_initial", 64 * 2**20),
             map_size_max_bytes=r.size_bytes("map_size_max", 64 * 2**30),
+            retention=RetentionConfig.from_toml(r.sub("retention")),
         )
         if cfg.map_size_max_bytes < cfg.map_size_initial_bytes:
             r.error("map_size_max", "must be >= map_size_initial")

@@ -3,6 +3,7 @@
 Layout: `<root>/<table>/date=YYYY-MM-DD/part-<first_seq:016d>.arrow` (Arrow IPC *file* format).
 A file appears under its final name only when complete; rewriting a chunk replaces the same
 file, so a crash between the rename and the outbox delete never leaves a second copy.
+Old partitions are deleted whole (`delete_partition`, for `[storage.retention]`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 
 from daemon.errors import StoreError
 from daemon.stores.base import ArrowStats
+from daemon.stores.retention import partition_day
 from daemon.stores.schemas import time_column
 
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"   # pyarrow's hive null fallback
@@ -46,6 +48,7 @@ class ArrowFiles:
         self._files = 0
         self._rows = 0
         self._bytes = 0
+        self._deleted = [0, 0, 0]   # partitions, files, bytes
 
     def write(self, table: str, first_seq: int, rows: pa.Table) -> list[str]:
         """Write `rows` (all from outbox entries starting at commit `first_seq`); return the paths.
@@ -92,6 +95,51 @@ class ArrowFiles:
                         removed += 1
         return removed
 
+    def tables(self) -> list[str]:
+        """The tables that have a folder under root: events, deadletter, anomalies, windows/<aggregation>."""
+        out = [t for t in TABLE_DIRS if t != "windows" and (self.root / t).is_dir()]
+        windows = self.root / "windows"
+        if windows.is_dir():
+            out += sorted(f"windows/{p.name}" for p in windows.iterdir() if p.is_dir())
+        return out
+
+    def partition_days(self, table: str) -> list[dt.date]:
+        """The dates of `table`'s `date=` folders (not its null partition), oldest first."""
+        try:
+            names = os.listdir(self.root / table)
+        except FileNotFoundError:
+            return []
+        return sorted(d for d in map(partition_day, names) if d is not None)
+
+    def delete_partition(self, table: str, day: dt.date) -> tuple[int, int]:
+        """Delete `table`'s folder of `day` with its Arrow files; (files, bytes) deleted.
+
+        The caller keeps this table's writers out meanwhile (Checkpoint's table lock). Files are
+        deleted one by one, so a crash midway leaves a partition with fewer files, and the next pass
+        deletes the rest; a file that is not the daemon's keeps the folder in place."""
+        folder = self.root / table / f"date={day.isoformat()}"
+        files = size = 0
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False) and _is_ours(entry.name):
+                        size += entry.stat(follow_symlinks=False).st_size
+                        os.unlink(entry.path)
+                        files += 1
+            self._known_dirs.discard(folder)
+            with contextlib.suppress(OSError):   # not empty: someone else's file stays, with its folder
+                folder.rmdir()
+            _fsync_dir(folder.parent)
+        except FileNotFoundError:
+            return files, size
+        except OSError as exc:
+            raise StoreError(f"cannot delete {folder}: {exc.strerror or exc}") from exc
+        with self._count_lock:
+            self._deleted[0] += 1
+            self._deleted[1] += files
+            self._deleted[2] += size
+        return files, size
+
     def _written(self, rows: int, size: int) -> None:
         with self._count_lock:
             self._files += 1
@@ -99,8 +147,11 @@ class ArrowFiles:
             self._bytes += size
 
     def statistics(self) -> ArrowStats:
+        with self._count_lock:
+            partitions, files, size = self._deleted
         return ArrowStats(root=str(self.root), files_written=self._files,
-                          rows_written=self._rows, bytes_written=self._bytes)
+                          rows_written=self._rows, bytes_written=self._bytes,
+                          partitions_deleted=partitions, files_deleted=files, bytes_deleted=size)
 
 
 class ChunkFiles:
@@ -167,6 +218,11 @@ class ChunkFiles:
                 sink.close()
             _tmp(final).unlink(missing_ok=True)
         self._open.clear()
+
+
+def _is_ours(name: str) -> bool:
+    """A file name this module writes: part-*.arrow, or its temp file."""
+    return (name.startswith("part-") and name.endswith(".arrow")) or (name.startswith(".part-") and name.endswith(".tmp"))
 
 
 def _tmp(final: Path) -> Path:

@@ -98,6 +98,9 @@ class ArrowStats:
     files_written: int
     rows_written: int
     bytes_written: int
+    partitions_deleted: int = 0    # date= folders deleted by [storage.retention]
+    files_deleted: int = 0
+    bytes_deleted: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

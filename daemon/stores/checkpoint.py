@@ -21,12 +21,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from daemon.config import StorageConfig
+from daemon.config import RetentionConfig, StorageConfig
 from daemon.errors import StoreError
 from daemon.stores import lmdb_state as layout
 from daemon.stores.arrow_files import ArrowFiles
 from daemon.stores.base import CommitUnit, Restored, StoreStats, frozen_map
 from daemon.stores.lmdb_state import LmdbState, Txn
+from daemon.stores.retention import expired_days, table_kind
 from daemon.stores.schemas import time_column
 
 __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"]
@@ -66,6 +67,16 @@ class CrashPoints:
             self.seen += 1
             if self.seen >= self.after_n:
                 os._exit(137)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedPartition:
+    """One `date=` folder deleted by `[storage.retention]`."""
+
+    table: str
+    date: str
+    files: int
+    bytes: int
 
 
 class Checkpoint:
@@ -333,6 +344,26 @@ class Checkpoint:
                     self._recycle()
             self._last_flush_ms = (time.perf_counter() - t0) * 1000.0
         return total
+
+    def apply_retention(self, retention: RetentionConfig, now_ms: int) -> list[DeletedPartition]:
+        """Delete the Arrow partitions that `retention` no longer keeps at `now_ms`; what was deleted.
+
+        Each table's partitions go with its flush lock held, so no file of that table is being
+        written meanwhile; rows for an expired date still in the outbox are written after and
+        deleted by the next pass. A StoreError stops the pass (what it deleted before stays deleted)."""
+        deleted = []
+        for table in self._files.tables():
+            keep_ms = retention.keep_ms(table_kind(table))
+            if keep_ms is None:
+                continue
+            days = expired_days(self._files.partition_days(table), now_ms, keep_ms)
+            if not days:
+                continue
+            with self._table_lock(table):
+                for day in days:
+                    files, size = self._files.delete_partition(table, day)
+                    deleted.append(DeletedPartition(table=table, date=day.isoformat(), files=files, bytes=size))
+        return deleted
 
     def _table_lock(self, table: str) -> threading.Lock:
         with self._count_lock:

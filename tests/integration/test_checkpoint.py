@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.config import StorageConfig
+from daemon.config import RetentionConfig, StorageConfig
 from daemon.errors import StoreError, StoreLocked
 from daemon.events import EventBatch
 from daemon.stores import lmdb_state as layout
 from daemon.stores import segments
 from daemon.stores import checkpoint as checkpoint_module
 from daemon.stores.checkpoint import Checkpoint, CommitUnit, CrashPoints
-from daemon.stores.schemas import TS, events_to_record_batch
+from daemon.stores.schemas import DEADLETTER, TS, events_to_record_batch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -157,6 +157,45 @@ def test_outbox_flushes_to_deterministic_files(tmp_path):
     assert stats.commit_seq == 3 and stats.commits == 3 and stats.arrow.rows_written == 8
     assert stats.flushes == 1 and dict(stats.outbox_rows) == {}
     cp.close()
+
+
+def test_retention_deletes_whole_expired_partitions_and_writes_go_on(tmp_path):
+    """A sweep deletes the date= folders older than the table's retention, counts them, leaves the
+    others and other tables; a file that is not the daemon's keeps its folder; rows for a deleted
+    date that come later get their folder back."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.commit(_unit(1))
+    cp.commit(CommitUnit(rows={"deadletter": _deadletter(MIDNIGHT_MS - 5_000)}))
+    cp.flush()
+    assert sorted(_snapshot(tmp_path)) == ["deadletter/date=2022-01-07/part-0000000000000002.arrow",
+                                           "events/date=2022-01-07/part-0000000000000001.arrow",
+                                           "events/date=2022-01-08/part-0000000000000001.arrow"]
+    size = (tmp_path / "events" / "date=2022-01-07" / "part-0000000000000001.arrow").stat().st_size
+    keep = RetentionConfig(events_ms=DAY_MS)
+    assert cp.apply_retention(keep, MIDNIGHT_MS + DAY_MS - 1) == []        # 2022-01-07 ended less than a day ago
+    deleted = cp.apply_retention(keep, MIDNIGHT_MS + DAY_MS)
+    assert [(d.table, d.date, d.files, d.bytes) for d in deleted] == [("events", "2022-01-07", 1, size)]
+    assert sorted(_snapshot(tmp_path)) == ["deadletter/date=2022-01-07/part-0000000000000002.arrow",
+                                           "events/date=2022-01-08/part-0000000000000001.arrow"]
+    assert not (tmp_path / "events" / "date=2022-01-07").exists()
+    arrow = cp.statistics().arrow
+    assert (arrow.partitions_deleted, arrow.files_deleted, arrow.bytes_deleted) == (1, 1, size)
+
+    cp.commit(_unit(3))          # rows for the deleted date again: its folder is made anew
+    cp.flush()
+    assert "events/date=2022-01-07/part-0000000000000003.arrow" in _snapshot(tmp_path)
+    notes = tmp_path / "events" / "date=2022-01-07" / "NOTES.txt"
+    notes.write_text("an operator's file")
+    deleted = cp.apply_retention(keep, MIDNIGHT_MS + 3 * DAY_MS)
+    assert [(d.table, d.date, d.files) for d in deleted] == [("events", "2022-01-07", 1), ("events", "2022-01-08", 2)]
+    assert [p.name for p in (tmp_path / "events").rglob("*") if p.is_file()] == ["NOTES.txt"]
+    assert "deadletter/date=2022-01-07/part-0000000000000002.arrow" in _snapshot(tmp_path)   # not covered
+    cp.close()
+
+
+def _deadletter(received_ms: int) -> pa.Table:
+    return pa.table({f.name: pa.array([received_ms] if f.name == "received_at" else [None], f.type)
+                     for f in DEADLETTER}, schema=DEADLETTER)
 
 
 def test_files_readable_by_pyarrow_dataset_and_duckdb(tmp_path):
