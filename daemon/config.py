@@ -69,6 +69,7 @@ class HttpConfig:
         return cfg
 
 
+COMPRESSIONS = ("lz4", "zstd", "none")   # storage.compression of the Arrow files' buffers (stores.arrow_files)
 RETENTION_TABLES = ("events", "deadletter", "windows", "anomalies")
 
 
@@ -112,6 +113,7 @@ class StorageConfig:
     state_interval_s: float = 5.0          # most time between full state writes; commits between log fold steps
     map_size_initial_bytes: int = 64 * 2**20
     map_size_max_bytes: int = 64 * 2**30
+    compression: str = "lz4"               # of the Arrow files' buffers: lz4, zstd or none
     retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @classmethod
@@ -124,6 +126,7 @@ class StorageConfig:
             state_interval_s=r.duration_s("state_interval", 5.0),
             map_size_initial_bytes=r.size_bytes("map_size_initial", 64 * 2**20),
             map_size_max_bytes=r.size_bytes("map_size_max", 64 * 2**30),
+            compression=r.choice("compression", "lz4", COMPRESSIONS),
             retention=RetentionConfig.from_toml(r.sub("retention")),
         )
         if cfg.map_size_max_bytes < cfg.map_size_initial_bytes:

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from daemon.config import COMPRESSIONS
 from daemon.errors import StoreError
 from daemon.stores.base import ArrowStats
 from daemon.stores.retention import partition_day
@@ -40,9 +41,11 @@ class ArrowFiles:
     Chunks of different tables may be written at once, from different threads (their folders differ);
     the caller keeps those of one table one at a time."""
 
-    def __init__(self, root: str | os.PathLike[str], *, crash: Callable[[str], None] = _no_crash) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, crash: Callable[[str], None] = _no_crash,
+                 compression: str = "lz4") -> None:
         self.root = Path(root)
         self._crash = crash
+        self.options = write_options(compression)
         self._known_dirs: set[Path] = set()
         self._count_lock = threading.Lock()
         self._files = 0
@@ -175,7 +178,7 @@ class ChunkFiles:
                     self._files._ensure_dir(folder)
                     final = folder / self._name
                     sink = _native_sink(_tmp(final))
-                    self._open[date] = (final, sink, pa.ipc.new_file(sink, part.schema))
+                    self._open[date] = (final, sink, pa.ipc.new_file(sink, part.schema, options=self._files.options))
                     self._rows[date] = 0
                 writer = self._open[date][2]
                 first = self._rows[date] == 0
@@ -218,6 +221,19 @@ class ChunkFiles:
                 sink.close()
             _tmp(final).unlink(missing_ok=True)
         self._open.clear()
+
+
+def write_options(compression: str) -> pa.ipc.IpcWriteOptions:
+    """IPC options for `compression` (one of COMPRESSIONS).
+
+    Buffers are compressed one at a time in the writing thread, without the GIL (`use_threads=False`:
+    Arrow's pool would take the second core from the CPU lane). On the soak's archived events: none
+    127 B per row at 20 ns, lz4 60 B at ~200 ns, zstd (level 1) 31 B at ~800 ns of CPU (session 22).
+    pyarrow.dataset, DuckDB (through pyarrow) and Polars read all three."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    codec = None if compression == "none" else pa.Codec(compression, 1 if compression == "zstd" else None)
+    return pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)
 
 
 def _is_ours(name: str) -> bool:

@@ -121,7 +121,7 @@ class Checkpoint:
                                map_size_initial_bytes=cfg.map_size_initial_bytes,
                                map_size_max_bytes=cfg.map_size_max_bytes, log=log)
         try:
-            files = ArrowFiles(data_dir, crash=crash.hit)
+            files = ArrowFiles(data_dir, crash=crash.hit, compression=cfg.compression)
             removed = files.cleanup_tmp()
             cp = cls(state, files, crash, max_file_rows, log)
             cp._load()

@@ -121,3 +121,11 @@ def test_invalid_toml_is_one_clear_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "daemon", "check-config", "-c", str(path)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "invalid TOML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_storage_compression():
+    """Arrow files are lz4-compressed unless storage.compression says otherwise; a bad value names the key."""
+    assert parse_config({}).storage.compression == "lz4"
+    assert parse_config({"storage": {"compression": "zstd"}}).storage.compression == "zstd"
+    assert _problems({"storage": {"compression": "gzip"}}) == [
+        "storage.compression: must be one of 'lz4', 'zstd', 'none', got 'gzip'"]
