@@ -53,9 +53,9 @@ def free_port() -> int:
 
 
 def render_config(*, port: int, data_dir: Path, sources: str, idle_timeout: str, max_keys: int,
-                  recommendations: bool, log_level: str = "info") -> str:
+                  recommendations: bool, log_level: str = "info", compression: str = "lz4") -> str:
     return string.Template(TEMPLATE.read_text()).substitute(
-        log_level=log_level, port=port, data_dir=data_dir, sources=sources, idle_timeout=idle_timeout, max_keys=max_keys,
+        log_level=log_level, compression=compression, port=port, data_dir=data_dir, sources=sources, idle_timeout=idle_timeout, max_keys=max_keys,
         recommendations='[recommendations]\nhalf_life = "1h"\n' if recommendations else "")
 
 
@@ -259,7 +259,8 @@ async def measure(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     cfg_path = work / "storepulse.toml"
     cfg_path.write_text(render_config(port=port, data_dir=data_dir, sources="\n".join(sources),
                                       idle_timeout=run.idle_timeout, max_keys=run.max_keys,
-                                      recommendations=not args.no_recommendations, log_level=args.log_level))
+                                      recommendations=not args.no_recommendations, log_level=args.log_level,
+                                      compression=args.compression))
     feeders: list[Any] = []
     for feed in run.feeds:
         if feed.kind == "ingest":
@@ -639,6 +640,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="users (each with one open session) in the memory scenario; ~1.38 open states per user")
     p.add_argument("--ingest-clients", type=int, default=16, help="concurrent POST /ingest connections")
     p.add_argument("--no-recommendations", action="store_true", help="leave [recommendations] out of the config")
+    p.add_argument("--compression", default="lz4", choices=("lz4", "zstd", "none"), help="storage.compression (default lz4)")
     p.add_argument("--profile", metavar="DIR", help="also run http_poll under py-spy; write the profile to DIR")
     p.add_argument("--memprobe", metavar="FILE", help="append a JSON line per LMDB write transaction of each daemon "
                    "(its RSS and peak around and inside it) to FILE: benchmarks/memprobe/sitecustomize.py")

@@ -170,7 +170,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     cfg = work / "soak.toml"
     text = render_config(port=port, data_dir=work / "data", sources=source_toml("http_poll", server.url),
-                         idle_timeout="2s", max_keys=1_000_000, recommendations=True)
+                         idle_timeout="2s", max_keys=1_000_000, recommendations=True, compression=args.compression)
     if args.keep_latest_rows:
         text = text.replace("\n[[aggregations]]\n", f"\n[[aggregations]]\nkeep_latest_rows = {args.keep_latest_rows}\n")
     cfg.write_text(text)
@@ -181,7 +181,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"command": " ".join(["python -m benchmarks.soak", *sys.argv[1:]]), "machine": machine(),
                               "events": total, "rate": args.rate, "minutes": args.minutes,
                               "event_hours": args.event_hours, "event_rate": round(event_rate, 1),
-                              "keep_latest_rows": args.keep_latest_rows}
+                              "keep_latest_rows": args.keep_latest_rows, "compression": args.compression}
     t_start = time.monotonic()
     try:
         async with aiohttp.ClientSession() as http:
@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default=None, help="where the throwaway data dir goes (default: the temp dir)")
+    parser.add_argument("--compression", default="lz4", choices=("lz4", "zstd", "none"), help="storage.compression (default lz4)")
     parser.add_argument("--keep-latest-rows", type=int, default=0,
                         help="set every aggregation's keep_latest_rows (default: the config's, 1M), to reach that bound sooner")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and the daemon's log")
