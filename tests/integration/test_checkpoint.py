@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import anyio
 import duckdb
 import orjson
 import pyarrow as pa
@@ -190,6 +191,34 @@ def test_retention_deletes_whole_expired_partitions_and_writes_go_on(tmp_path):
     assert [(d.table, d.date, d.files) for d in deleted] == [("events", "2022-01-07", 1), ("events", "2022-01-08", 2)]
     assert [p.name for p in (tmp_path / "events").rglob("*") if p.is_file()] == ["NOTES.txt"]
     assert "deadletter/date=2022-01-07/part-0000000000000002.arrow" in _snapshot(tmp_path)   # not covered
+    cp.close()
+
+
+def test_a_failed_retention_sweep_is_logged_and_the_next_one_goes_on(tmp_path):
+    """A partition that cannot be deleted (here its date= name is a file, not a folder) fails the sweep
+    with a logged `retention_failed`, keeping what it deleted before; once it is gone, the next sweep
+    deletes the rest, each partition logged."""
+    from daemon.clock import FakeClock
+    from daemon.runtime.retention import RetentionSweeper
+
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.commit(_unit(1))
+    cp.flush()
+    blocker = tmp_path / "events" / "date=2022-01-06"
+    blocker.write_bytes(b"not a folder")
+    log = _ListLog()
+    sweeper = RetentionSweeper(cp, RetentionConfig(events_ms=DAY_MS), FakeClock(MIDNIGHT_MS + 3 * DAY_MS), log)
+    assert anyio.run(sweeper.sweep) == []
+    [(event, fields)] = log.events
+    assert event == "retention_failed" and fields["error"].startswith(f"cannot delete {blocker}: ")
+    assert sorted(_snapshot(tmp_path)) == ["events/date=2022-01-07/part-0000000000000001.arrow",
+                                           "events/date=2022-01-08/part-0000000000000001.arrow"]
+    blocker.unlink()
+    log.events.clear()
+    deleted = anyio.run(sweeper.sweep)
+    assert [d.date for d in deleted] == ["2022-01-07", "2022-01-08"] and _snapshot(tmp_path) == {}
+    assert [(e, kw["table"], kw["date"], kw["files"]) for e, kw in log.events] == [
+        ("retention_deleted", "events", "2022-01-07", 1), ("retention_deleted", "events", "2022-01-08", 1)]
     cp.close()
 
 
