@@ -33,7 +33,7 @@ from daemon.runtime.alerts import AlertSender
 from daemon.runtime.cpu import CpuLane
 from daemon.runtime.gcwatch import GcWatch
 from daemon.runtime.reload import plan_reload
-from daemon.runtime.retention import SWEEP_INTERVAL_S, RetentionSweeper
+from daemon.runtime.archive import SWEEP_INTERVAL_S, ArchiveUpkeep
 from daemon.pipeline.watermark import NO_WATERMARK
 from daemon.runtime.systemd import Notifier, ServiceHeartbeat, WatchdogBounds
 from daemon.sources import SourceConfig
@@ -63,8 +63,8 @@ class Daemon:
         self.close_chunk_rows = int(os.environ.get("STOREPULSE_CLOSE_CHUNK_ROWS", "0")) or CLOSE_CHUNK_ROWS
         # ... and a small one writes a full state write's segments ahead of its commit (Checkpoint.stage).
         self.state_spill_bytes = int(os.environ.get("STOREPULSE_STATE_SPILL_BYTES", "0")) or SPILL_BYTES
-        # ... and a short one sweeps [storage.retention] while a test watches.
-        self.retention_interval_s = float(os.environ.get("STOREPULSE_RETENTION_INTERVAL_S", "0")) or SWEEP_INTERVAL_S
+        # ... and a short one runs the Arrow files' upkeep (retention, compaction) while a test watches.
+        self.archive_interval_s = float(os.environ.get("STOREPULSE_ARCHIVE_INTERVAL_S", "0")) or SWEEP_INTERVAL_S
         self.wakeup = Wakeup()
         self.cpu = CpuLane()   # decoding, folding and commit building take turns in one worker thread
         self.queues: dict[str, BoundedQueue] = {}
@@ -97,8 +97,8 @@ class Daemon:
                              log.bind(component="runner"), faults=self.faults, cpu=self.cpu,
                              close_chunk_rows=self.close_chunk_rows, state_spill_bytes=self.state_spill_bytes)
         self.alerts = AlertSender(log.bind(component="alerts"))
-        self.retention = RetentionSweeper(checkpoint, cfg.storage.retention, clock, log.bind(component="retention"),
-                                          interval_s=self.retention_interval_s)
+        self.archive = ArchiveUpkeep(checkpoint, cfg.storage.retention, clock, log.bind(component="archive"),
+                                     interval_s=self.archive_interval_s)
         self.runner.alerts = self.alerts
         recs = cfg.recommendations
         if recs is not None:   # the recommender runs in its own process (daemon/replica/)
@@ -170,7 +170,7 @@ class Daemon:
             tg.start_soon(self._monitor)
             tg.start_soon(run_runner)
             tg.start_soon(self.alerts.run)
-            tg.start_soon(self.retention.run)
+            tg.start_soon(self.archive.run)
             if runner.replica is not None:
                 tg.start_soon(runner.replica.run)
             async with anyio.create_task_group() as source_tg:
@@ -185,6 +185,7 @@ class Daemon:
                          sources=sorted(self.sources), aggregations=[a.name for a in self.cfg.aggregations],
                          data_dir=self.cfg.storage.data_dir)
                 await self.shutdown.wait()
+                self.archive.stop()
                 self.notifier.stopping()
                 log.info("stopping", step="sources")
                 source_tg.cancel_scope.cancel()

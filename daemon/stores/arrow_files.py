@@ -3,14 +3,19 @@
 Layout: `<root>/<table>/date=YYYY-MM-DD/part-<first_seq:016d>.arrow` (Arrow IPC *file* format).
 A file appears under its final name only when complete; rewriting a chunk replaces the same
 file, so a crash between the rename and the outbox delete never leaves a second copy.
-Old partitions are deleted whole (`delete_partition`, for `[storage.retention]`).
+Old partitions are deleted whole (`delete_partition`, for `[storage.retention]`), and a past day's
+many small files are merged into a few (`stage_compaction` + `swap_partition`): the merged folder is
+built aside under `<root>/.compact/` and exchanged with the live one in one atomic rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
+import functools
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +33,9 @@ from daemon.stores.schemas import time_column
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"   # pyarrow's hive null fallback
 BATCH_ROWS = 64 * 1024
 WRITE_BUFFER = 256 * 1024   # bytes a file's writes are gathered into before each write(2)
-TABLE_DIRS = ("windows", "events", "deadletter", "anomalies")   # the only folders written under root
+TABLE_DIRS = ("windows", "events", "deadletter", "anomalies")   # the table folders under root
+COMPACT_DIR = ".compact"   # under root, beside the tables: merged partitions before their swap, old ones after
+COMPACT_FILE_BYTES = 64 * 2**20   # a merged file takes input files until they reach this size
 
 
 def _no_crash(point: str) -> None:
@@ -52,6 +59,7 @@ class ArrowFiles:
         self._rows = 0
         self._bytes = 0
         self._deleted = [0, 0, 0]   # partitions, files, bytes
+        self._compacted = [0, 0]    # partitions, files merged
 
     def write(self, table: str, first_seq: int, rows: pa.Table) -> list[str]:
         """Write `rows` (all from outbox entries starting at commit `first_seq`); return the paths.
@@ -88,8 +96,15 @@ class ArrowFiles:
         self._known_dirs.add(folder)
 
     def cleanup_tmp(self) -> int:
-        """Delete `.*.tmp` files a crash left behind; return how many."""
+        """Delete `.*.tmp` files and the compaction folder a crash left behind; return how many files.
+
+        `.compact/` holds either a merged partition not swapped in yet (the live one is whole) or,
+        after the swap, the old files the merged ones replaced: deleting it is right either way."""
         removed = 0
+        compact = self.root / COMPACT_DIR
+        if compact.exists():
+            removed += sum(len(files) for _d, _s, files in os.walk(compact))
+            shutil.rmtree(compact)
         for top in TABLE_DIRS:
             for dirpath, _dirs, files in os.walk(self.root / top):
                 for fname in files:
@@ -143,6 +158,103 @@ class ArrowFiles:
             self._deleted[2] += size
         return files, size
 
+    def partition_files(self, table: str, day: dt.date) -> list[tuple[str, int]]:
+        """(name, size) of the Arrow files in `table`'s folder of `day`, in commit order."""
+        try:
+            with os.scandir(self.root / table / f"date={day.isoformat()}") as entries:
+                found = [(e.name, e.stat(follow_symlinks=False).st_size) for e in entries
+                         if e.name.startswith("part-") and e.name.endswith(".arrow") and e.is_file(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        return sorted(found)
+
+    def stage_compaction(self, table: str, day: dt.date, names: list[str],
+                         stop: threading.Event | None = None) -> Path | None:
+        """Write the rows of `names` (files of `table`'s `day`, in commit order) into fewer files in a
+        folder under `.compact/`, complete and fsynced; that folder, or None if `stop` was set first.
+
+        A merged file takes consecutive input files of one schema until they reach COMPACT_FILE_BYTES,
+        and is named after the first of them, so the names stay in commit order and never meet a newer
+        file's. The inputs are only read (through the page cache, one at a time), so this needs no lock:
+        a file is never changed once in place, only replaced by the same rows."""
+        src = self.root / table / f"date={day.isoformat()}"
+        staged = self.root / COMPACT_DIR / table / f"date={day.isoformat()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            staged.mkdir(parents=True)
+            out: tuple[Path, Any, Any, pa.Schema] | None = None
+            taken = 0
+            for name in names:
+                if stop is not None and stop.is_set():
+                    if out is not None:
+                        out[2].close()
+                        out[1].close()
+                    shutil.rmtree(staged, ignore_errors=True)
+                    return None
+                with pa.memory_map(str(src / name)) as source:
+                    reader = pa.ipc.open_file(source)
+                    size = source.size()
+                    if out is not None and (taken + size > COMPACT_FILE_BYTES or not reader.schema.equals(out[3], check_metadata=True)):
+                        self._finish_staged(out)
+                        out = None
+                    if out is None:
+                        sink = _native_sink(staged / name)
+                        out = (staged / name, sink, pa.ipc.new_file(sink, reader.schema, options=self.options), reader.schema)
+                        taken = 0
+                    for i in range(reader.num_record_batches):
+                        out[2].write_batch(reader.get_batch(i))
+                    taken += size
+            if out is not None:
+                self._finish_staged(out)
+            _fsync_dir(staged)
+            _fsync_dir(staged.parent)
+        except OSError as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise StoreError(f"cannot compact {src}: {exc.strerror or exc}") from exc
+        return staged
+
+    @staticmethod
+    def _finish_staged(out: tuple[Path, Any, Any, pa.Schema]) -> None:
+        path, sink, writer, _ = out
+        writer.close()
+        sink.close()
+        _fsync_file(path)
+
+    def swap_partition(self, table: str, day: dt.date, staged: Path, names: list[str]) -> bool:
+        """Exchange `table`'s folder of `day` with `staged` in one rename, if it still holds exactly the
+        files `names` (else False: a newer file came, the next pass merges it too; or a file that is
+        not the daemon's, which the swap would take away with the old files). After it `staged`
+        holds the old files (`discard_staged`). The caller keeps this table's writers out meanwhile."""
+        live = self.root / table / f"date={day.isoformat()}"
+        try:
+            if sorted(os.listdir(live)) != names:   # a newer file, or one not ours (it would go with the old)
+                return False
+        except FileNotFoundError:
+            return False
+        try:
+            _exchange(live, staged)
+            _fsync_dir(live.parent)
+            _fsync_dir(staged.parent)
+        except OSError as exc:
+            raise StoreError(f"cannot swap in the compacted {live}: {exc.strerror or exc}") from exc
+        with self._count_lock:
+            self._compacted[0] += 1
+            self._compacted[1] += len(names)
+        return True
+
+    def discard_staged(self, staged: Path) -> None:
+        """Delete a staged folder (merged files not swapped in, or the old files swapped out) and the
+        folders above it that it leaves empty, `.compact/` included."""
+        shutil.rmtree(staged, ignore_errors=True)
+        top = self.root / COMPACT_DIR
+        for folder in staged.parents:
+            if not folder.is_relative_to(top):
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
     def _written(self, rows: int, size: int) -> None:
         with self._count_lock:
             self._files += 1
@@ -152,9 +264,11 @@ class ArrowFiles:
     def statistics(self) -> ArrowStats:
         with self._count_lock:
             partitions, files, size = self._deleted
+            compacted, merged = self._compacted
         return ArrowStats(root=str(self.root), files_written=self._files,
                           rows_written=self._rows, bytes_written=self._bytes,
-                          partitions_deleted=partitions, files_deleted=files, bytes_deleted=size)
+                          partitions_deleted=partitions, files_deleted=files, bytes_deleted=size,
+                          partitions_compacted=compacted, files_merged=merged)
 
 
 class ChunkFiles:
@@ -239,6 +353,24 @@ def write_options(compression: str) -> pa.ipc.IpcWriteOptions:
 def _is_ours(name: str) -> bool:
     """A file name this module writes: part-*.arrow, or its temp file."""
     return (name.startswith("part-") and name.endswith(".arrow")) or (name.startswith(".part-") and name.endswith(".tmp"))
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any:
+    fn = ctypes.CDLL(None, use_errno=True).renameat2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE): a reader sees one or the other."""
+    if _renameat2()(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
 
 
 def _tmp(final: Path) -> Path:

@@ -101,6 +101,8 @@ class ArrowStats:
     partitions_deleted: int = 0    # date= folders deleted by [storage.retention]
     files_deleted: int = 0
     bytes_deleted: int = 0
+    partitions_compacted: int = 0  # past days' date= folders whose small files were merged
+    files_merged: int = 0          # the files they had before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,16 +24,17 @@ import pyarrow as pa
 from daemon.config import RetentionConfig, StorageConfig
 from daemon.errors import StoreError
 from daemon.stores import lmdb_state as layout
-from daemon.stores.arrow_files import ArrowFiles
+from daemon.stores.arrow_files import COMPACT_FILE_BYTES, ArrowFiles
 from daemon.stores.base import CommitUnit, Restored, StoreStats, frozen_map
 from daemon.stores.lmdb_state import LmdbState, Txn
-from daemon.stores.retention import expired_days, table_kind
+from daemon.stores.retention import day_end_ms, expired_days, table_kind
 from daemon.stores.schemas import time_column
 
 __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"]
 
 CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
-                "after_arrow_rename", "before_outbox_delete", "after_state_staged")
+                "after_arrow_rename", "before_outbox_delete", "after_state_staged",
+                "after_compaction_staged", "after_compaction_swap")
 MAX_FILE_ROWS = 1_000_000
 STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this often (_stream_chunk)
 STAGE_ANSWER_BYTES = 1 << 20    # an answer part at least this big is written ahead of its commit (_stage_answers)
@@ -45,6 +46,12 @@ UPKEEP_S = 0.02               # after a commit, merge due state chains for about
 RECYCLE_AFTER_ROWS = 100_000
 RECYCLE_AFTER_BYTES = 64 * 2**20
 RECYCLE_INTERVAL_S = 30.0
+# A past day's partition is merged (compact_archive) once it ended this long ago, if it has at least
+# COMPACT_MIN_FILES files averaging under a quarter of COMPACT_FILE_BYTES: closed sessions reach
+# their file at every commit, up to 5 files a second, 432k a day.
+COMPACT_AFTER_MS = 3_600_000
+COMPACT_MIN_FILES = 32
+COMPACT_PARTITIONS = 8          # at most this many merged per pass
 
 
 @dataclass(slots=True)
@@ -76,6 +83,17 @@ class DeletedPartition:
     table: str
     date: str
     files: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompactedPartition:
+    """One `date=` folder whose files were merged."""
+
+    table: str
+    date: str
+    files_before: int
+    files_after: int
     bytes: int
 
 
@@ -364,6 +382,51 @@ class Checkpoint:
                     files, size = self._files.delete_partition(table, day)
                     deleted.append(DeletedPartition(table=table, date=day.isoformat(), files=files, bytes=size))
         return deleted
+
+    def compact_archive(self, now_ms: int, stop: threading.Event | None = None,
+                        max_partitions: int = COMPACT_PARTITIONS) -> list[CompactedPartition]:
+        """Merge the small files of past days' partitions (ended COMPACT_AFTER_MS before `now_ms`);
+        what was merged. Stops early, merging nothing more, once `stop` is set.
+
+        The merge is written aside without any lock; the swap happens with the table's flush lock
+        held, and only if every file merged has left the outbox (its entries deleted): a flush that
+        failed between writing a file and deleting its entries writes that file again, and after a
+        swap it would come back beside the merged copy of its rows."""
+        done: list[CompactedPartition] = []
+        files = self._files
+        for table in files.tables():
+            for day in files.partition_days(table):
+                if day_end_ms(day) + COMPACT_AFTER_MS > now_ms:
+                    continue
+                if len(done) >= max_partitions or (stop is not None and stop.is_set()):
+                    return done
+                found = files.partition_files(table, day)
+                total = sum(size for _, size in found)
+                if len(found) < COMPACT_MIN_FILES or total >= len(found) * (COMPACT_FILE_BYTES // 4):
+                    continue
+                names = [n for n, _ in found]
+                staged = files.stage_compaction(table, day, names, stop)
+                if staged is None:
+                    return done
+                self._crash.hit("after_compaction_staged")
+                with self._table_lock(table):
+                    swapped = (self._outbox_first_seq(table) > int(names[-1][5:-6])
+                               and files.swap_partition(table, day, staged, names))
+                if swapped:
+                    self._crash.hit("after_compaction_swap")
+                files.discard_staged(staged)
+                if swapped:
+                    after = files.partition_files(table, day)
+                    done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
+                                                   files_after=len(after), bytes=sum(size for _, size in after)))
+        return done
+
+    def _outbox_first_seq(self, table: str) -> int:
+        """The commit seq of `table`'s oldest outbox entry (a huge number when it has none)."""
+        with self._db.reading() as txn:
+            for key, _ in txn.scan("outbox", layout.outbox_prefix(table)):
+                return layout.U64.unpack_from(key, len(key) - 8)[0]
+        return 2**63
 
     def _table_lock(self, table: str) -> threading.Lock:
         with self._count_lock:

@@ -52,7 +52,7 @@ def _day(ms: int) -> str:
 
 
 def test_expired_partitions_are_deleted_while_the_daemon_runs(daemon_factory, tmp_path):
-    d = daemon_factory.start(CONFIG, env={"STOREPULSE_RETENTION_INTERVAL_S": "0.3"})
+    d = daemon_factory.start(CONFIG, env={"STOREPULSE_ARCHIVE_INTERVAL_S": "0.3"})
     data = tmp_path / "data"
     now = int(time.time() * 1000)
     old_ms, new_ms = now - 10 * DAY_MS, now - 120_000

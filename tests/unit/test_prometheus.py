@@ -47,7 +47,7 @@ def sample_stats() -> dict[str, Any]:
                            "last_write_ms": 0.75, "readers": 2},
                   "arrow": {"root": "/var/lib/storepulse", "files_written": 6, "rows_written": 300,
                             "bytes_written": 123456, "partitions_deleted": 1, "files_deleted": 2,
-                            "bytes_deleted": 4096}},
+                            "bytes_deleted": 4096, "partitions_compacted": 1, "files_merged": 40}},
         "process": {"rss_bytes": 52_428_800, "max_rss_bytes": 60_000_000, "cpu_seconds": 3.25,
                     "loop_lag_ms": 12.5, "time_ms": 1_714_521_605_000, "gc_collections": 90,
                     "gc_full_collections": 1, "gc_seconds": 0.25, "gc_max_pause_ms": 40.0},

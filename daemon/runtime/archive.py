@@ -1,0 +1,67 @@
+"""Upkeep of the Arrow files: `[storage.retention]` deletes old days, compaction merges a past day's
+small files. One pass at start, then one every `interval_s`.
+
+Each pass runs in a worker thread (listing folders, deleting and merging files, fsyncing) and logs one
+line per partition it changed; a failed pass is logged and tried again next time. `stop()` (at
+shutdown) makes a pass under way give up at its next file, so it never holds the daemon's exit up.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+
+from daemon.clock import Clock
+from daemon.config import RetentionConfig
+from daemon.errors import StoreError
+from daemon.stores.checkpoint import Checkpoint, CompactedPartition, DeletedPartition
+
+SWEEP_INTERVAL_S = 600.0   # partitions are days: ten minutes late is nothing, and a pass is a few listdirs
+
+
+class ArchiveUpkeep:
+    def __init__(self, checkpoint: Checkpoint, retention: RetentionConfig, clock: Clock, log: Any,
+                 interval_s: float = SWEEP_INTERVAL_S) -> None:
+        self._checkpoint = checkpoint
+        self._retention = retention
+        self._clock = clock
+        self._log = log
+        self._stop = threading.Event()
+        self.interval_s = interval_s
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            await self.sweep()
+            await self.compact()
+            await anyio.sleep(self.interval_s)
+
+    async def sweep(self) -> list[DeletedPartition]:
+        """Delete what `[storage.retention]` no longer keeps."""
+        if not self._retention.enabled:
+            return []
+        try:
+            deleted = await anyio.to_thread.run_sync(
+                self._checkpoint.apply_retention, self._retention, self._clock.now_ms())
+        except StoreError as exc:
+            self._log.error("retention_failed", error=str(exc))
+            return []
+        for d in deleted:
+            self._log.info("retention_deleted", table=d.table, date=d.date, files=d.files, bytes=d.bytes)
+        return deleted
+
+    async def compact(self) -> list[CompactedPartition]:
+        """Merge past days' small files."""
+        try:
+            done = await anyio.to_thread.run_sync(self._checkpoint.compact_archive, self._clock.now_ms(), self._stop)
+        except StoreError as exc:
+            self._log.error("compaction_failed", error=str(exc))
+            return []
+        for c in done:
+            self._log.info("archive_compacted", table=c.table, date=c.date, files_before=c.files_before,
+                           files_after=c.files_after, bytes=c.bytes)
+        return done

@@ -1,0 +1,209 @@
+"""Compaction of the Arrow files: a past day's many small files become a few, swapped in atomically,
+with every row once, also when the process dies at any step or a flush left its files behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from daemon.stores.arrow_files import ArrowFiles
+from daemon.stores.checkpoint import COMPACT_AFTER_MS, COMPACT_MIN_FILES, Checkpoint
+from tests.conftest import http_post, wait_until
+from tests.integration.test_checkpoint import DAY_MS, MIDNIGHT_MS, _cfg, _snapshot, _unit
+
+ROOT = Path(__file__).resolve().parents[2]
+MIDNIGHT_DAY = __import__("datetime").date(2022, 1, 8)
+UNITS = 40                                        # each flushed alone: 40 files on each of two days
+AFTER = MIDNIGHT_MS + DAY_MS + COMPACT_AFTER_MS   # when both days (2022-01-07 and -08) may be merged
+
+
+def _rows(data_dir: Path) -> list[dict]:
+    """Every event row of the events table, by event_id (the partition column left out)."""
+    t = ds.dataset(data_dir / "events", format="ipc", partitioning="hive").to_table()
+    return sorted(t.drop_columns(["date"]).to_pylist(), key=lambda r: r["event_id"])
+
+
+def _workload(data_dir: str, units: int) -> None:
+    cp = Checkpoint.open(_cfg(Path(data_dir)), environ={})
+    for i in range(1, units + 1):
+        cp.commit(_unit(i))
+        cp.flush()
+    cp.close()
+
+
+def _compact(data_dir: str, now_ms: int) -> None:
+    """One compaction pass in this process (the crash tests run it in a child)."""
+    cp = Checkpoint.open(_cfg(Path(data_dir)))
+    cp.compact_archive(now_ms)
+    cp.close()
+
+
+def test_a_past_days_files_are_merged_into_one_with_every_row_once(tmp_path):
+    _workload(str(tmp_path), UNITS)
+    before = _rows(tmp_path)
+    assert len(before) == 4 * UNITS and len(_snapshot(tmp_path)) == 2 * UNITS
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    done = cp.compact_archive(AFTER - 1)         # 2022-01-08 ended less than COMPACT_AFTER_MS ago
+    assert [(c.table, c.date, c.files_before, c.files_after) for c in done] == [("events", "2022-01-07", UNITS, 1)]
+    done = cp.compact_archive(AFTER)
+    assert [(c.table, c.date, c.files_before, c.files_after) for c in done] == [("events", "2022-01-08", UNITS, 1)]
+    assert sorted(_snapshot(tmp_path)) == ["events/date=2022-01-07/part-0000000000000001.arrow",
+                                           "events/date=2022-01-08/part-0000000000000001.arrow"]
+    assert _rows(tmp_path) == before
+    arrow = cp.statistics().arrow
+    assert (arrow.partitions_compacted, arrow.files_merged) == (2, 2 * UNITS)
+
+    cp.commit(_unit(UNITS + 1))          # a late file for a merged day: beside the merged one, not in it
+    cp.flush()
+    assert len(_rows(tmp_path)) == 4 * (UNITS + 1)
+    assert cp.compact_archive(AFTER) == []   # two files: nothing worth merging
+    cp.close()
+    assert not (tmp_path / ".compact").exists()
+
+
+def test_compaction_waits_for_files_whose_outbox_entries_are_still_there(tmp_path):
+    """A file written by a flush that failed before deleting its entries is written again by the next
+    flush: merged before that, its rows would come back twice. So a day with such a file waits."""
+    _workload(str(tmp_path), UNITS - 1)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    seq = cp.restore().commit_seq + 1
+    unit = _unit(UNITS)
+    cp.commit(unit)
+    # What the failed flush left: the chunk's files in place, its entry still in the outbox.
+    cp._files.write("events", seq, pa.Table.from_batches([unit.rows["events"]]))
+    assert cp.pending_rows() == {"events": 4} and len(_snapshot(tmp_path)) == 2 * UNITS
+    assert cp.compact_archive(AFTER) == [] and len(_snapshot(tmp_path)) == 2 * UNITS
+    assert cp.flush() == 4                    # the retry writes the same files again
+    assert [c.files_before for c in cp.compact_archive(AFTER)] == [UNITS, UNITS]
+    rows = _rows(tmp_path)
+    assert len(rows) == 4 * UNITS and len({r["event_id"] for r in rows}) == 4 * UNITS
+    cp.close()
+
+
+@pytest.mark.parametrize("point, merged", [("after_compaction_staged", False), ("after_compaction_swap", True)])
+def test_a_crash_during_compaction_loses_nothing_and_duplicates_nothing(tmp_path, point, merged):
+    _workload(str(tmp_path), UNITS)
+    before = _rows(tmp_path)
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.integration import test_compaction as t; "
+            f"t._compact(sys.argv[1], {AFTER})")
+    env = {**os.environ, "STOREPULSE_CRASH_AT": point}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 137, proc.stderr.decode()
+    assert (tmp_path / ".compact").exists()        # what the crash left: the merged day, or the old files
+    assert len(_snapshot(tmp_path / "events")) == (UNITS + 1 if merged else 2 * UNITS)
+
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})   # the leftovers go at open
+    assert not (tmp_path / ".compact").exists()
+    assert _rows(tmp_path) == before
+    cp.compact_archive(AFTER)
+    assert len(_snapshot(tmp_path)) == 2 and _rows(tmp_path) == before
+    cp.close()
+
+
+def test_a_stopped_pass_merges_nothing_and_leaves_nothing(tmp_path):
+    _workload(str(tmp_path), UNITS)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    stop = threading.Event()
+    stop.set()
+    assert cp.compact_archive(AFTER, stop) == []
+    assert cp._files.stage_compaction("events", MIDNIGHT_DAY, [n for n, _ in cp._files.partition_files("events", MIDNIGHT_DAY)], stop) is None
+    assert len(_snapshot(tmp_path)) == 2 * UNITS and not list((tmp_path / ".compact").rglob("*.arrow"))
+    cp.close()
+
+
+def test_files_of_two_schemas_merge_into_one_file_each(tmp_path):
+    """An aggregation reconfigured mid-day wrote files of another schema: they are merged apart."""
+    files = ArrowFiles(tmp_path)
+    old = [pa.table({"window_start": pa.array([MIDNIGHT_MS + i], pa.timestamp("ms", tz="UTC")), "n": [i]}) for i in range(3)]
+    new = [t.append_column("m", pa.array([1.5])) for t in old]
+    for seq, t in enumerate(old + new + old[:1], start=1):
+        files.write("windows/agg", seq, t)
+    names = [n for n, _ in files.partition_files("windows/agg", MIDNIGHT_DAY)]
+    staged = files.stage_compaction("windows/agg", MIDNIGHT_DAY, names)
+    assert files.swap_partition("windows/agg", MIDNIGHT_DAY, staged, names)
+    files.discard_staged(staged)
+    merged = {p.name: pa.ipc.open_file(p).read_all() for p in sorted((tmp_path / "windows" / "agg").rglob("*.arrow"))}
+    assert {n: (t.num_rows, t.column_names) for n, t in merged.items()} == {
+        "part-0000000000000001.arrow": (3, ["window_start", "n"]),
+        "part-0000000000000004.arrow": (3, ["window_start", "n", "m"]),
+        "part-0000000000000007.arrow": (1, ["window_start", "n"]),
+    }
+
+
+def test_a_file_that_came_after_the_listing_stops_the_swap(tmp_path):
+    files = ArrowFiles(tmp_path)
+    t = pa.table({"ts": pa.array([MIDNIGHT_MS], pa.timestamp("ms", tz="UTC"))})
+    files.write("events", 1, t)
+    files.write("events", 2, t)
+    names = [n for n, _ in files.partition_files("events", MIDNIGHT_DAY)]
+    staged = files.stage_compaction("events", MIDNIGHT_DAY, names)
+    files.write("events", 3, t)
+    assert not files.swap_partition("events", MIDNIGHT_DAY, staged, names)
+    files.discard_staged(staged)
+    assert [n for n, _ in files.partition_files("events", MIDNIGHT_DAY)] == [
+        "part-0000000000000001.arrow", "part-0000000000000002.arrow", "part-0000000000000003.arrow"]
+    # A file that is not the daemon's would leave with the old files: such a folder is never swapped.
+    names.append("part-0000000000000003.arrow")
+    (tmp_path / "events" / f"date={MIDNIGHT_DAY}" / "NOTES.txt").write_text("an operator's file")
+    staged = files.stage_compaction("events", MIDNIGHT_DAY, names)
+    assert not files.swap_partition("events", MIDNIGHT_DAY, staged, names)
+    files.discard_staged(staged)
+    assert len(os.listdir(tmp_path / "events" / f"date={MIDNIGHT_DAY}")) == 4 and not (tmp_path / ".compact").exists()
+
+
+CONFIG = """
+[storage]
+data_dir = "{data}"
+commit_interval = "50ms"
+flush_interval = "200ms"
+
+[pipeline]
+allowed_lateness = "0s"
+idle_timeout = "30s"
+
+[sources.webhook]
+type = "ingest"
+ack = "durable"
+
+[[aggregations]]
+name = "by_cat"
+group_by = ["category"]
+window = { type = "tumbling", size = "1s" }
+metrics = { events = "count" }
+"""
+
+
+def test_a_live_daemon_merges_a_past_days_window_files(daemon_factory, tmp_path):
+    d = daemon_factory.start(CONFIG, env={"STOREPULSE_ARCHIVE_INTERVAL_S": "0.5"})
+    start = (int(time.time() * 1000) - 3 * DAY_MS) // 1000 * 1000
+    posts = COMPACT_MIN_FILES + 8
+    for w in range(posts):    # a window a request: each commit closes the one before, one file each
+        body = [{"event_id": f"e{w}-{i}", "ts": start + w * 1000 + i, "type": "view", "user_id": "u1",
+                 "item_id": "i1", "category": "books"} for i in range(5)]
+        status, _ = http_post(d.url + "/ingest", orjson.dumps(body))
+        assert status == 202
+    day = time.strftime("%Y-%m-%d", time.gmtime(start / 1000))
+    folder = tmp_path / "data" / "windows" / "by_cat" / f"date={day}"
+    arrow = wait_until(lambda: (a := d.get_json("/stats")["store"]["arrow"])["partitions_compacted"] >= 1 and a,
+                       30, what="a compacted partition")
+    assert arrow["files_merged"] >= COMPACT_MIN_FILES
+    logged = wait_until(lambda: [e for e in d.log_events() if e.get("event") == "archive_compacted"
+                                 and e["table"] == "windows/by_cat"], 10, what="the archive_compacted line")
+    assert day in {e["date"] for e in logged} and max(e["files_before"] for e in logged) >= COMPACT_MIN_FILES
+    assert d.stop() == 0
+    # One merged file for the first 32 or more, then one each for the windows that closed after the pass.
+    assert len(list(folder.glob("*.arrow"))) <= posts - COMPACT_MIN_FILES
+    t = ds.dataset(tmp_path / "data" / "windows" / "by_cat", format="ipc", partitioning="hive").to_table()
+    # Every window but the last (the watermark stays in it: the source never goes idle) is there, once.
+    assert sorted(t.column("window_start").cast(pa.int64()).to_pylist()) == [start + w * 1000 for w in range(posts - 1)]
+    assert sum(t.column("events").to_pylist()) == 5 * (posts - 1)
+    assert not (tmp_path / "data" / ".compact").exists()
