@@ -180,45 +180,38 @@ class ArrowFiles:
         src = self.root / table / f"date={day.isoformat()}"
         staged = self.root / COMPACT_DIR / table / f"date={day.isoformat()}"
         shutil.rmtree(staged, ignore_errors=True)
+        out: _MergedFile | None = None
         try:
             staged.mkdir(parents=True)
-            out: tuple[Path, Any, Any, pa.Schema] | None = None
-            taken = 0
             for name in names:
                 if stop is not None and stop.is_set():
                     if out is not None:
-                        out[2].close()
-                        out[1].close()
+                        out.abandon()
                     shutil.rmtree(staged, ignore_errors=True)
                     return None
-                with pa.memory_map(str(src / name)) as source:
+                path = src / name
+                size = path.stat().st_size
+                with pa.OSFile(str(path)) as source:
                     reader = pa.ipc.open_file(source)
-                    size = source.size()
-                    if out is not None and (taken + size > COMPACT_FILE_BYTES or not reader.schema.equals(out[3], check_metadata=True)):
-                        self._finish_staged(out)
+                    if out is not None and (out.taken + size > COMPACT_FILE_BYTES or not reader.schema.equals(out.schema, check_metadata=True)):
+                        out.close()
                         out = None
                     if out is None:
-                        sink = _native_sink(staged / name)
-                        out = (staged / name, sink, pa.ipc.new_file(sink, reader.schema, options=self.options), reader.schema)
-                        taken = 0
+                        out = _MergedFile(staged / name, reader.schema, self.options)
                     for i in range(reader.num_record_batches):
-                        out[2].write_batch(reader.get_batch(i))
-                    taken += size
+                        out.add(reader.get_batch(i))
+                out.taken += size
             if out is not None:
-                self._finish_staged(out)
+                out.close()
+                out = None
             _fsync_dir(staged)
             _fsync_dir(staged.parent)
-        except OSError as exc:
+        except (OSError, pa.ArrowInvalid) as exc:
+            if out is not None:
+                out.abandon()
             shutil.rmtree(staged, ignore_errors=True)
-            raise StoreError(f"cannot compact {src}: {exc.strerror or exc}") from exc
+            raise StoreError(f"cannot compact {src}: {getattr(exc, 'strerror', None) or exc}") from exc
         return staged
-
-    @staticmethod
-    def _finish_staged(out: tuple[Path, Any, Any, pa.Schema]) -> None:
-        path, sink, writer, _ = out
-        writer.close()
-        sink.close()
-        _fsync_file(path)
 
     def swap_partition(self, table: str, day: dt.date, staged: Path, names: list[str]) -> bool:
         """Exchange `table`'s folder of `day` with `staged` in one rename, if it still holds exactly the
@@ -335,6 +328,45 @@ class ChunkFiles:
                 sink.close()
             _tmp(final).unlink(missing_ok=True)
         self._open.clear()
+
+
+class _MergedFile:
+    """One file a compaction writes: the input files' batches gathered into batches of BATCH_ROWS
+    (the inputs' are as small as a commit's closes, a few rows each), then fsynced."""
+
+    def __init__(self, path: Path, schema: pa.Schema, options: pa.ipc.IpcWriteOptions) -> None:
+        self.path = path
+        self.schema = schema
+        self.taken = 0          # input bytes merged into it
+        self._sink = _native_sink(path)
+        self._writer = pa.ipc.new_file(self._sink, schema, options=options)
+        self._pending: list[pa.RecordBatch] = []
+        self._rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(batch)
+        self._rows += batch.num_rows
+        if self._rows >= BATCH_ROWS:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, self.schema).combine_chunks()
+            for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+                self._writer.write_batch(batch)
+        self._pending, self._rows = [], 0
+
+    def close(self) -> None:
+        self._write_pending()
+        self._writer.close()
+        self._sink.close()
+        _fsync_file(self.path)
+
+    def abandon(self) -> None:
+        with contextlib.suppress(OSError, pa.ArrowException):
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            self._sink.close()
 
 
 def write_options(compression: str) -> pa.ipc.IpcWriteOptions:
