@@ -62,6 +62,9 @@ class ArchiveUpkeep:
             self._log.error("compaction_failed", error=str(exc))
             return []
         for c in done:
-            self._log.info("archive_compacted", table=c.table, date=c.date, files_before=c.files_before,
-                           files_after=c.files_after, bytes=c.bytes)
+            if c.error:
+                self._log.error("compaction_failed", table=c.table, date=c.date, error=c.error)
+            else:
+                self._log.info("archive_compacted", table=c.table, date=c.date, files_before=c.files_before,
+                               files_after=c.files_after, bytes=c.bytes)
         return done

@@ -187,7 +187,7 @@ class ArrowFiles:
                 if stop is not None and stop.is_set():
                     if out is not None:
                         out.abandon()
-                    shutil.rmtree(staged, ignore_errors=True)
+                    self.discard_staged(staged)
                     return None
                 path = src / name
                 size = path.stat().st_size
@@ -209,7 +209,7 @@ class ArrowFiles:
         except (OSError, pa.ArrowInvalid) as exc:
             if out is not None:
                 out.abandon()
-            shutil.rmtree(staged, ignore_errors=True)
+            self.discard_staged(staged)
             raise StoreError(f"cannot compact {src}: {getattr(exc, 'strerror', None) or exc}") from exc
         return staged
 

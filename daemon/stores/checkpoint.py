@@ -95,6 +95,7 @@ class CompactedPartition:
     files_before: int
     files_after: int
     bytes: int
+    error: str = ""     # the merge failed (an unreadable file): the folder is as it was
 
 
 class Checkpoint:
@@ -386,7 +387,7 @@ class Checkpoint:
     def compact_archive(self, now_ms: int, stop: threading.Event | None = None,
                         max_partitions: int = COMPACT_PARTITIONS) -> list[CompactedPartition]:
         """Merge the small files of past days' partitions (ended COMPACT_AFTER_MS before `now_ms`);
-        what was merged. Stops early, merging nothing more, once `stop` is set.
+        what was merged, or failed to be (`error`). Stops early, merging nothing more, once `stop` is set.
 
         The merge is written aside without any lock; the swap happens with the table's flush lock
         held, and only if every file merged has left the outbox (its entries deleted): a flush that
@@ -405,7 +406,12 @@ class Checkpoint:
                 if len(found) < COMPACT_MIN_FILES or total >= len(found) * (COMPACT_FILE_BYTES // 4):
                     continue
                 names = [n for n, _ in found]
-                staged = files.stage_compaction(table, day, names, stop)
+                try:
+                    staged = files.stage_compaction(table, day, names, stop)
+                except StoreError as exc:   # this folder stays as it is; the others are merged
+                    done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
+                                                   files_after=len(found), bytes=total, error=str(exc)))
+                    continue
                 if staged is None:
                     return done
                 self._crash.hit("after_compaction_staged")

@@ -109,6 +109,24 @@ def test_a_crash_during_compaction_loses_nothing_and_duplicates_nothing(tmp_path
     cp.close()
 
 
+def test_an_unreadable_file_keeps_its_folder_as_it_is_and_the_others_are_merged(tmp_path):
+    _workload(str(tmp_path), UNITS)
+    before = _rows(tmp_path)
+    broken = tmp_path / "events" / "date=2022-01-07" / "part-0000000000000005.arrow"
+    good = broken.read_bytes()
+    broken.write_bytes(good[:len(good) // 2])         # a disk that lost the end of it
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    done = cp.compact_archive(AFTER - 1)    # 2022-01-07 only
+    assert [(c.date, c.files_after, bool(c.error)) for c in done] == [("2022-01-07", UNITS, True)]
+    assert "cannot compact" in done[0].error and not (tmp_path / ".compact").exists()
+    done = cp.compact_archive(AFTER)
+    assert [(c.date, c.files_after, bool(c.error)) for c in done] == [("2022-01-07", UNITS, True), ("2022-01-08", 1, False)]
+    broken.write_bytes(good)
+    assert [(c.date, c.files_after, c.error) for c in cp.compact_archive(AFTER)] == [("2022-01-07", 1, "")]
+    assert _rows(tmp_path) == before
+    cp.close()
+
+
 def test_a_stopped_pass_merges_nothing_and_leaves_nothing(tmp_path):
     _workload(str(tmp_path), UNITS)
     cp = Checkpoint.open(_cfg(tmp_path), environ={})
