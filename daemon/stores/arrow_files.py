@@ -36,6 +36,7 @@ WRITE_BUFFER = 256 * 1024   # bytes a file's writes are gathered into before eac
 TABLE_DIRS = ("windows", "events", "deadletter", "anomalies")   # the table folders under root
 COMPACT_DIR = ".compact"   # under root, beside the tables: merged partitions before their swap, old ones after
 COMPACT_FILE_BYTES = 64 * 2**20   # a merged file takes input files until they reach this size
+COMPACT_SMALL_BYTES = COMPACT_FILE_BYTES // 4   # a file this big is left as it is (linked, not rewritten)
 
 
 def _no_crash(point: str) -> None:
@@ -53,6 +54,8 @@ class ArrowFiles:
         self.root = Path(root)
         self._crash = crash
         self.options = write_options(compression)
+        self.small_file_bytes = COMPACT_SMALL_BYTES   # compaction merges files under this size
+        self.merged_file_bytes = COMPACT_FILE_BYTES
         self._known_dirs: set[Path] = set()
         self._count_lock = threading.Lock()
         self._files = 0
@@ -173,9 +176,11 @@ class ArrowFiles:
         """Write the rows of `names` (files of `table`'s `day`, in commit order) into fewer files in a
         folder under `.compact/`, complete and fsynced; that folder, or None if `stop` was set first.
 
-        A merged file takes consecutive input files of one schema until they reach COMPACT_FILE_BYTES,
-        and is named after the first of them, so the names stay in commit order and never meet a newer
-        file's. The inputs are only read (through the page cache, one at a time), so this needs no lock:
+        A merged file takes consecutive small input files of one schema until they reach
+        `merged_file_bytes`, and is named after the first of them, so the names stay in commit order and
+        never meet a newer file's. A file of `small_file_bytes` or more (a merged one, or a flush of many
+        events) is hard-linked into the new folder as it is: merging a day again after late files came
+        rewrites only those. The inputs are only read (through the page cache, one at a time), so this needs no lock:
         a file is never changed once in place, only replaced by the same rows."""
         src = self.root / table / f"date={day.isoformat()}"
         staged = self.root / COMPACT_DIR / table / f"date={day.isoformat()}"
@@ -191,9 +196,15 @@ class ArrowFiles:
                     return None
                 path = src / name
                 size = path.stat().st_size
+                if size >= self.small_file_bytes:
+                    if out is not None:
+                        out.close()
+                        out = None
+                    os.link(path, staged / name)
+                    continue
                 with pa.OSFile(str(path)) as source:
                     reader = pa.ipc.open_file(source)
-                    if out is not None and (out.taken + size > COMPACT_FILE_BYTES or not reader.schema.equals(out.schema, check_metadata=True)):
+                    if out is not None and (out.taken + size > self.merged_file_bytes or not reader.schema.equals(out.schema, check_metadata=True)):
                         out.close()
                         out = None
                     if out is None:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from daemon.config import RetentionConfig, StorageConfig
 from daemon.errors import StoreError
 from daemon.stores import lmdb_state as layout
-from daemon.stores.arrow_files import COMPACT_FILE_BYTES, ArrowFiles
+from daemon.stores.arrow_files import ArrowFiles
 from daemon.stores.base import CommitUnit, Restored, StoreStats, frozen_map
 from daemon.stores.lmdb_state import LmdbState, Txn
 from daemon.stores.retention import day_end_ms, expired_days, table_kind
@@ -47,8 +47,8 @@ RECYCLE_AFTER_ROWS = 100_000
 RECYCLE_AFTER_BYTES = 64 * 2**20
 RECYCLE_INTERVAL_S = 30.0
 # A past day's partition is merged (compact_archive) once it ended this long ago, if it has at least
-# COMPACT_MIN_FILES files averaging under a quarter of COMPACT_FILE_BYTES: closed sessions reach
-# their file at every commit, up to 5 files a second, 432k a day.
+# COMPACT_MIN_FILES small files (ArrowFiles.small_file_bytes): closed sessions reach their file at
+# every commit, up to 5 files a second, 432k a day.
 COMPACT_AFTER_MS = 3_600_000
 COMPACT_MIN_FILES = 32
 COMPACT_PARTITIONS = 8          # at most this many merged per pass
@@ -403,7 +403,7 @@ class Checkpoint:
                     return done
                 found = files.partition_files(table, day)
                 total = sum(size for _, size in found)
-                if len(found) < COMPACT_MIN_FILES or total >= len(found) * (COMPACT_FILE_BYTES // 4):
+                if sum(size < files.small_file_bytes for _, size in found) < COMPACT_MIN_FILES:
                     continue
                 names = [n for n, _ in found]
                 try:

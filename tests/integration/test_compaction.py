@@ -225,3 +225,24 @@ def test_a_live_daemon_merges_a_past_days_window_files(daemon_factory, tmp_path)
     assert sorted(t.column("window_start").cast(pa.int64()).to_pylist()) == [start + w * 1000 for w in range(posts - 1)]
     assert sum(t.column("events").to_pylist()) == 5 * (posts - 1)
     assert not (tmp_path / "data" / ".compact").exists()
+
+
+def test_merging_a_day_again_rewrites_only_its_small_files(tmp_path):
+    """Late files for a merged day (a replay, a backfill): the next merge links the big merged file
+    into the new folder untouched and merges only the small ones after it."""
+    _workload(str(tmp_path), UNITS)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    assert len(cp.compact_archive(AFTER)) == 2
+    merged = tmp_path / "events" / "date=2022-01-08" / "part-0000000000000001.arrow"
+    cp._files.small_file_bytes = merged.stat().st_size     # the merged file now counts as big
+    for i in range(UNITS + 1, 2 * UNITS + 1):
+        cp.commit(_unit(i))
+        cp.flush()
+    inode = merged.stat().st_ino
+    done = cp.compact_archive(AFTER)
+    assert [(c.date, c.files_before, c.files_after) for c in done] == [("2022-01-07", UNITS + 1, 2), ("2022-01-08", UNITS + 1, 2)]
+    assert merged.stat().st_ino == inode and merged.stat().st_nlink == 1    # the same file, not a copy
+    assert sorted(os.listdir(merged.parent)) == ["part-0000000000000001.arrow", f"part-{UNITS + 1:016d}.arrow"]
+    rows = _rows(tmp_path)
+    assert len(rows) == 8 * UNITS and len({r["event_id"] for r in rows}) == 8 * UNITS
+    cp.close()
