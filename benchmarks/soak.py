@@ -106,7 +106,12 @@ def _proc_counts(pids: list[int]) -> tuple[int, int]:
     return fds, threads
 
 
-def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int) -> dict[str, Any]:
+def _arrow_files(data_dir: Path) -> int:
+    """Arrow files below data_dir now (compaction merges a past day's)."""
+    return sum(sum(f.endswith(".arrow") for f in files) for _d, _s, files in os.walk(data_dir))
+
+
+def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int, data_dir: Path) -> dict[str, Any]:
     mem = daemon.memory()
     fds, threads = _proc_counts(daemon.family())
     store = stats["store"]
@@ -119,6 +124,7 @@ def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int) -> di
         "open_states": open_states(stats), "dedupe_ids": stats["pipeline"]["dedupe"]["ids"],
         "lmdb_used_mib": store["lmdb"]["used_bytes"] / 2**20,
         "arrow_written_mib": store["arrow"]["bytes_written"] / 2**20,
+        "arrow_files": _arrow_files(data_dir),
         "queued": sum(q["depth"] for q in stats["queues"].values()),
         "fds": fds, "threads": threads, "cpu_s": daemon.cpu_s(),
         "gc_s": stats["process"].get("gc_seconds"),
@@ -196,7 +202,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 last_stats = stats
                 t = time.monotonic() - t_start
-                s = _sample(t, daemon, stats, server.sent)
+                s = _sample(t, daemon, stats, server.sent, work / "data")
                 samples.append(s)
                 if t >= next_print:
                     log(f"{t:6.0f}s fed {s['fed']:>11,} processed {s['processed']:>11,} rss {s['rss_mib']:6.0f} MiB "
@@ -232,13 +238,14 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
     pick = [samples[round(i * (len(samples) - 1) / (rows - 1))] for i in range(rows)] if len(samples) >= rows else samples
     first_wm = next((s["watermark_ms"] for s in samples if s["watermark_ms"]), None)
     lines = ["| wall s | event h | events fed | RSS MiB (anon / file) | recs RSS | open states | dedupe ids "
-             "| LMDB MiB | Arrow MiB | fds | threads |",
-             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| LMDB MiB | Arrow MiB written | Arrow files | fds | threads |",
+             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in pick:
         eh = (s["watermark_ms"] - first_wm) / 3.6e6 if first_wm and s["watermark_ms"] else 0.0
         lines.append(f"| {s['t_s']:,.0f} | {eh:.2f} | {s['fed']:,} | {s['rss_mib']:,.0f} ({s['rss_anon_mib']:,.0f} / "
                      f"{s['rss_file_mib']:,.0f}) | {s['recs_rss_mib']:,.0f} | {s['open_states']:,} | {s['dedupe_ids']:,} "
-                     f"| {s['lmdb_used_mib']:,.0f} | {s['arrow_written_mib']:,.0f} | {s['fds']} | {s['threads']} |")
+                     f"| {s['lmdb_used_mib']:,.0f} | {s['arrow_written_mib']:,.0f} | {s.get('arrow_files', '–')} | {s['fds']} "
+                     f"| {s['threads']} |")
     v = verdict(samples, r["events"])   # again: a JSON of an earlier build may hold another form
     lines.append("")
     for key, g in v.get("growth", {}).items():
