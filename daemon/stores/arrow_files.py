@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import errno
 import functools
 import os
 import shutil
@@ -56,6 +57,7 @@ class ArrowFiles:
         self.options = write_options(compression)
         self.small_file_bytes = COMPACT_SMALL_BYTES   # compaction merges files under this size
         self.merged_file_bytes = COMPACT_FILE_BYTES
+        self.can_exchange = True   # False once the filesystem refused RENAME_EXCHANGE: no compaction then
         self._known_dirs: set[Path] = set()
         self._count_lock = threading.Lock()
         self._files = 0
@@ -240,6 +242,10 @@ class ArrowFiles:
             _fsync_dir(live.parent)
             _fsync_dir(staged.parent)
         except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                self.can_exchange = False
+                raise StoreError(f"cannot swap in the compacted {live}: this filesystem cannot exchange two "
+                                 "folders (renameat2 RENAME_EXCHANGE); compaction is off until the next start") from exc
             raise StoreError(f"cannot swap in the compacted {live}: {exc.strerror or exc}") from exc
         with self._count_lock:
             self._compacted[0] += 1

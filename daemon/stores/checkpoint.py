@@ -395,6 +395,8 @@ class Checkpoint:
         swap it would come back beside the merged copy of its rows."""
         done: list[CompactedPartition] = []
         files = self._files
+        if not files.can_exchange:
+            return done
         for table in files.tables():
             for day in files.partition_days(table):
                 if day_end_ms(day) + COMPACT_AFTER_MS > now_ms:
@@ -415,9 +417,19 @@ class Checkpoint:
                 if staged is None:
                     return done
                 self._crash.hit("after_compaction_staged")
-                with self._table_lock(table):
-                    swapped = (self._outbox_first_seq(table) > int(names[-1][5:-6])
-                               and files.swap_partition(table, day, staged, names))
+                try:
+                    with self._table_lock(table):
+                        swapped = (self._outbox_first_seq(table) > int(names[-1][5:-6])
+                                   and files.swap_partition(table, day, staged, names))
+                except StoreError as exc:
+                    # Swapped or not, `staged` now holds rows the live folder has: it can go.
+                    files.discard_staged(staged)
+                    done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
+                                                   files_after=len(files.partition_files(table, day)), bytes=total,
+                                                   error=str(exc)))
+                    if not files.can_exchange:
+                        return done
+                    continue
                 if swapped:
                     self._crash.hit("after_compaction_swap")
                 files.discard_staged(staged)
