@@ -98,7 +98,7 @@ class Daemon:
                              close_chunk_rows=self.close_chunk_rows, state_spill_bytes=self.state_spill_bytes)
         self.alerts = AlertSender(log.bind(component="alerts"))
         self.archive = ArchiveUpkeep(checkpoint, cfg.storage.retention, clock, log.bind(component="archive"),
-                                     interval_s=self.archive_interval_s)
+                                     interval_s=self.archive_interval_s, compaction=cfg.storage.compaction)
         self.runner.alerts = self.alerts
         recs = cfg.recommendations
         if recs is not None:   # the recommender runs in its own process (daemon/replica/)

@@ -114,6 +114,7 @@ class StorageConfig:
     map_size_initial_bytes: int = 64 * 2**20
     map_size_max_bytes: int = 64 * 2**30
     compression: str = "lz4"               # of the Arrow files' buffers: lz4, zstd or none
+    compaction: bool = True                # merge a past day's small Arrow files (stores/arrow_files.py)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @classmethod
@@ -127,6 +128,7 @@ class StorageConfig:
             map_size_initial_bytes=r.size_bytes("map_size_initial", 64 * 2**20),
             map_size_max_bytes=r.size_bytes("map_size_max", 64 * 2**30),
             compression=r.choice("compression", "lz4", COMPRESSIONS),
+            compaction=r.bool("compaction", True),
             retention=RetentionConfig.from_toml(r.sub("retention")),
         )
         if cfg.map_size_max_bytes < cfg.map_size_initial_bytes:

@@ -23,9 +23,10 @@ SWEEP_INTERVAL_S = 600.0   # partitions are days: ten minutes late is nothing, a
 
 class ArchiveUpkeep:
     def __init__(self, checkpoint: Checkpoint, retention: RetentionConfig, clock: Clock, log: Any,
-                 interval_s: float = SWEEP_INTERVAL_S) -> None:
+                 interval_s: float = SWEEP_INTERVAL_S, compaction: bool = True) -> None:
         self._checkpoint = checkpoint
         self._retention = retention
+        self._compaction = compaction
         self._clock = clock
         self._log = log
         self._stop = threading.Event()
@@ -55,7 +56,9 @@ class ArchiveUpkeep:
         return deleted
 
     async def compact(self) -> list[CompactedPartition]:
-        """Merge past days' small files."""
+        """Merge past days' small files (unless `storage.compaction = false`)."""
+        if not self._compaction:
+            return []
         try:
             done = await anyio.to_thread.run_sync(self._checkpoint.compact_archive, self._clock.now_ms(), self._stop)
         except StoreError as exc:

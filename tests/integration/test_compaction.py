@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import anyio
 import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -246,3 +247,22 @@ def test_merging_a_day_again_rewrites_only_its_small_files(tmp_path):
     rows = _rows(tmp_path)
     assert len(rows) == 8 * UNITS and len({r["event_id"] for r in rows}) == 8 * UNITS
     cp.close()
+
+
+def test_storage_compaction_false_leaves_the_files_alone(tmp_path):
+    from daemon.clock import FakeClock
+    from daemon.config import RetentionConfig
+    from daemon.runtime.archive import ArchiveUpkeep
+
+    _workload(str(tmp_path), UNITS)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    off = ArchiveUpkeep(cp, RetentionConfig(), FakeClock(AFTER), log=None, compaction=False)
+    on = ArchiveUpkeep(cp, RetentionConfig(), FakeClock(AFTER), log=_Log())
+    assert anyio.run(off.compact) == [] and len(_snapshot(tmp_path)) == 2 * UNITS
+    assert [c.files_after for c in anyio.run(on.compact)] == [1, 1] and len(_snapshot(tmp_path)) == 2
+    cp.close()
+
+
+class _Log:
+    def info(self, event, **kw):
+        assert event == "archive_compacted"

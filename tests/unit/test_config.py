@@ -129,3 +129,9 @@ def test_storage_compression():
     assert parse_config({"storage": {"compression": "zstd"}}).storage.compression == "zstd"
     assert _problems({"storage": {"compression": "gzip"}}) == [
         "storage.compression: must be one of 'lz4', 'zstd', 'none', got 'gzip'"]
+
+
+def test_storage_compaction():
+    assert parse_config({}).storage.compaction is True
+    assert parse_config({"storage": {"compaction": False}}).storage.compaction is False
+    assert _problems({"storage": {"compaction": "no"}}) == ["storage.compaction: expected true or false, got a string"]
