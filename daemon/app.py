@@ -39,6 +39,7 @@ from daemon.runtime.systemd import Notifier, ServiceHeartbeat, WatchdogBounds
 from daemon.sources import SourceConfig
 from daemon.sources.base import SourceContext, SourceHealth
 from daemon.stores.checkpoint import Checkpoint
+from daemon.stores.retention import archive_time
 from daemon.web.app import open_http_server
 from daemon.web.auth import load_token
 from daemon.web.context import ProcessHealth, WebContext
@@ -97,7 +98,7 @@ class Daemon:
                              log.bind(component="runner"), faults=self.faults, cpu=self.cpu,
                              close_chunk_rows=self.close_chunk_rows, state_spill_bytes=self.state_spill_bytes)
         self.alerts = AlertSender(log.bind(component="alerts"))
-        self.archive = ArchiveUpkeep(checkpoint, cfg.storage.retention, clock, log.bind(component="archive"),
+        self.archive = ArchiveUpkeep(checkpoint, cfg.storage.retention, self._archive_time, log.bind(component="archive"),
                                      interval_s=self.archive_interval_s, compaction=cfg.storage.compaction)
         self.runner.alerts = self.alerts
         recs = cfg.recommendations
@@ -138,6 +139,11 @@ class Daemon:
             return 1
         log.info("stopped")
         return 0
+
+    def _archive_time(self) -> int | None:
+        """What retention and compaction take for now: the watermark, capped by the wall clock."""
+        watermark = self.runner.statistics().watermark_ms
+        return archive_time(self.clock.now_ms(), None if watermark == NO_WATERMARK else watermark)
 
     def _build_source(self, sc: SourceConfig, position: bytes | None) -> Any:
         validator = Validator(sc.name, renames=dict(sc.common.renames), seq_field=getattr(sc, "seq_field", ""),

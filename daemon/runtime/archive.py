@@ -9,11 +9,11 @@ shutdown) makes a pass under way give up at its next file, so it never holds the
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
-from daemon.clock import Clock
 from daemon.config import RetentionConfig
 from daemon.errors import StoreError
 from daemon.stores.checkpoint import Checkpoint, CompactedPartition, DeletedPartition
@@ -22,12 +22,12 @@ SWEEP_INTERVAL_S = 600.0   # partitions are days: ten minutes late is nothing, a
 
 
 class ArchiveUpkeep:
-    def __init__(self, checkpoint: Checkpoint, retention: RetentionConfig, clock: Clock, log: Any,
-                 interval_s: float = SWEEP_INTERVAL_S, compaction: bool = True) -> None:
+    def __init__(self, checkpoint: Checkpoint, retention: RetentionConfig, now_ms: Callable[[], int | None],
+                 log: Any, interval_s: float = SWEEP_INTERVAL_S, compaction: bool = True) -> None:
         self._checkpoint = checkpoint
         self._retention = retention
         self._compaction = compaction
-        self._clock = clock
+        self._now_ms = now_ms     # stores.retention.archive_time: None while nothing is old yet
         self._log = log
         self._stop = threading.Event()
         self.interval_s = interval_s
@@ -43,11 +43,11 @@ class ArchiveUpkeep:
 
     async def sweep(self) -> list[DeletedPartition]:
         """Delete what `[storage.retention]` no longer keeps."""
-        if not self._retention.enabled:
+        now_ms = self._now_ms()
+        if not self._retention.enabled or now_ms is None:
             return []
         try:
-            deleted = await anyio.to_thread.run_sync(
-                self._checkpoint.apply_retention, self._retention, self._clock.now_ms())
+            deleted = await anyio.to_thread.run_sync(self._checkpoint.apply_retention, self._retention, now_ms)
         except StoreError as exc:
             self._log.error("retention_failed", error=str(exc))
             return []
@@ -57,10 +57,11 @@ class ArchiveUpkeep:
 
     async def compact(self) -> list[CompactedPartition]:
         """Merge past days' small files (unless `storage.compaction = false`)."""
-        if not self._compaction:
+        now_ms = self._now_ms()
+        if not self._compaction or now_ms is None:
             return []
         try:
-            done = await anyio.to_thread.run_sync(self._checkpoint.compact_archive, self._clock.now_ms(), self._stop)
+            done = await anyio.to_thread.run_sync(self._checkpoint.compact_archive, now_ms, self._stop)
         except StoreError as exc:
             self._log.error("compaction_failed", error=str(exc))
             return []

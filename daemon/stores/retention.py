@@ -4,6 +4,10 @@ A partition holds the rows whose time column (`schemas.time_column`) falls on on
 expired once the whole of that date lies further back than the table's retention: with `events =
 "7d"`, `date=2026-11-01` goes at 2026-11-09 00:00 UTC, when its newest possible row is 7 days old.
 The null partition (rows without a time) has no date and is never expired.
+
+"Now" is the pipeline's watermark, never later than the wall clock (`archive_time`): a wall clock
+set a year ahead by mistake deletes nothing, and a replay of last month's events keeps them until
+the events themselves have moved on past the retention.
 """
 
 from __future__ import annotations
@@ -44,3 +48,12 @@ def is_expired(day: dt.date, now_ms: int, keep_ms: int) -> bool:
 def expired_days(days: Iterable[dt.date], now_ms: int, keep_ms: int) -> list[dt.date]:
     """The expired ones of `days`, oldest first."""
     return sorted(d for d in days if is_expired(d, now_ms, keep_ms))
+
+
+def archive_time(wall_ms: int, watermark_ms: int | None) -> int | None:
+    """The time retention and compaction go by: the watermark (event time, which nothing that is
+    still to come can precede by more than the allowed lateness), capped by the wall clock; None
+    before the first event, when nothing is old yet."""
+    if watermark_ms is None:
+        return None
+    return min(wall_ms, watermark_ms)

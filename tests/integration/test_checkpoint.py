@@ -198,7 +198,6 @@ def test_a_failed_retention_sweep_is_logged_and_the_next_one_goes_on(tmp_path):
     """A partition that cannot be deleted (here its date= name is a file, not a folder) fails the sweep
     with a logged `retention_failed`, keeping what it deleted before; once it is gone, the next sweep
     deletes the rest, each partition logged."""
-    from daemon.clock import FakeClock
     from daemon.runtime.archive import ArchiveUpkeep
 
     cp = Checkpoint.open(_cfg(tmp_path), environ={})
@@ -207,7 +206,7 @@ def test_a_failed_retention_sweep_is_logged_and_the_next_one_goes_on(tmp_path):
     blocker = tmp_path / "events" / "date=2022-01-06"
     blocker.write_bytes(b"not a folder")
     log = _ListLog()
-    sweeper = ArchiveUpkeep(cp, RetentionConfig(events_ms=DAY_MS), FakeClock(MIDNIGHT_MS + 3 * DAY_MS), log)
+    sweeper = ArchiveUpkeep(cp, RetentionConfig(events_ms=DAY_MS), lambda: MIDNIGHT_MS + 3 * DAY_MS, log)
     assert anyio.run(sweeper.sweep) == []
     [(event, fields)] = log.events
     assert event == "retention_failed" and fields["error"].startswith(f"cannot delete {blocker}: ")

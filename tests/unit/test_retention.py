@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from daemon.config import RetentionConfig, parse_config
 from daemon.errors import ConfigErrors
-from daemon.stores.retention import DAY_MS, day_end_ms, expired_days, is_expired, partition_day, table_kind
+from daemon.stores.retention import DAY_MS, archive_time, day_end_ms, expired_days, is_expired, partition_day, table_kind
 
 DAYS = st.dates(min_value=dt.date(1971, 1, 1), max_value=dt.date(2100, 12, 31))
 NOW = st.integers(min_value=0, max_value=4_200_000_000_000)
@@ -75,3 +75,10 @@ def test_retention_config_problems_name_the_key():
     with pytest.raises(ConfigErrors) as info:
         parse_config({"storage": {"retention": "30d"}})
     assert [str(e) for e in info.value.errors] == ["storage.retention: expected a table, got a string"]
+
+
+@given(NOW, st.one_of(st.none(), NOW))
+def test_archive_time_is_the_watermark_never_past_the_wall_clock(wall_ms, watermark_ms):
+    """A wall clock set far ahead deletes nothing the events have not passed; no event yet, no time."""
+    t = archive_time(wall_ms, watermark_ms)
+    assert t is None if watermark_ms is None else t == min(wall_ms, watermark_ms)
