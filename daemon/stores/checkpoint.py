@@ -33,8 +33,8 @@ from daemon.stores.schemas import time_column
 __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"]
 
 CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
-                "after_arrow_rename", "before_outbox_delete", "after_state_staged",
-                "after_compaction_staged", "after_compaction_swap")
+                "after_arrow_rename", "before_outbox_delete", "after_state_staged")   # of the commit protocol
+COMPACTION_CRASH_POINTS = ("after_compaction_staged", "after_compaction_swap")   # of compact_archive
 MAX_FILE_ROWS = 1_000_000
 STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this often (_stream_chunk)
 STAGE_ANSWER_BYTES = 1 << 20    # an answer part at least this big is written ahead of its commit (_stage_answers)
@@ -65,8 +65,8 @@ class CrashPoints:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CrashPoints:
         at = environ.get("STOREPULSE_CRASH_AT", "")
-        if at and at not in CRASH_POINTS:
-            raise ValueError(f"STOREPULSE_CRASH_AT={at!r}: one of {', '.join(CRASH_POINTS)}")
+        if at and at not in CRASH_POINTS + COMPACTION_CRASH_POINTS:
+            raise ValueError(f"STOREPULSE_CRASH_AT={at!r}: one of {', '.join(CRASH_POINTS + COMPACTION_CRASH_POINTS)}")
         return cls(at=at, after_n=int(environ.get("STOREPULSE_CRASH_AFTER_N", "1")))
 
     def hit(self, point: str) -> None:

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from daemon.stores.arrow_files import ArrowFiles
-from daemon.stores.checkpoint import COMPACT_AFTER_MS, COMPACT_MIN_FILES, Checkpoint
+from daemon.stores.checkpoint import COMPACT_AFTER_MS, COMPACT_MIN_FILES, COMPACTION_CRASH_POINTS, Checkpoint
 from tests.conftest import http_post, wait_until
 from tests.integration.test_checkpoint import DAY_MS, MIDNIGHT_MS, _cfg, _snapshot, _unit
 
@@ -91,7 +91,7 @@ def test_compaction_waits_for_files_whose_outbox_entries_are_still_there(tmp_pat
     cp.close()
 
 
-@pytest.mark.parametrize("point, merged", [("after_compaction_staged", False), ("after_compaction_swap", True)])
+@pytest.mark.parametrize("point, merged", list(zip(COMPACTION_CRASH_POINTS, (False, True))))
 def test_a_crash_during_compaction_loses_nothing_and_duplicates_nothing(tmp_path, point, merged):
     _workload(str(tmp_path), UNITS)
     before = _rows(tmp_path)
