@@ -1,5 +1,5 @@
 """Upkeep of the Arrow files: `[storage.retention]` deletes old days, compaction merges a past day's
-small files. One pass at start, then one every `interval_s`.
+small files, and the files left are counted for /stats. One pass at start, then one every `interval_s`.
 
 Each pass runs in a worker thread (listing folders, deleting and merging files, fsyncing) and logs one
 line per partition it changed; a failed pass is logged and tried again next time. `stop()` (at
@@ -39,6 +39,10 @@ class ArchiveUpkeep:
         while not self._stop.is_set():
             await self.sweep()
             await self.compact()
+            try:
+                await anyio.to_thread.run_sync(self._checkpoint.measure_archive)
+            except OSError as exc:
+                self._log.warning("archive_measure_failed", error=str(exc))
             await anyio.sleep(self.interval_s)
 
     async def sweep(self) -> list[DeletedPartition]:

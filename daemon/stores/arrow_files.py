@@ -65,6 +65,7 @@ class ArrowFiles:
         self._bytes = 0
         self._deleted = [0, 0, 0]   # partitions, files, bytes
         self._compacted = [0, 0]    # partitions, files merged
+        self._on_disk = (0, 0)      # Arrow files and their bytes below root, at the last `measure`
 
     def write(self, table: str, first_seq: int, rows: pa.Table) -> list[str]:
         """Write `rows` (all from outbox entries starting at commit `first_seq`); return the paths.
@@ -161,6 +162,20 @@ class ArrowFiles:
             self._deleted[0] += 1
             self._deleted[1] += files
             self._deleted[2] += size
+        return files, size
+
+    def measure(self) -> tuple[int, int]:
+        """Count the Arrow files below root and their bytes (kept for `statistics`); one stat per file."""
+        files = size = 0
+        for top in TABLE_DIRS:
+            for dirpath, _dirs, names in os.walk(self.root / top):
+                for name in names:
+                    if name.endswith(".arrow"):
+                        with contextlib.suppress(FileNotFoundError):   # deleted meanwhile
+                            size += os.stat(os.path.join(dirpath, name)).st_size
+                            files += 1
+        with self._count_lock:
+            self._on_disk = (files, size)
         return files, size
 
     def partition_files(self, table: str, day: dt.date) -> list[tuple[str, int]]:
@@ -275,10 +290,12 @@ class ArrowFiles:
         with self._count_lock:
             partitions, files, size = self._deleted
             compacted, merged = self._compacted
+            on_disk_files, on_disk_bytes = self._on_disk
         return ArrowStats(root=str(self.root), files_written=self._files,
                           rows_written=self._rows, bytes_written=self._bytes,
                           partitions_deleted=partitions, files_deleted=files, bytes_deleted=size,
-                          partitions_compacted=compacted, files_merged=merged)
+                          partitions_compacted=compacted, files_merged=merged,
+                          files_on_disk=on_disk_files, bytes_on_disk=on_disk_bytes)
 
 
 class ChunkFiles:

@@ -439,6 +439,10 @@ class Checkpoint:
                                                    files_after=len(after), bytes=sum(size for _, size in after)))
         return done
 
+    def measure_archive(self) -> tuple[int, int]:
+        """(Arrow files, their bytes) below data_dir now; /stats shows the last count."""
+        return self._files.measure()
+
     def _outbox_first_seq(self, table: str) -> int:
         """The commit seq of `table`'s oldest outbox entry (a huge number when it has none)."""
         with self._db.reading() as txn:

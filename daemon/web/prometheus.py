@@ -94,6 +94,8 @@ SCALARS = (
     Fig("store.arrow.partitions_compacted", "storepulse_arrow_partitions_compacted_total", COUNTER,
         "Past days' date= partitions whose small Arrow files were merged into a few."),
     Fig("store.arrow.files_merged", "storepulse_arrow_files_merged_total", COUNTER, "Arrow files merged away by compaction."),
+    Fig("store.arrow.files_on_disk", "storepulse_arrow_files", GAUGE, "Arrow files below data_dir, counted at the last upkeep pass (every 10 minutes)."),
+    Fig("store.arrow.bytes_on_disk", "storepulse_arrow_bytes", GAUGE, "Bytes of the Arrow files below data_dir, at the last upkeep pass."),
     Fig("alerts.queued", "storepulse_alerts_queued", GAUGE, "Anomaly webhooks waiting to be sent."),
     Fig("alerts.sent", "storepulse_alerts_sent_total", COUNTER, "Anomaly webhooks delivered."),
     Fig("alerts.failed", "storepulse_alerts_failed_total", COUNTER, "Anomaly webhooks given up after all retries."),

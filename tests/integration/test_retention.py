@@ -72,6 +72,9 @@ def test_expired_partitions_are_deleted_while_the_daemon_runs(daemon_factory, tm
     assert status == 200 and b"storepulse_arrow_partitions_deleted_total " in body
     logged = [e for e in d.log_events() if e.get("event") == "retention_deleted"]
     assert {(e["table"], e["date"]) for e in logged} == {("events", old_day), ("windows/by_cat", old_day)}
+    # The files left are counted at each pass.
+    on_disk = sum(1 for p in data.rglob("*.arrow"))
+    wait_until(lambda: d.get_json("/stats")["store"]["arrow"]["files_on_disk"] == on_disk, 10, what="the files counted")
     assert d.stop() == 0
 
     events = ds.dataset(data / "events", format="ipc", partitioning="hive").to_table()
