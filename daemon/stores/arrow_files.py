@@ -38,6 +38,7 @@ TABLE_DIRS = ("windows", "events", "deadletter", "anomalies")   # the table fold
 COMPACT_DIR = ".compact"   # under root, beside the tables: merged partitions before their swap, old ones after
 COMPACT_FILE_BYTES = 64 * 2**20   # a merged file takes input files until they reach this size
 COMPACT_SMALL_BYTES = COMPACT_FILE_BYTES // 4   # a file this big is left as it is (linked, not rewritten)
+_READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)   # compaction decompresses in its own thread, as it writes
 
 
 def _no_crash(point: str) -> None:
@@ -220,7 +221,7 @@ class ArrowFiles:
                     os.link(path, staged / name)
                     continue
                 with pa.OSFile(str(path)) as source:
-                    reader = pa.ipc.open_file(source)
+                    reader = pa.ipc.open_file(source, options=_READ_OPTIONS)
                     if out is not None and (out.taken + size > self.merged_file_bytes or not reader.schema.equals(out.schema, check_metadata=True)):
                         out.close()
                         out = None
