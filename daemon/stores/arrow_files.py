@@ -66,7 +66,8 @@ class ArrowFiles:
         self._bytes = 0
         self._deleted = [0, 0, 0]   # partitions, files, bytes
         self._compacted = [0, 0]    # partitions, files merged
-        self._on_disk = (0, 0)      # Arrow files and their bytes below root, at the last `measure`
+        # Arrow files and their bytes below root at the last `measure`, and files_written/bytes_written then.
+        self._on_disk = (0, 0, 0, 0)
 
     def write(self, table: str, first_seq: int, rows: pa.Table) -> list[str]:
         """Write `rows` (all from outbox entries starting at commit `first_seq`); return the paths.
@@ -166,7 +167,8 @@ class ArrowFiles:
         return files, size
 
     def measure(self) -> tuple[int, int]:
-        """Count the Arrow files below root and their bytes (kept for `statistics`); one stat per file."""
+        """Count the Arrow files below root and their bytes; one stat per file. `statistics` adds the
+        files written since (a chunk rewritten after a crash is rewritten at open, before any count)."""
         files = size = 0
         for top in TABLE_DIRS:
             for dirpath, _dirs, names in os.walk(self.root / top):
@@ -176,7 +178,7 @@ class ArrowFiles:
                             size += os.stat(os.path.join(dirpath, name)).st_size
                             files += 1
         with self._count_lock:
-            self._on_disk = (files, size)
+            self._on_disk = (files, size, self._files, self._bytes)
         return files, size
 
     def partition_files(self, table: str, day: dt.date) -> list[tuple[str, int]]:
@@ -291,7 +293,10 @@ class ArrowFiles:
         with self._count_lock:
             partitions, files, size = self._deleted
             compacted, merged = self._compacted
-            on_disk_files, on_disk_bytes = self._on_disk
+            files_then, bytes_then, written_then, written_bytes_then = self._on_disk
+            # What the last count found, and every file written since (deletions and merges come with a count).
+            on_disk_files = files_then + self._files - written_then
+            on_disk_bytes = bytes_then + self._bytes - written_bytes_then
         return ArrowStats(root=str(self.root), files_written=self._files,
                           rows_written=self._rows, bytes_written=self._bytes,
                           partitions_deleted=partitions, files_deleted=files, bytes_deleted=size,

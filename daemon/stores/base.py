@@ -103,7 +103,7 @@ class ArrowStats:
     bytes_deleted: int = 0
     partitions_compacted: int = 0  # past days' date= folders whose small files were merged
     files_merged: int = 0          # the files they had before
-    files_on_disk: int = 0         # Arrow files below data_dir, counted at each upkeep pass (start, every 10 min)
+    files_on_disk: int = 0         # Arrow files below data_dir: counted at each upkeep pass (start, every 10 min) + written since
     bytes_on_disk: int = 0
 
 

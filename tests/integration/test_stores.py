@@ -299,3 +299,14 @@ def test_files_of_different_compressions_read_as_one_dataset(tmp_path):
     ArrowFiles(tmp_path, compression="zstd").write("events", 3, _rows([base + 3]))
     t = ds.dataset(tmp_path / "events", format="ipc", partitioning="hive").to_table()
     assert sorted(t.column("ts").cast(pa.int64()).to_pylist()) == [base, base + 1, base + 2, base + 3]
+
+
+def test_files_on_disk_are_counted_and_kept_current_by_what_is_written(tmp_path):
+    base = 19_000 * DAY_MS
+    ArrowFiles(tmp_path).write("events", 1, _rows([base, base - 1]))    # two files, before this process
+    files = ArrowFiles(tmp_path)
+    assert files.statistics().files_on_disk == 0      # nothing counted yet
+    assert files.measure() == (2, sum(p.stat().st_size for p in tmp_path.rglob("*.arrow")))
+    files.write("events", 2, _rows([base]))
+    st = files.statistics()
+    assert st.files_on_disk == 3 and st.bytes_on_disk == sum(p.stat().st_size for p in tmp_path.rglob("*.arrow"))
