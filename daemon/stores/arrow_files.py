@@ -3,18 +3,14 @@
 Layout: `<root>/<table>/date=YYYY-MM-DD/part-<first_seq:016d>.arrow` (Arrow IPC *file* format).
 A file appears under its final name only when complete; rewriting a chunk replaces the same
 file, so a crash between the rename and the outbox delete never leaves a second copy.
-Old partitions are deleted whole (`delete_partition`, for `[storage.retention]`), and a past day's
-many small files are merged into a few (`stage_compaction` + `swap_partition`): the merged folder is
-built aside under `<root>/.compact/` and exchanged with the live one in one atomic rename.
+Old partitions are deleted whole (`delete_partition`, for `[storage.retention]`); a past day's many
+small files are merged by stores/compaction.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as dt
-import errno
-import functools
 import os
 import shutil
 import threading
@@ -36,9 +32,6 @@ BATCH_ROWS = 64 * 1024
 WRITE_BUFFER = 256 * 1024   # bytes a file's writes are gathered into before each write(2)
 TABLE_DIRS = ("windows", "events", "deadletter", "anomalies")   # the table folders under root
 COMPACT_DIR = ".compact"   # under root, beside the tables: merged partitions before their swap, old ones after
-COMPACT_FILE_BYTES = 64 * 2**20   # a merged file takes input files until they reach this size
-COMPACT_SMALL_BYTES = COMPACT_FILE_BYTES // 4   # a file this big is left as it is (linked, not rewritten)
-_READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)   # compaction decompresses in its own thread, as it writes
 
 
 def _no_crash(point: str) -> None:
@@ -56,9 +49,6 @@ class ArrowFiles:
         self.root = Path(root)
         self._crash = crash
         self.options = write_options(compression)
-        self.small_file_bytes = COMPACT_SMALL_BYTES   # compaction merges files under this size
-        self.merged_file_bytes = COMPACT_FILE_BYTES
-        self.can_exchange = True   # False once the filesystem refused RENAME_EXCHANGE: no compaction then
         self._known_dirs: set[Path] = set()
         self._count_lock = threading.Lock()
         self._files = 0
@@ -98,7 +88,7 @@ class ArrowFiles:
             folder.mkdir(parents=True, exist_ok=True)
             # A new folder's entry must be durable in its parent before files in it count.
             for d in reversed(missing):
-                _fsync_dir(d.parent)
+                fsync_dir(d.parent)
         except OSError as exc:
             raise StoreError(f"cannot create {folder}: {exc.strerror or exc}") from exc
         self._known_dirs.add(folder)
@@ -155,7 +145,7 @@ class ArrowFiles:
             self._known_dirs.discard(folder)
             with contextlib.suppress(OSError):   # not empty: someone else's file stays, with its folder
                 folder.rmdir()
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
         except FileNotFoundError:
             return files, size
         except OSError as exc:
@@ -191,97 +181,11 @@ class ArrowFiles:
             return []
         return sorted(found)
 
-    def stage_compaction(self, table: str, day: dt.date, names: list[str],
-                         stop: threading.Event | None = None) -> Path | None:
-        """Write the rows of `names` (files of `table`'s `day`, in commit order) into fewer files in a
-        folder under `.compact/`, complete and fsynced; that folder, or None if `stop` was set first.
-
-        A merged file takes consecutive small input files of one schema until they reach
-        `merged_file_bytes`, and is named after the first of them, so the names stay in commit order and
-        never meet a newer file's. A file of `small_file_bytes` or more (a merged one, or a flush of many
-        events) is hard-linked into the new folder as it is: merging a day again after late files came
-        rewrites only those. The inputs are only read (through the page cache, one at a time), so this needs no lock:
-        a file is never changed once in place, only replaced by the same rows."""
-        src = self.root / table / f"date={day.isoformat()}"
-        staged = self.root / COMPACT_DIR / table / f"date={day.isoformat()}"
-        shutil.rmtree(staged, ignore_errors=True)
-        out: _MergedFile | None = None
-        try:
-            staged.mkdir(parents=True)
-            for name in names:
-                if stop is not None and stop.is_set():
-                    if out is not None:
-                        out.abandon()
-                    self.discard_staged(staged)
-                    return None
-                path = src / name
-                size = path.stat().st_size
-                if size >= self.small_file_bytes:
-                    if out is not None:
-                        out.close()
-                        out = None
-                    os.link(path, staged / name)
-                    continue
-                with pa.OSFile(str(path)) as source:
-                    reader = pa.ipc.open_file(source, options=_READ_OPTIONS)
-                    if out is not None and (out.taken + size > self.merged_file_bytes or not reader.schema.equals(out.schema, check_metadata=True)):
-                        out.close()
-                        out = None
-                    if out is None:
-                        out = _MergedFile(staged / name, reader.schema, self.options)
-                    for i in range(reader.num_record_batches):
-                        out.add(reader.get_batch(i))
-                out.taken += size
-            if out is not None:
-                out.close()
-                out = None
-            _fsync_dir(staged)
-            _fsync_dir(staged.parent)
-        except (OSError, pa.ArrowInvalid) as exc:
-            if out is not None:
-                out.abandon()
-            self.discard_staged(staged)
-            raise StoreError(f"cannot compact {src}: {getattr(exc, 'strerror', None) or exc}") from exc
-        return staged
-
-    def swap_partition(self, table: str, day: dt.date, staged: Path, names: list[str]) -> bool:
-        """Exchange `table`'s folder of `day` with `staged` in one rename, if it still holds exactly the
-        files `names` (else False: a newer file came, the next pass merges it too; or a file that is
-        not the daemon's, which the swap would take away with the old files). After it `staged`
-        holds the old files (`discard_staged`). The caller keeps this table's writers out meanwhile."""
-        live = self.root / table / f"date={day.isoformat()}"
-        try:
-            if sorted(os.listdir(live)) != names:   # a newer file, or one not ours (it would go with the old)
-                return False
-        except FileNotFoundError:
-            return False
-        try:
-            _exchange(live, staged)
-            _fsync_dir(live.parent)
-            _fsync_dir(staged.parent)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                self.can_exchange = False
-                raise StoreError(f"cannot swap in the compacted {live}: this filesystem cannot exchange two "
-                                 "folders (renameat2 RENAME_EXCHANGE); compaction is off until the next start") from exc
-            raise StoreError(f"cannot swap in the compacted {live}: {exc.strerror or exc}") from exc
+    def count_compacted(self, files: int) -> None:
+        """A partition's `files` were merged (stores/compaction.py)."""
         with self._count_lock:
             self._compacted[0] += 1
-            self._compacted[1] += len(names)
-        return True
-
-    def discard_staged(self, staged: Path) -> None:
-        """Delete a staged folder (merged files not swapped in, or the old files swapped out) and the
-        folders above it that it leaves empty, `.compact/` included."""
-        shutil.rmtree(staged, ignore_errors=True)
-        top = self.root / COMPACT_DIR
-        for folder in staged.parents:
-            if not folder.is_relative_to(top):
-                break
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+            self._compacted[1] += files
 
     def _written(self, rows: int, size: int) -> None:
         with self._count_lock:
@@ -324,7 +228,7 @@ class ChunkFiles:
                     folder = self._files.root / self._table / f"date={date}"
                     self._files._ensure_dir(folder)
                     final = folder / self._name
-                    sink = _native_sink(_tmp(final))
+                    sink = native_sink(_tmp(final))
                     self._open[date] = (final, sink, pa.ipc.new_file(sink, part.schema, options=self._files.options))
                     self._rows[date] = 0
                 writer = self._open[date][2]
@@ -348,11 +252,11 @@ class ChunkFiles:
                 writer.close()
                 size = sink.tell()
                 sink.close()
-                _fsync_file(_tmp(final))
+                fsync_file(_tmp(final))
                 crash("before_arrow_rename")
                 os.replace(_tmp(final), final)
                 crash("after_arrow_rename")
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
             except OSError as exc:
                 self.abort()   # this file too: it stays in _open until it is in place
                 raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
@@ -368,45 +272,6 @@ class ChunkFiles:
                 sink.close()
             _tmp(final).unlink(missing_ok=True)
         self._open.clear()
-
-
-class _MergedFile:
-    """One file a compaction writes: the input files' batches gathered into batches of BATCH_ROWS
-    (the inputs' are as small as a commit's closes, a few rows each), then fsynced."""
-
-    def __init__(self, path: Path, schema: pa.Schema, options: pa.ipc.IpcWriteOptions) -> None:
-        self.path = path
-        self.schema = schema
-        self.taken = 0          # input bytes merged into it
-        self._sink = _native_sink(path)
-        self._writer = pa.ipc.new_file(self._sink, schema, options=options)
-        self._pending: list[pa.RecordBatch] = []
-        self._rows = 0
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        self._pending.append(batch)
-        self._rows += batch.num_rows
-        if self._rows >= BATCH_ROWS:
-            self._write_pending()
-
-    def _write_pending(self) -> None:
-        if self._pending:
-            table = pa.Table.from_batches(self._pending, self.schema).combine_chunks()
-            for batch in table.to_batches(max_chunksize=BATCH_ROWS):
-                self._writer.write_batch(batch)
-        self._pending, self._rows = [], 0
-
-    def close(self) -> None:
-        self._write_pending()
-        self._writer.close()
-        self._sink.close()
-        _fsync_file(self.path)
-
-    def abandon(self) -> None:
-        with contextlib.suppress(OSError, pa.ArrowException):
-            self._writer.close()
-        with contextlib.suppress(OSError):
-            self._sink.close()
 
 
 def write_options(compression: str) -> pa.ipc.IpcWriteOptions:
@@ -427,30 +292,12 @@ def _is_ours(name: str) -> bool:
     return (name.startswith("part-") and name.endswith(".arrow")) or (name.startswith(".part-") and name.endswith(".tmp"))
 
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-@functools.cache
-def _renameat2() -> Any:
-    fn = ctypes.CDLL(None, use_errno=True).renameat2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return fn
-
-
-def _exchange(a: Path, b: Path) -> None:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE): a reader sees one or the other."""
-    if _renameat2()(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(a))
-
-
 def _tmp(final: Path) -> Path:
     """Where a file is written before it is renamed to `final` (cleanup_tmp removes leftovers)."""
     return final.with_name(f".{final.name}.tmp")
 
 
-def _native_sink(path: Path) -> pa.NativeFile:
+def native_sink(path: Path) -> pa.NativeFile:
     """A buffered stream to a new file at `path`, written by Arrow's own C++ file I/O.
 
     Not a Python file object: through one, every small write of the IPC writer (each buffer, its
@@ -462,7 +309,7 @@ def _native_sink(path: Path) -> pa.NativeFile:
     return pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), WRITE_BUFFER)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     """fsync a file written and closed through another descriptor (Linux syncs the file's data and
     metadata whichever descriptor asks)."""
     fd = os.open(path, os.O_RDONLY)
@@ -491,7 +338,7 @@ def _label(day: dt.date | None) -> str:
     return NULL_PARTITION if day is None else day.isoformat()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

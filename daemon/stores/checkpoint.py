@@ -26,6 +26,7 @@ from daemon.errors import StoreError
 from daemon.stores import lmdb_state as layout
 from daemon.stores.arrow_files import ArrowFiles
 from daemon.stores.base import CommitUnit, Restored, StoreStats, frozen_map
+from daemon.stores.compaction import Compactor
 from daemon.stores.lmdb_state import LmdbState, Txn
 from daemon.stores.retention import day_end_ms, expired_days, table_kind
 from daemon.stores.schemas import time_column
@@ -47,7 +48,7 @@ RECYCLE_AFTER_ROWS = 100_000
 RECYCLE_AFTER_BYTES = 64 * 2**20
 RECYCLE_INTERVAL_S = 30.0
 # A past day's partition is merged (compact_archive) once it ended this long ago, if it has at least
-# COMPACT_MIN_FILES small files (ArrowFiles.small_file_bytes): closed sessions reach their file at
+# COMPACT_MIN_FILES small files (Compactor.small_file_bytes): closed sessions reach their file at
 # every commit, up to 5 files a second, 432k a day.
 COMPACT_AFTER_MS = 3_600_000
 COMPACT_MIN_FILES = 32
@@ -107,6 +108,7 @@ class Checkpoint:
                  max_file_rows: int, log: Any) -> None:
         self._db = state
         self._files = files
+        self.compactor = Compactor(files)
         self._crash = crash
         self._max_file_rows = max_file_rows
         self._log = log
@@ -394,8 +396,8 @@ class Checkpoint:
         failed between writing a file and deleting its entries writes that file again, and after a
         swap it would come back beside the merged copy of its rows."""
         done: list[CompactedPartition] = []
-        files = self._files
-        if not files.can_exchange:
+        files, compactor = self._files, self.compactor
+        if not compactor.can_exchange:
             return done
         for table in files.tables():
             for day in files.partition_days(table):
@@ -405,11 +407,11 @@ class Checkpoint:
                     return done
                 found = files.partition_files(table, day)
                 total = sum(size for _, size in found)
-                if sum(size < files.small_file_bytes for _, size in found) < COMPACT_MIN_FILES:
+                if sum(size < compactor.small_file_bytes for _, size in found) < COMPACT_MIN_FILES:
                     continue
                 names = [n for n, _ in found]
                 try:
-                    staged = files.stage_compaction(table, day, names, stop)
+                    staged = compactor.stage(table, day, names, stop)
                 except StoreError as exc:   # this folder stays as it is; the others are merged
                     done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
                                                    files_after=len(found), bytes=total, error=str(exc)))
@@ -420,19 +422,19 @@ class Checkpoint:
                 try:
                     with self._table_lock(table):
                         swapped = (self._outbox_first_seq(table) > int(names[-1][5:-6])
-                                   and files.swap_partition(table, day, staged, names))
+                                   and compactor.swap(table, day, staged, names))
                 except StoreError as exc:
                     # Swapped or not, `staged` now holds rows the live folder has: it can go.
-                    files.discard_staged(staged)
+                    compactor.discard(staged)
                     done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
                                                    files_after=len(files.partition_files(table, day)), bytes=total,
                                                    error=str(exc)))
-                    if not files.can_exchange:
+                    if not compactor.can_exchange:
                         return done
                     continue
                 if swapped:
                     self._crash.hit("after_compaction_swap")
-                files.discard_staged(staged)
+                compactor.discard(staged)
                 if swapped:
                     after = files.partition_files(table, day)
                     done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),

@@ -19,6 +19,7 @@ import pytest
 
 from daemon.stores.arrow_files import ArrowFiles
 from daemon.stores.checkpoint import COMPACT_AFTER_MS, COMPACT_MIN_FILES, COMPACTION_CRASH_POINTS, Checkpoint
+from daemon.stores.compaction import Compactor
 from tests.conftest import http_post, wait_until
 from tests.integration.test_checkpoint import DAY_MS, MIDNIGHT_MS, _cfg, _snapshot, _unit
 
@@ -135,7 +136,8 @@ def test_a_stopped_pass_merges_nothing_and_leaves_nothing(tmp_path):
     stop = threading.Event()
     stop.set()
     assert cp.compact_archive(AFTER, stop) == []
-    assert cp._files.stage_compaction("events", MIDNIGHT_DAY, [n for n, _ in cp._files.partition_files("events", MIDNIGHT_DAY)], stop) is None
+    names = [n for n, _ in cp._files.partition_files("events", MIDNIGHT_DAY)]
+    assert cp.compactor.stage("events", MIDNIGHT_DAY, names, stop) is None
     assert len(_snapshot(tmp_path)) == 2 * UNITS and not list((tmp_path / ".compact").rglob("*.arrow"))
     cp.close()
 
@@ -143,14 +145,15 @@ def test_a_stopped_pass_merges_nothing_and_leaves_nothing(tmp_path):
 def test_files_of_two_schemas_merge_into_one_file_each(tmp_path):
     """An aggregation reconfigured mid-day wrote files of another schema: they are merged apart."""
     files = ArrowFiles(tmp_path)
+    compactor = Compactor(files)
     old = [pa.table({"window_start": pa.array([MIDNIGHT_MS + i], pa.timestamp("ms", tz="UTC")), "n": [i]}) for i in range(3)]
     new = [t.append_column("m", pa.array([1.5])) for t in old]
     for seq, t in enumerate(old + new + old[:1], start=1):
         files.write("windows/agg", seq, t)
     names = [n for n, _ in files.partition_files("windows/agg", MIDNIGHT_DAY)]
-    staged = files.stage_compaction("windows/agg", MIDNIGHT_DAY, names)
-    assert files.swap_partition("windows/agg", MIDNIGHT_DAY, staged, names)
-    files.discard_staged(staged)
+    staged = compactor.stage("windows/agg", MIDNIGHT_DAY, names)
+    assert compactor.swap("windows/agg", MIDNIGHT_DAY, staged, names)
+    compactor.discard(staged)
     merged = {p.name: pa.ipc.open_file(p).read_all() for p in sorted((tmp_path / "windows" / "agg").rglob("*.arrow"))}
     assert {n: (t.num_rows, t.column_names) for n, t in merged.items()} == {
         "part-0000000000000001.arrow": (3, ["window_start", "n"]),
@@ -161,22 +164,23 @@ def test_files_of_two_schemas_merge_into_one_file_each(tmp_path):
 
 def test_a_file_that_came_after_the_listing_stops_the_swap(tmp_path):
     files = ArrowFiles(tmp_path)
+    compactor = Compactor(files)
     t = pa.table({"ts": pa.array([MIDNIGHT_MS], pa.timestamp("ms", tz="UTC"))})
     files.write("events", 1, t)
     files.write("events", 2, t)
     names = [n for n, _ in files.partition_files("events", MIDNIGHT_DAY)]
-    staged = files.stage_compaction("events", MIDNIGHT_DAY, names)
+    staged = compactor.stage("events", MIDNIGHT_DAY, names)
     files.write("events", 3, t)
-    assert not files.swap_partition("events", MIDNIGHT_DAY, staged, names)
-    files.discard_staged(staged)
+    assert not compactor.swap("events", MIDNIGHT_DAY, staged, names)
+    compactor.discard(staged)
     assert [n for n, _ in files.partition_files("events", MIDNIGHT_DAY)] == [
         "part-0000000000000001.arrow", "part-0000000000000002.arrow", "part-0000000000000003.arrow"]
     # A file that is not the daemon's would leave with the old files: such a folder is never swapped.
     names.append("part-0000000000000003.arrow")
     (tmp_path / "events" / f"date={MIDNIGHT_DAY}" / "NOTES.txt").write_text("an operator's file")
-    staged = files.stage_compaction("events", MIDNIGHT_DAY, names)
-    assert not files.swap_partition("events", MIDNIGHT_DAY, staged, names)
-    files.discard_staged(staged)
+    staged = compactor.stage("events", MIDNIGHT_DAY, names)
+    assert not compactor.swap("events", MIDNIGHT_DAY, staged, names)
+    compactor.discard(staged)
     assert len(os.listdir(tmp_path / "events" / f"date={MIDNIGHT_DAY}")) == 4 and not (tmp_path / ".compact").exists()
 
 
@@ -241,7 +245,7 @@ def test_merging_a_day_again_rewrites_only_its_small_files(tmp_path):
     cp = Checkpoint.open(_cfg(tmp_path), environ={})
     assert len(cp.compact_archive(AFTER)) == 2
     merged = tmp_path / "events" / "date=2022-01-08" / "part-0000000000000001.arrow"
-    cp._files.small_file_bytes = merged.stat().st_size     # the merged file now counts as big
+    cp.compactor.small_file_bytes = merged.stat().st_size     # the merged file now counts as big
     for i in range(UNITS + 1, 2 * UNITS + 1):
         cp.commit(_unit(i))
         cp.flush()
