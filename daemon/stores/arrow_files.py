@@ -127,24 +127,24 @@ class ArrowFiles:
             return []
         return sorted(d for d in map(partition_day, names) if d is not None)
 
-    def delete_partition(self, table: str, day: dt.date) -> tuple[int, int]:
+    def delete_partition(self, table: str, day: dt.date,
+                         writers: contextlib.AbstractContextManager[Any] | None = None) -> tuple[int, int]:
         """Delete `table`'s folder of `day` with its Arrow files; (files, bytes) deleted.
 
-        The caller keeps this table's writers out meanwhile (Checkpoint's table lock). Files are
-        deleted one by one, so a crash midway leaves a partition with fewer files, and the next pass
-        deletes the rest; a file that is not the daemon's keeps the folder in place."""
+        The files go one by one without holding anything up (an expired day's folder is rarely
+        written); then, within `writers` (Checkpoint's table lock: this table's writers kept out), any
+        file that came meanwhile and the folder itself. A crash midway leaves fewer files, and the
+        next pass deletes the rest; a file that is not the daemon's keeps the folder in place."""
         folder = self.root / table / f"date={day.isoformat()}"
         files = size = 0
         try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_file(follow_symlinks=False) and _is_ours(entry.name):
-                        size += entry.stat(follow_symlinks=False).st_size
-                        os.unlink(entry.path)
-                        files += 1
-            self._known_dirs.discard(folder)
-            with contextlib.suppress(OSError):   # not empty: someone else's file stays, with its folder
-                folder.rmdir()
+            files, size = _unlink_ours(folder)
+            with writers or contextlib.nullcontext():
+                late_files, late_size = _unlink_ours(folder)
+                self._known_dirs.discard(folder)
+                with contextlib.suppress(OSError):   # not empty: someone else's file stays, with its folder
+                    folder.rmdir()
+            files, size = files + late_files, size + late_size
             fsync_dir(folder.parent)
         except FileNotFoundError:
             return files, size
@@ -285,6 +285,18 @@ def write_options(compression: str) -> pa.ipc.IpcWriteOptions:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     codec = None if compression == "none" else pa.Codec(compression, 1 if compression == "zstd" else None)
     return pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)
+
+
+def _unlink_ours(folder: Path) -> tuple[int, int]:
+    """Delete the files of `folder` that this module writes; (files, bytes)."""
+    files = size = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and _is_ours(entry.name):
+                size += entry.stat(follow_symlinks=False).st_size
+                os.unlink(entry.path)
+                files += 1
+    return files, size
 
 
 def _is_ours(name: str) -> bool:
