@@ -51,7 +51,7 @@ class ArchiveUpkeep:
         if not self._retention.enabled or now_ms is None:
             return []
         try:
-            deleted = await anyio.to_thread.run_sync(self._checkpoint.apply_retention, self._retention, now_ms)
+            deleted = await anyio.to_thread.run_sync(self._checkpoint.apply_retention, self._retention, now_ms, self._stop)
         except StoreError as exc:
             self._log.error("retention_failed", error=str(exc))
             return []

@@ -128,17 +128,21 @@ class ArrowFiles:
         return sorted(d for d in map(partition_day, names) if d is not None)
 
     def delete_partition(self, table: str, day: dt.date,
-                         writers: contextlib.AbstractContextManager[Any] | None = None) -> tuple[int, int]:
+                         writers: contextlib.AbstractContextManager[Any] | None = None,
+                         stop: threading.Event | None = None) -> tuple[int, int]:
         """Delete `table`'s folder of `day` with its Arrow files; (files, bytes) deleted.
 
         The files go one by one without holding anything up (an expired day's folder is rarely
         written); then, within `writers` (Checkpoint's table lock: this table's writers kept out), any
         file that came meanwhile and the folder itself. A crash midway leaves fewer files, and the
-        next pass deletes the rest; a file that is not the daemon's keeps the folder in place."""
+        next pass deletes the rest; a file that is not the daemon's keeps the folder in place. Once
+        `stop` is set it stops within a thousand files, the folder left for the next pass."""
         folder = self.root / table / f"date={day.isoformat()}"
         files = size = 0
         try:
-            files, size = _unlink_ours(folder)
+            files, size = _unlink_ours(folder, stop)
+            if stop is not None and stop.is_set():
+                return files, size
             with writers or contextlib.nullcontext():
                 late_files, late_size = _unlink_ours(folder)
                 self._known_dirs.discard(folder)
@@ -287,8 +291,8 @@ def write_options(compression: str) -> pa.ipc.IpcWriteOptions:
     return pa.ipc.IpcWriteOptions(compression=codec, use_threads=False)
 
 
-def _unlink_ours(folder: Path) -> tuple[int, int]:
-    """Delete the files of `folder` that this module writes; (files, bytes)."""
+def _unlink_ours(folder: Path, stop: threading.Event | None = None) -> tuple[int, int]:
+    """Delete the files of `folder` that this module writes; (files, bytes). Gives up once `stop` is set."""
     files = size = 0
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -296,6 +300,8 @@ def _unlink_ours(folder: Path) -> tuple[int, int]:
                 size += entry.stat(follow_symlinks=False).st_size
                 os.unlink(entry.path)
                 files += 1
+                if files % 1000 == 0 and stop is not None and stop.is_set():
+                    break
     return files, size
 
 

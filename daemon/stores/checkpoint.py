@@ -366,21 +366,24 @@ class Checkpoint:
             self._last_flush_ms = (time.perf_counter() - t0) * 1000.0
         return total
 
-    def apply_retention(self, retention: RetentionConfig, now_ms: int) -> list[DeletedPartition]:
+    def apply_retention(self, retention: RetentionConfig, now_ms: int,
+                        stop: threading.Event | None = None) -> list[DeletedPartition]:
         """Delete the Arrow partitions that `retention` no longer keeps at `now_ms`; what was deleted.
 
         A folder's files go without a lock; its last files and the folder itself with the table's
         flush lock held, so no file of that table is being written into it meanwhile (a flush of its
         day waits milliseconds, not the deletion of a day's files); rows for an expired date still in
         the outbox are written after and deleted by the next pass. A StoreError stops the pass (what
-        it deleted before stays deleted)."""
+        it deleted before stays deleted), and so does `stop` (shutdown), within a thousand files."""
         deleted = []
         for table in self._files.tables():
             keep_ms = retention.keep_ms(table_kind(table))
             if keep_ms is None:
                 continue
             for day in expired_days(self._files.partition_days(table), now_ms, keep_ms):
-                files, size = self._files.delete_partition(table, day, self._table_lock(table))
+                if stop is not None and stop.is_set():
+                    return deleted
+                files, size = self._files.delete_partition(table, day, self._table_lock(table), stop)
                 deleted.append(DeletedPartition(table=table, date=day.isoformat(), files=files, bytes=size))
         return deleted
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import subprocess
@@ -191,6 +192,25 @@ def test_retention_deletes_whole_expired_partitions_and_writes_go_on(tmp_path):
     assert [(d.table, d.date, d.files) for d in deleted] == [("events", "2022-01-07", 1), ("events", "2022-01-08", 2)]
     assert [p.name for p in (tmp_path / "events").rglob("*") if p.is_file()] == ["NOTES.txt"]
     assert "deadletter/date=2022-01-07/part-0000000000000002.arrow" in _snapshot(tmp_path)   # not covered
+    cp.close()
+
+
+def test_a_stopped_retention_pass_leaves_the_rest_for_the_next(tmp_path):
+    """At shutdown a deletion stops within a thousand files; the folder stays until the next pass."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.commit(_unit(1))
+    cp.flush()
+    folder = tmp_path / "events" / "date=2022-01-07"
+    for i in range(2, 2502):     # 2,500 more files of the daemon's naming (copies of its own)
+        (folder / f"part-{i:016d}.arrow").write_bytes((folder / "part-0000000000000001.arrow").read_bytes())
+    stop = threading.Event()
+    stop.set()
+    assert cp.apply_retention(RetentionConfig(events_ms=DAY_MS), MIDNIGHT_MS + 3 * DAY_MS, stop) == []
+    deleted = cp._files.delete_partition("events", datetime.date(2022, 1, 7), stop=stop)
+    assert deleted[0] == 1000 and len(os.listdir(folder)) == 1501
+    assert [(d.date, d.files) for d in cp.apply_retention(RetentionConfig(events_ms=DAY_MS), MIDNIGHT_MS + 3 * DAY_MS)] == [
+        ("2022-01-07", 1501), ("2022-01-08", 1)]
+    assert not folder.exists()
     cp.close()
 
 
