@@ -30,10 +30,10 @@ from daemon.pipeline.validate import Validator
 from daemon.replica.feed import ReplicaFeed
 from daemon.replica.protocol import ReplicaSettings
 from daemon.runtime.alerts import AlertSender
+from daemon.runtime.archive import SWEEP_INTERVAL_S, ArchiveUpkeep
 from daemon.runtime.cpu import CpuLane
 from daemon.runtime.gcwatch import GcWatch
 from daemon.runtime.reload import plan_reload
-from daemon.runtime.archive import SWEEP_INTERVAL_S, ArchiveUpkeep
 from daemon.pipeline.watermark import NO_WATERMARK
 from daemon.runtime.systemd import Notifier, ServiceHeartbeat, WatchdogBounds
 from daemon.sources import SourceConfig

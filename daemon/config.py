@@ -77,8 +77,8 @@ RETENTION_TABLES = ("events", "deadletter", "windows", "anomalies")
 class RetentionConfig:
     """`[storage.retention]`: how long each Arrow table's `date=` partitions are kept (None: for ever).
 
-    `windows` covers every `windows/<aggregation>` table. Ages are measured on the wall clock
-    against a partition's UTC date (stores/retention.py)."""
+    `windows` covers every `windows/<aggregation>` table. Ages are measured against a partition's UTC
+    date, "now" being the watermark capped by the wall clock (stores/retention.py)."""
 
     events_ms: int | None = None
     deadletter_ms: int | None = None
@@ -114,7 +114,7 @@ class StorageConfig:
     map_size_initial_bytes: int = 64 * 2**20
     map_size_max_bytes: int = 64 * 2**30
     compression: str = "lz4"               # of the Arrow files' buffers: lz4, zstd or none
-    compaction: bool = True                # merge a past day's small Arrow files (stores/arrow_files.py)
+    compaction: bool = True                # merge a past day's small Arrow files (stores/compaction.py)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @classmethod

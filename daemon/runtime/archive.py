@@ -22,6 +22,8 @@ SWEEP_INTERVAL_S = 600.0   # partitions are days: ten minutes late is nothing, a
 
 
 class ArchiveUpkeep:
+    """The task (`run`) and its steps (`sweep`, `compact`), each a thread's work awaited."""
+
     def __init__(self, checkpoint: Checkpoint, retention: RetentionConfig, now_ms: Callable[[], int | None],
                  log: Any, interval_s: float = SWEEP_INTERVAL_S, compaction: bool = True) -> None:
         self._checkpoint = checkpoint
