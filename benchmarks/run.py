@@ -33,6 +33,7 @@ import pyarrow.ipc
 from benchmarks import baselines
 from benchmarks.feeder import (PAGE_EVENTS, IngestClients, PageServer, Units, WsServer, cut_units, latency_workload,
                                memory_workload, split_three, throughput_workload)
+from daemon.config import COMPRESSIONS
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).with_name("config.toml.in")
@@ -640,7 +641,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="users (each with one open session) in the memory scenario; ~1.38 open states per user")
     p.add_argument("--ingest-clients", type=int, default=16, help="concurrent POST /ingest connections")
     p.add_argument("--no-recommendations", action="store_true", help="leave [recommendations] out of the config")
-    p.add_argument("--compression", default="lz4", choices=("lz4", "zstd", "none"), help="storage.compression (default lz4)")
+    p.add_argument("--compression", default="lz4", choices=COMPRESSIONS, help="storage.compression (default lz4)")
     p.add_argument("--profile", metavar="DIR", help="also run http_poll under py-spy; write the profile to DIR")
     p.add_argument("--memprobe", metavar="FILE", help="append a JSON line per LMDB write transaction of each daemon "
                    "(its RSS and peak around and inside it) to FILE: benchmarks/memprobe/sitecustomize.py")

@@ -45,6 +45,7 @@ import aiohttp
 
 from benchmarks.feeder import PAGE_EVENTS, SHOP, PageServer
 from benchmarks.run import DaemonProc, check_outputs, free_port, machine, open_states, render_config, source_toml
+from daemon.config import COMPRESSIONS
 from daemon.storefront.generator import Generator, encode_ndjson
 
 GROWTH_LIMIT = 0.10        # last quarter vs second quarter, median of the samples in each
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default=None, help="where the throwaway data dir goes (default: the temp dir)")
-    parser.add_argument("--compression", default="lz4", choices=("lz4", "zstd", "none"), help="storage.compression (default lz4)")
+    parser.add_argument("--compression", default="lz4", choices=COMPRESSIONS, help="storage.compression (default lz4)")
     parser.add_argument("--keep-latest-rows", type=int, default=0,
                         help="set every aggregation's keep_latest_rows (default: the config's, 1M), to reach that bound sooner")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and the daemon's log")

@@ -95,11 +95,8 @@ class RetentionConfig:
 
     @classmethod
     def from_toml(cls, r: TableReader) -> RetentionConfig:
-        kept: dict[str, int | None] = {}
-        for kind in RETENTION_TABLES:
-            kept[f"{kind}_ms"] = r.duration_ms(kind, 0) if r.has(kind) else None
-            if kept[f"{kind}_ms"] == 0:   # an invalid value was reported; keep everything then
-                kept[f"{kind}_ms"] = None
+        # Absent, or invalid (reported; the default 0 comes back): kept for ever.
+        kept = {f"{kind}_ms": r.duration_ms(kind, 0) or None for kind in RETENTION_TABLES}
         r.finish()
         return cls(**kept)
 

@@ -180,7 +180,7 @@ class ArrowFiles:
         try:
             with os.scandir(self.root / table / f"date={day.isoformat()}") as entries:
                 found = [(e.name, e.stat(follow_symlinks=False).st_size) for e in entries
-                         if e.name.startswith("part-") and e.name.endswith(".arrow") and e.is_file(follow_symlinks=False)]
+                         if part_seq(e.name) is not None and e.is_file(follow_symlinks=False)]
         except FileNotFoundError:
             return []
         return sorted(found)
@@ -220,7 +220,7 @@ class ChunkFiles:
     def __init__(self, files: ArrowFiles, table: str, first_seq: int) -> None:
         self._files = files
         self._table = table
-        self._name = f"part-{first_seq:016d}.arrow"
+        self._name = part_name(first_seq)
         self._open: dict[str, tuple[Path, Any, Any]] = {}   # date -> (final path, file, IPC writer)
         self._rows: dict[str, int] = {}
 
@@ -305,9 +305,23 @@ def _unlink_ours(folder: Path, stop: threading.Event | None = None) -> tuple[int
     return files, size
 
 
+def part_name(first_seq: int) -> str:
+    """The file name of an outbox chunk that starts at commit `first_seq`."""
+    return f"part-{first_seq:016d}.arrow"
+
+
+def part_seq(name: str) -> int | None:
+    """The first commit seq a `part_name` stands for; None for any other name."""
+    if name.startswith("part-") and name.endswith(".arrow") and name[5:-6].isdigit():
+        return int(name[5:-6])
+    return None
+
+
 def _is_ours(name: str) -> bool:
-    """A file name this module writes: part-*.arrow, or its temp file."""
-    return (name.startswith("part-") and name.endswith(".arrow")) or (name.startswith(".part-") and name.endswith(".tmp"))
+    """A file name this module writes: a part file, or its temp file."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:-4]
+    return part_seq(name) is not None
 
 
 def _tmp(final: Path) -> Path:

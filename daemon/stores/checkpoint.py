@@ -10,6 +10,7 @@ Reading the files (pyarrow 26, duckdb 2.0.1; DuckDB has no built-in Arrow IPC *f
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ import pyarrow as pa
 from daemon.config import RetentionConfig, StorageConfig
 from daemon.errors import StoreError
 from daemon.stores import lmdb_state as layout
-from daemon.stores.arrow_files import ArrowFiles
+from daemon.stores.arrow_files import ArrowFiles, part_seq
 from daemon.stores.base import CommitUnit, Restored, StoreStats, frozen_map
 from daemon.stores.compaction import Compactor
 from daemon.stores.lmdb_state import LmdbState, Txn
@@ -398,49 +399,47 @@ class Checkpoint:
         swap it would come back beside the merged copy of its rows."""
         done: list[CompactedPartition] = []
         files, compactor = self._files, self.compactor
-        if not compactor.can_exchange:
-            return done
         for table in files.tables():
             for day in files.partition_days(table):
                 if day_end_ms(day) + COMPACT_AFTER_MS > now_ms:
                     continue
-                if len(done) >= max_partitions or (stop is not None and stop.is_set()):
+                if len(done) >= max_partitions or (stop is not None and stop.is_set()) or not compactor.can_exchange:
                     return done
                 found = files.partition_files(table, day)
-                total = sum(size for _, size in found)
-                if sum(size < compactor.small_file_bytes for _, size in found) < COMPACT_MIN_FILES:
-                    continue
-                names = [n for n, _ in found]
-                try:
-                    staged = compactor.stage(table, day, names, stop)
-                except StoreError as exc:   # this folder stays as it is; the others are merged
-                    done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
-                                                   files_after=len(found), bytes=total, error=str(exc)))
-                    continue
-                if staged is None:
-                    return done
-                self._crash.hit("after_compaction_staged")
-                try:
-                    with self._table_lock(table):
-                        swapped = (self._outbox_first_seq(table) > int(names[-1][5:-6])
-                                   and compactor.swap(table, day, staged, names))
-                except StoreError as exc:
-                    # Swapped or not, `staged` now holds rows the live folder has: it can go.
-                    compactor.discard(staged)
-                    done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
-                                                   files_after=len(files.partition_files(table, day)), bytes=total,
-                                                   error=str(exc)))
-                    if not compactor.can_exchange:
-                        return done
-                    continue
-                if swapped:
-                    self._crash.hit("after_compaction_swap")
-                compactor.discard(staged)
-                if swapped:
-                    after = files.partition_files(table, day)
-                    done.append(CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
-                                                   files_after=len(after), bytes=sum(size for _, size in after)))
+                if sum(size < compactor.small_file_bytes for _, size in found) >= COMPACT_MIN_FILES:
+                    merged = self._compact_partition(table, day, found, stop)
+                    if merged is not None:
+                        done.append(merged)
         return done
+
+    def _compact_partition(self, table: str, day: dt.date, found: list[tuple[str, int]],
+                           stop: threading.Event | None) -> CompactedPartition | None:
+        """Merge one folder's `found` files; what came of it, None if it was stopped or not swapped."""
+        compactor, names = self.compactor, [n for n, _ in found]
+
+        def result(error: str = "") -> CompactedPartition:
+            after = self._files.partition_files(table, day)
+            return CompactedPartition(table=table, date=day.isoformat(), files_before=len(found),
+                                      files_after=len(after), bytes=sum(size for _, size in after), error=error)
+
+        try:
+            staged = compactor.stage(table, day, names, stop)
+        except StoreError as exc:   # this folder stays as it is; the others are merged
+            return result(str(exc))
+        if staged is None:
+            return None
+        self._crash.hit("after_compaction_staged")
+        try:
+            with self._table_lock(table):
+                swapped = (self._outbox_first_seq(table) > part_seq(names[-1])
+                           and compactor.swap(table, day, staged, names))
+        except StoreError as exc:
+            compactor.discard(staged)   # swapped or not, `staged` holds rows the live folder has
+            return result(str(exc))
+        if swapped:
+            self._crash.hit("after_compaction_swap")
+        compactor.discard(staged)
+        return result() if swapped else None
 
     def measure_archive(self) -> tuple[int, int]:
         """(Arrow files, their bytes) below data_dir now; /stats shows the last count."""
