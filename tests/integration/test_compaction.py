@@ -277,3 +277,49 @@ def test_storage_compaction_false_leaves_the_files_alone(tmp_path):
 class _Log:
     def info(self, event, **kw):
         assert event == "archive_compacted"
+
+
+def test_a_filesystem_without_rename_exchange_turns_compaction_off_and_keeps_every_file(tmp_path, monkeypatch):
+    """No folder of this machine's filesystems refuses RENAME_EXCHANGE (vfat, some FUSE and NFS mounts
+    do, with EINVAL), so the refusal is the syscall's errno, raised where the swap calls it."""
+    import errno
+
+    from daemon.runtime.archive import ArchiveUpkeep
+    from daemon.config import RetentionConfig
+    from daemon.stores import compaction
+
+    def refused(a, b):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), str(a))
+
+    _workload(str(tmp_path), UNITS)
+    before, files = _rows(tmp_path), sorted(_snapshot(tmp_path))
+    monkeypatch.setattr(compaction, "_exchange", refused)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    log = _Errors()
+    done = anyio.run(ArchiveUpkeep(cp, RetentionConfig(), lambda: AFTER, log=log).compact)
+    assert [(c.date, c.files_after) for c in done] == [("2022-01-07", UNITS)]   # the first folder only
+    assert "RENAME_EXCHANGE" in done[0].error and "off until the next start" in done[0].error
+    assert log.events == [("compaction_failed", "2022-01-07")]
+    assert not cp.compactor.can_exchange
+    assert cp.compact_archive(AFTER) == []                  # off: nothing staged, nothing tried
+    assert sorted(_snapshot(tmp_path)) == files and _rows(tmp_path) == before
+    assert not (tmp_path / ".compact").exists()
+    cp.close()
+
+    monkeypatch.undo()                                      # the next start tries again
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    assert [(c.date, c.files_after, c.error) for c in cp.compact_archive(AFTER)] == [("2022-01-07", 1, ""),
+                                                                                 ("2022-01-08", 1, "")]
+    assert _rows(tmp_path) == before
+    cp.close()
+
+
+class _Errors:
+    def __init__(self):
+        self.events = []
+
+    def info(self, event, **kw):
+        self.events.append((event, kw.get("date")))
+
+    def error(self, event, **kw):
+        self.events.append((event, kw.get("date")))
