@@ -632,7 +632,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--event-rate", type=float, default=20_000, help="events per second of event time (throughput)")
     p.add_argument("--latency-rate", type=float, default=None,
-                   help="steady events/s of the latency scenario (default: 100k, or 60%% of the best feed rate "
+                   help="steady events/s of the latency scenario (default: 100k, or 60%% of the websocket scenario's feed rate "
                         "measured in this run when that is lower)")
     p.add_argument("--latency-seconds", type=float, default=60.0)
     # 725k users: 725k open sessions + ~277k open item panes, just over the 1M open states of the target
@@ -778,13 +778,18 @@ def latency_rate(args: argparse.Namespace, done: dict[str, Any]) -> tuple[float,
     if args.latency_rate is not None:
         return args.latency_rate, "--latency-rate"
     goal = 100_000
-    best = max((r["feed_events_per_s"] or 0 for k, r in done.items() if k in ("http_poll", "websocket", "all")),
-               default=0)
+    # The scenario feeds a websocket, so its own scenario's rate is the one to stay under: a faster
+    # source's (http_poll's, ~1.2x on some runs) put it at ~85% of what the websocket took, not steady.
+    if (done.get("websocket") or {}).get("feed_events_per_s"):
+        best, of = done["websocket"]["feed_events_per_s"], "the websocket scenario's feed rate"
+    else:
+        best = max((r["feed_events_per_s"] or 0 for k, r in done.items() if k in ("http_poll", "all")), default=0)
+        of = "the best feed rate measured here"
     if not best or best >= goal / 0.6:
         return goal, "the issue's 100k events/s"
     rate = max(1000, round(0.6 * best, -3))
-    return rate, (f"60% of the best feed rate measured here ({best:,}/s): 100k/s is beyond what the daemon "
-                  "takes, so a steady state at 100k/s does not exist")
+    return rate, (f"60% of {of} ({best:,}/s): 100k/s is beyond what the daemon takes, so a steady state at "
+                  "100k/s does not exist")
 
 
 # Where a py-spy sample's time goes: the first frame, walking from the leaf to the root, that names a

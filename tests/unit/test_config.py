@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_config, parse_config
+from daemon.config import RetentionConfig, load_config, parse_config
 from daemon.errors import ConfigErrors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,6 +18,9 @@ def test_default_config_is_valid():
     assert {s.type for s in cfg.sources} == {"http_poll", "websocket", "ingest"}
     assert cfg.http.host == "127.0.0.1" and cfg.http.port == 8787
     assert cfg.storage.commit_interval_s == 0.2
+    day = 86_400_000   # every Arrow table bounded by age: what a daemon left running for months needs
+    assert cfg.storage.retention == RetentionConfig(events_ms=7 * day, deadletter_ms=30 * day,
+                                                    windows_ms=90 * day, anomalies_ms=365 * day)
 
 
 def test_empty_config_gets_defaults():
