@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -107,15 +108,25 @@ def _proc_counts(pids: list[int]) -> tuple[int, int]:
     return fds, threads
 
 
-def _arrow_files(data_dir: Path) -> int:
-    """Arrow files below data_dir now (compaction merges a past day's)."""
-    return sum(sum(f.endswith(".arrow") for f in files) for _d, _s, files in os.walk(data_dir))
+def _arrow_files(data_dir: Path) -> tuple[int, float, float]:
+    """(Arrow files, their MiB, the events archive's MiB) below data_dir now: compaction merges a
+    past day's files, retention deletes old days."""
+    n = size = events = 0
+    for folder, _sub, files in os.walk(data_dir):
+        for f in files:
+            if f.endswith(".arrow"):
+                with contextlib.suppress(FileNotFoundError):   # deleted or merged while walking
+                    b = os.stat(os.path.join(folder, f)).st_size
+                    n, size = n + 1, size + b
+                    events += b if Path(folder).parent.name == "events" else 0
+    return n, size / 2**20, events / 2**20
 
 
 def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int, data_dir: Path) -> dict[str, Any]:
     mem = daemon.memory()
     fds, threads = _proc_counts(daemon.family())
     store = stats["store"]
+    files, arrow_mib, events_mib = _arrow_files(data_dir)
     return {
         "t_s": round(t, 1), "fed": fed,
         "processed": stats["pipeline"]["events_processed"],
@@ -125,7 +136,7 @@ def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int, data_
         "open_states": open_states(stats), "dedupe_ids": stats["pipeline"]["dedupe"]["ids"],
         "lmdb_used_mib": store["lmdb"]["used_bytes"] / 2**20,
         "arrow_written_mib": store["arrow"]["bytes_written"] / 2**20,
-        "arrow_files": _arrow_files(data_dir),
+        "arrow_files": files, "arrow_mib": round(arrow_mib, 1), "events_archive_mib": round(events_mib, 1),
         "queued": sum(q["depth"] for q in stats["queues"].values()),
         "fds": fds, "threads": threads, "cpu_s": daemon.cpu_s(),
         "gc_s": stats["process"].get("gc_seconds"),
@@ -180,6 +191,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                          idle_timeout="2s", max_keys=1_000_000, recommendations=True, compression=args.compression)
     if args.keep_latest_rows:
         text = text.replace("\n[[aggregations]]\n", f"\n[[aggregations]]\nkeep_latest_rows = {args.keep_latest_rows}\n")
+    if args.retention_events:   # the events archive only: the exactly-once check reads the window files
+        text += f'\n[storage.retention]\nevents = "{args.retention_events}"\n'
+    if args.archive_interval:
+        os.environ["STOREPULSE_ARCHIVE_INTERVAL_S"] = str(args.archive_interval)
     cfg.write_text(text)
     log(f"{total:,} events at {args.rate:,.0f}/s over {args.minutes:g} min, "
         f"{args.event_hours:g} h of event time ({event_rate:,.0f} events/s of it); work dir {work}")
@@ -188,7 +203,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"command": " ".join(["python -m benchmarks.soak", *sys.argv[1:]]), "machine": machine(),
                               "events": total, "rate": args.rate, "minutes": args.minutes,
                               "event_hours": args.event_hours, "event_rate": round(event_rate, 1),
-                              "keep_latest_rows": args.keep_latest_rows, "compression": args.compression}
+                              "keep_latest_rows": args.keep_latest_rows, "compression": args.compression,
+                              "retention_events": args.retention_events, "archive_interval_s": args.archive_interval}
     t_start = time.monotonic()
     try:
         async with aiohttp.ClientSession() as http:
@@ -239,13 +255,13 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
     pick = [samples[round(i * (len(samples) - 1) / (rows - 1))] for i in range(rows)] if len(samples) >= rows else samples
     first_wm = next((s["watermark_ms"] for s in samples if s["watermark_ms"]), None)
     lines = ["| wall s | event h | events fed | RSS MiB (anon / file) | recs RSS | open states | dedupe ids "
-             "| LMDB MiB | Arrow MiB written | Arrow files | fds | threads |",
-             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| LMDB MiB | Arrow MiB written | Arrow files | Arrow MiB on disk (events) | fds | threads |",
+             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in pick:
         eh = (s["watermark_ms"] - first_wm) / 3.6e6 if first_wm and s["watermark_ms"] else 0.0
         lines.append(f"| {s['t_s']:,.0f} | {eh:.2f} | {s['fed']:,} | {s['rss_mib']:,.0f} ({s['rss_anon_mib']:,.0f} / "
                      f"{s['rss_file_mib']:,.0f}) | {s['recs_rss_mib']:,.0f} | {s['open_states']:,} | {s['dedupe_ids']:,} "
-                     f"| {s['lmdb_used_mib']:,.0f} | {s['arrow_written_mib']:,.0f} | {s.get('arrow_files', '–')} | {s['fds']} "
+                     f"| {s['lmdb_used_mib']:,.0f} | {s['arrow_written_mib']:,.0f} | {s.get('arrow_files', '–')} | {_on_disk(s)} | {s['fds']} "
                      f"| {s['threads']} |")
     v = verdict(samples, r["events"])   # again: a JSON of an earlier build may hold another form
     lines.append("")
@@ -258,6 +274,11 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
     lines.append(f"- SIGTERM at the end: exit code {r.get('exit_code')} after {r.get('stop_s')} s")
     lines.append(f"- bounded: {'yes' if v.get('ok') else 'NO: ' + ', '.join(v.get('failed', [])) if v.get('ok') is False else v.get('why')}")
     return "\n".join(lines)
+
+
+def _on_disk(s: dict[str, Any]) -> str:
+    """A sample's Arrow MiB on disk and its events archive's (samples of earlier builds have neither)."""
+    return f"{s['arrow_mib']:,.0f} ({s['events_archive_mib']:,.0f})" if "arrow_mib" in s else "–"
 
 
 def log(msg: str) -> None:
@@ -275,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compression", default="lz4", choices=COMPRESSIONS, help="storage.compression (default lz4)")
     parser.add_argument("--keep-latest-rows", type=int, default=0,
                         help="set every aggregation's keep_latest_rows (default: the config's, 1M), to reach that bound sooner")
+    parser.add_argument("--retention-events", default="", metavar="DURATION",
+                        help='[storage.retention] events (e.g. "1d"): the raw archive\'s days deleted as the run passes them')
+    parser.add_argument("--archive-interval", type=float, default=0.0, metavar="SECONDS",
+                        help="the daemon's retention and compaction pass every this many seconds (default: its 600)")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and the daemon's log")
     parser.add_argument("--out", default="bench-results/soak.json")
     parser.add_argument("--report", metavar="JSON", help="print the table of an earlier run's JSON and exit")
