@@ -39,6 +39,7 @@ from daemon.runtime.systemd import Notifier, ServiceHeartbeat, WatchdogBounds
 from daemon.sources import SourceConfig
 from daemon.sources.base import SourceContext, SourceHealth
 from daemon.stores.checkpoint import Checkpoint
+from daemon.stores.compaction import COMPACT_LIVE_FILES
 from daemon.stores.retention import archive_time
 from daemon.web.app import open_http_server
 from daemon.web.auth import load_token
@@ -66,6 +67,8 @@ class Daemon:
         self.state_spill_bytes = int(os.environ.get("STOREPULSE_STATE_SPILL_BYTES", "0")) or SPILL_BYTES
         # ... and a short one runs the Arrow files' upkeep (retention, compaction) while a test watches.
         self.archive_interval_s = float(os.environ.get("STOREPULSE_ARCHIVE_INTERVAL_S", "0")) or SWEEP_INTERVAL_S
+        # ... and with a small bound it merges today's files after a few (stores/compaction.py COMPACT_LIVE_FILES).
+        self.compact_live_files = int(os.environ.get("STOREPULSE_COMPACT_LIVE_FILES", "0")) or COMPACT_LIVE_FILES
         self.wakeup = Wakeup()
         self.cpu = CpuLane()   # decoding, folding and commit building take turns in one worker thread
         self.queues: dict[str, BoundedQueue] = {}
@@ -94,6 +97,7 @@ class Daemon:
             self.queues[sc.name] = BoundedQueue(sc.common.queue.capacity, sc.common.queue.overflow, self.wakeup)
         self.parts = StateParts(cfg)
         self.checkpoint = checkpoint
+        checkpoint.compactor.live_min_files = self.compact_live_files
         self.runner = Runner(cfg, checkpoint, self.parts, self.queues, self.wakeup, clock,
                              log.bind(component="runner"), faults=self.faults, cpu=self.cpu,
                              close_chunk_rows=self.close_chunk_rows, state_spill_bytes=self.state_spill_bytes)

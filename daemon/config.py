@@ -111,7 +111,7 @@ class StorageConfig:
     map_size_initial_bytes: int = 64 * 2**20
     map_size_max_bytes: int = 64 * 2**30
     compression: str = "lz4"               # of the Arrow files' buffers: lz4, zstd or none
-    compaction: bool = True                # merge a past day's small Arrow files (stores/compaction.py)
+    compaction: bool = True                # merge a day's small Arrow files (stores/compaction.py)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @classmethod

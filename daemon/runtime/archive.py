@@ -62,7 +62,7 @@ class ArchiveUpkeep:
         return deleted
 
     async def compact(self) -> list[CompactedPartition]:
-        """Merge past days' small files (unless `storage.compaction = false`)."""
+        """Merge past days' small files, and today's as they pile up (unless `storage.compaction = false`)."""
         now_ms = self._now_ms()
         if not self._compaction or now_ms is None:
             return []

@@ -50,7 +50,8 @@ RECYCLE_AFTER_BYTES = 64 * 2**20
 RECYCLE_INTERVAL_S = 30.0
 # A past day's partition is merged (compact_archive) once it ended this long ago, if it has at least
 # COMPACT_MIN_FILES small files (Compactor.small_file_bytes): closed sessions reach their file at
-# every commit, up to 5 files a second, 432k a day.
+# every commit, up to 5 files a second, 432k a day. A day not past yet (today's) is merged as it fills
+# (Compactor.live_min_files).
 COMPACT_AFTER_MS = 3_600_000
 COMPACT_MIN_FILES = 32
 COMPACT_PARTITIONS = 8          # at most this many merged per pass
@@ -390,8 +391,9 @@ class Checkpoint:
 
     def compact_archive(self, now_ms: int, stop: threading.Event | None = None,
                         max_partitions: int = COMPACT_PARTITIONS) -> list[CompactedPartition]:
-        """Merge the small files of past days' partitions (ended COMPACT_AFTER_MS before `now_ms`);
-        what was merged, or failed to be (`error`). Stops early, merging nothing more, once `stop` is set.
+        """Merge the small files of past days' partitions (ended COMPACT_AFTER_MS before `now_ms`), and of
+        the others (today's) once they hold `compactor.live_min_files` of them; what was merged, or
+        failed to be (`error`). Stops early, merging nothing more, once `stop` is set.
 
         The merge is written aside without any lock; the swap happens with the table's flush lock
         held, and only if every file merged has left the outbox (its entries deleted): a flush that
@@ -401,12 +403,11 @@ class Checkpoint:
         files, compactor = self._files, self.compactor
         for table in files.tables():
             for day in files.partition_days(table):
-                if day_end_ms(day) + COMPACT_AFTER_MS > now_ms:
-                    continue
+                least = COMPACT_MIN_FILES if day_end_ms(day) + COMPACT_AFTER_MS <= now_ms else compactor.live_min_files
                 if len(done) >= max_partitions or (stop is not None and stop.is_set()) or not compactor.can_exchange:
                     return done
                 found = files.partition_files(table, day)
-                if sum(size < compactor.small_file_bytes for _, size in found) >= COMPACT_MIN_FILES:
+                if sum(size < compactor.small_file_bytes for _, size in found) >= least:
                     merged = self._compact_partition(table, day, found, stop)
                     if merged is not None:
                         done.append(merged)

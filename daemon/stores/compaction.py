@@ -1,12 +1,14 @@
-"""Merging a past day's small Arrow files into a few, without a reader ever seeing both or neither.
+"""Merging a day's small Arrow files into a few, without a reader ever seeing both or neither.
 
 Window rows reach their file at every commit that closes some (a session aggregation: nearly every
 commit, up to 432k files a day), events every flush_interval. A day's folder is merged by writing the
 merged files into a folder of the same name under `<root>/.compact/` (`stage`), exchanging the two
-folders in one `renameat2(RENAME_EXCHANGE)` (`swap`), then deleting what the staged folder holds after
-it, the old files (`discard`). A crash leaves `.compact/` holding either the merged files not swapped
-in or the old files swapped out, so ArrowFiles.cleanup_tmp deletes it at the next open.
-Checkpoint.compact_archive decides which folders and holds the table's flush lock over the swap.
+folders in one `renameat2(RENAME_EXCHANGE)` (`swap`; files flushed into the live folder meanwhile are
+linked into the merged one first), then deleting what the staged folder holds after it, the old files
+(`discard`). A crash leaves `.compact/` holding either the merged files not swapped in or the old files
+swapped out, so ArrowFiles.cleanup_tmp deletes it at the next open.
+Checkpoint.compact_archive decides which folders (past days', and today's as it fills) and holds the
+table's flush lock over the swap.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from typing import Any
 import pyarrow as pa
 
 from daemon.errors import StoreError
-from daemon.stores.arrow_files import BATCH_ROWS, COMPACT_DIR, ArrowFiles, fsync_dir, fsync_file, native_sink
+from daemon.stores.arrow_files import BATCH_ROWS, COMPACT_DIR, ArrowFiles, fsync_dir, fsync_file, native_sink, part_seq
 
 COMPACT_FILE_BYTES = 64 * 2**20   # a merged file takes input files until they reach this size
 COMPACT_SMALL_BYTES = COMPACT_FILE_BYTES // 4   # a file this big is left as it is (linked, not rewritten)
+# A day not past yet (today's) is merged once it holds this many small files, as it fills: a folder
+# then holds at most about this many plus what one archive pass interval writes, and its merged files
+# grow until they are big (linked from then on), so a pass rewrites at most ~16 MiB it merged before.
+COMPACT_LIVE_FILES = 1_000
 _READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)   # decompressed in this thread, as it writes
 
 
@@ -39,6 +45,7 @@ class Compactor:
         self.files = files
         self.small_file_bytes = COMPACT_SMALL_BYTES   # files under this size are merged
         self.merged_file_bytes = COMPACT_FILE_BYTES
+        self.live_min_files = COMPACT_LIVE_FILES   # a day not past yet is merged once it has this many small files
         self.can_exchange = True   # False once the filesystem refused RENAME_EXCHANGE: no compaction then
 
     def stage(self, table: str, day: dt.date, names: list[str], stop: threading.Event | None = None) -> Path | None:
@@ -96,16 +103,27 @@ class Compactor:
         return staged
 
     def swap(self, table: str, day: dt.date, staged: Path, names: list[str]) -> bool:
-        """Exchange `table`'s folder of `day` with `staged` in one rename, if it still holds exactly the
-        files `names` (else False: a newer file came, the next pass merges it too; or a file that is
-        not the daemon's, which the swap would take away with the old files). After it `staged`
-        holds the old files (`discard`). The caller keeps this table's writers out meanwhile."""
+        """Exchange `table`'s folder of `day` with `staged` in one rename, if it still holds the files
+        `names` and otherwise only part files newer than all of them; those are hard-linked into
+        `staged` first, so the swap keeps them (the live day's folder gets a file every few commits
+        while its merge is written). Else False: an input is gone, or a file that is not the daemon's
+        is there, which the swap would take away with the old files. After it `staged` holds the old
+        files (`discard`). The caller keeps this table's writers out meanwhile."""
         live = self.files.root / table / f"date={day.isoformat()}"
         try:
-            if sorted(os.listdir(live)) != names:
-                return False
+            listing = sorted(os.listdir(live))
         except FileNotFoundError:
             return False
+        newer = listing[len(names):]
+        if listing[:len(names)] != names or not all(part_seq(n) is not None for n in newer):
+            return False
+        try:
+            for name in newer:   # part names sort in commit order: these came after the listing
+                os.link(live / name, staged / name)
+            if newer:
+                fsync_dir(staged)
+        except OSError as exc:
+            raise StoreError(f"cannot link {table}'s newer files into the compacted {live}: {exc.strerror or exc}") from exc
         try:
             _exchange(live, staged)
             fsync_dir(live.parent)

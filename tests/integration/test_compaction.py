@@ -162,26 +162,105 @@ def test_files_of_two_schemas_merge_into_one_file_each(tmp_path):
     }
 
 
-def test_a_file_that_came_after_the_listing_stops_the_swap(tmp_path):
+def test_a_file_flushed_after_the_listing_is_kept_and_a_foreign_file_stops_the_swap(tmp_path):
+    """Today's folder gets files while its merge is written: those are linked into the merged folder
+    and swapped in with it, unmerged (the next merge takes them). A file that is not the daemon's
+    would leave with the old files: such a folder is never swapped."""
     files = ArrowFiles(tmp_path)
     compactor = Compactor(files)
-    t = pa.table({"ts": pa.array([MIDNIGHT_MS], pa.timestamp("ms", tz="UTC"))})
-    files.write("events", 1, t)
-    files.write("events", 2, t)
+    folder = tmp_path / "events" / f"date={MIDNIGHT_DAY}"
+
+    def t(i):
+        return pa.table({"ts": pa.array([MIDNIGHT_MS + i], pa.timestamp("ms", tz="UTC"))})
+
+    files.write("events", 1, t(1))
+    files.write("events", 2, t(2))
     names = [n for n, _ in files.partition_files("events", MIDNIGHT_DAY)]
     staged = compactor.stage("events", MIDNIGHT_DAY, names)
-    files.write("events", 3, t)
-    assert not compactor.swap("events", MIDNIGHT_DAY, staged, names)
+    files.write("events", 3, t(3))
+    newer = folder / "part-0000000000000003.arrow"
+    inode = newer.stat().st_ino
+    assert compactor.swap("events", MIDNIGHT_DAY, staged, names)
     compactor.discard(staged)
-    assert [n for n, _ in files.partition_files("events", MIDNIGHT_DAY)] == [
-        "part-0000000000000001.arrow", "part-0000000000000002.arrow", "part-0000000000000003.arrow"]
-    # A file that is not the daemon's would leave with the old files: such a folder is never swapped.
-    names.append("part-0000000000000003.arrow")
-    (tmp_path / "events" / f"date={MIDNIGHT_DAY}" / "NOTES.txt").write_text("an operator's file")
+    assert sorted(os.listdir(folder)) == ["part-0000000000000001.arrow", "part-0000000000000003.arrow"]
+    assert newer.stat().st_ino == inode and newer.stat().st_nlink == 1   # the flushed file itself, linked
+    assert _ts(folder) == [MIDNIGHT_MS + 1, MIDNIGHT_MS + 2, MIDNIGHT_MS + 3]
+    assert not (tmp_path / ".compact").exists()
+
+    names = sorted(os.listdir(folder))
+    (folder / "zz-NOTES.txt").write_text("an operator's file")   # sorts after every part file
     staged = compactor.stage("events", MIDNIGHT_DAY, names)
     assert not compactor.swap("events", MIDNIGHT_DAY, staged, names)
     compactor.discard(staged)
-    assert len(os.listdir(tmp_path / "events" / f"date={MIDNIGHT_DAY}")) == 4 and not (tmp_path / ".compact").exists()
+    assert sorted(os.listdir(folder)) == names + ["zz-NOTES.txt"] and not (tmp_path / ".compact").exists()
+    (folder / "zz-NOTES.txt").unlink()
+    files.write("events", 4, t(4))
+    os.unlink(folder / names[0])                                # an input gone (retention): no swap either
+    staged = compactor.stage("events", MIDNIGHT_DAY, names[1:])
+    assert not compactor.swap("events", MIDNIGHT_DAY, staged, names)
+    compactor.discard(staged)
+    assert _ts(folder) == [MIDNIGHT_MS + 3, MIDNIGHT_MS + 4]
+
+
+def _ts(folder: Path) -> list[int]:
+    t = ds.dataset(folder, format="ipc").to_table()
+    return sorted(t.column("ts").cast(pa.int64()).to_pylist())
+
+
+def test_todays_folder_is_merged_once_it_holds_live_min_files(tmp_path):
+    """A day not an hour past its end (the watermark's today) waits for `live_min_files` small files,
+    not COMPACT_MIN_FILES: merged as it fills, a day's folder stays small however long the day."""
+    _workload(str(tmp_path), UNITS)
+    before = _rows(tmp_path)
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    now = MIDNIGHT_MS + 1000                           # 2022-01-08 is today; 2022-01-07 ended a second ago
+    assert cp.compactor.live_min_files > UNITS and cp.compact_archive(now) == []
+    cp.compactor.live_min_files = UNITS
+    done = cp.compact_archive(now)
+    assert [(c.date, c.files_before, c.files_after) for c in done] == [("2022-01-07", UNITS, 1), ("2022-01-08", UNITS, 1)]
+    for i in range(UNITS + 1, UNITS + 11):            # today goes on: ten more files, under the bound again
+        cp.commit(_unit(i))
+        cp.flush()
+    assert cp.compact_archive(now) == []
+    cp.compactor.live_min_files = 10
+    done = cp.compact_archive(now)
+    assert [(c.date, c.files_before, c.files_after) for c in done] == [("2022-01-07", 11, 1), ("2022-01-08", 11, 1)]
+    rows = _rows(tmp_path)
+    assert len(rows) == 4 * (UNITS + 10) and len({r["event_id"] for r in rows}) == len(rows)
+    assert all(r in rows for r in before)
+    cp.close()
+
+
+def test_merging_today_while_commits_and_flushes_go_on_keeps_every_row_once(tmp_path):
+    """The live day's merge races the flushes that add files to its folder (the daemon's upkeep thread
+    and its commits): however they interleave, every row is there once, and the folder stays small."""
+    cp = Checkpoint.open(_cfg(tmp_path), environ={})
+    cp.compactor.live_min_files = 8
+    now = MIDNIGHT_MS + 1000
+    stop = threading.Event()
+    passes: list[int] = []
+
+    def compact() -> None:
+        while not stop.is_set():
+            passes.append(len(cp.compact_archive(now)))
+
+    worker = threading.Thread(target=compact)
+    worker.start()
+    try:
+        for i in range(1, 301):
+            cp.commit(_unit(i))
+            cp.flush()
+    finally:
+        stop.set()
+        worker.join(30)
+    assert not worker.is_alive()
+    rows = _rows(tmp_path)
+    assert len(rows) == 4 * 300 and len({r["event_id"] for r in rows}) == 4 * 300
+    assert sum(passes) >= 2                            # merged while the files came, not only at the end
+    done = cp.compact_archive(now)
+    assert all(c.files_after <= 2 for c in done)
+    assert len(_rows(tmp_path)) == 4 * 300 and not (tmp_path / ".compact").exists()
+    cp.close()
 
 
 CONFIG = """
@@ -235,6 +314,42 @@ def test_a_live_daemon_merges_a_past_days_window_files(daemon_factory, tmp_path)
     t = t.filter(pc.equal(t.column("category"), "books"))
     assert sorted(t.column("window_start").cast(pa.int64()).to_pylist()) == [start + w * 1000 for w in range(posts)]
     assert sum(t.column("events").to_pylist()) == 5 * posts
+    assert not (tmp_path / "data" / ".compact").exists()
+
+
+def test_a_live_daemon_merges_todays_window_files_as_they_come(daemon_factory, tmp_path):
+    live_files = 12
+    d = daemon_factory.start(CONFIG, env={"STOREPULSE_ARCHIVE_INTERVAL_S": "0.3",
+                                          "STOREPULSE_COMPACT_LIVE_FILES": str(live_files)})
+    start = (int(time.time() * 1000) - 120_000) // 1000 * 1000   # windows of the last two minutes: today's
+    posts = 3 * live_files
+
+    def post(w: int) -> None:   # a window a request: each commit closes the one before, one file each
+        body = [{"event_id": f"e{w}-{i}", "ts": start + w * 1000 + i, "type": "view", "user_id": "u1",
+                 "item_id": "i1", "category": "books"} for i in range(5)]
+        status, _ = http_post(d.url + "/ingest", orjson.dumps(body))
+        assert status == 202
+
+    def compacted() -> int:
+        return d.get_json("/stats")["store"]["arrow"]["partitions_compacted"]
+
+    for w in range(posts):
+        post(w)
+    merged_before = wait_until(lambda: compacted() or 0, 30, what="today's window files merged")
+    for w in range(posts, 2 * posts):                # the day goes on: more files, merged again
+        post(w)
+    wait_until(lambda: compacted() > merged_before, 30, what="today's folder merged again")
+    logged = [e for e in d.log_events() if e.get("event") == "archive_compacted" and e["table"] == "windows/by_cat"]
+    assert logged and max(e["files_before"] for e in logged) >= live_files
+    assert d.stop() == 0
+    folders = list((tmp_path / "data" / "windows" / "by_cat").glob("date=*"))
+    assert all(len(list(f.glob("*.arrow"))) < 2 * posts for f in folders)
+    assert sum(len(list(f.glob("*.arrow"))) for f in folders) < 2 * posts - live_files
+    t = ds.dataset(tmp_path / "data" / "windows" / "by_cat", format="ipc", partitioning="hive").to_table()
+    # Every closed window once (the last stays open: the source never goes idle).
+    starts = sorted(t.column("window_start").cast(pa.int64()).to_pylist())
+    assert starts == [start + w * 1000 for w in range(len(starts))] and len(starts) >= 2 * posts - 1
+    assert sum(t.column("events").to_pylist()) == 5 * len(starts)
     assert not (tmp_path / "data" / ".compact").exists()
 
 
