@@ -36,7 +36,8 @@ __all__ = ["CRASH_POINTS", "Checkpoint", "CommitUnit", "CrashPoints", "Restored"
 
 CRASH_POINTS = ("after_lmdb_commit", "mid_arrow_write", "before_arrow_rename",
                 "after_arrow_rename", "before_outbox_delete", "after_state_staged")   # of the commit protocol
-COMPACTION_CRASH_POINTS = ("after_compaction_staged", "after_compaction_swap")   # of compact_archive
+# of compact_archive (the second only when files came after its listing: Compactor.swap links them)
+COMPACTION_CRASH_POINTS = ("after_compaction_staged", "after_compaction_linked", "after_compaction_swap")
 MAX_FILE_ROWS = 1_000_000
 STREAM_DROP_BYTES = 8 * 2**20   # a flush gives back the map pages it read this often (_stream_chunk)
 STAGE_ANSWER_BYTES = 1 << 20    # an answer part at least this big is written ahead of its commit (_stage_answers)

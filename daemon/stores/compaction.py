@@ -122,6 +122,7 @@ class Compactor:
                 os.link(live / name, staged / name)
             if newer:
                 fsync_dir(staged)
+                self.files._crash("after_compaction_linked")
         except OSError as exc:
             raise StoreError(f"cannot link {table}'s newer files into the compacted {live}: {exc.strerror or exc}") from exc
         try:
