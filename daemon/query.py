@@ -31,6 +31,9 @@ PARTITION = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
 _CONDITION = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(!=|>=|<=|=|>|<|~)(.*)$", re.S)
 MAX_CELL_CHARS = 60
 DEFAULT_ROW_LIMIT = 100
+# A file listed then gone (the daemon merged the folder, or retention deleted it, between the listing and
+# the read): the query lists again, this many times in all, after 50, 100, ... ms.
+READ_ATTEMPTS = 4
 
 
 class QueryError(ValueError):
@@ -215,7 +218,20 @@ def open_dataset(data_dir: Path, table: str) -> ds.Dataset | None:
 
 
 def execute(data_dir: Path, spec: QuerySpec) -> pa.Table:
-    """Run the query over the files of `spec.table` under data_dir."""
+    """Run the query over the files of `spec.table` under data_dir, listing them again when one went
+    away meanwhile: a compaction's swap or retention's delete replaces a folder's files at once, so the
+    next listing sees the merged files (every row once) or none of the deleted day."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return _execute_once(data_dir, spec)
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _execute_once(data_dir: Path, spec: QuerySpec) -> pa.Table:
     dataset = open_dataset(data_dir, spec.table)
     if dataset is None:
         return pa.table({})

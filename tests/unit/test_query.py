@@ -245,3 +245,44 @@ def test_parse_time_forms() -> None:
     assert query.parse_time_ms("2024-05-01", 0) == T0
     assert query.parse_time_ms(str(T0), 0) == T0
     assert dt.datetime.fromtimestamp(T0 / 1000, dt.timezone.utc).date() == dt.date(2024, 5, 1)
+
+
+def test_a_folder_merged_between_listing_and_reading_is_listed_again(shop: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """The daemon swaps a merged folder in while a query runs (today's is merged as it fills): the
+    query's listing names files that are gone; it lists again and counts every row once."""
+    from daemon.stores.compaction import Compactor
+
+    day = dt.date(2024, 5, 1)
+    for seq in range(3, 6):   # more files on the first day, so that the merge replaces several
+        write(shop, "events", [event(10 + seq, typ="view", user="dave", price=None)], schemas.EVENTS, seq=seq)
+    real_open = query.open_dataset
+    calls = []
+
+    def open_then_merge(data_dir: Path, table: str):
+        dataset = real_open(data_dir, table)
+        calls.append(table)
+        if len(calls) == 1:   # listed: now the compaction swaps the folder before the read
+            compactor = Compactor(ArrowFiles(data_dir))
+            names = [n for n, _ in compactor.files.partition_files("events", day)]
+            staged = compactor.stage("events", day, names)
+            assert compactor.swap("events", day, staged, names)
+            compactor.discard(staged)
+        return dataset
+
+    monkeypatch.setattr(query, "open_dataset", open_then_merge)
+    out = run_json(shop, ["events", "--count", "--group-by", "user_id", "--since", "3000d"], capfd)
+    assert len(calls) == 2
+    assert {r["user_id"]: r["count"] for r in out} == {"alice": 3, "bob": 2, "carol": 2, "dave": 3}
+    assert len(list((shop / "events" / "date=2024-05-01").iterdir())) == 1
+
+
+def test_a_file_gone_at_every_attempt_is_an_error_not_a_wrong_answer(shop: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    def gone(data_dir: Path, spec: query.QuerySpec) -> pa.Table:
+        raise FileNotFoundError(2, "Failed to open local file", str(data_dir / "events"))
+
+    monkeypatch.setattr(query, "_execute_once", gone)
+    monkeypatch.setattr(query.time, "sleep", lambda s: None)
+    assert query.run(parse(["events", "--count", "--data-dir", str(shop)])) == 1
+    assert "cannot read events" in capfd.readouterr().err
