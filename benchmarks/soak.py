@@ -12,8 +12,9 @@ a steady `--rate` events/s over http_poll, with the events spread over `--event-
 
 Pages are generated as the daemon asks for them (the storefront generator, the benchmark's shop) and
 paced to `--rate`: a cursor that is not due yet gets an empty page, as a quiet shop API answers.
-Every `--sample-s` it records both processes' RSS (anonymous and file-mapped), open states, dedupe
-ids held, the LMDB file's high-water mark, Arrow bytes written, open file descriptors and threads.
+Every `--sample-s` it records both processes' RSS (anonymous and file-mapped) and where it is (glibc's
+heap in use and kept free, pyarrow's pool: /stats `process`, the recommendations process's /healthz),
+open states, dedupe ids held, the LMDB file's high-water mark, Arrow bytes written, open file descriptors and threads.
 At the end the feed stops, the windows close (idle timeout), every event must be counted exactly
 once (run.check_outputs), and the daemon is stopped with SIGTERM (exit code and time taken).
 
@@ -122,7 +123,31 @@ def _arrow_files(data_dir: Path) -> tuple[int, float, float]:
     return n, size / 2**20, events / 2**20
 
 
-def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int, data_dir: Path) -> dict[str, Any]:
+MEMORY_FIGURES = ("heap_in_use_bytes", "heap_free_bytes", "heap_mmap_bytes", "arrow_pool_bytes", "arrow_pool_max_bytes")
+
+
+def _breakdown(process: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A process's /stats `process` (or the recommendations process's /healthz) memory figures, in MiB."""
+    out = {f"{prefix}{k.removesuffix('_bytes')}_mib": round(process[k] / 2**20, 1) for k in MEMORY_FIGURES if k in process}
+    if "python_blocks" in process:
+        out[f"{prefix}python_blocks"] = process["python_blocks"]
+    return out
+
+
+async def _recs_health(http: aiohttp.ClientSession, stats: dict[str, Any]) -> dict[str, Any]:
+    """The recommendations process's /healthz, or {} while it has no port or does not answer."""
+    port = stats.get("replica", {}).get("port")
+    if not port:
+        return {}
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            return await r.json() if r.status == 200 else {}
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return {}
+
+
+def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int, data_dir: Path,
+            recs: dict[str, Any]) -> dict[str, Any]:
     mem = daemon.memory()
     fds, threads = _proc_counts(daemon.family())
     store = stats["store"]
@@ -140,6 +165,7 @@ def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int, data_
         "queued": sum(q["depth"] for q in stats["queues"].values()),
         "fds": fds, "threads": threads, "cpu_s": daemon.cpu_s(),
         "gc_s": stats["process"].get("gc_seconds"),
+        **_breakdown(stats["process"], ""), **_breakdown(recs, "recs_"),
     }
 
 
@@ -219,7 +245,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 last_stats = stats
                 t = time.monotonic() - t_start
-                s = _sample(t, daemon, stats, server.sent, work / "data")
+                s = _sample(t, daemon, stats, server.sent, work / "data", await _recs_health(http, stats))
                 samples.append(s)
                 if t >= next_print:
                     log(f"{t:6.0f}s fed {s['fed']:>11,} processed {s['processed']:>11,} rss {s['rss_mib']:6.0f} MiB "
@@ -263,6 +289,18 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
                      f"{s['rss_file_mib']:,.0f}) | {s['recs_rss_mib']:,.0f} | {s['open_states']:,} | {s['dedupe_ids']:,} "
                      f"| {s['lmdb_used_mib']:,.0f} | {s['arrow_written_mib']:,.0f} | {s.get('arrow_files', '–')} | {_on_disk(s)} | {s['fds']} "
                      f"| {s['threads']} |")
+    if "heap_in_use_mib" in samples[0]:
+        lines += ["", "Where the anonymous memory is (MiB; glibc heap in use / kept free, pyarrow's pool now / high-water "
+                  "mark; the rest of anon is pymalloc's arenas, mimalloc's kept pages, stacks):", "",
+                  "| wall s | daemon anon | heap in use | heap free | heap mmap | Arrow pool (max) | Python blocks "
+                  "| recs RSS | recs heap in use | recs heap free |",
+                  "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        for s in pick:
+            lines.append(f"| {s['t_s']:,.0f} | {s['rss_anon_mib']:,.0f} | {s['heap_in_use_mib']:,.0f} "
+                         f"| {s['heap_free_mib']:,.0f} | {s['heap_mmap_mib']:,.0f} "
+                         f"| {s.get('arrow_pool_mib', 0):,.0f} ({s.get('arrow_pool_max_mib', 0):,.0f}) "
+                         f"| {s.get('python_blocks', 0):,} | {s['recs_rss_mib']:,.0f} | {s.get('recs_heap_in_use_mib', 0):,.0f} "
+                         f"| {s.get('recs_heap_free_mib', 0):,.0f} |")
     v = verdict(samples, r["events"])   # again: a JSON of an earlier build may hold another form
     lines.append("")
     for key, g in v.get("growth", {}).items():

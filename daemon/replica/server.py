@@ -313,7 +313,8 @@ async def healthz(request: web.Request) -> web.Response:
                           "gc_max_pause_ms": round(rep.collector.max_pause_s * 1000, 3),
                           "users_packed": rep.packed, "malloc_trims": rep.trimmer.trims,
                           "malloc_trim_seconds": round(rep.trimmer.seconds, 6),
-                          "rss_bytes": rss_bytes(), **({"recommender": dataclasses.asdict(st)} if st else {})})
+                          "rss_bytes": rss_bytes(), **memory.breakdown(),
+                          **({"recommender": dataclasses.asdict(st)} if st else {})})
 
 
 def build_app(rep: Replica, token: bytes | None) -> web.Application:

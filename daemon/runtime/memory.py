@@ -19,6 +19,11 @@ thread gets its own arena, and what one frees the next one does not reuse.
   read through it leave the process's RSS (RssFile) and stay in the page cache; the next read of
   one is a minor fault. Invisible to readers (the map shows the file either way).
 
+`breakdown` says where the resident memory is, for /stats and the recommendations process's
+/healthz: glibc's heap (in use, free but kept, mmapped chunks), the blocks pymalloc holds, and what
+pyarrow's memory pool has allocated (mimalloc by default: its own maps, which `malloc_trim` does not
+touch, so a pool that keeps its freed pages shows as RSS none of the other figures explain).
+
 Session 7 measured the other knob, a fixed `M_MMAP_THRESHOLD`: ~150 MiB less but 5-10% more CPU per
 event (an mmap and fresh page faults per large buffer); not used. Elsewhere than glibc (musl) both
 are no-ops.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +64,23 @@ def _libc() -> Any:
 _LIBC = _libc()
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _mallinfo2() -> Any:
+    if _LIBC is None or not hasattr(_LIBC, "mallinfo2"):   # glibc >= 2.33
+        return None
+    _LIBC.mallinfo2.argtypes = []
+    _LIBC.mallinfo2.restype = _Mallinfo2
+    return _LIBC.mallinfo2
+
+
+_MALLINFO2 = _mallinfo2()
+
+
 def available() -> bool:
     """True where glibc's malloc_trim and mallopt exist."""
     return _LIBC is not None
@@ -66,6 +89,26 @@ def available() -> bool:
 def limit_arenas(n: int = ARENAS) -> bool:
     """Cap glibc's malloc arenas (call before the process starts threads); False where unsupported."""
     return _LIBC is not None and _LIBC.mallopt(_M_ARENA_MAX, n) == 1
+
+
+def breakdown() -> dict[str, Any]:
+    """Where this process's memory is, in bytes: glibc's heap (`heap_in_use_bytes`, `heap_free_bytes`:
+    freed but kept in the arenas, `heap_mmap_bytes`: chunks in maps of their own, in use), the blocks
+    pymalloc has handed out (`python_blocks`, a count), and pyarrow's pool (`arrow_pool_bytes` allocated
+    now, `arrow_pool_max_bytes` its high-water mark, `arrow_pool_backend`) when pyarrow is loaded (this
+    does not load it). The heap figures are 0 where glibc's mallinfo2 is missing. ~10 us: one walk of
+    the arenas' bins under their locks."""
+    out: dict[str, Any] = {"heap_in_use_bytes": 0, "heap_free_bytes": 0, "heap_mmap_bytes": 0,
+                           "python_blocks": sys.getallocatedblocks()}
+    if _MALLINFO2 is not None:
+        info = _MALLINFO2()
+        out.update(heap_in_use_bytes=info.uordblks, heap_free_bytes=info.fordblks, heap_mmap_bytes=info.hblkhd)
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        pool = pa.default_memory_pool()
+        out.update(arrow_pool_bytes=pool.bytes_allocated(), arrow_pool_max_bytes=pool.max_memory(),
+                   arrow_pool_backend=pool.backend_name)
+    return out
 
 
 def mapped_range(path: Path) -> tuple[int, int] | None:

@@ -39,6 +39,7 @@ NOT_EXPORTED = (
     "replica.pid",              # changes at every restart; storepulse_replica_starts_total counts them
     "replica.recs_cut",         # a commit seq, an identifier
     "replica.port",             # an address
+    "process.arrow_pool_backend",   # which allocator, fixed for the process's life
 )
 
 
@@ -123,6 +124,12 @@ SCALARS = (
     Fig("process.gc_max_pause_ms", "storepulse_process_gc_max_pause_seconds", GAUGE, "The longest single garbage collection so far, in seconds.", MS),
     Fig("process.malloc_trims", "storepulse_process_malloc_trims_total", COUNTER, "malloc_trim calls (after large commits and once quiet): free heap pages given back to the kernel."),
     Fig("process.malloc_trim_seconds", "storepulse_process_malloc_trim_seconds_total", COUNTER, "Seconds spent in malloc_trim."),
+    Fig("process.heap_in_use_bytes", "storepulse_process_heap_in_use_bytes", GAUGE, "glibc malloc: bytes allocated in its arenas."),
+    Fig("process.heap_free_bytes", "storepulse_process_heap_free_bytes", GAUGE, "glibc malloc: bytes freed but kept in its arenas (malloc_trim gives back the whole pages of it)."),
+    Fig("process.heap_mmap_bytes", "storepulse_process_heap_mmap_bytes", GAUGE, "glibc malloc: bytes of large allocations in maps of their own."),
+    Fig("process.python_blocks", "storepulse_process_python_blocks", GAUGE, "Memory blocks pymalloc has handed out (a count, not bytes)."),
+    Fig("process.arrow_pool_bytes", "storepulse_process_arrow_pool_bytes", GAUGE, "Bytes allocated now from pyarrow's memory pool."),
+    Fig("process.arrow_pool_max_bytes", "storepulse_process_arrow_pool_max_bytes", GAUGE, "High-water mark of pyarrow's memory pool, in bytes."),
 )
 PER_SOURCE = (
     Fig("received", "storepulse_source_events_received_total", COUNTER, "Events decoded from the source (accepted or rejected)."),

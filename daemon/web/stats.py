@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from daemon import __version__
+from daemon.runtime import memory
 from daemon.runtime.gcwatch import GcStats, GcWatch
 from daemon.web.context import CONTEXT, WebContext
 
@@ -88,6 +89,7 @@ def collect_stats(ctx: WebContext) -> dict[str, Any]:
             **_gc(ctx.health.gc),
             "malloc_trims": ctx.runner.trimmer.trims,
             "malloc_trim_seconds": round(ctx.runner.trimmer.seconds, 6),
+            **memory.breakdown(),
             "time_ms": int(time.time() * 1000),
         },
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import time
 
 import orjson
@@ -126,7 +127,11 @@ def test_a_slow_archive_flush_holds_up_no_durable_ack(daemon_factory, tmp_path):
     """The archive's Arrow flush (every flush_interval) runs beside the commits: with every such flush
     3 s slower (STOREPULSE_FAULT=slow_flush: a slow disk), durable acks still come a commit after
     their POST (awaited in the commit, the flush held each ack behind it for up to 3 s), and the
-    events still reach their files."""
+    events still reach their files.
+
+    Held behind back-to-back 3 s flushes, the acks would wait 0-3 s, half of them over 1.5 s. A
+    single wait is not the test: in a full parallel run another daemon's fsyncs can make one commit's
+    fsync take seconds (this failed twice in ~7 full runs on `max(waits) < 2.0`, passing alone)."""
     d = start(daemon_factory, ack="durable", env={"STOREPULSE_FAULT": "slow_flush"})
     now = int(time.time() * 1000)
     waits = []
@@ -135,7 +140,8 @@ def test_a_slow_archive_flush_holds_up_no_durable_ack(daemon_factory, tmp_path):
         assert http_post(d.url + "/ingest", orjson.dumps([event(i, now)]))[0] == 202
         waits.append(time.monotonic() - t0)
         time.sleep(0.15)
-    assert max(waits) < 2.0, sorted(waits)[-5:]
+    slow = [round(w, 2) for w in waits if w > 1.5]
+    assert statistics.median(waits) < 0.5 and len(slow) <= 3, (statistics.median(waits), slow)
     root = tmp_path / "data" / "events"
     wait_until(lambda: root.exists() and ds.dataset(root, format="ipc", partitioning="hive").count_rows() == 40,
                30, interval=0.2, what="the 40 events in Arrow files")

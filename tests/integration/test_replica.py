@@ -230,6 +230,32 @@ def recommender_events(d) -> int:
     return get(f"http://127.0.0.1:{d.get_json('/stats')['replica']['port']}/healthz?recommender=1")["recommender"]["events"]
 
 
+def test_both_processes_say_where_their_memory_is(daemon_factory, tmp_path):
+    """/stats `process` and the recommendations process's /healthz split the resident memory: glibc's
+    heap in use and kept free, pymalloc's blocks, pyarrow's pool. The daemon archives events through
+    that pool, so its high-water mark is above 0 once a file was written; /metrics carries the figures."""
+    d = daemon_factory.start(PLAIN.format(data=tmp_path / "data"))
+    events = feed(d, seed=3, n=3000)
+    wait_until(lambda: list((tmp_path / "data").rglob("*.arrow")), 20, what="an archived events file")
+    process = get(d.url + "/stats")["process"]
+    assert 0 < process["heap_in_use_bytes"] < process["rss_bytes"]
+    assert process["heap_free_bytes"] >= 0 and process["heap_mmap_bytes"] >= 0
+    assert process["python_blocks"] > 100_000          # an interpreter with aiohttp and pyarrow loaded
+    assert process["arrow_pool_backend"] in ("mimalloc", "jemalloc", "system")
+    assert 0 <= process["arrow_pool_bytes"] <= process["arrow_pool_max_bytes"]
+    assert process["arrow_pool_max_bytes"] > 0
+    status, metrics = http_get(d.url + "/metrics", headers=AUTH)
+    assert status == 200
+    for name in ("heap_in_use_bytes", "heap_free_bytes", "heap_mmap_bytes", "python_blocks", "arrow_pool_bytes",
+                 "arrow_pool_max_bytes"):
+        assert f"storepulse_process_{name} ".encode() in metrics, name
+    assert unexported_figures(get(d.url + "/stats")) == []
+    wait_until(lambda: recommender_events(d) == folded_by_recommender(events), 20, what="the process folded them")
+    recs = get(f"http://127.0.0.1:{d.get_json('/stats')['replica']['port']}/healthz")
+    assert 0 < recs["heap_in_use_bytes"] < recs["rss_bytes"] and recs["python_blocks"] > 10_000
+    assert d.stop() == 0
+
+
 def test_with_no_process_the_daemon_folds_the_kept_log_itself(daemon_factory, tmp_path):
     """A recommendations process that cannot start answers no cut: past its bound, the daemon folds
     the fold log into the stored records itself, so the log stays bounded; a process started later
