@@ -158,6 +158,8 @@ def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int, data_
         "watermark_ms": stats["pipeline"]["watermark_ms"],
         "rss_mib": mem.get("VmRSS", 0) / 2**20, "rss_anon_mib": mem.get("RssAnon", 0) / 2**20,
         "rss_file_mib": mem.get("RssFile", 0) / 2**20, "recs_rss_mib": mem.get("recs_VmRSS", 0) / 2**20,
+        "daemon_anon_mib": (mem.get("RssAnon", 0) - mem.get("recs_RssAnon", 0)) / 2**20,
+        "recs_anon_mib": mem.get("recs_RssAnon", 0) / 2**20,
         "open_states": open_states(stats), "dedupe_ids": stats["pipeline"]["dedupe"]["ids"],
         "lmdb_used_mib": store["lmdb"]["used_bytes"] / 2**20,
         "arrow_written_mib": store["arrow"]["bytes_written"] / 2**20,
@@ -182,7 +184,9 @@ def verdict(samples: list[dict[str, Any]], total: int) -> dict[str, Any]:
         return {"ok": None, "why": "too few samples for quarters"}
     second, last = fed[q:2 * q], fed[3 * q:]
     out: dict[str, Any] = {"growth": {}, "ok": True, "failed": []}
-    for key in ("rss_mib", "rss_anon_mib", "open_states", "dedupe_ids", "fds", "threads"):
+    for key in ("rss_mib", "rss_anon_mib", "daemon_anon_mib", "recs_anon_mib", "open_states", "dedupe_ids", "fds", "threads"):
+        if key not in fed[0]:   # a JSON of an earlier build
+            continue
         a, b = _median(second, key), _median(last, key)
         g = (b - a) / a if a else 0.0
         out["growth"][key] = {"from": round(a, 1), "to": round(b, 1), "growth": round(g, 4),
@@ -289,18 +293,24 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
                      f"{s['rss_file_mib']:,.0f}) | {s['recs_rss_mib']:,.0f} | {s['open_states']:,} | {s['dedupe_ids']:,} "
                      f"| {s['lmdb_used_mib']:,.0f} | {s['arrow_written_mib']:,.0f} | {s.get('arrow_files', '–')} | {_on_disk(s)} | {s['fds']} "
                      f"| {s['threads']} |")
-    if "heap_in_use_mib" in samples[0]:
-        lines += ["", "Where the anonymous memory is (MiB; glibc heap in use / kept free, pyarrow's pool now / high-water "
-                  "mark; the rest of anon is pymalloc's arenas, mimalloc's kept pages, stacks):", "",
-                  "| wall s | daemon anon | heap in use | heap free | heap mmap | Arrow pool (max) | Python blocks "
-                  "| recs RSS | recs heap in use | recs heap free |",
-                  "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    if "daemon_anon_mib" in samples[0]:
+        lines += ["", "Where each process's anonymous memory is (MiB): glibc's heap in use / free chunks (resident or "
+                  "not: trimmed pages stay counted) / in maps of its own; the rest is anon less the heap in use and "
+                  "in maps: the free heap still resident, pymalloc's arenas, pyarrow's pool (now, high-water mark), "
+                  "stacks:", "",
+                  "| wall s | daemon anon | heap in use | heap free | heap mmap | rest | Arrow pool (max) | Python blocks "
+                  "| recs anon | recs heap in use | recs heap free | recs rest | recs Python blocks |",
+                  "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for s in pick:
-            lines.append(f"| {s['t_s']:,.0f} | {s['rss_anon_mib']:,.0f} | {s['heap_in_use_mib']:,.0f} "
-                         f"| {s['heap_free_mib']:,.0f} | {s['heap_mmap_mib']:,.0f} "
+            heap = s.get("heap_in_use_mib", 0) + s.get("heap_mmap_mib", 0)
+            recs_heap = s.get("recs_heap_in_use_mib", 0) + s.get("recs_heap_mmap_mib", 0)
+            lines.append(f"| {s['t_s']:,.0f} | {s['daemon_anon_mib']:,.0f} | {s.get('heap_in_use_mib', 0):,.0f} "
+                         f"| {s.get('heap_free_mib', 0):,.0f} | {s.get('heap_mmap_mib', 0):,.0f} "
+                         f"| {s['daemon_anon_mib'] - heap:,.0f} "
                          f"| {s.get('arrow_pool_mib', 0):,.0f} ({s.get('arrow_pool_max_mib', 0):,.0f}) "
-                         f"| {s.get('python_blocks', 0):,} | {s['recs_rss_mib']:,.0f} | {s.get('recs_heap_in_use_mib', 0):,.0f} "
-                         f"| {s.get('recs_heap_free_mib', 0):,.0f} |")
+                         f"| {s.get('python_blocks', 0):,} | {s['recs_anon_mib']:,.0f} | {s.get('recs_heap_in_use_mib', 0):,.0f} "
+                         f"| {s.get('recs_heap_free_mib', 0):,.0f} | {s['recs_anon_mib'] - recs_heap:,.0f} "
+                         f"| {s.get('recs_python_blocks', 0):,} |")
     v = verdict(samples, r["events"])   # again: a JSON of an earlier build may hold another form
     lines.append("")
     for key, g in v.get("growth", {}).items():

@@ -16,6 +16,7 @@ import anyio
 
 from daemon.config import RetentionConfig
 from daemon.errors import StoreError
+from daemon.runtime import memory
 from daemon.stores.checkpoint import Checkpoint, CompactedPartition, DeletedPartition
 
 SWEEP_INTERVAL_S = 600.0   # partitions are days: ten minutes late is nothing, and a pass is a few listdirs
@@ -61,13 +62,21 @@ class ArchiveUpkeep:
             self._log.info("retention_deleted", table=d.table, date=d.date, files=d.files, bytes=d.bytes)
         return deleted
 
+    def _compact_in_thread(self, now_ms: int) -> list[CompactedPartition]:
+        try:
+            return self._checkpoint.compact_archive(now_ms, self._stop)
+        finally:
+            # The merge's buffers went through pyarrow's pool; mimalloc keeps their pages in this
+            # thread's heap, which only this thread can collect (runtime/memory.py).
+            memory.release_arrow_pool()
+
     async def compact(self) -> list[CompactedPartition]:
         """Merge past days' small files, and today's as they pile up (unless `storage.compaction = false`)."""
         now_ms = self._now_ms()
         if not self._compaction or now_ms is None:
             return []
         try:
-            done = await anyio.to_thread.run_sync(self._checkpoint.compact_archive, now_ms, self._stop)
+            done = await anyio.to_thread.run_sync(self._compact_in_thread, now_ms)
         except StoreError as exc:
             self._log.error("compaction_failed", error=str(exc))
             return []

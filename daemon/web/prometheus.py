@@ -125,7 +125,7 @@ SCALARS = (
     Fig("process.malloc_trims", "storepulse_process_malloc_trims_total", COUNTER, "malloc_trim calls (after large commits and once quiet): free heap pages given back to the kernel."),
     Fig("process.malloc_trim_seconds", "storepulse_process_malloc_trim_seconds_total", COUNTER, "Seconds spent in malloc_trim."),
     Fig("process.heap_in_use_bytes", "storepulse_process_heap_in_use_bytes", GAUGE, "glibc malloc: bytes allocated in its arenas."),
-    Fig("process.heap_free_bytes", "storepulse_process_heap_free_bytes", GAUGE, "glibc malloc: bytes freed but kept in its arenas (malloc_trim gives back the whole pages of it)."),
+    Fig("process.heap_free_bytes", "storepulse_process_heap_free_bytes", GAUGE, "glibc malloc: bytes of free chunks in its arenas, resident or not (malloc_trim gives their whole pages back and this stays)."),
     Fig("process.heap_mmap_bytes", "storepulse_process_heap_mmap_bytes", GAUGE, "glibc malloc: bytes of large allocations in maps of their own."),
     Fig("process.python_blocks", "storepulse_process_python_blocks", GAUGE, "Memory blocks pymalloc has handed out (a count, not bytes)."),
     Fig("process.arrow_pool_bytes", "storepulse_process_arrow_pool_bytes", GAUGE, "Bytes allocated now from pyarrow's memory pool."),
