@@ -13,8 +13,9 @@ a steady `--rate` events/s over http_poll, with the events spread over `--event-
 Pages are generated as the daemon asks for them (the storefront generator, the benchmark's shop) and
 paced to `--rate`: a cursor that is not due yet gets an empty page, as a quiet shop API answers.
 Every `--sample-s` it records both processes' RSS (anonymous and file-mapped) and where it is (glibc's
-heap in use and kept free, pyarrow's pool: /stats `process`, the recommendations process's /healthz),
-open states, dedupe ids held, the LMDB file's high-water mark, Arrow bytes written, open file descriptors and threads.
+heap in use and free, pymalloc's blocks, pyarrow's pool: /stats `process` and the recommendations
+process's /healthz), open states, dedupe ids held, the LMDB file's high-water mark, Arrow bytes
+written, open file descriptors and threads.
 At the end the feed stops, the windows close (idle timeout), every event must be counted exactly
 once (run.check_outputs), and the daemon is stopped with SIGTERM (exit code and time taken).
 
@@ -302,14 +303,10 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
                   "| recs anon | recs heap in use | recs heap free | recs rest | recs Python blocks |",
                   "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for s in pick:
-            heap = s.get("heap_in_use_mib", 0) + s.get("heap_mmap_mib", 0)
-            recs_heap = s.get("recs_heap_in_use_mib", 0) + s.get("recs_heap_mmap_mib", 0)
-            lines.append(f"| {s['t_s']:,.0f} | {s['daemon_anon_mib']:,.0f} | {s.get('heap_in_use_mib', 0):,.0f} "
-                         f"| {s.get('heap_free_mib', 0):,.0f} | {s.get('heap_mmap_mib', 0):,.0f} "
-                         f"| {s['daemon_anon_mib'] - heap:,.0f} "
-                         f"| {s.get('arrow_pool_mib', 0):,.0f} ({s.get('arrow_pool_max_mib', 0):,.0f}) "
-                         f"| {s.get('python_blocks', 0):,} | {s['recs_anon_mib']:,.0f} | {s.get('recs_heap_in_use_mib', 0):,.0f} "
-                         f"| {s.get('recs_heap_free_mib', 0):,.0f} | {s['recs_anon_mib'] - recs_heap:,.0f} "
+            daemon, recs = _anon_split(s, "daemon_", ""), _anon_split(s, "recs_", "recs_")
+            lines.append(f"| {s['t_s']:,.0f} | {daemon[0]:,.0f} | {daemon[1]:,.0f} | {daemon[2]:,.0f} | {daemon[3]:,.0f} "
+                         f"| {daemon[4]:,.0f} | {s.get('arrow_pool_mib', 0):,.0f} ({s.get('arrow_pool_max_mib', 0):,.0f}) "
+                         f"| {s.get('python_blocks', 0):,} | {recs[0]:,.0f} | {recs[1]:,.0f} | {recs[2]:,.0f} | {recs[4]:,.0f} "
                          f"| {s.get('recs_python_blocks', 0):,} |")
     v = verdict(samples, r["events"])   # again: a JSON of an earlier build may hold another form
     lines.append("")
@@ -322,6 +319,14 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
     lines.append(f"- SIGTERM at the end: exit code {r.get('exit_code')} after {r.get('stop_s')} s")
     lines.append(f"- bounded: {'yes' if v.get('ok') else 'NO: ' + ', '.join(v.get('failed', [])) if v.get('ok') is False else v.get('why')}")
     return "\n".join(lines)
+
+
+def _anon_split(s: dict[str, Any], anon: str, heap: str) -> tuple[float, float, float, float, float]:
+    """A sample's (anon, heap in use, heap free, heap mmap, rest) MiB of one process: the rest is anon
+    less the heap in use and in maps (the free heap still resident, pymalloc's arenas, Arrow's pool)."""
+    total = s[f"{anon}anon_mib"]
+    in_use, free, mmap = (s.get(f"{heap}heap_{k}_mib", 0) for k in ("in_use", "free", "mmap"))
+    return total, in_use, free, mmap, total - in_use - mmap
 
 
 def _on_disk(s: dict[str, Any]) -> str:

@@ -122,7 +122,7 @@ SCALARS = (
     Fig("process.gc_full_collections", "storepulse_process_gc_full_collections_total", COUNTER, "Full (generation 2) garbage collections: each walks every tracked object."),
     Fig("process.gc_seconds", "storepulse_process_gc_seconds_total", COUNTER, "Seconds spent in cyclic garbage collections (every thread pauses meanwhile)."),
     Fig("process.gc_max_pause_ms", "storepulse_process_gc_max_pause_seconds", GAUGE, "The longest single garbage collection so far, in seconds.", MS),
-    Fig("process.malloc_trims", "storepulse_process_malloc_trims_total", COUNTER, "malloc_trim calls (after large commits and once quiet): free heap pages given back to the kernel."),
+    Fig("process.malloc_trims", "storepulse_process_malloc_trims_total", COUNTER, "malloc_trim calls (after large commits and once quiet): free heap pages, and pyarrow's pool's, given back to the kernel."),
     Fig("process.malloc_trim_seconds", "storepulse_process_malloc_trim_seconds_total", COUNTER, "Seconds spent in malloc_trim."),
     Fig("process.heap_in_use_bytes", "storepulse_process_heap_in_use_bytes", GAUGE, "glibc malloc: bytes allocated in its arenas."),
     Fig("process.heap_free_bytes", "storepulse_process_heap_free_bytes", GAUGE, "glibc malloc: bytes of free chunks in its arenas, resident or not (malloc_trim gives their whole pages back and this stays)."),

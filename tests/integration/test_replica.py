@@ -231,8 +231,8 @@ def recommender_events(d) -> int:
 
 
 def test_both_processes_say_where_their_memory_is(daemon_factory, tmp_path):
-    """/stats `process` and the recommendations process's /healthz split the resident memory: glibc's
-    heap in use and kept free, pymalloc's blocks, pyarrow's pool. The daemon archives events through
+    """/stats `process` and the recommendations process's /healthz split the memory: glibc's heap in
+    use and free, pymalloc's blocks, pyarrow's pool. The daemon archives events through
     that pool, so its high-water mark is above 0 once a file was written; /metrics carries the figures."""
     d = daemon_factory.start(PLAIN.format(data=tmp_path / "data"))
     events = feed(d, seed=3, n=3000)
