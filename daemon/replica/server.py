@@ -128,6 +128,7 @@ class Replica:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []   # reads waiting for a frame count
         self._turned = 0.0                 # perf_counter at the last turns of the event loop
         self.trimmer = memory.Trimmer()
+        self.heap = memory.HeapFigures()   # /healthz's glibc heap figures, read at most every 10 s
         self.packed = 0                    # idle users packed into their records (Recommender.pack)
         self.answer_part_bytes = protocol.ANSWER_PART_BYTES   # an answer goes out in parts of ~this
 
@@ -313,7 +314,7 @@ async def healthz(request: web.Request) -> web.Response:
                           "gc_max_pause_ms": round(rep.collector.max_pause_s * 1000, 3),
                           "users_packed": rep.packed, "malloc_trims": rep.trimmer.trims,
                           "malloc_trim_seconds": round(rep.trimmer.seconds, 6),
-                          "rss_bytes": rss_bytes(), **memory.breakdown(),
+                          "rss_bytes": rss_bytes(), **memory.breakdown(rep.heap),
                           **({"recommender": dataclasses.asdict(st)} if st else {})})
 
 

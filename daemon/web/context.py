@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from daemon.runtime.memory import HeapFigures
+
 if TYPE_CHECKING:   # types only: the recommendations process imports the web helpers without the pipeline
     from daemon.clock import Clock
     from daemon.config import Config
@@ -28,6 +30,7 @@ class ProcessHealth:
     store_error: str = ""
     listener: Any = None          # the LimitedTCPSite (open and refused connections)
     gc: GcWatch | None = None     # time in the cyclic garbage collector
+    heap: HeapFigures = field(default_factory=HeapFigures)   # glibc's heap figures, read at most every 10 s
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ NOT_EXPORTED = (
     "replica.recs_cut",         # a commit seq, an identifier
     "replica.port",             # an address
     "process.arrow_pool_backend",   # which allocator, fixed for the process's life
+    "process.heap_figures_age_s",   # how old the heap figures are (read at most every 10 s), not a figure of the process
 )
 
 
@@ -127,6 +128,7 @@ SCALARS = (
     Fig("process.heap_in_use_bytes", "storepulse_process_heap_in_use_bytes", GAUGE, "glibc malloc: bytes allocated in its arenas."),
     Fig("process.heap_free_bytes", "storepulse_process_heap_free_bytes", GAUGE, "glibc malloc: bytes of free chunks in its arenas, resident or not (malloc_trim gives their whole pages back and this stays)."),
     Fig("process.heap_mmap_bytes", "storepulse_process_heap_mmap_bytes", GAUGE, "glibc malloc: bytes of large allocations in maps of their own."),
+    Fig("process.heap_walk_ms", "storepulse_process_heap_walk_seconds", GAUGE, "How long glibc's last heap walk (mallinfo2, under the arena's lock; at most one every 10 s) took.", MS),
     Fig("process.python_blocks", "storepulse_process_python_blocks", GAUGE, "Memory blocks pymalloc has handed out (a count, not bytes)."),
     Fig("process.arrow_pool_bytes", "storepulse_process_arrow_pool_bytes", GAUGE, "Bytes allocated now from pyarrow's memory pool."),
     Fig("process.arrow_pool_max_bytes", "storepulse_process_arrow_pool_max_bytes", GAUGE, "High-water mark of pyarrow's memory pool, in bytes."),

@@ -89,7 +89,7 @@ def collect_stats(ctx: WebContext) -> dict[str, Any]:
             **_gc(ctx.health.gc),
             "malloc_trims": ctx.runner.trimmer.trims,
             "malloc_trim_seconds": round(ctx.runner.trimmer.seconds, 6),
-            **memory.breakdown(),
+            **memory.breakdown(ctx.health.heap),
             "time_ms": int(time.time() * 1000),
         },
     }

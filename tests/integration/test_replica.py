@@ -240,6 +240,7 @@ def test_both_processes_say_where_their_memory_is(daemon_factory, tmp_path):
     process = get(d.url + "/stats")["process"]
     assert 0 < process["heap_in_use_bytes"] < process["rss_bytes"]
     assert process["heap_free_bytes"] >= 0 and process["heap_mmap_bytes"] >= 0
+    assert 0 <= process["heap_walk_ms"] < 1000 and 0 <= process["heap_figures_age_s"] <= 15   # kept up to 10 s
     assert process["python_blocks"] > 100_000          # an interpreter with aiohttp and pyarrow loaded
     assert process["arrow_pool_backend"] in ("mimalloc", "jemalloc", "system")
     assert 0 <= process["arrow_pool_bytes"] <= process["arrow_pool_max_bytes"]
@@ -247,7 +248,7 @@ def test_both_processes_say_where_their_memory_is(daemon_factory, tmp_path):
     status, metrics = http_get(d.url + "/metrics", headers=AUTH)
     assert status == 200
     for name in ("heap_in_use_bytes", "heap_free_bytes", "heap_mmap_bytes", "python_blocks", "arrow_pool_bytes",
-                 "arrow_pool_max_bytes"):
+                 "arrow_pool_max_bytes", "heap_walk_seconds"):
         assert f"storepulse_process_{name} ".encode() in metrics, name
     assert unexported_figures(get(d.url + "/stats")) == []
     wait_until(lambda: recommender_events(d) == folded_by_recommender(events), 20, what="the process folded them")

@@ -67,6 +67,26 @@ def test_trimmer_counts_and_times():
     assert t.trims == 2 and t.seconds > 0
 
 
+def test_heap_figures_walk_the_heap_at_most_once_per_max_age():
+    """mallinfo2 walks every free chunk under the arena's lock, so /stats reads it at most every
+    max_age_s and answers the kept figures in between (with their age); the figures are glibc's own."""
+    kept = memory.HeapFigures(max_age_s=3600)
+    first = kept.read()
+    blocks = [bytearray(64 * 1024) for _ in range(500)]   # ~32 MiB more in use
+    again = kept.read()
+    assert kept.walks == 1 and again["heap_in_use_bytes"] == first["heap_in_use_bytes"]
+    assert again["heap_figures_age_s"] >= 0 and again["heap_walk_ms"] >= 0
+    fresh = memory.HeapFigures(max_age_s=0)
+    now = fresh.read()
+    assert fresh.walks == 1 and now["heap_figures_age_s"] == 0
+    assert now["heap_in_use_bytes"] + now["heap_mmap_bytes"] >= first["heap_in_use_bytes"] + 30 * 1024 * 1024
+    fresh.read()
+    assert fresh.walks == 2
+    del blocks
+    out = memory.breakdown(kept)
+    assert out["heap_in_use_bytes"] == first["heap_in_use_bytes"] and out["python_blocks"] > 0
+
+
 def rss_anon_mib() -> float:
     return int(re.search(r"RssAnon:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
 
