@@ -1,7 +1,7 @@
 """Sustained load: does anything grow without bound while the daemon runs for hours of event time?
 
     python -m benchmarks.soak [--minutes 20] [--rate 20000] [--event-hours 6] [--keep-latest-rows N]
-                              [--out bench-results/soak.json]
+                              [--user-ttl DURATION] [--out bench-results/soak.json]
 
 The throughput scenarios of benchmarks/run.py feed 2M events spanning ~100 s of event time: no
 dedupe id reaches its 1 h TTL, no session is expired by a later one, the recommender's decay and
@@ -130,18 +130,20 @@ MEMORY_FIGURES = ("heap_in_use_bytes", "heap_free_bytes", "heap_mmap_bytes", "ar
 def _breakdown(process: dict[str, Any], prefix: str) -> dict[str, Any]:
     """A process's /stats `process` (or the recommendations process's /healthz) memory figures, in MiB."""
     out = {f"{prefix}{k.removesuffix('_bytes')}_mib": round(process[k] / 2**20, 1) for k in MEMORY_FIGURES if k in process}
-    if "python_blocks" in process:
-        out[f"{prefix}python_blocks"] = process["python_blocks"]
+    for k in ("python_blocks", "heap_walk_ms"):   # a count; how long glibc's last heap walk took
+        if k in process:
+            out[f"{prefix}{k}"] = process[k]
     return out
 
 
 async def _recs_health(http: aiohttp.ClientSession, stats: dict[str, Any]) -> dict[str, Any]:
-    """The recommendations process's /healthz, or {} while it has no port or does not answer."""
+    """The recommendations process's /healthz with its recommender's counts (users, items, links), or {}
+    while it has no port or does not answer."""
     port = stats.get("replica", {}).get("port")
     if not port:
         return {}
     try:
-        async with http.get(f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=5)) as r:
+        async with http.get(f"http://127.0.0.1:{port}/healthz?recommender=1", timeout=aiohttp.ClientTimeout(total=5)) as r:
             return await r.json() if r.status == 200 else {}
     except (aiohttp.ClientError, asyncio.TimeoutError):
         return {}
@@ -169,6 +171,7 @@ def _sample(t: float, daemon: DaemonProc, stats: dict[str, Any], fed: int, data_
         "fds": fds, "threads": threads, "cpu_s": daemon.cpu_s(),
         "gc_s": stats["process"].get("gc_seconds"),
         **_breakdown(stats["process"], ""), **_breakdown(recs, "recs_"),
+        **{f"recs_{k}": recs["recommender"][k] for k in ("users", "items", "links") if k in recs.get("recommender", {})},
     }
 
 
@@ -222,6 +225,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                          idle_timeout="2s", max_keys=1_000_000, recommendations=True, compression=args.compression)
     if args.keep_latest_rows:
         text = text.replace("\n[[aggregations]]\n", f"\n[[aggregations]]\nkeep_latest_rows = {args.keep_latest_rows}\n")
+    if args.user_ttl:
+        recs = '[recommendations]\nhalf_life = "1h"\n'
+        if recs not in text:
+            raise SystemExit("soak: the config has no [recommendations] section to set user_ttl in")
+        text = text.replace(recs, recs + f'user_ttl = "{args.user_ttl}"\n')
     if args.retention_events:   # the events archive only: the exactly-once check reads the window files
         text += f'\n[storage.retention]\nevents = "{args.retention_events}"\n'
     if args.archive_interval:
@@ -235,7 +243,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                               "events": total, "rate": args.rate, "minutes": args.minutes,
                               "event_hours": args.event_hours, "event_rate": round(event_rate, 1),
                               "keep_latest_rows": args.keep_latest_rows, "compression": args.compression,
-                              "retention_events": args.retention_events, "archive_interval_s": args.archive_interval}
+                              "retention_events": args.retention_events, "archive_interval_s": args.archive_interval,
+                              "user_ttl": args.user_ttl}
     t_start = time.monotonic()
     try:
         async with aiohttp.ClientSession() as http:
@@ -300,14 +309,14 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
                   "in maps: the free heap still resident, pymalloc's arenas, pyarrow's pool (now, high-water mark), "
                   "stacks:", "",
                   "| wall s | daemon anon | heap in use | heap free | heap mmap | rest | Arrow pool (max) | Python blocks "
-                  "| recs anon | recs heap in use | recs heap free | recs rest | recs Python blocks |",
-                  "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "| recs anon | recs heap in use | recs heap free | recs rest | recs Python blocks | recs users |",
+                  "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for s in pick:
             daemon, recs = _anon_split(s, "daemon_", ""), _anon_split(s, "recs_", "recs_")
             lines.append(f"| {s['t_s']:,.0f} | {daemon[0]:,.0f} | {daemon[1]:,.0f} | {daemon[2]:,.0f} | {daemon[3]:,.0f} "
                          f"| {daemon[4]:,.0f} | {s.get('arrow_pool_mib', 0):,.0f} ({s.get('arrow_pool_max_mib', 0):,.0f}) "
                          f"| {s.get('python_blocks', 0):,} | {recs[0]:,.0f} | {recs[1]:,.0f} | {recs[2]:,.0f} | {recs[4]:,.0f} "
-                         f"| {s.get('recs_python_blocks', 0):,} |")
+                         f"| {s.get('recs_python_blocks', 0):,} | {_count(s.get('recs_users'))} |")
     v = verdict(samples, r["events"])   # again: a JSON of an earlier build may hold another form
     lines.append("")
     for key, g in v.get("growth", {}).items():
@@ -319,6 +328,10 @@ def markdown(r: dict[str, Any], rows: int = 9) -> str:
     lines.append(f"- SIGTERM at the end: exit code {r.get('exit_code')} after {r.get('stop_s')} s")
     lines.append(f"- bounded: {'yes' if v.get('ok') else 'NO: ' + ', '.join(v.get('failed', [])) if v.get('ok') is False else v.get('why')}")
     return "\n".join(lines)
+
+
+def _count(n: int | None) -> str:
+    return "–" if n is None else f"{n:,}"
 
 
 def _anon_split(s: dict[str, Any], anon: str, heap: str) -> tuple[float, float, float, float, float]:
@@ -353,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='[storage.retention] events (e.g. "1d"): the raw archive\'s days deleted as the run passes them')
     parser.add_argument("--archive-interval", type=float, default=0.0, metavar="SECONDS",
                         help="the daemon's retention and compaction pass every this many seconds (default: its 600)")
+    parser.add_argument("--user-ttl", default="", metavar="DURATION",
+                        help='[recommendations] user_ttl (default: the config\'s, 7d): users idle this long in event '
+                             'time are dropped, so the recommendations process reaches its plateau within the run')
     parser.add_argument("--keep", action="store_true", help="keep the data dir and the daemon's log")
     parser.add_argument("--out", default="bench-results/soak.json")
     parser.add_argument("--report", metavar="JSON", help="print the table of an earlier run's JSON and exit")

@@ -101,10 +101,10 @@ class HeapFigures:
     """glibc's heap figures (`mallinfo2`), read at most once per `max_age_s` and kept in between.
 
     `mallinfo2` walks every free chunk of every arena under that arena's lock, and each malloc of
-    every thread waits for it: 1.5 us on a fresh heap, 73 ms with 500k free chunks (session 26,
-    in process). Read on each request, a client polling /stats (the benchmark does, every 50 ms) or
-    a tight scrape loop would stall the CPU lane's allocations that often; kept, it costs one walk per
-    `max_age_s` at most. `walk_ms` is how long the last walk took, `age_s` how old its figures are."""
+    every thread waits for it: 1.5 us on a fresh heap, 73 ms with 500k free chunks (in process), 0.3-0.4
+    ms in the daemon and 1.3 ms in the recommendations process under a soak (session 26). Read on each
+    request, a client polling /stats (the benchmark does, every 50 ms) or a tight scrape loop would
+    stall the CPU lane's allocations that often; kept, it costs one walk per `max_age_s` at most. `walk_ms` is how long the last walk took, `age_s` how old its figures are."""
 
     def __init__(self, max_age_s: float = HEAP_FIGURES_MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
