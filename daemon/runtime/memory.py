@@ -104,7 +104,8 @@ class HeapFigures:
     every thread waits for it: 1.5 us on a fresh heap, 73 ms with 500k free chunks (in process), 0.3-0.4
     ms in the daemon and 1.3 ms in the recommendations process under a soak (session 26). Read on each
     request, a client polling /stats (the benchmark does, every 50 ms) or a tight scrape loop would
-    stall the CPU lane's allocations that often; kept, it costs one walk per `max_age_s` at most. `walk_ms` is how long the last walk took, `age_s` how old its figures are."""
+    stall the CPU lane's allocations that often; kept, it costs one walk per `max_age_s` at most.
+    `read` adds `heap_walk_ms` (how long the last walk took) and `heap_figures_age_s` (how old it is)."""
 
     def __init__(self, max_age_s: float = HEAP_FIGURES_MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
