@@ -54,10 +54,12 @@ def free_port() -> int:
 
 
 def render_config(*, port: int, data_dir: Path, sources: str, idle_timeout: str, max_keys: int,
-                  recommendations: bool, log_level: str = "info", compression: str = "lz4") -> str:
+                  recommendations: bool, log_level: str = "info", compression: str = "lz4", user_ttl: str = "") -> str:
+    """The benchmark's config; `user_ttl` sets `[recommendations] user_ttl` (default: the daemon's)."""
+    recs = '[recommendations]\nhalf_life = "1h"\n' + (f'user_ttl = "{user_ttl}"\n' if user_ttl else "")
     return string.Template(TEMPLATE.read_text()).substitute(
         log_level=log_level, compression=compression, port=port, data_dir=data_dir, sources=sources, idle_timeout=idle_timeout, max_keys=max_keys,
-        recommendations='[recommendations]\nhalf_life = "1h"\n' if recommendations else "")
+        recommendations=recs if recommendations else "")
 
 
 def source_toml(kind: str, url: str = "") -> str:

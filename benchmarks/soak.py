@@ -222,14 +222,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     cfg = work / "soak.toml"
     text = render_config(port=port, data_dir=work / "data", sources=source_toml("http_poll", server.url),
-                         idle_timeout="2s", max_keys=1_000_000, recommendations=True, compression=args.compression)
+                         idle_timeout="2s", max_keys=1_000_000, recommendations=True, compression=args.compression,
+                         user_ttl=args.user_ttl)
     if args.keep_latest_rows:
         text = text.replace("\n[[aggregations]]\n", f"\n[[aggregations]]\nkeep_latest_rows = {args.keep_latest_rows}\n")
-    if args.user_ttl:
-        recs = '[recommendations]\nhalf_life = "1h"\n'
-        if recs not in text:
-            raise SystemExit("soak: the config has no [recommendations] section to set user_ttl in")
-        text = text.replace(recs, recs + f'user_ttl = "{args.user_ttl}"\n')
     if args.retention_events:   # the events archive only: the exactly-once check reads the window files
         text += f'\n[storage.retention]\nevents = "{args.retention_events}"\n'
     if args.archive_interval:
